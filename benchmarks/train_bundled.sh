@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The commands that produced the bundled models (run once, from the repo root, on a 2-core CPU).
+set -euo pipefail
+leukodx train -d pbc -o src/leukodx/weights/pbc-celltype --name pbc-celltype \
+    --arch regnetx_002 --size 80 --epochs 25 --lr 3e-3 --threads 2
+leukodx train -d all-aria -o src/leukodx/weights/all-stage --name all-stage \
+    --arch regnetx_002 --size 128 --epochs 30 --lr 3e-3 --threads 2

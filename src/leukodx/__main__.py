@@ -1,0 +1,3 @@
+from leukodx.cli.app import entry
+
+entry()

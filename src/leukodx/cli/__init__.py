@@ -1,0 +1,1 @@
+"""The ``leukodx`` command line: thin Typer verbs over the library."""

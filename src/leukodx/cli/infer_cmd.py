@@ -1,0 +1,173 @@
+"""``leukodx evaluate | predict | diagnose | export onnx | models``: verbs over the inference API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from leukodx import _atomic
+from leukodx.errors import InvalidInputError
+
+console = Console(stderr=True)
+Backend = typer.Option("auto", help="auto (ONNX Runtime on CPU when installed) | torch | onnx")
+
+
+def _report_errors(errors: list[dict]) -> None:
+    for e in errors:
+        print(f"skipped: {e['error']}", file=sys.stderr)
+
+
+def register(app: typer.Typer) -> None:
+    models_app = typer.Typer(no_args_is_help=True, help="Bundled models: list and show their cards.")
+    export_app = typer.Typer(no_args_is_help=True, help="Export a model for deployment.")
+    app.add_typer(models_app, name="models")
+    app.add_typer(export_app, name="export")
+
+    @models_app.command("list")
+    def models_list() -> None:
+        """Bundled models with their test accuracy."""
+        from leukodx.models.bundle import BUNDLED_DIR, bundled_models, read_card
+
+        for name in bundled_models():
+            card = read_card(BUNDLED_DIR / name)
+            acc = card.get("metrics", {}).get("test", {}).get("accuracy", {})
+            print(f"{name}\t{card['arch']}\t{card['input_size']}px\t{len(card['classes'])} classes\t"
+                  f"test accuracy {acc.get('value', float('nan')):.4f}")
+
+    @models_app.command("info")
+    def models_info(name: str) -> None:
+        """Print a model's card (JSON)."""
+        from leukodx.models.bundle import read_card, resolve_bundle
+
+        card = read_card(resolve_bundle(name))
+        card.get("training", {}).pop("history", None)
+        print(json.dumps(card, indent=2))
+
+    @app.command("evaluate")
+    def evaluate(
+        model: str = typer.Option(..., "--model", "-m", help="Bundled model name or bundle folder."),
+        output: Path = typer.Option(..., "--output", "-o", help="Result JSON to write."),
+        images: Optional[Path] = typer.Option(None, "--images", help="Folder of class sub-folders."),
+        dataset: Optional[str] = typer.Option(None, "--dataset", help="Registered dataset (instead of --images)."),
+        split: str = typer.Option("test", help="With --dataset: a side of the model's split (train/val/test) or 'all'."),
+        split_file: Optional[Path] = typer.Option(None, help="With --dataset: split file (default: the bundled one)."),
+        report: Optional[Path] = typer.Option(None, help="Folder for report.md/report.html with plots (default: beside OUTPUT)."),
+        no_report: bool = typer.Option(False, "--no-report", help="Write only the JSON result."),
+        n_boot: int = typer.Option(1000, help="Bootstrap resamples for the 95% CIs."),
+        seed: int = typer.Option(0),
+        backend: str = Backend,
+        data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    ) -> None:
+        """Accuracy, balanced accuracy, F1, per-class sensitivity/specificity/PPV/NPV, AUROC, ECE with 95% CIs."""
+        from leukodx.data.folder import ImageIndex
+        from leukodx.data.registry import load_dataset
+        from leukodx.data.splits import apply_split, bundled_split_path, load_split
+        from leukodx.evaluation.evaluate import evaluate_folder, evaluate_index
+        from leukodx.evaluation.report import write_report
+        from leukodx.inference.classifier import load_model
+
+        if (images is None) == (dataset is None):
+            raise InvalidInputError("give exactly one of --images DIR or --dataset NAME")
+        clf = load_model(model, backend=backend)
+        if images is not None:
+            result = evaluate_folder(clf, images, n_boot=n_boot, seed=seed)
+        else:
+            index = load_dataset(dataset, data_root)
+            if not isinstance(index, ImageIndex):
+                raise InvalidInputError(f"{dataset}: not an image-classification dataset")
+            if split != "all":
+                path = split_file or bundled_split_path(dataset)
+                sides = apply_split(index, load_split(path))
+                if split not in sides:
+                    raise InvalidInputError(f"{path}: no side named {split!r} (has {', '.join(sides)})")
+                index = sides[split]
+            result = evaluate_index(clf, index, n_boot=n_boot, seed=seed)
+            result["dataset"], result["split"] = dataset, split
+        _report_errors(result["errors"])
+        _atomic.write_json(output, result)
+        if not no_report:
+            write_report(result, report or output.with_suffix("").with_name(output.stem + "_report"))
+        m = result["metrics"]
+        console.print(f"{clf.name} on {result['n']} images: accuracy {result['accuracy']:.4f} "
+                      f"{m['accuracy']['ci95']}, balanced {result['balanced_accuracy']:.4f}, macro-F1 "
+                      f"{result['macro_f1']:.4f}; written to {output}")
+
+    @app.command("predict")
+    def predict(
+        inputs: List[Path] = typer.Argument(..., help="Image files and/or folders."),
+        model: str = typer.Option(..., "--model", "-m"),
+        output: Path = typer.Option(..., "--output", "-o", help="FILE.csv or FILE.json"),
+        backend: str = Backend,
+    ) -> None:
+        """One row per image: top class, its probability, every class probability."""
+        from leukodx.inference.classifier import load_model
+        from leukodx.inference.diagnose import rows_to_csv
+
+        fmt = output.suffix.lower()
+        if fmt not in (".csv", ".json"):
+            raise InvalidInputError(f"{output}: output must end in .csv or .json")
+        clf = load_model(model, backend=backend)
+        result = clf.predict(inputs)
+        _report_errors(result.errors)
+        if not result.rows:
+            raise InvalidInputError(f"no image could be processed ({len(result.errors)} failed)")
+        if fmt == ".csv":
+            _atomic.write_text(output, rows_to_csv(result.rows, clf.classes))
+        else:
+            _atomic.write_json(output, {"model": clf.name, "model_sha256": clf.card.get("sha256"),
+                                        "classes": clf.classes, "rows": result.rows, "errors": result.errors})
+        console.print(f"{len(result.rows)} image(s) predicted, {len(result.errors)} skipped; written to {output}")
+
+    @app.command("diagnose")
+    def diagnose_cmd(
+        inputs: List[Path] = typer.Argument(..., help="A case: a folder (or files) of cell images or smear fields."),
+        output: Path = typer.Option(..., "--output", "-o", help="Folder for summary.json, predictions.csv, report.html."),
+        kind: str = typer.Option("auto", help="cells | fields | auto (recognised from the images)"),
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="Override the model for this kind."),
+        backend: str = Backend,
+    ) -> None:
+        """The main job: per-image results, a case summary with flags, and an HTML report."""
+        from leukodx.inference.diagnose import diagnose, write_case_outputs
+
+        result = diagnose(inputs, kind=kind, model=model, backend=backend)
+        _report_errors(result["errors"])
+        paths = write_case_outputs(result, output)
+        s = result["summary"]
+        if result["kind"] == "cells":
+            headline = ", ".join(f"{c} {p}%" for c, p in s["differential_percent"].items())
+        else:
+            headline = f"case call {s['case_call']} " + ", ".join(f"{c} {p:.2f}" for c, p in s["stage_probabilities"].items())
+        console.print(f"{result['n_images']} {result['kind']} analysed: {headline}")
+        for flag in result["flags"]:
+            console.print(f"flag: {flag}")
+        console.print(f"report: {paths['report']}")
+
+    @export_app.command("onnx")
+    def export_onnx_cmd(
+        model: str = typer.Option(..., "--model", "-m"),
+        output: Path = typer.Option(..., "--output", "-o", help="FILE.onnx"),
+        check: bool = typer.Option(True, help="Compare ONNX Runtime logits with PyTorch on random input."),
+    ) -> None:
+        """Export to ONNX (dynamic batch) and check parity with PyTorch."""
+        import numpy as np
+
+        from leukodx.inference.classifier import load_model
+        from leukodx.inference.onnx_backend import OnnxSession, export_onnx
+
+        clf = load_model(model, backend="torch")
+        export_onnx(clf.net, clf.preprocess.size, output)
+        if check:
+            rng = np.random.default_rng(0)
+            batch = rng.integers(0, 256, (8, clf.preprocess.size, clf.preprocess.size, 3), dtype=np.uint8)
+            from leukodx.preprocessing.transforms import normalize_batch
+
+            diff = float(np.abs(OnnxSession(output)(normalize_batch(batch, clf.preprocess)) - clf.logits(batch)).max())
+            console.print(f"max abs logit difference ONNX Runtime vs PyTorch: {diff:.2e}")
+            if diff >= 1e-4:
+                raise InvalidInputError(f"{output}: ONNX parity check failed (max abs logit difference {diff:.2e})")
+        console.print(f"written to {output}")

@@ -1,0 +1,134 @@
+"""Reading images safely: every way a file can be unusable becomes one clear error.
+
+Everything downstream receives ``uint8`` RGB arrays of shape (H, W, 3), whatever the file held
+(grayscale, RGBA, palette, CMYK, 16-bit).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from leukodx.errors import DataNotFoundError, InvalidInputError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+#: Largest image accepted, in pixels. Checked from the header before any pixel is decoded,
+#: so a decompression bomb costs nothing. 10,000 x 10,000 smear scans fit; 30,000^2 do not.
+MAX_PIXELS = 120_000_000
+#: Smallest side accepted: below this no cell can be resolved.
+MIN_SIDE = 8
+
+# Truncated files must fail, not be silently padded with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    name = os.path.basename(str(path))
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read ``path`` as a (H, W, 3) uint8 RGB array, or raise a one-line ``InvalidInputError``."""
+    path = Path(path)
+    if not path.exists():
+        raise DataNotFoundError(f"{path}: file not found")
+    if path.is_dir():
+        raise InvalidInputError(f"{path}: is a folder, not an image")
+    if path.stat().st_size == 0:
+        raise InvalidInputError(f"{path}: empty file")
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            _check_size(str(path), width, height, max_pixels)
+            im.load()
+            return to_rgb_array(im)
+    except UnidentifiedImageError:
+        raise InvalidInputError(f"{path}: not a readable image (unknown or corrupt format)") from None
+    except Image.DecompressionBombError:
+        raise InvalidInputError(
+            f"{path}: image is far over the {max_pixels / 1e6:.0f} Mpx limit (possible decompression bomb)"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, InvalidInputError):
+            raise
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InvalidInputError(f"{path}: corrupt or truncated image ({reason})") from None
+
+
+def _check_size(name: str, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise InvalidInputError(
+            f"{name}: image is {width}x{height} px ({width * height / 1e6:.0f} Mpx), "
+            f"over the {max_pixels / 1e6:.0f} Mpx limit (possible decompression bomb)"
+        )
+    if min(width, height) < MIN_SIDE:
+        raise InvalidInputError(
+            f"{name}: image is {width}x{height} px; at least {MIN_SIDE}x{MIN_SIDE} is needed"
+        )
+
+
+def to_rgb_array(im: Image.Image) -> np.ndarray:
+    """Convert any PIL mode to (H, W, 3) uint8 RGB; high bit depths are scaled, not clipped."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im).astype(np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if im.mode == "F":
+            top = max(float(arr.max()), 1.0) if arr.max() > 1 else 1.0
+        gray = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        # composite on white: a transparent background is slide glass, not black
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, rgba)
+    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+
+
+def as_rgb_array(image: np.ndarray, name: str = "array") -> np.ndarray:
+    """Validate an in-memory image (H, W), (H, W, 1|3|4), uint8/uint16/float in [0, 1]."""
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise InvalidInputError(
+            f"{name}: expected an image of shape (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}"
+        )
+    _check_size(name, arr.shape[1], arr.shape[0], MAX_PIXELS)
+    if arr.dtype == np.uint16:
+        arr = (arr.astype(np.float32) / 65535.0 * 255.0 + 0.5).astype(np.uint8)
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise InvalidInputError(f"{name}: image contains NaN or infinite values")
+        if arr.min() < 0 or arr.max() > 1:
+            raise InvalidInputError(f"{name}: float images must lie in [0, 1]")
+        arr = (arr * 255.0 + 0.5).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise InvalidInputError(f"{name}: unsupported dtype {arr.dtype} (use uint8, uint16 or float)")
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] == 4:
+        alpha = arr[:, :, 3:4].astype(np.float32) / 255.0
+        arr = (arr[:, :, :3] * alpha + 255.0 * (1 - alpha) + 0.5).astype(np.uint8)
+    return np.ascontiguousarray(arr)
+
+
+def list_images(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders (recursively) into a sorted list of image paths.
+
+    A named file is kept whatever its extension, so that a bad file is reported rather than
+    silently skipped; inside folders only image extensions are taken.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found.extend(sorted(q for q in p.rglob("*") if q.is_file() and is_image_file(q)))
+        elif p.exists():
+            found.append(p)
+        else:
+            raise DataNotFoundError(f"{p}: no such file or folder")
+    return found

@@ -1,0 +1,1 @@
+"""Metrics with bootstrap confidence intervals, calibration error, and reports."""

@@ -1,0 +1,69 @@
+"""Evaluate a classifier on a labelled folder or a dataset split, with CIs and provenance."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from leukodx._versions import versions
+from leukodx.data.folder import ImageIndex, index_image_folder
+from leukodx.errors import InvalidInputError
+from leukodx.evaluation.metrics import classification_metrics, reliability_curve
+
+
+def match_classes(folder_classes: list[str], model_classes: list[str]) -> dict[str, int]:
+    """Folder class name -> model class index, case-insensitively; unknown folders are left out."""
+    lookup = {c.lower(): i for i, c in enumerate(model_classes)}
+    return {c: lookup[c.lower()] for c in folder_classes if c.lower() in lookup}
+
+
+def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Metrics of ``classifier`` on ``index`` (labels in the index's own class list)."""
+    mapping = match_classes(index.classes, classifier.classes)
+    if not mapping:
+        raise InvalidInputError(
+            f"{index.root}: none of its classes ({', '.join(index.classes)}) is a class of model "
+            f"{classifier.name} ({', '.join(classifier.classes)})"
+        )
+    excluded = [c for c in index.classes if c not in mapping]
+    keep = [i for i, y in enumerate(index.labels) if index.classes[y] in mapping]
+    sub = index.subset(keep)
+    names, arrays, errors = classifier.load_inputs(sub.abspaths())
+    readable = {n: i for i, n in enumerate(names)}
+    y_model = np.array([mapping[sub.classes[sub.labels[i]]] for i, p in enumerate(sub.abspaths()) if str(p) in readable])
+    if len(y_model) == 0:
+        raise InvalidInputError(f"{index.root}: no readable image to evaluate ({len(errors)} unreadable)")
+    proba = classifier.predict_arrays(arrays)
+    metrics = classification_metrics(y_model, proba, classifier.classes, n_boot=n_boot, seed=seed)
+    pred = proba.argmax(1)
+    return {
+        "model": classifier.name,
+        "model_sha256": classifier.card.get("sha256"),
+        "images": str(index.root),
+        "dataset_fingerprint": index.fingerprint(),
+        "accuracy": metrics["accuracy"]["value"],
+        "balanced_accuracy": metrics["balanced_accuracy"]["value"],
+        "macro_f1": metrics["macro_f1"]["value"],
+        "n": int(len(y_model)),
+        "metrics": metrics,
+        "classes": classifier.classes,
+        "classes_in_data": sorted({classifier.classes[v] for v in mapping.values()}),
+        "excluded_classes": excluded,
+        "reliability": reliability_curve(y_model, proba),
+        "roc_inputs": {"y_true": y_model.tolist(), "proba": np.round(proba, 5).tolist()},
+        "errors": errors,
+        "misclassified": [
+            {"input": names[i], "true": classifier.classes[y_model[i]], "predicted": classifier.classes[pred[i]],
+             "probability": round(float(proba[i, pred[i]]), 4)}
+            for i in np.flatnonzero(pred != y_model)[:200]
+        ],
+        "seed": seed,
+        "backend": classifier.backend,
+        "versions": versions(),
+    }
+
+
+def evaluate_folder(classifier, images: str | os.PathLike, **kwargs) -> dict:
+    return evaluate_index(classifier, index_image_folder(Path(images)), **kwargs)

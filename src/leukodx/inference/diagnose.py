@@ -1,0 +1,215 @@
+"""Case diagnosis: a folder of cell images or smear fields -> per-image results, a case summary
+(differential count or ALL stage probabilities, with flags) and a report a hematologist can read.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from leukodx import _atomic
+from leukodx._versions import versions
+from leukodx.data.images import list_images, read_image
+from leukodx.errors import InvalidInputError, LeukodxError
+from leukodx.inference.classifier import Classifier, load_model
+
+KINDS = ("auto", "cells", "fields")
+DEFAULT_MODELS = {"cells": "pbc-celltype", "fields": "all-stage"}
+LEUKOCYTES = ("basophil", "eosinophil", "ig", "lymphocyte", "monocyte", "neutrophil")
+#: an image with this many nucleus-sized blobs, or this many cell-sized objects, is a field
+FIELD_NUCLEI = 3
+FIELD_OBJECTS = 22
+#: fields disagreeing this much on the stage get a flag
+FIELD_AGREEMENT = 0.7
+IG_FLAG_PERCENT = 2.0
+
+
+@dataclass
+class CaseImage:
+    name: str
+    rgb: np.ndarray
+
+
+def image_looks_like_field(rgb: np.ndarray) -> bool:
+    """True for a low-magnification smear field, False for a single-cell image.
+
+    At 112 px a field shows several nuclei (blue-purple blobs) or many small red cells; a
+    single-cell image shows one or two nuclei and a dozen large red cells. Measured on pbc,
+    all-aria and wbc-seg in benchmarks/results/kind_recognition.json.
+    """
+    im = np.asarray(Image.fromarray(rgb).resize((112, 112)), dtype=np.float32)
+    nuclei = (im[..., 2] - im[..., 1] > 40) & (im[..., 1] < 140)
+    if _blobs(nuclei, 30) >= FIELD_NUCLEI:
+        return True
+    gray = im.mean(axis=2)
+    objects = ndimage.binary_opening(gray < np.percentile(gray, 90) * 0.93)
+    return _blobs(objects, 6) >= FIELD_OBJECTS
+
+
+def _blobs(mask: np.ndarray, min_size: int) -> int:
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return 0
+    return int((ndimage.sum(mask, labels, range(1, n + 1)) >= min_size).sum())
+
+
+def recognise_kind(images: list[CaseImage]) -> tuple[str, str]:
+    """'cells' or 'fields' for a whole case by majority of per-image votes, and the evidence."""
+    votes = sum(image_looks_like_field(im.rgb) for im in images)
+    kind = "fields" if votes * 2 > len(images) else "cells"
+    return kind, f"{votes} of {len(images)} images look like smear fields"
+
+
+def model_kind(clf: Classifier) -> str:
+    """What a model classifies: its card's ``input_kind``, else guessed from its classes."""
+    kind = clf.card.get("input_kind")
+    if kind in ("cells", "fields"):
+        return kind
+    return "cells" if set(c.lower() for c in clf.classes) & set(LEUKOCYTES) else "fields"
+
+
+def _read_case(inputs: list[str | os.PathLike]) -> tuple[list[CaseImage], list[dict]]:
+    paths = list_images(inputs)
+    images, errors = [], []
+    for p in paths:
+        try:
+            images.append(CaseImage(str(p), read_image(p)))
+        except LeukodxError as exc:
+            errors.append({"input": str(p), "error": str(exc)})
+    return images, errors
+
+
+def _cell_summary(rows: list[dict], classes: list[str]) -> tuple[dict, list[str]]:
+    confident = [r for r in rows if not r["unsure"]]
+    counts = {c: sum(r["top_class"] == c for r in confident) for c in classes}
+    wbc_classes = [c for c in classes if c in LEUKOCYTES]
+    n_wbc = sum(counts[c] for c in wbc_classes)
+    differential = {c: round(100.0 * counts[c] / n_wbc, 1) if n_wbc else 0.0 for c in wbc_classes}
+    summary = {
+        "counts": counts,
+        "unsure": len(rows) - len(confident),
+        "leukocytes_counted": n_wbc,
+        "differential_percent": differential,
+    }
+    flags = []
+    if "erythroblast" in counts and counts["erythroblast"] and n_wbc:
+        summary["nrbc_per_100_wbc"] = round(100.0 * counts["erythroblast"] / n_wbc, 1)
+        flags.append(f"nucleated red cells present: {summary['nrbc_per_100_wbc']} per 100 WBC")
+    if differential.get("ig", 0) >= IG_FLAG_PERCENT:
+        flags.append(f"immature granulocytes {differential['ig']}% of leukocytes (>= {IG_FLAG_PERCENT}%)")
+    if n_wbc < 100:
+        flags.append(f"only {n_wbc} confidently classified leukocytes: a differential needs at least 100")
+    return summary, flags
+
+
+def _field_summary(rows: list[dict], classes: list[str]) -> tuple[dict, list[str]]:
+    proba = np.array([[r["probabilities"][c] for c in classes] for r in rows])
+    mean = proba.mean(axis=0)
+    votes = {c: sum(r["top_class"] == c for r in rows) for c in classes}
+    call = classes[int(mean.argmax())]
+    agreement = votes[call] / len(rows)
+    summary = {
+        "stage_probabilities": {c: round(float(v), 4) for c, v in zip(classes, mean)},
+        "fields_per_stage": votes,
+        "case_call": call,
+        "field_agreement": round(agreement, 3),
+        "unsure": sum(r["unsure"] for r in rows),
+    }
+    flags = []
+    if agreement < FIELD_AGREEMENT:
+        flags.append(f"fields disagree: only {agreement:.0%} of fields support the case call {call}")
+    if call != "Benign" and "Benign" in classes:
+        flags.append(f"B-ALL {call} pattern predicted: confirm by flow cytometry and a hematopathologist")
+    return summary, flags
+
+
+def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "auto",
+             model: str | os.PathLike | Classifier | None = None, backend: str = "auto") -> dict:
+    """Diagnose one case. Returns the summary dict (rows, summary, flags, errors, provenance)."""
+    if kind not in KINDS:
+        raise InvalidInputError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    images, errors = _read_case(list(inputs))
+    if not images:
+        where = ", ".join(str(i) for i in inputs)
+        detail = f"; {len(errors)} unreadable, e.g. {errors[0]['error']}" if errors else ""
+        raise InvalidInputError(f"{where}: no readable image in this case{detail}")
+    clf = None
+    if model is not None:
+        clf = model if isinstance(model, Classifier) else load_model(model, backend=backend)
+    if kind != "auto":
+        evidence = "given by --kind"
+    elif clf is not None:
+        kind, evidence = model_kind(clf), "the model's input kind"
+    else:
+        kind, evidence = recognise_kind(images)
+    clf = clf or load_model(DEFAULT_MODELS[kind], backend=backend)
+    if model_kind(clf) != kind:
+        raise InvalidInputError(f"model {clf.name} classifies {model_kind(clf)}, but the case was given as {kind}")
+    arrays = np.stack([clf.preprocess(im.rgb) for im in images])
+    proba = clf.predict_arrays(arrays)
+    rows = []
+    for im, p in zip(images, proba):
+        top = int(p.argmax())
+        rows.append({"input": im.name, "top_class": clf.classes[top], "probability": round(float(p[top]), 4),
+                     "unsure": bool(p[top] < clf.abstain_below),
+                     "probabilities": {c: round(float(v), 4) for c, v in zip(clf.classes, p)}})
+    summary, flags = (_cell_summary if kind == "cells" else _field_summary)(rows, clf.classes)
+    n_unsure = sum(r["unsure"] for r in rows)
+    if n_unsure:
+        flags.insert(0, f"{n_unsure} of {len(rows)} images below the model's confidence threshold "
+                        f"({clf.abstain_below:.2f}): review them")
+    if errors:
+        flags.append(f"{len(errors)} file(s) could not be read and were left out")
+    return {
+        "case": ", ".join(str(i) for i in inputs),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "kind": kind, "kind_evidence": evidence,
+        "model": {"name": clf.name, "sha256": clf.card.get("sha256"), "classes": clf.classes,
+                  "abstain_below": clf.abstain_below, "backend": clf.backend,
+                  "test_accuracy": clf.card.get("metrics", {}).get("test", {}).get("accuracy")},
+        "n_images": len(rows), "summary": summary, "flags": flags, "rows": rows, "errors": errors,
+        "versions": versions(),
+        "_thumbnails": {im.name: _thumbnail(im.rgb) for im in images},
+    }
+
+
+def _thumbnail(rgb: np.ndarray, side: int = 96) -> bytes:
+    im = Image.fromarray(rgb)
+    im.thumbnail((side, side))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
+def write_case_outputs(result: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """summary.json, predictions.csv and report.html in ``out_dir``, each written atomically."""
+    from leukodx.inference.case_report import render_case_html
+
+    out_dir = Path(out_dir)
+    clean = {k: v for k, v in result.items() if not k.startswith("_")}
+    paths = {"summary": out_dir / "summary.json", "predictions": out_dir / "predictions.csv",
+             "report": out_dir / "report.html"}
+    _atomic.write_json(paths["summary"], clean)
+    _atomic.write_text(paths["predictions"], rows_to_csv(result["rows"], result["model"]["classes"]))
+    _atomic.write_text(paths["report"], render_case_html(result))
+    return paths
+
+
+def rows_to_csv(rows: list[dict], classes: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["input", "top_class", "probability", "unsure"] + [f"p_{c}" for c in classes])
+    for r in rows:
+        writer.writerow([r["input"], r["top_class"], f"{r['probability']:.4f}", int(r["unsure"])]
+                        + [f"{r['probabilities'][c]:.4f}" for c in classes])
+    return buf.getvalue()

@@ -1,0 +1,54 @@
+"""ONNX export of a classifier network and an ONNX Runtime session to run it on CPU."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from leukodx import _atomic
+from leukodx.errors import LeukodxError
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def export_onnx(net: torch.nn.Module, input_size: int, path: str | os.PathLike, opset: int = 17) -> Path:
+    """Write ``net`` as ONNX with a dynamic batch axis: input ``image`` (N, 3, S, S), output ``logits``."""
+    path = Path(path)
+    net = net.eval()
+    example = torch.zeros(1, 3, input_size, input_size)
+    with _atomic.atomic_path(path) as tmp, warnings.catch_warnings():
+        # the TorchScript exporter is deprecated in favour of dynamo, which needs onnxscript;
+        # it still produces the same graph for these plain CNNs
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (example,), str(tmp), input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
+                          dynamo=False)
+    return path
+
+
+class OnnxSession:
+    """Callable (N, 3, S, S) float32 -> (N, K) logits through ONNX Runtime on CPU."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        if not onnxruntime_available():
+            raise LeukodxError("onnxruntime is not installed: pip install 'leukodx[onnx]'")
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.log_severity_level = 3
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(["logits"], {"image": np.ascontiguousarray(x, dtype=np.float32)})[0]

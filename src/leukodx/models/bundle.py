@@ -1,0 +1,85 @@
+"""A model bundle: ``model.safetensors`` + ``card.json`` (what it is, how it was made, how well it
+does, and the sha256 of its weights). Loading checks the hash before any tensor is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from leukodx import _atomic
+from leukodx.data.verify import sha256_file
+from leukodx.errors import DataNotFoundError, IntegrityError, InvalidInputError
+from leukodx.models.architectures import create_network
+
+WEIGHTS = "model.safetensors"
+CARD = "card.json"
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "weights"
+
+
+def save_bundle(directory: str | os.PathLike, net: torch.nn.Module, card: dict) -> dict:
+    """Write weights and card atomically; the card gains ``sha256`` and ``size_bytes``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    with _atomic.atomic_path(directory / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"arch": str(card.get("arch", ""))})
+        digest, size = sha256_file(tmp), tmp.stat().st_size
+    card = {**card, "weights": WEIGHTS, "sha256": digest, "size_bytes": size}
+    _atomic.write_json(directory / CARD, card)
+    return card
+
+
+def read_card(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / CARD
+    if not path.exists():
+        raise DataNotFoundError(f"{path}: model card missing")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{path}: model card is not valid JSON ({exc.msg})") from None
+
+
+def load_bundle(directory: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
+    """Network (eval mode) and card; raises ``IntegrityError`` if the weights' hash is wrong."""
+    directory = Path(directory)
+    card = read_card(directory)
+    weights = directory / card.get("weights", WEIGHTS)
+    if not weights.exists():
+        raise DataNotFoundError(f"{weights}: weights file missing")
+    actual = sha256_file(weights)
+    if actual != card.get("sha256"):
+        raise IntegrityError(
+            f"{weights}: sha256 {actual[:12]}... does not match its card ({str(card.get('sha256'))[:12]}...); "
+            "the file is corrupt or was replaced"
+        )
+    net = create_network(card["arch"], num_classes=len(card["classes"]))
+    net.load_state_dict(load_file(str(weights)))
+    net.eval()
+    return net, card
+
+
+def bundled_models() -> list[str]:
+    if not BUNDLED_DIR.is_dir():
+        return []
+    return sorted(d.name for d in BUNDLED_DIR.iterdir() if (d / CARD).exists())
+
+
+def resolve_bundle(name_or_path: str | os.PathLike) -> Path:
+    """A bundled model's name, or a folder holding a bundle."""
+    from leukodx.errors import ModelNotFoundError
+
+    key = str(name_or_path)
+    if (BUNDLED_DIR / key / CARD).exists():
+        return BUNDLED_DIR / key
+    path = Path(key)
+    if path.is_dir() and (path / CARD).exists():
+        return path
+    if path.is_file() and path.name == CARD:
+        return path.parent
+    known = ", ".join(bundled_models()) or "none installed"
+    raise ModelNotFoundError(f"{key}: no such model (bundled: {known}; or a folder with {CARD} and {WEIGHTS})")

@@ -1,0 +1,1 @@
+"""Training image classifiers: the fit loop, checkpoints, calibration, and the train recipe."""

@@ -1,0 +1,206 @@
+"""The fit loop for image classifiers.
+
+AdamW with a one-cycle learning rate, label smoothing, class-imbalance handling, early stopping
+on validation macro-F1, mixed precision on a GPU, seeded batches and augmentation, a checkpoint
+after every epoch from which ``resume=True`` continues.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from leukodx.errors import InvalidInputError
+from leukodx.evaluation.metrics import _from_confusion, confusion
+from leukodx.models.architectures import create_network
+from leukodx.preprocessing.augment import Augment, augment_batch
+from leukodx.preprocessing.transforms import Preprocess
+from leukodx.training import checkpoint
+from leukodx.training.calibration import fit_temperature
+
+IMBALANCE_MODES = ("weights", "sampler", "none")
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "regnetx_002"
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 4e-3  # one-cycle peak
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    imbalance: str = "weights"
+    patience: int = 6  # epochs without val macro-F1 gain before stopping
+    seed: int = 0
+    pretrained: str | None = None  # local .safetensors file
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    augment: Augment = field(default_factory=Augment)
+
+    def __post_init__(self) -> None:
+        if self.imbalance not in IMBALANCE_MODES:
+            raise InvalidInputError(f"imbalance {self.imbalance!r}: expected one of {IMBALANCE_MODES}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise InvalidInputError("epochs and batch size must be at least 1")
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["preprocess"] = self.preprocess.as_dict()
+        d["augment"] = self.augment.as_dict()
+        return d
+
+
+@dataclass
+class FitResult:
+    net: torch.nn.Module
+    temperature: float
+    history: list[dict]
+    best_epoch: int
+    seconds: float
+    val_logits: np.ndarray
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_input(batch_uint8: np.ndarray | torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    """(N, S, S, 3) uint8 -> (N, 3, S, S) float in [0, 1] (normalization comes after augmenting)."""
+    x = torch.as_tensor(batch_uint8)
+    return x.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def normalize(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    mean = torch.tensor(pre.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def predict_logits(net: torch.nn.Module, arrays: np.ndarray, pre: Preprocess, batch_size: int = 256) -> np.ndarray:
+    net.eval()
+    dev = next(net.parameters()).device
+    out = []
+    for start in range(0, len(arrays), batch_size):
+        x = normalize(to_input(arrays[start:start + batch_size], pre), pre).to(dev)
+        out.append(net(x).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def _class_weights(y: np.ndarray, k: int) -> torch.Tensor:
+    counts = np.bincount(y, minlength=k).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / (k * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int,
+        config: TrainConfig, workdir: str | Path, resume: bool = False, show_progress: bool = True,
+        on_epoch_end: Callable[[dict], None] | None = None) -> FitResult:
+    """Train on uint8 arrays (N, S, S, 3); returns the best-on-validation network, calibrated.
+
+    ``on_epoch_end`` receives each epoch's record after its checkpoint is written.
+    """
+    if len(x_train) == 0 or len(x_val) == 0:
+        raise InvalidInputError("training and validation sets must both be non-empty")
+    workdir = Path(workdir)
+    dev = device()
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    net = create_network(config.arch, n_classes, pretrained=config.pretrained or False).to(dev)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = max(1, len(x_train) // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps,
+                                                    pct_start=0.25)
+    weights = _class_weights(y_train, n_classes).to(dev) if config.imbalance == "weights" else None
+    sample_p = None
+    if config.imbalance == "sampler":
+        w = _class_weights(y_train, n_classes).numpy()[y_train]
+        sample_p = torch.tensor(w / w.sum())
+    use_amp = dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    history: list[dict] = []
+    best = {"macro_f1": -1.0, "loss": float("inf"), "epoch": -1}
+    start_epoch = 0
+    elapsed_before = 0.0
+    ckpt_dir = workdir / "checkpoint"
+    if resume and checkpoint.has_state(ckpt_dir):
+        saved = checkpoint.read_meta(ckpt_dir)["config"]
+        current = json.loads(json.dumps(config.as_dict()))  # tuples -> lists, as saved
+        if saved != current:
+            changed = sorted(k for k in saved if saved[k] != current.get(k))
+            raise InvalidInputError(f"{ckpt_dir}: cannot resume with a different configuration ({', '.join(changed)})")
+        meta = checkpoint.load_state(ckpt_dir, net, optimizer, scheduler)
+        history, best, start_epoch = meta["history"], meta["best"], meta["epoch"] + 1
+        elapsed_before = meta.get("seconds", 0.0)
+        gen.set_state(torch.tensor(meta["generator_state"], dtype=torch.uint8))
+    best_path = workdir / "best.safetensors"
+    x_train_t = torch.from_numpy(np.ascontiguousarray(x_train))
+    y_train_t = torch.from_numpy(y_train.astype(np.int64))
+    t0 = time.time()
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not show_progress)
+    with progress:
+        task = progress.add_task("train", total=(config.epochs - start_epoch) * steps, info="")
+        for epoch in range(start_epoch, config.epochs):
+            net.train()
+            order = (torch.multinomial(sample_p, steps * config.batch_size, replacement=True, generator=gen)
+                     if sample_p is not None else torch.randperm(len(x_train), generator=gen))
+            total_loss = 0.0
+            for s in range(steps):
+                idx = order[s * config.batch_size:(s + 1) * config.batch_size]
+                x = augment_batch(to_input(x_train_t[idx], config.preprocess), config.augment, gen)
+                x = normalize(x, config.preprocess).to(dev)
+                y = y_train_t[idx].to(dev)
+                autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
+                with autocast:
+                    loss = F.cross_entropy(net(x), y, weight=weights, label_smoothing=config.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                total_loss += float(loss.detach())
+                progress.update(task, advance=1, info=f"epoch {epoch + 1}/{config.epochs} loss {total_loss / (s + 1):.3f}")
+            val_logits = predict_logits(net, x_val, config.preprocess)
+            val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(y_val.astype(np.int64))))
+            m = _from_confusion(confusion(y_val, val_logits.argmax(1), n_classes))
+            record = {"epoch": epoch, "train_loss": total_loss / steps, "val_loss": val_loss,
+                      "val_accuracy": float(m["accuracy"]), "val_macro_f1": float(m["macro_f1"]),
+                      "seconds": round(elapsed_before + time.time() - t0, 1)}
+            history.append(record)
+            progress.console.log(f"epoch {epoch + 1}: train loss {record['train_loss']:.3f}, val loss {val_loss:.3f}, "
+                                 f"val acc {record['val_accuracy']:.4f}, val macro-F1 {record['val_macro_f1']:.4f}")
+            improved = (record["val_macro_f1"] > best["macro_f1"] or
+                        (record["val_macro_f1"] == best["macro_f1"] and val_loss < best["loss"]))
+            if improved:
+                best = {"macro_f1": record["val_macro_f1"], "loss": val_loss, "epoch": epoch}
+                from safetensors.torch import save_file
+                best_path.parent.mkdir(parents=True, exist_ok=True)
+                save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(best_path))
+            checkpoint.save_state(ckpt_dir, net, optimizer, scheduler, {
+                "epoch": epoch, "history": history, "best": best, "config": config.as_dict(),
+                "seconds": elapsed_before + time.time() - t0, "generator_state": gen.get_state().tolist(),
+            })
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+            if epoch - best["epoch"] >= config.patience:
+                progress.console.log(f"early stop: no val macro-F1 gain for {config.patience} epochs")
+                break
+
+    from safetensors.torch import load_file
+    net.load_state_dict(load_file(str(best_path)))
+    net.eval()
+    val_logits = predict_logits(net, x_val, config.preprocess)
+    temperature = fit_temperature(val_logits, y_val)
+    return FitResult(net=net.cpu(), temperature=temperature, history=history, best_epoch=best["epoch"],
+                     seconds=elapsed_before + time.time() - t0, val_logits=val_logits)

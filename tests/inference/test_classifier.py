@@ -1,0 +1,65 @@
+"""The Python API: load a bundle, predict files, folders and arrays, ONNX parity, bad inputs in a batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import leukodx
+from leukodx.data.images import read_image
+from leukodx.inference.classifier import Classifier
+from leukodx.inference.onnx_backend import OnnxSession, export_onnx
+from leukodx.preprocessing.transforms import normalize_batch
+
+
+def test_predict_files_folders_and_arrays(tiny_aria_model, aria_folder):
+    clf = leukodx.load_model(tiny_aria_model)
+    files = sorted((aria_folder / "early").iterdir())[:2]
+    arr = read_image(files[0])
+    result = clf.predict([*files, aria_folder / "pro", arr])
+    assert len(result.rows) == 2 + 6 + 1 and not result.errors
+    row = result.rows[0]
+    assert row["top_class"] in clf.classes
+    assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert row["probability"] == max(row["probabilities"].values())
+    # the same image as a path and as an array gives the same probabilities
+    assert result.probabilities[0] == pytest.approx(result.probabilities[-1], abs=1e-6)
+
+
+def test_bad_files_in_a_batch_are_reported_and_the_rest_predicted(tiny_aria_model, aria_folder, tmp_path):
+    (tmp_path / "broken.jpg").write_text("not an image")
+    (tmp_path / "dot.png").write_bytes(b"")
+    clf = leukodx.load_model(tiny_aria_model)
+    good = sorted((aria_folder / "pre").iterdir())[0]
+    result = clf.predict([good, tmp_path / "broken.jpg", tmp_path / "dot.png", tmp_path / "missing.jpg"])
+    assert len(result.rows) == 1
+    assert [e["input"].split("/")[-1] for e in result.errors] == ["missing.jpg", "broken.jpg", "dot.png"]
+    assert all(e["error"].count("\n") == 0 for e in result.errors)
+
+
+def test_onnx_runtime_matches_pytorch_logits(tiny_pbc_model, pbc_folder, tmp_path):
+    torch_clf = leukodx.load_model(tiny_pbc_model, backend="torch")
+    onnx_clf = leukodx.load_model(tiny_pbc_model, backend="onnx")
+    _, arrays, _ = torch_clf.load_inputs([pbc_folder])
+    diff = np.abs(torch_clf.logits(arrays) - onnx_clf.logits(arrays)).max()
+    assert diff < 1e-4
+    path = export_onnx(torch_clf.net, torch_clf.preprocess.size, tmp_path / "m.onnx")
+    direct = OnnxSession(path)(normalize_batch(arrays[:3], torch_clf.preprocess))
+    assert np.abs(direct - torch_clf.logits(arrays[:3])).max() < 1e-4
+
+
+def test_auto_backend_is_onnx_on_cpu(tiny_pbc_model):
+    assert leukodx.load_model(tiny_pbc_model).backend == "onnx"
+    with pytest.raises(ValueError, match="backend"):
+        Classifier.load(tiny_pbc_model, backend="tpu")
+
+
+def test_temperature_from_the_card_is_applied(tiny_pbc_model, pbc_folder):
+    clf = leukodx.load_model(tiny_pbc_model, backend="torch")
+    _, arrays, _ = clf.load_inputs([pbc_folder / "basophil"])
+    logits = clf.logits(arrays)
+    clf.temperature = 2.0
+    p = clf.predict_arrays(arrays)
+    z = logits / 2.0
+    expected = np.exp(z - z.max(1, keepdims=True))
+    assert p == pytest.approx(expected / expected.sum(1, keepdims=True), abs=1e-6)

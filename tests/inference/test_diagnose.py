@@ -1,0 +1,65 @@
+"""Case diagnosis: input kind recognition, case summaries, flags and outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from leukodx.data.images import read_image
+from leukodx.data.registry import load_dataset
+from leukodx.errors import InvalidInputError
+from leukodx.inference.diagnose import CaseImage, diagnose, recognise_kind, write_case_outputs
+
+
+def _case(dataset, start, n=10):
+    index = load_dataset(dataset)
+    rng = np.random.default_rng(start)
+    pick = rng.choice(len(index), n, replace=False)
+    return [CaseImage(str(index.abspath(i)), read_image(index.abspath(i))) for i in pick]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_single_cell_cases_and_smear_field_cases_are_told_apart(seed):
+    assert recognise_kind(_case("pbc", seed))[0] == "cells"
+    assert recognise_kind(_case("all-aria", seed))[0] == "fields"
+
+
+def test_cell_case_gives_a_differential_and_files_atomically(tiny_pbc_model, pbc_folder, tmp_path):
+    result = diagnose([pbc_folder], kind="cells", model=str(tiny_pbc_model))
+    s = result["summary"]
+    assert result["n_images"] == 32
+    assert sum(s["counts"].values()) + s["unsure"] == 32
+    if s["leukocytes_counted"]:
+        assert sum(s["differential_percent"].values()) == pytest.approx(100, abs=0.5)
+    assert any("differential needs at least 100" in f for f in result["flags"])
+    paths = write_case_outputs(result, tmp_path / "out")
+    assert json.loads(paths["summary"].read_text())["kind"] == "cells"
+    assert paths["predictions"].read_text().count("\n") == 33
+    html = paths["report"].read_text()
+    assert "data:image/jpeg;base64" in html and "not a medical device" in html
+    assert not list((tmp_path / "out").glob("*.part"))
+
+
+def test_field_case_gives_stage_probabilities(tiny_aria_model, aria_folder):
+    result = diagnose(aria_folder / "early", model=str(tiny_aria_model))
+    s = result["summary"]
+    assert result["kind"] == "fields" and result["kind_evidence"] == "the model's input kind"
+    assert sum(s["stage_probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert s["case_call"] in s["stage_probabilities"]
+
+
+def test_wrong_model_for_the_kind_and_empty_cases_are_refused(tiny_aria_model, tmp_path, real_jpeg):
+    case = tmp_path / "one"
+    case.mkdir()
+    (case / "a.jpg").write_bytes(real_jpeg.read_bytes())
+    with pytest.raises(InvalidInputError, match="classifies fields, but the case was given as cells"):
+        diagnose(case, kind="cells", model=str(tiny_aria_model))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidInputError, match="empty: no readable image in this case"):
+        diagnose(tmp_path / "empty", kind="cells")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.jpg").write_text("junk")
+    with pytest.raises(InvalidInputError, match=r"no readable image in this case; 1 unreadable"):
+        diagnose(tmp_path / "bad", kind="cells")

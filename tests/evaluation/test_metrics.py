@@ -57,3 +57,11 @@ def test_ece_is_zero_for_calibrated_certainty_and_large_for_overconfidence():
     assert expected_calibration_error(y, np.eye(2)[y]) == 0
     wrong = np.eye(2)[1 - y] * 0.99 + 0.005
     assert expected_calibration_error(y, wrong) > 0.9
+
+
+def test_folder_classes_match_model_classes_case_insensitively_and_by_synonym():
+    from leukodx.evaluation.evaluate import match_classes
+
+    model = ["basophil", "eosinophil", "ig", "neutrophil"]
+    assert match_classes(["Neutrophils", "EOSINOPHIL", "Immature_Granulocytes", "blast"], model) == {
+        "Neutrophils": 3, "EOSINOPHIL": 1, "Immature_Granulocytes": 2}

@@ -82,6 +82,8 @@ def register(app: typer.Typer) -> None:
                 raise InvalidInputError(f"{dataset}: not an image-classification dataset")
             if split != "all":
                 path = split_file or bundled_split_path(dataset)
+                if not path.exists():
+                    raise InvalidInputError(f"{dataset}: no saved split at {path}; pass --split-file FILE or --split all")
                 sides = apply_split(index, load_split(path))
                 if split not in sides:
                     raise InvalidInputError(f"{path}: no side named {split!r} (has {', '.join(sides)})")

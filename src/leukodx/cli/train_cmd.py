@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         split: Optional[Path] = typer.Option(None, help="Split file (default: the bundled split, else a new one)."),
         stain: str = typer.Option("none", help="Colour normalization: none | reinhard | macenko."),
         resize: str = typer.Option("resize", help="resize | center-crop | pad"),
-        augment: str = typer.Option("all", help="all | none | flip | rotation | color"),
+        augment: str = typer.Option("all", help="all | light | none | flip | rotation | color"),
         pretrained: Optional[Path] = typer.Option(None, help="Local .safetensors backbone weights."),
         max_per_class: Optional[int] = typer.Option(None, help="Use at most this many training images per class (quick runs)."),
         name: Optional[str] = typer.Option(None, help="Model name in the card (default: output folder name)."),
@@ -73,6 +73,8 @@ def augment_preset(name: str) -> Augment:
 
     presets = {
         "all": Augment(),
+        # flips and any rotation with faint colour jitter: for one-site sets with consistent staining
+        "light": Augment(flip=True, rotate=180.0, translate=0.0, scale=(1.0, 1.0), color=0.05),
         "none": NO_AUGMENT,
         "flip": Augment(flip=True, rotate=0.0, translate=0.0, scale=(1.0, 1.0), color=0.0),
         "rotation": Augment(flip=False, rotate=180.0, translate=0.0, scale=(1.0, 1.0), color=0.0),

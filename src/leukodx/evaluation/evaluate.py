@@ -9,14 +9,16 @@ import numpy as np
 
 from leukodx._versions import versions
 from leukodx.data.folder import ImageIndex, index_image_folder
+from leukodx.data.labelmap import align_classes
 from leukodx.errors import InvalidInputError
 from leukodx.evaluation.metrics import classification_metrics, reliability_curve
 
 
 def match_classes(folder_classes: list[str], model_classes: list[str]) -> dict[str, int]:
-    """Folder class name -> model class index, case-insensitively; unknown folders are left out."""
-    lookup = {c.lower(): i for i, c in enumerate(model_classes)}
-    return {c: lookup[c.lower()] for c in folder_classes if c.lower() in lookup}
+    """Folder class name -> model class index (case-insensitive, with the label map's synonyms);
+    folders of classes the model does not know are left out."""
+    mapping = align_classes(folder_classes, model_classes)
+    return {folder_classes[i]: j for i, j in mapping.source_to_target.items()}
 
 
 def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int = 0) -> dict:

@@ -82,7 +82,9 @@ def markdown_summary(result: dict, images: dict[str, str] | None = None) -> str:
     lines = [
         f"# Evaluation of `{result['model']}`",
         "",
-        f"Data: `{result['images']}` (n = {result['n']}, fingerprint {result['dataset_fingerprint']}); "
+        f"Data: `{result['images']}`"
+        + (f", dataset {result['dataset']} split {result['split']}" if result.get("dataset") else "")
+        + f" (n = {result['n']}, fingerprint {result['dataset_fingerprint']}); "
         f"model sha256 {str(result.get('model_sha256'))[:12]}; backend {result.get('backend')}; seed {result['seed']}.",
         "",
         "| metric | value [95% bootstrap CI] |",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +36,15 @@ def _limit_per_class(index: ImageIndex, n: int | None, seed: int) -> ImageIndex:
     return index.subset(sorted(keep))
 
 
-def resolve_split(index: ImageIndex, split_path: str | os.PathLike | None, seed: int) -> tuple[dict, str]:
-    """The split file to use: the one given, else the bundled one, else a new seeded split."""
+def resolve_split(index: ImageIndex, split_path: str | os.PathLike | None, seed: int) -> tuple[dict, str, Path | None]:
+    """The split to use (the file given, else the bundled one, else a new seeded split), how to
+    name it in a card, and the file it came from."""
     if split_path:
-        return load_split(split_path), str(split_path)
+        return load_split(split_path), str(split_path), Path(split_path)
     bundled = bundled_split_path(index.name)
     if bundled.exists():
-        return load_split(bundled), f"leukodx/data/splits/{bundled.name}"
-    return make_split(index, seed=seed), "generated"
+        return load_split(bundled), f"leukodx/data/splits/{bundled.name}", bundled
+    return make_split(index, seed=seed), "generated", None
 
 
 def train_from_dataset(dataset: str, out_dir: str | os.PathLike, config: TrainConfig, *, name: str | None = None,
@@ -50,11 +52,12 @@ def train_from_dataset(dataset: str, out_dir: str | os.PathLike, config: TrainCo
                        max_per_class: int | None = None, resume: bool = False, show_progress: bool = True,
                        intended_use: str | None = None) -> dict:
     """Train, calibrate on val, evaluate on test with bootstrap CIs, write the bundle; returns its card."""
+    started = time.time()
     out_dir = Path(out_dir)
     index = load_dataset(dataset, data_root)
     if not isinstance(index, ImageIndex):
         raise InvalidInputError(f"{dataset}: not an image-classification dataset")
-    split, split_origin = resolve_split(index, split_path, config.seed)
+    split, split_origin, split_file = resolve_split(index, split_path, config.seed)
     sides = apply_split(index, split)
     for side in ("train", "val", "test"):
         if side not in sides:
@@ -68,9 +71,10 @@ def train_from_dataset(dataset: str, out_dir: str | os.PathLike, config: TrainCo
     n_tr, n_va = len(train), len(val)
     x_tr, x_va, x_te = arrays[:n_tr], arrays[n_tr:n_tr + n_va], arrays[n_tr + n_va:]
 
-    if split_origin == "generated":
-        save_split(split, out_dir / "split.json")
-        split_origin = str(out_dir / "split.json")
+    if split_file is None:
+        split_file = out_dir / "split.json"
+        save_split(split, split_file)
+        split_origin = str(split_file)
     result = fit(x_tr, train.labels, x_va, val.labels, len(index.classes), config, out_dir / "work",
                  resume=resume, show_progress=show_progress)
     test_proba = softmax(predict_logits(result.net, x_te, config.preprocess), result.temperature)
@@ -79,7 +83,6 @@ def train_from_dataset(dataset: str, out_dir: str | os.PathLike, config: TrainCo
     val_metrics = classification_metrics(val.labels, val_proba, index.classes, n_boot=200, auroc_boot=0)
 
     info = dataset_info(dataset) if dataset in list_datasets() else None
-    split_file = Path(split_origin) if Path(split_origin).exists() else None
     card = {
         "name": name or out_dir.name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -95,7 +98,7 @@ def train_from_dataset(dataset: str, out_dir: str | os.PathLike, config: TrainCo
             "dataset": dataset,
             "dataset_fingerprint": index.fingerprint(),
             "split": split_origin,
-            "split_sha256": sha256_file(split_file) if split_file else None,
+            "split_sha256": sha256_file(split_file),
             "split_method": split.get("method"), "split_groups": split.get("group_method"),
             "counts": {"train": train.class_counts(), "val": val.class_counts(), "test": test.class_counts()},
             "max_per_class": max_per_class,
@@ -105,7 +108,8 @@ def train_from_dataset(dataset: str, out_dir: str | os.PathLike, config: TrainCo
         },
         "training": {
             "config": config.as_dict(), "epochs_run": len(result.history), "best_epoch": result.best_epoch,
-            "seconds": round(result.seconds, 1), "device": str(device()), "threads": torch.get_num_threads(),
+            "seconds": round(result.seconds, 1), "wall_seconds_with_decoding": round(time.time() - started, 1),
+            "device": str(device()), "threads": torch.get_num_threads(),
             "history": result.history,
             "command": "leukodx train",
         },

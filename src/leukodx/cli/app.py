@@ -7,12 +7,13 @@ import sys
 
 import typer
 
-from leukodx.cli import datasets_cmd, infer_cmd, train_cmd
+from leukodx.cli import datasets_cmd, expression_cmd, infer_cmd, train_cmd
 from leukodx.errors import LeukodxError
 
 app = typer.Typer(name="leukodx", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Deep-learning leukemia diagnosis: datasets, training, evaluation, inference.")
 app.add_typer(datasets_cmd.app, name="datasets")
+app.add_typer(expression_cmd.app, name="expression")
 train_cmd.register(app)
 infer_cmd.register(app)
 

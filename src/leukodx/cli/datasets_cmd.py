@@ -15,7 +15,7 @@ from leukodx.data.registry import dataset_info, list_datasets, load_dataset
 from leukodx.errors import IntegrityError, InvalidInputError
 
 app = typer.Typer(no_args_is_help=True, help="Registered datasets: list, describe, verify, split, audit.")
-console = Console()
+console = Console(soft_wrap=True)
 DataRoot = typer.Option(None, "--data-root", help="Data folder (default: $LEUKODX_DATA, else ../shared/data).")
 
 

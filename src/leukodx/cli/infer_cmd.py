@@ -13,7 +13,7 @@ from rich.console import Console
 from leukodx import _atomic
 from leukodx.errors import InvalidInputError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 Backend = typer.Option("auto", help="auto (ONNX Runtime on CPU when installed) | torch | onnx")
 
 

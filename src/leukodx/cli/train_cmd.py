@@ -12,7 +12,7 @@ from leukodx.preprocessing.augment import NO_AUGMENT, Augment
 from leukodx.preprocessing.transforms import Preprocess
 from leukodx.training.trainer import TrainConfig
 
-console = Console()
+console = Console(soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

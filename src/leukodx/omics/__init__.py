@@ -1,0 +1,1 @@
+"""Gene-expression diagnosis: readers, literature preprocessing, in-fold feature selection, classifiers."""

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The commands that produced the bundled models (run once, from the repo root, on a 2-core CPU).
+# Splits are the committed src/leukodx/data/splits/{pbc,all-aria}.json (near-duplicates grouped).
+# Training is deterministic on CPU: rerunning these reproduces the committed weights bit for bit.
 set -euo pipefail
 leukodx train -d pbc -o src/leukodx/weights/pbc-celltype --name pbc-celltype \
     --arch regnetx_002 --size 80 --epochs 25 --lr 3e-3 --threads 2

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.torch import load_file, save_file
 
 from leukodx.errors import InvalidInputError
 from leukodx.evaluation.metrics import _from_confusion, confusion
@@ -184,7 +185,6 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.n
                         (record["val_macro_f1"] == best["macro_f1"] and val_loss < best["loss"]))
             if improved:
                 best = {"macro_f1": record["val_macro_f1"], "loss": val_loss, "epoch": epoch}
-                from safetensors.torch import save_file
                 best_path.parent.mkdir(parents=True, exist_ok=True)
                 save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(best_path))
             checkpoint.save_state(ckpt_dir, net, optimizer, scheduler, {
@@ -197,7 +197,6 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.n
                 progress.console.log(f"early stop: no val macro-F1 gain for {config.patience} epochs")
                 break
 
-    from safetensors.torch import load_file
     net.load_state_dict(load_file(str(best_path)))
     net.eval()
     val_logits = predict_logits(net, x_val, config.preprocess)

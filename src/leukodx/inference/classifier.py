@@ -142,15 +142,18 @@ class Classifier:
             inputs = [inputs]
         names, arrays, errors = self.load_inputs(inputs)
         proba = self.predict_arrays(arrays, batch_size)
-        result = Predictions(classes=self.classes, errors=errors)
-        for name, p in zip(names, proba):
-            top = int(p.argmax())
-            result.rows.append({
-                "input": name, "top_class": self.classes[top], "probability": float(p[top]),
+        rows = [self.prediction_row(name, p) for name, p in zip(names, proba)]
+        return Predictions(classes=self.classes, rows=rows, errors=errors)
+
+    def prediction_row(self, name: str, p: np.ndarray, decimals: int | None = None) -> dict:
+        """One input's result: top class, its probability, ``unsure`` and every class probability."""
+        def num(v) -> float:
+            return round(float(v), decimals) if decimals is not None else float(v)
+
+        top = int(p.argmax())
+        return {"input": name, "top_class": self.classes[top], "probability": num(p[top]),
                 "unsure": bool(p[top] < self.abstain_below),
-                "probabilities": {c: float(v) for c, v in zip(self.classes, p)},
-            })
-        return result
+                "probabilities": {c: num(v) for c, v in zip(self.classes, p)}}
 
 
 def load_model(name_or_path: str | os.PathLike, backend: str = "auto") -> Classifier:

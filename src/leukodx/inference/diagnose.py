@@ -157,12 +157,7 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
         raise InvalidInputError(f"model {clf.name} classifies {model_kind(clf)}, but the case was given as {kind}")
     arrays = np.stack([clf.preprocess(im.rgb) for im in images])
     proba = clf.predict_arrays(arrays)
-    rows = []
-    for im, p in zip(images, proba):
-        top = int(p.argmax())
-        rows.append({"input": im.name, "top_class": clf.classes[top], "probability": round(float(p[top]), 4),
-                     "unsure": bool(p[top] < clf.abstain_below),
-                     "probabilities": {c: round(float(v), 4) for c, v in zip(clf.classes, p)}})
+    rows = [clf.prediction_row(im.name, p, decimals=4) for im, p in zip(images, proba)]
     summary, flags = (_cell_summary if kind == "cells" else _field_summary)(rows, clf.classes)
     n_unsure = sum(r["unsure"] for r in rows)
     if n_unsure:

@@ -8,7 +8,7 @@ from importlib import metadata
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for pkg in ("leukodx", "torch", "torchvision", "timm", "numpy", "scikit-learn", "onnxruntime"):
+    for pkg in ("leukodx", "torch", "torchvision", "timm", "numpy", "scikit-learn", "onnxruntime", "flowio", "flowutils"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -7,3 +7,4 @@ leukodx train -d pbc -o src/leukodx/weights/pbc-celltype --name pbc-celltype \
     --arch regnetx_002 --size 80 --epochs 25 --lr 3e-3 --threads 2
 leukodx train -d all-aria -o src/leukodx/weights/all-stage --name all-stage \
     --arch regnetx_002 --size 128 --epochs 30 --lr 3e-3 --threads 2
+leukodx flow train -o src/leukodx/weights/flow/ddpr-leukemic-cell

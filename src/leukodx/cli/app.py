@@ -7,13 +7,14 @@ import sys
 
 import typer
 
-from leukodx.cli import datasets_cmd, expression_cmd, infer_cmd, train_cmd
+from leukodx.cli import datasets_cmd, expression_cmd, flow_cmd, infer_cmd, train_cmd
 from leukodx.errors import LeukodxError
 
 app = typer.Typer(name="leukodx", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Deep-learning leukemia diagnosis: datasets, training, evaluation, inference.")
 app.add_typer(datasets_cmd.app, name="datasets")
 app.add_typer(expression_cmd.app, name="expression")
+app.add_typer(flow_cmd.app, name="flow")
 train_cmd.register(app)
 infer_cmd.register(app)
 
@@ -23,7 +24,10 @@ EXIT_USER_ERROR = 2
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; ``LeukodxError`` becomes ``error: <message>`` on stderr (traceback with LEUKODX_DEBUG=1)."""
     try:
-        app(args=argv, prog_name="leukodx", standalone_mode=False)
+        # non-standalone click returns a typer.Exit's code instead of raising it
+        code = app(args=argv, prog_name="leukodx", standalone_mode=False)
+        if isinstance(code, int) and code:
+            return code
     except LeukodxError as exc:
         if os.environ.get("LEUKODX_DEBUG"):
             raise

@@ -1,0 +1,182 @@
+"""``leukodx flow info | train | evaluate | readout | features``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from leukodx import _atomic
+
+app = typer.Typer(no_args_is_help=True, help="Flow / mass cytometry: FCS files, leukemic-cell classifier, MRD-style read-out.")
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+
+@app.command("info")
+def info(
+    file: Path = typer.Argument(..., help="FCS file (2.0, 3.0, 3.1)."),
+    dataset: int = typer.Option(1, "--dataset", min=1, help="Data set within the file (1 = first)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    check_data: bool = typer.Option(True, help="Stream every event once to check the DATA segment, not just the TEXT."),
+) -> None:
+    """Version, event count and channels of an FCS file, or the one-line reason it cannot be read."""
+    from leukodx.cytometry.fcs import open_fcs
+
+    fcs = open_fcs(file, dataset=dataset - 1)
+    if check_data:
+        for _ in fcs.iter_events(scale=False):
+            pass
+    summary = fcs.summary()
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    from rich.table import Table
+
+    out.print(f"{fcs.path}: FCS {fcs.version}, {fcs.event_count} events, {fcs.channel_count} channels, "
+              f"data type {fcs.datatype}, data set {fcs.dataset + 1} of {fcs.n_datasets}")
+    if fcs.spillover:
+        out.print(f"spillover matrix over {len(fcs.spillover[0])} channels: {', '.join(fcs.spillover[0])}")
+    table = Table("#", "name", "stain", "marker", "kind", "range")
+    for c in summary["channels"]:
+        table.add_row(str(c["index"]), c["name"], c["stain"], c["marker"], c["kind"], f"{c['range']:g}")
+    out.print(table)
+    for note in fcs.warnings:
+        console.print(f"warning: {note}")
+
+
+@app.command("train")
+def train(
+    output: Path = typer.Option(..., "--output", "-o", help="Model folder (model.safetensors + card.json)."),
+    seed: int = typer.Option(0),
+    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+) -> None:
+    """Train the leukemic-cell classifier on the DDPR training cells (saved split), score the held-out cells."""
+    from leukodx.cytometry.cells import load_cell_split, read_ddpr
+    from leukodx.cytometry.classifier import train_cell_classifier
+    from leukodx.cytometry.readout import error_rates
+
+    table = read_ddpr(data_root)
+    train_rows, test_rows = load_cell_split(table)
+    model = train_cell_classifier(table, train_rows, seed=seed, progress=console.print)
+    model.card["test"] = error_rates(model, table, test_rows)
+    card = model.save(output)
+    t = card["test"]
+    console.print(f"held-out cells: AUROC {t['auroc']:.4f}, sensitivity {t['sensitivity']:.3f}, "
+                  f"false-positive rate {t['false_positive_rate']:.3f} (n={t['cells']}); written to {output}")
+
+
+@app.command("evaluate")
+def evaluate(
+    output: Path = typer.Option(..., "--output", "-o", help="Result JSON."),
+    model: str = typer.Option("ddpr-leukemic-cell", help="Flow model name or folder."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+) -> None:
+    """The model and comparators on the held-out DDPR cells, AUROC with bootstrap CIs."""
+    from leukodx.cytometry.cells import load_cell_split, read_ddpr
+    from leukodx.cytometry.classifier import CellClassifier
+    from leukodx.cytometry.evaluate import evaluate_cell_classifiers
+
+    table = read_ddpr(data_root)
+    train_rows, test_rows = load_cell_split(table)
+    result = evaluate_cell_classifiers(table, train_rows, test_rows, CellClassifier.load(model))
+    _atomic.write_json(output, result)
+    for name, entry in result["methods"].items():
+        auc = entry["held_out"]["auroc"]
+        console.print(f"{name}: held-out AUROC {auc['value']:.4f} [{auc['ci95'][0]:.4f}, {auc['ci95'][1]:.4f}]")
+    console.print(f"written to {output}")
+
+
+@app.command("readout")
+def readout_cmd(
+    files: list[Path] = typer.Argument(..., help="FCS files."),
+    output: Path = typer.Option(..., "--output", "-o", help="Result JSON (one entry per file)."),
+    model: str = typer.Option("ddpr-leukemic-cell", help="Flow model name or folder."),
+    refit_missing: bool = typer.Option(True, help="Refit on the shared markers when a file lacks some (needs the data root)."),
+    compensate: bool = typer.Option(True, help="Apply the file's spillover matrix when it has one."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+) -> None:
+    """Fraction of leukemic-like cells per file and a sample flag; bad files are reported and skipped."""
+    from leukodx.cytometry.classifier import CellClassifier
+    from leukodx.cytometry.readout import readout
+    from leukodx.errors import LeukodxError
+
+    cell_model = CellClassifier.load(model)
+    table = split = None
+    if refit_missing:
+        from leukodx.cytometry.cells import load_cell_split, read_ddpr
+
+        try:
+            table = read_ddpr(data_root)
+            split = load_cell_split(table)
+        except LeukodxError as exc:
+            console.print(f"warning: no refit for files lacking markers ({exc})")
+    results, failures, cache = [], [], {}
+    for path in files:
+        try:
+            entry = readout(path, cell_model, compensate_spillover=compensate, table=table, split=split, refit_cache=cache)
+        except LeukodxError as exc:
+            console.print(f"error: {exc}")
+            failures.append({"file": str(path), "error": str(exc)})
+            continue
+        results.append(entry)
+        lo, hi = entry["fraction_ci95"]
+        console.print(f"{path}: {entry['leukemic_like']}/{entry['events_scored']} leukemic-like "
+                      f"({entry['fraction_leukemic_like']:.1%}, 95% CI {lo:.1%}-{hi:.1%}): {entry['flag']}")
+    _atomic.write_json(output, {"model": cell_model.card.get("name"), "model_sha256": cell_model.card.get("sha256"),
+                                "results": results, "failed": failures})
+    console.print(f"{len(results)} file(s) read, {len(failures)} failed; written to {output}")
+    if not results:
+        raise typer.Exit(2)
+
+
+@app.command("features")
+def features_cmd(
+    files: list[Path] = typer.Argument(..., help="FCS files."),
+    output: Path = typer.Option(..., "--output", "-o", help="CSV: one row per file, markers x statistics flattened."),
+    markers: str = typer.Option("cd45,cd19,cd34,cd10,cd38,cd123", help="Comma-separated markers, in order."),
+    cofactor: float = typer.Option(5.0, help="arcsinh cofactor (5 mass cytometry, ~150 fluorescence)."),
+) -> None:
+    """Per-sample feature matrix (Adjouadi-style statistics + histograms) for each file."""
+    import csv
+    import io
+
+    from leukodx.cytometry.features import SampleFeatureAccumulator
+    from leukodx.cytometry.fcs import open_fcs
+    from leukodx.cytometry.markers import align_markers
+    from leukodx.cytometry.transforms import Transform
+    from leukodx.errors import InvalidInputError, LeukodxError
+
+    wanted = [m.strip() for m in markers.split(",") if m.strip()]
+    rows, header, failed = [], None, 0
+    for path in files:
+        try:
+            fcs = open_fcs(path)
+            sources = [(c.pns if c.pns and c.pns.lower() != c.pnn.lower() else c.pnn) if c.marker else "" for c in fcs.channels]
+            columns, missing = align_markers(sources, wanted, source=str(path))
+            if missing:
+                raise InvalidInputError(f"{path}: lacks marker(s) {', '.join(missing)}")
+            acc = SampleFeatureAccumulator(wanted, Transform("asinh", cofactor))
+            for block in fcs.iter_events():
+                acc.update(block[:, columns])
+            matrix, names = acc.matrix()
+        except LeukodxError as exc:
+            console.print(f"error: {exc}")
+            failed += 1
+            continue
+        header = ["file", "events"] + [f"{m}:{n}" for m in wanted for n in names]
+        rows.append([str(path), fcs.event_count] + [f"{v:.6g}" for v in matrix.ravel()])
+    if not rows:
+        console.print("error: no file could be summarized")
+        raise typer.Exit(2)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    _atomic.write_text(output, buffer.getvalue())
+    console.print(f"{len(rows)} file(s) summarized ({len(wanted)} markers x {len(names)} features), {failed} failed; "
+                  f"written to {output}")
+

@@ -1,0 +1,143 @@
+"""MRD-style read-out: the fraction of leukemic-like cells in an FCS file, and a sample flag.
+
+Events stream through compensation, marker alignment, the transform and the cell classifier
+chunk by chunk, so memory stays bounded whatever the file size. The observed fraction is set
+against the classifier's error rates on held-out cells: a file is flagged only when the lower
+95% bound of its fraction exceeds the upper 95% bound of the false-positive rate on healthy
+cells, and a corrected estimate (Rogan-Gladen: (observed - FPR) / (sensitivity - FPR)) is given
+beside the raw one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from leukodx.cytometry.cells import CellTable
+from leukodx.cytometry.classifier import CellClassifier, train_cell_classifier
+from leukodx.cytometry.fcs import DEFAULT_CHUNK_EVENTS, open_fcs
+from leukodx.cytometry.markers import align_markers
+from leukodx.cytometry.transforms import compensate
+from leukodx.errors import InvalidInputError
+
+SHIFT_WARNING_FRACTION = 0.2  # events outside the training range on one marker before a file is called shifted
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def error_rates(model: CellClassifier, table: CellTable, rows: np.ndarray) -> dict:
+    """Sensitivity and false-positive rate at the model's threshold on the given (held-out) cells."""
+    from sklearn.metrics import roc_auc_score
+
+    columns = [table.markers.index(m) for m in model.markers]
+    proba = model.predict_proba(table.values[np.ix_(rows, columns)])
+    y = table.labels[rows]
+    called = proba >= model.threshold
+    return {"cells": int(len(rows)), "leukemic_cells": int(y.sum()), "healthy_cells": int((y == 0).sum()),
+            "auroc": float(roc_auc_score(y, proba)),
+            "sensitivity": float(called[y == 1].mean()), "false_positive_rate": float(called[y == 0].mean()),
+            "false_positives": int(called[y == 0].sum())}
+
+
+def reduced_model(model: CellClassifier, markers: list[str], table: CellTable, train_rows: np.ndarray,
+                  test_rows: np.ndarray) -> CellClassifier:
+    """The same recipe refit on a subset of markers (a panel that lacks some), with its own held-out rates."""
+    chosen = model.card.get("selection", {}).get("chosen", {})
+    reduced = train_cell_classifier(table, train_rows, markers=markers, transform=model.transform,
+                                    seed=int(model.card.get("seed", 0)),
+                                    hidden=tuple(chosen.get("hidden", (64, 32))), alpha=float(chosen.get("alpha", 0.1)))
+    reduced.card["name"] = f"{model.card.get('name', 'model')} (refit on {len(markers)} markers)"
+    reduced.card["test"] = error_rates(reduced, table, test_rows)
+    return reduced
+
+
+def readout(path: str | os.PathLike, model: CellClassifier, dataset: int = 0, compensate_spillover: bool = True,
+            chunk_events: int = DEFAULT_CHUNK_EVENTS, table: CellTable | None = None,
+            split: tuple[np.ndarray, np.ndarray] | None = None, refit_cache: dict | None = None) -> dict:
+    """Score every event of one FCS data set. When the file lacks some of the model's markers and the
+    training ``table`` + ``split`` are given, a reduced model is refit on the shared markers;
+    otherwise the missing markers are an error."""
+    fcs = open_fcs(path, dataset=dataset)
+    sources = [(c.pns if c.pns and c.pns.lower() != c.pnn.lower() else c.pnn) if c.marker else "" for c in fcs.channels]
+    columns, missing = align_markers(sources, model.markers, source=str(fcs.path))
+    notes = list(fcs.warnings)
+    used = model
+    if missing:
+        shared = [m for m, c in zip(model.markers, columns) if c is not None]
+        if table is None or split is None:
+            raise InvalidInputError(f"{fcs.path}: lacks marker(s) {', '.join(missing)} the model needs "
+                                    "(give the training table to refit on the shared markers)")
+        if len(shared) < 3:
+            raise InvalidInputError(f"{fcs.path}: shares only {len(shared)} marker(s) with the model "
+                                    f"({', '.join(shared) or 'none'}); cannot score its cells")
+        key = tuple(shared)
+        cache = refit_cache if refit_cache is not None else {}
+        if key not in cache:
+            cache[key] = reduced_model(model, shared, table, *split)
+        used = cache[key]
+        columns = [c for c in columns if c is not None]
+        notes.append(f"missing marker(s) {', '.join(missing)}: scored by a model refit on the {len(shared)} shared markers")
+    rates = used.card.get("test") or {}
+    apply_comp = compensate_spillover and fcs.spillover is not None
+    total = called = 0
+    outside = np.zeros(len(used.markers), dtype=np.int64)
+    histogram = np.zeros(20, dtype=np.int64)
+    for block in fcs.iter_events(chunk_events=chunk_events):
+        if apply_comp:
+            block = compensate(block, [c.pnn for c in fcs.channels], fcs.spillover)
+        values = block[:, columns]
+        finite = np.isfinite(values).all(axis=1)
+        values = values[finite]
+        proba = used.predict_proba(values)
+        total += len(values)
+        called += int((proba >= used.threshold).sum())
+        outside += used.outside_training_range(values)
+        histogram += np.histogram(proba, bins=20, range=(0.0, 1.0))[0]
+    return summarize(fcs, used, total, called, outside, histogram, rates, notes, apply_comp)
+
+
+def summarize(fcs, model: CellClassifier, total: int, called: int, outside: np.ndarray, histogram: np.ndarray,
+              rates: dict, notes: list[str], compensated: bool) -> dict:
+    fraction = called / total if total else float("nan")
+    lo, hi = wilson_interval(called, total)
+    shift = {m: round(float(o) / total, 4) for m, o in zip(model.markers, outside)} if total else {}
+    shifted = sorted(m for m, f in shift.items() if f > SHIFT_WARNING_FRACTION)
+    result = {
+        "file": str(fcs.path), "dataset": fcs.dataset + 1, "events": fcs.event_count, "events_scored": total,
+        "model": model.card.get("name", ""), "markers_used": model.markers, "compensated": compensated,
+        "threshold": model.threshold, "leukemic_like": called, "fraction_leukemic_like": fraction,
+        "fraction_ci95": [lo, hi], "probability_histogram": histogram.tolist(),
+        "fraction_outside_training_range": shift, "warnings": notes,
+    }
+    fpr, sens = rates.get("false_positive_rate"), rates.get("sensitivity")
+    if total == 0:
+        result["flag"] = "not assessable: no events"
+        return result
+    if fpr is not None and sens is not None and sens > fpr:
+        healthy_n = rates.get("healthy_cells", 0)
+        fpr_hi = wilson_interval(rates.get("false_positives", round(fpr * healthy_n)), healthy_n)[1]
+        result["healthy_background"] = {"false_positive_rate": fpr, "upper95": fpr_hi, "sensitivity": sens,
+                                        "measured_on": f"{rates.get('cells')} held-out cells"}
+        result["fraction_corrected"] = float(np.clip((fraction - fpr) / (sens - fpr), 0.0, 1.0))
+        positive = lo > fpr_hi
+        result["flag"] = ("leukemic-like population above the healthy background" if positive
+                          else "no leukemic-like population above the healthy background")
+    else:
+        result["flag"] = "not assessable: the model carries no held-out error rates"
+    if shifted:
+        result["flag"] += f" (unreliable: >{SHIFT_WARNING_FRACTION:.0%} of events outside the training range on " \
+                          f"{', '.join(shifted)})"
+    if total < 1000:
+        result["warnings"].append(f"only {total} events: the fraction's interval is wide")
+    return result

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from leukodx.preprocessing.augment import NO_AUGMENT, Augment
+from leukodx.preprocessing.augment import augment_preset
 from leukodx.preprocessing.transforms import Preprocess
 from leukodx.training.trainer import TrainConfig
 
@@ -65,21 +65,3 @@ def register(app: typer.Typer) -> None:
             f"{test['macro_f1']['value']:.4f}, ECE {test['ece']['value']:.4f}; "
             f"{card['training']['seconds']:.0f} s; written to {output}"
         )
-
-
-def augment_preset(name: str) -> Augment:
-    """Named augmentation recipes (the ablation's arms)."""
-    from leukodx.errors import InvalidInputError
-
-    presets = {
-        "all": Augment(),
-        # flips and any rotation with faint colour jitter: for one-site sets with consistent staining
-        "light": Augment(flip=True, rotate=180.0, translate=0.0, scale=(1.0, 1.0), color=0.05),
-        "none": NO_AUGMENT,
-        "flip": Augment(flip=True, rotate=0.0, translate=0.0, scale=(1.0, 1.0), color=0.0),
-        "rotation": Augment(flip=False, rotate=180.0, translate=0.0, scale=(1.0, 1.0), color=0.0),
-        "color": Augment(flip=False, rotate=0.0, translate=0.0, scale=(1.0, 1.0), color=0.2),
-    }
-    if name not in presets:
-        raise InvalidInputError(f"--augment {name!r}: expected one of {', '.join(presets)}")
-    return presets[name]

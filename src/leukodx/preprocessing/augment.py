@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from leukodx.errors import InvalidInputError
+
 
 @dataclass(frozen=True)
 class Augment:
@@ -41,6 +43,23 @@ class Augment:
 
 
 NO_AUGMENT = Augment(flip=False, rotate=0.0, translate=0.0, scale=(1.0, 1.0), color=0.0)
+
+AUGMENT_PRESETS = {
+    "all": Augment(),
+    # flips and any rotation with faint colour jitter: for one-site sets with consistent staining
+    "light": Augment(flip=True, rotate=180.0, translate=0.0, scale=(1.0, 1.0), color=0.05),
+    "none": NO_AUGMENT,
+    "flip": Augment(flip=True, rotate=0.0, translate=0.0, scale=(1.0, 1.0), color=0.0),
+    "rotation": Augment(flip=False, rotate=180.0, translate=0.0, scale=(1.0, 1.0), color=0.0),
+    "color": Augment(flip=False, rotate=0.0, translate=0.0, scale=(1.0, 1.0), color=0.2),
+}
+
+
+def augment_preset(name: str) -> Augment:
+    """Named augmentation recipes (the arms of the augmentation ablation)."""
+    if name not in AUGMENT_PRESETS:
+        raise InvalidInputError(f"--augment {name!r}: expected one of {', '.join(AUGMENT_PRESETS)}")
+    return AUGMENT_PRESETS[name]
 
 
 def augment_batch(x: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.Tensor:

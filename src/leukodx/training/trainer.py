@@ -118,7 +118,8 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.n
     net = create_network(config.arch, n_classes, pretrained=config.pretrained or False).to(dev)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = max(1, len(x_train) // config.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps,
+    # OneCycleLR divides by zero when its warm-up phase is under one step (tiny smoke runs)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(8, config.epochs * steps),
                                                     pct_start=0.25)
     weights = _class_weights(y_train, n_classes).to(dev) if config.imbalance == "weights" else None
     sample_p = None

@@ -1,0 +1,68 @@
+"""``leukodx benchmark``: run the review's recipes under one protocol and regenerate the leaderboard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True, soft_wrap=True)
+RESULTS = Path("benchmarks") / "results"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("benchmark")
+    def benchmark(
+        dataset: str = typer.Option(..., "--dataset", "-d", help="Image dataset (pbc, all-aria, wbc-seg-1, ...)."),
+        suite: str = typer.Option("review", help="Recipe suite: 'review' = every recipe in the zoo."),
+        recipe: Optional[list[str]] = typer.Option(None, "--recipe", "-r", help="Only these recipes (repeatable)."),
+        quick: bool = typer.Option(False, help="Smoke run: 32 px, 2 epochs, 12 images/class, 2 folds."),
+        cross: Optional[list[str]] = typer.Option(None, "--cross", help="Also test on this dataset's shared classes."),
+        augment: Optional[str] = typer.Option(None, help="Ablation: augmentation preset for every recipe."),
+        stain: Optional[str] = typer.Option(None, help="Ablation: none | reinhard | macenko for every recipe."),
+        no_cv: bool = typer.Option(False, "--no-cv", help="Skip cross-validation (ablations)."),
+        pretrained: Optional[str] = typer.Option(None, help="Local .safetensors weights for network recipes."),
+        output_dir: Path = typer.Option(RESULTS / "zoo", help="Where per-run JSON files go."),
+        leaderboard: Optional[Path] = typer.Option(None, help="Leaderboard Markdown (default: beside output-dir)."),
+        force: bool = typer.Option(False, help="Rerun even when a result with the same configuration exists."),
+        seed: int = typer.Option(0),
+        data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    ) -> None:
+        """Every recipe of the suite on one dataset: k-fold CV on train+val, held-out test, cross-dataset."""
+        from leukodx.benchmarking.leaderboard import write_leaderboard
+        from leukodx.benchmarking.protocol import run_recipe
+        from leukodx.errors import InvalidInputError, LeukodxError
+        from leukodx.zoo.recipes import BUDGETS, get_recipe, list_recipes
+
+        if suite != "review":
+            raise InvalidInputError(f"--suite {suite!r}: the only suite is 'review'")
+        names = recipe or list_recipes()
+        recipes = [get_recipe(n) for n in names]
+        budget = BUDGETS["quick" if quick else "full"]
+        failed = []
+        for r in recipes:
+            try:
+                run_recipe(r, dataset, budget, output_dir, cross=cross or [], seed=seed, augment=augment, stain=stain,
+                           pretrained=pretrained, data_root=data_root, skip_cv=no_cv, force=force, log=console.print)
+            except LeukodxError as exc:
+                console.print(f"error: {r.name}: {exc}")
+                failed.append(r.name)
+        board = write_leaderboard(output_dir, leaderboard or Path(output_dir).parent / "LEADERBOARD.md")
+        console.print(f"{len(recipes) - len(failed)}/{len(recipes)} recipes ran; leaderboard: {board}")
+        if failed:
+            raise typer.Exit(2)
+
+    @app.command("zoo")
+    def zoo() -> None:
+        """The recipes: name, method, paper, claimed figure."""
+        from rich.table import Table
+
+        from leukodx.zoo.recipes import get_recipe, list_recipes
+
+        table = Table("recipe", "kind", "method", "paper", "claimed")
+        for name in list_recipes():
+            r = get_recipe(name)
+            table.add_row(name, r.kind, r.method, r.paper, r.claimed)
+        Console(soft_wrap=True).print(table)

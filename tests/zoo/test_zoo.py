@@ -87,3 +87,21 @@ def test_recipe_preprocessing_is_the_method_only_where_it_is():
     assert get_recipe("leuknet").train_config(QUICK).preprocess.stain == "none"
     assert get_recipe("claro2022-densenet121").augment == "all"
     assert get_recipe("leuknet").train_config(QUICK, stain="macenko").preprocess.stain == "macenko"
+
+
+def test_local_pretrained_weights_are_used(tmp_path):
+    from safetensors.torch import save_file
+
+    source = create_network("muhamad_cnn", 2)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.fill_(0.01)
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    config = get_recipe("muhamad2022-cnn").train_config(QUICK, pretrained=str(path))
+    net = create_network(config.arch, 2, pretrained=config.pretrained)
+    assert torch.equal(net.features[0][0].weight, source.features[0][0].weight)
+    pickle_file = tmp_path / "w.pt"
+    pickle_file.write_bytes(b"not loaded")
+    with pytest.raises(InvalidInputError, match="only .safetensors"):
+        create_network("muhamad_cnn", 2, pretrained=str(pickle_file))

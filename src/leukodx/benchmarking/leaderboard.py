@@ -20,6 +20,17 @@ def _cv(result: dict, metric: str = "macro_f1") -> str:
     return f"{cv['mean']:.3f} ± {cv['sd']:.3f} ({len(result['cv']['folds'])}-fold)" if cv else "-"
 
 
+def _current_claim(result: dict) -> str:
+    """The registry is the source of truth for a paper's claim; old result files may predate an edit."""
+    from leukodx.errors import InvalidInputError
+    from leukodx.zoo.recipes import get_recipe
+
+    try:
+        return get_recipe(result["recipe"]).claimed
+    except InvalidInputError:
+        return result.get("claimed", "-")
+
+
 def load_results(results_dir: str | Path) -> list[dict]:
     out = []
     for path in sorted(Path(results_dir).rglob("*.json")):
@@ -56,7 +67,7 @@ def render(results: list[dict], title: str = "Leaderboard: the review's methods 
                       "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for i, r in enumerate(rows, 1):
                 t = r["test"]
-                lines.append(f"| {i} | {r['recipe']} | {r['method']} | {r['claimed']} | {_ci(t['macro_f1'])} | "
+                lines.append(f"| {i} | {r['recipe']} | {r['method']} | {_current_claim(r)} | {_ci(t['macro_f1'])} | "
                              f"{_ci(t['accuracy'])} | {_ci(t['balanced_accuracy'])} | {_ci(t.get('macro_auroc'))} | "
                              f"{_ci(t.get('ece'))} | {_cv(r)} | {r['params'] / 1e6:.2f}M | "
                              f"{r['flops_per_image'] / 1e6:.0f} | {r['train_seconds']:.0f} | "

@@ -24,7 +24,7 @@ import numpy as np
 from leukodx import _atomic
 from leukodx._versions import versions
 from leukodx.data.cache import cached_arrays
-from leukodx.data.folder import ImageIndex
+from leukodx.data.folder import ImageIndex, limit_per_class
 from leukodx.data.labelmap import align_classes
 from leukodx.data.registry import load_dataset
 from leukodx.data.splits import apply_split, bundled_split_path, load_split, make_split
@@ -34,17 +34,6 @@ from leukodx.zoo.estimators import timed_predict
 from leukodx.zoo.recipes import Budget, Recipe
 
 FOLD_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc", "ece")
-
-
-def _cap(index: ImageIndex, per_class: int | None, seed: int) -> ImageIndex:
-    if not per_class:
-        return index
-    rng = np.random.default_rng(seed)
-    keep = []
-    for c in range(len(index.classes)):
-        members = np.flatnonzero(index.labels == c)
-        keep.extend(rng.permutation(members)[:per_class].tolist())
-    return index.subset(sorted(keep))
 
 
 def _image_index(dataset: str, data_root) -> ImageIndex:
@@ -111,11 +100,11 @@ def run_recipe(recipe: Recipe, dataset: str, budget: Budget, out_dir: str | os.P
     started = time.perf_counter()
     index, sides, split_origin = dataset_sides(dataset, data_root, seed)
     classes = index.classes
-    pool = _cap(index.subset(sorted(np.flatnonzero(np.isin(index.paths, sides["train"].paths + sides["val"].paths)))),
+    pool = limit_per_class(index.subset(sorted(np.flatnonzero(np.isin(index.paths, sides["train"].paths + sides["val"].paths)))),
                 budget.per_class, seed)
-    train = _cap(sides["train"], budget.per_class and int(np.ceil(budget.per_class * 0.85)), seed)
-    val = _cap(sides["val"], budget.per_class and max(2, int(np.ceil(budget.per_class * 0.15))), seed)
-    test = _cap(sides["test"], budget.test_per_class, seed)
+    train = limit_per_class(sides["train"], budget.per_class and int(np.ceil(budget.per_class * 0.85)), seed)
+    val = limit_per_class(sides["val"], budget.per_class and max(2, int(np.ceil(budget.per_class * 0.15))), seed)
+    test = limit_per_class(sides["test"], budget.test_per_class, seed)
     pre = recipe.train_config(budget, seed, augment, stain).preprocess
 
     folds = []
@@ -173,7 +162,7 @@ def cross_dataset(est, source_classes: list[str], target: str, pre, data_root, b
     source_idx = sorted(mapping.source_to_target)
     target_to_new = {mapping.source_to_target[s]: i for i, s in enumerate(source_idx)}
     keep = [i for i, y in enumerate(index.labels) if int(y) in target_to_new]
-    subset = _cap(index.subset(keep), budget.test_per_class, 0)
+    subset = limit_per_class(index.subset(keep), budget.test_per_class, 0)
     y = np.array([target_to_new[int(v)] for v in subset.labels])
     proba = est.predict_proba(_arrays(subset, pre))[:, source_idx]
     proba = proba / np.clip(proba.sum(1, keepdims=True), 1e-12, None)

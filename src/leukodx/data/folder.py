@@ -87,3 +87,15 @@ def index_image_folder(root: str | os.PathLike, name: str | None = None) -> Imag
     return ImageIndex(
         name=name or root.name, root=root, paths=paths, labels=np.asarray(labels, dtype=int), classes=classes
     )
+
+
+def limit_per_class(index: ImageIndex, n: int | None, seed: int) -> ImageIndex:
+    """At most ``n`` images of each class, drawn with a seeded permutation (``None``/0 = all)."""
+    if not n:
+        return index
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in range(len(index.classes)):
+        members = np.flatnonzero(index.labels == c)
+        keep.extend(rng.permutation(members)[:n].tolist())
+    return index.subset(sorted(keep))

@@ -12,7 +12,7 @@ import torch
 
 from leukodx._versions import versions
 from leukodx.data.cache import cached_arrays
-from leukodx.data.folder import ImageIndex
+from leukodx.data.folder import ImageIndex, limit_per_class
 from leukodx.data.registry import dataset_info, list_datasets, load_dataset
 from leukodx.data.splits import apply_split, bundled_split_path, load_split, make_split, save_split
 from leukodx.data.verify import sha256_file
@@ -23,17 +23,6 @@ from leukodx.training.calibration import softmax
 from leukodx.training.trainer import TrainConfig, device, fit, predict_logits
 
 DEFAULT_ABSTAIN = 0.6
-
-
-def _limit_per_class(index: ImageIndex, n: int | None, seed: int) -> ImageIndex:
-    if not n:
-        return index
-    rng = np.random.default_rng(seed)
-    keep = []
-    for c in range(len(index.classes)):
-        members = np.flatnonzero(index.labels == c)
-        keep.extend(rng.permutation(members)[:n])
-    return index.subset(sorted(keep))
 
 
 def resolve_split(index: ImageIndex, split_path: str | os.PathLike | None, seed: int) -> tuple[dict, str, Path | None]:
@@ -62,9 +51,9 @@ def train_from_dataset(dataset: str, out_dir: str | os.PathLike, config: TrainCo
     for side in ("train", "val", "test"):
         if side not in sides:
             raise InvalidInputError(f"split for {dataset} has no '{side}' list")
-    train = _limit_per_class(sides["train"], max_per_class, config.seed)
-    val = _limit_per_class(sides["val"], max_per_class and max(2, max_per_class // 3), config.seed)
-    test = _limit_per_class(sides["test"], max_per_class and max(2, max_per_class // 3), config.seed)
+    train = limit_per_class(sides["train"], max_per_class, config.seed)
+    val = limit_per_class(sides["val"], max_per_class and max(2, max_per_class // 3), config.seed)
+    test = limit_per_class(sides["test"], max_per_class and max(2, max_per_class // 3), config.seed)
     used = ImageIndex(name=index.name, root=index.root, paths=train.paths + val.paths + test.paths,
                       labels=np.concatenate([train.labels, val.labels, test.labels]), classes=index.classes)
     arrays = cached_arrays(used, config.preprocess)

@@ -60,3 +60,10 @@ def test_leaderboard_sorted_by_macro_f1_and_lists_ablations(tmp_path):
     main_table = text.split("## Ablations")[0]
     assert main_table.index("| 1 | b |") < main_table.index("| 2 | a |") and "| c |" not in main_table
     assert "## Ablations" in text and "| pbc | c | full |" in text
+
+
+def test_benchmark_cli_refuses_unknown_suite_and_recipe(tmp_path, capsys):
+    assert main(["benchmark", "-d", "pbc", "--suite", "other", "--output-dir", str(tmp_path)]) == 2
+    assert main(["benchmark", "-d", "pbc", "-r", "nope", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "only suite is 'review'" in err and "not in the zoo" in err

@@ -155,8 +155,7 @@ def features_cmd(
     for path in files:
         try:
             fcs = open_fcs(path)
-            sources = [(c.pns if c.pns and c.pns.lower() != c.pnn.lower() else c.pnn) if c.marker else "" for c in fcs.channels]
-            columns, missing = align_markers(sources, wanted, source=str(path))
+            columns, missing = align_markers(fcs.marker_sources, wanted, source=str(path))
             if missing:
                 raise InvalidInputError(f"{path}: lacks marker(s) {', '.join(missing)}")
             acc = SampleFeatureAccumulator(wanted, Transform("asinh", cofactor))

@@ -83,6 +83,12 @@ class FCSFile:
         return [c.marker for c in self.channels]
 
     @property
+    def marker_sources(self) -> list[str]:
+        """Per channel, the label that names its antigen ($PnS when it adds to $PnN), '' for scatter/time:
+        what ``align_markers`` should match against."""
+        return [(c.pns if c.pns and c.pns.lower() != c.pnn.lower() else c.pnn) if c.marker else "" for c in self.channels]
+
+    @property
     def channel_count(self) -> int:
         return len(self.channels)
 

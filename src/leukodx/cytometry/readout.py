@@ -69,8 +69,7 @@ def readout(path: str | os.PathLike, model: CellClassifier, dataset: int = 0, co
     training ``table`` + ``split`` are given, a reduced model is refit on the shared markers;
     otherwise the missing markers are an error."""
     fcs = open_fcs(path, dataset=dataset)
-    sources = [(c.pns if c.pns and c.pns.lower() != c.pnn.lower() else c.pnn) if c.marker else "" for c in fcs.channels]
-    columns, missing = align_markers(sources, model.markers, source=str(fcs.path))
+    columns, missing = align_markers(fcs.marker_sources, model.markers, source=str(fcs.path))
     notes = list(fcs.warnings)
     used = model
     if missing:

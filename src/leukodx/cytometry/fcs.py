@@ -66,7 +66,6 @@ class FCSFile:
     datatype: str                   # 'F' | 'D' | 'I' | 'A'
     byteorder: str                  # '<' or '>'
     data_start: int                 # absolute byte offset of the first event
-    data_bytes: int                 # bytes actually holding events
     text: dict[str, str]
     dataset: int = 0
     n_datasets: int = 1
@@ -113,9 +112,10 @@ class FCSFile:
         if chunk_events < 1:
             raise InvalidInputError(f"chunk_events must be >= 1, got {chunk_events}")
         if self._fallback is not None:
-            block = self._fallback_array()
-            for start in range(0, len(block), chunk_events):
-                yield self._scale(block[start:start + chunk_events].copy()) if scale else block[start:start + chunk_events].copy()
+            whole = self._fallback_array()
+            for start in range(0, len(whole), chunk_events):
+                block = whole[start:start + chunk_events].copy()
+                yield self._scale(block) if scale else block
             return
         dtype, masks = self._layout()
         if self.event_count == 0:
@@ -365,7 +365,7 @@ def open_fcs(path: str | os.PathLike, dataset: int = 0) -> FCSFile:
     mappable = datatype in ("F", "D") or (datatype == "I" and len(bits) == 1 and bits <= {8, 16, 24, 32})
     width = {"F": 4, "D": 8}.get(datatype) or (next(iter(bits)) // 8 if mappable else 0)
     result = FCSFile(path=path, version=header["version"], event_count=event_count, channels=channels,
-                     datatype=datatype, byteorder=byteorder, data_start=data_start, data_bytes=0, text=text,
+                     datatype=datatype, byteorder=byteorder, data_start=data_start, text=text,
                      dataset=dataset, n_datasets=n_sets, warnings=notes)
     if mappable:
         needed = event_count * par * width
@@ -379,7 +379,6 @@ def open_fcs(path: str | os.PathLike, dataset: int = 0) -> FCSFile:
         if declared > needed:
             notes.append(f"DATA segment declares {declared - needed} byte(s) more than the events need "
                          "(end offset off by one is a known FCS 3.1 writer quirk)")
-        result.data_bytes = needed
     else:
         result._fallback = True
         notes.append(f"data type {datatype} with bit widths {sorted(b for b in bits if b)}: read whole by FlowIO")

@@ -44,10 +44,12 @@ def read_card(directory: str | os.PathLike) -> dict:
         raise InvalidInputError(f"{path}: model card is not valid JSON ({exc.msg})") from None
 
 
-def load_bundle(directory: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
-    """Network (eval mode) and card; raises ``IntegrityError`` if the weights' hash is wrong."""
+def verified_weights(directory: str | os.PathLike, task: str | None = None) -> tuple[dict, Path]:
+    """The card and the weights path of a bundle, after checking the weights' sha256 (and task)."""
     directory = Path(directory)
     card = read_card(directory)
+    if task is not None and card.get("task") != task:
+        raise InvalidInputError(f"{directory}: not a {task} model (its card says {card.get('task')!r})")
     weights = directory / card.get("weights", WEIGHTS)
     if not weights.exists():
         raise DataNotFoundError(f"{weights}: weights file missing")
@@ -57,6 +59,12 @@ def load_bundle(directory: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
             f"{weights}: sha256 {actual[:12]}... does not match its card ({str(card.get('sha256'))[:12]}...); "
             "the file is corrupt or was replaced"
         )
+    return card, weights
+
+
+def load_bundle(directory: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
+    """Network (eval mode) and card; raises ``IntegrityError`` if the weights' hash is wrong."""
+    card, weights = verified_weights(directory)
     net = create_network(card["arch"], num_classes=len(card["classes"]))
     net.load_state_dict(load_file(str(weights)))
     net.eval()
@@ -69,17 +77,18 @@ def bundled_models() -> list[str]:
     return sorted(d.name for d in BUNDLED_DIR.iterdir() if (d / CARD).exists())
 
 
-def resolve_bundle(name_or_path: str | os.PathLike) -> Path:
-    """A bundled model's name, or a folder holding a bundle."""
+def resolve_bundle(name_or_path: str | os.PathLike, bundled_dir: Path = BUNDLED_DIR, noun: str = "model") -> Path:
+    """A bundled model's name (a folder of ``bundled_dir``), or a folder holding a bundle."""
     from leukodx.errors import ModelNotFoundError
 
     key = str(name_or_path)
-    if (BUNDLED_DIR / key / CARD).exists():
-        return BUNDLED_DIR / key
+    if (bundled_dir / key / CARD).exists():
+        return bundled_dir / key
     path = Path(key)
     if path.is_dir() and (path / CARD).exists():
         return path
     if path.is_file() and path.name == CARD:
         return path.parent
-    known = ", ".join(bundled_models()) or "none installed"
-    raise ModelNotFoundError(f"{key}: no such model (bundled: {known}; or a folder with {CARD} and {WEIGHTS})")
+    known = sorted(d.name for d in bundled_dir.iterdir() if (d / CARD).exists()) if bundled_dir.is_dir() else []
+    raise ModelNotFoundError(f"{key}: no such {noun} (bundled: {', '.join(known) or 'none installed'}; "
+                             f"or a folder with {CARD} and {WEIGHTS})")

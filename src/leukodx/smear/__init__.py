@@ -1,0 +1,1 @@
+"""Whole-smear analysis: cell detection, white-cell segmentation, differential counts."""

@@ -1,0 +1,170 @@
+"""Cell detector for smear fields: torchvision Faster R-CNN on a timm backbone with an FPN.
+
+The detector sees fields at a fixed magnification: a 640 x 480 BCCD field is one *tile*, and
+every input, whatever its size, is cut into such tiles (``leukodx.smear.tiling``), so a cell
+keeps the pixel size it had in training. ``input_scale`` shrinks each tile before the network
+(0.5 halves compute; platelets stay ~20 px).
+
+Weights are a safetensors file and a JSON card, like every leukodx model; no pickle is read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from leukodx.models.bundle import BUNDLED_DIR, resolve_bundle, save_bundle, verified_weights
+from leukodx.smear.tiling import DEFAULT_OVERLAP, iter_tile_batches, merge_tile_detections
+
+DETECTION_CLASSES = ("RBC", "WBC", "Platelets")
+BUNDLED_DETECTORS = BUNDLED_DIR / "detection"
+#: fields up to this size (about 2,000 x 2,000 px) are detected in one pass; larger ones are tiled
+WHOLE_FIELD_PIXELS = 4_200_000
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything needed to rebuild the network; stored in the card."""
+
+    backbone: str = "resnet18"           # any timm model with ``features_only`` support
+    fpn_channels: int = 64
+    classes: tuple[str, ...] = DETECTION_CLASSES
+    tile: tuple[int, int] = (480, 640)    # (height, width) of one field at the training magnification
+    input_scale: float = 0.5              # tile is resized by this before the network
+    anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)  # in network pixels (after input_scale)
+    max_detections: int = 300             # per tile: crowded fields hold far more than BCCD's ~30 cells
+    score_threshold: float = 0.05         # kept for AP; the pipeline applies its own per-class thresholds
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DetectorConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        for key in ("classes", "tile", "anchor_sizes"):
+            if key in known:
+                known[key] = tuple(known[key])
+        return cls(**known)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class TimmFPN(nn.Module):
+    """A timm feature extractor (strides 4-32) with a torchvision feature pyramid on top."""
+
+    def __init__(self, name: str, channels: int):
+        super().__init__()
+        import timm
+        from torchvision.ops import FeaturePyramidNetwork
+        from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+        self.body = timm.create_model(name, features_only=True, out_indices=(1, 2, 3, 4), pretrained=False)
+        self.fpn = FeaturePyramidNetwork(self.body.feature_info.channels(), channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = channels
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.body(x))))
+
+
+def build_detector(config: DetectorConfig) -> nn.Module:
+    """A Faster R-CNN sized for CPU: small box head, fewer proposals, fixed input size."""
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+
+    backbone = TimmFPN(config.backbone, config.fpn_channels)
+    levels = len(config.anchor_sizes)
+    anchors = AnchorGenerator(tuple((s,) for s in config.anchor_sizes), ((0.5, 1.0, 2.0),) * levels)
+    side = int(round(min(config.tile) * config.input_scale))
+    long_side = int(round(max(config.tile) * config.input_scale))
+    return FasterRCNN(
+        backbone, num_classes=None, min_size=side, max_size=long_side,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25],
+        rpn_anchor_generator=anchors,
+        box_head=TwoMLPHead(config.fpn_channels * 7 * 7, 256),
+        box_predictor=FastRCNNPredictor(256, len(config.classes) + 1),
+        rpn_batch_size_per_image=128, box_batch_size_per_image=128,
+        rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500,
+        rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=config.max_detections * 2,
+        box_detections_per_img=config.max_detections, box_score_thresh=config.score_threshold,
+    )
+
+
+def tile_tensor(tile_rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float in [0, 1], the form torchvision detectors take."""
+    return torch.from_numpy(np.array(tile_rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255.0)
+
+
+@dataclass
+class CellDetector:
+    """A loaded detector: ``detect_tiles`` runs the network on full-size tiles."""
+
+    net: nn.Module
+    config: DetectorConfig
+    card: dict = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.config.classes)
+
+    @property
+    def name(self) -> str:
+        return self.card.get("name", "detector")
+
+    def detect_tiles(self, tiles: list[np.ndarray]) -> list[dict]:
+        """Boxes (N, 4) xyxy in tile pixels, labels (N,) class indices, scores (N,) per tile."""
+        if not tiles:
+            return []
+        self.net.eval()
+        with torch.inference_mode():
+            out = self.net([tile_tensor(t) for t in tiles])
+        return [{"boxes": o["boxes"].numpy().astype(np.float32), "labels": (o["labels"].numpy() - 1).astype(int),
+                 "scores": o["scores"].numpy().astype(np.float32)} for o in out]
+
+    def detect(self, rgb: np.ndarray, overlap: int = DEFAULT_OVERLAP, batch: int = 4) -> dict:
+        """Every cell in a field of any size: boxes in field pixels, class indices, scores.
+
+        A field up to ``WHOLE_FIELD_PIXELS`` goes through the network in one pass at the training
+        magnification (no padding, no seams); a larger one is cut into overlapping tiles.
+        """
+        h, w = rgb.shape[:2]
+        if h * w <= WHOLE_FIELD_PIXELS:
+            return self._detect_whole(rgb)
+        origins, per_tile = [], []
+        for chunk, tiles in iter_tile_batches(rgb, self.config.tile, overlap, batch):
+            origins.extend(chunk)
+            per_tile.extend(self.detect_tiles(tiles))
+        return merge_tile_detections(per_tile, origins, rgb.shape[:2], self.config.tile)
+
+    def _detect_whole(self, rgb: np.ndarray) -> dict:
+        transform = self.net.transform
+        saved = transform.min_size, transform.max_size
+        h, w = rgb.shape[:2]
+        # the transform rescales every image to min_size; setting it from this field keeps the scale fixed
+        transform.min_size = (max(1, int(round(min(h, w) * self.config.input_scale))),)
+        transform.max_size = max(1, int(round(max(h, w) * self.config.input_scale)))
+        try:
+            return self.detect_tiles([rgb])[0]
+        finally:
+            transform.min_size, transform.max_size = saved
+
+
+def save_detector(directory: str | os.PathLike, net: nn.Module, config: DetectorConfig, card: dict) -> dict:
+    """Weights + card, written atomically; the card gains the config, sha256 and size."""
+    card = {**card, "task": "detection", "detector": config.as_dict(), "classes": list(config.classes)}
+    return save_bundle(directory, net, card)
+
+
+def load_detector(name_or_path: str | os.PathLike = "bccd-frcnn") -> CellDetector:
+    """A bundled detector by name or a folder; the weights' sha256 is checked against the card."""
+    directory = resolve_bundle(name_or_path, BUNDLED_DETECTORS, "detector")
+    card, weights = verified_weights(directory, task="detection")
+    config = DetectorConfig.from_dict(card["detector"])
+    net = build_detector(config)
+    net.load_state_dict(load_file(str(weights)))
+    net.eval()
+    return CellDetector(net, config, card)

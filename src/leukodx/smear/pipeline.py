@@ -1,0 +1,206 @@
+"""Smear-field analysis: detect every cell, classify each white cell, count, flag.
+
+    analyzer = SmearAnalyzer()                      # bundled detector + pbc cell-type model
+    field = analyzer.analyze(rgb, name="field-1")   # cells, counts, differential, flags
+    case = summarize_fields([field, ...])           # per-case differential and flags
+
+A field of any size is accepted: large ones are tiled by the detector. ``pixel_scale`` says how
+many of this image's pixels make one pixel at the detector's training magnification (BCCD,
+~100 px per red cell): an image at a third of that magnification has ``pixel_scale=0.33``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from leukodx.errors import InvalidInputError
+from leukodx.inference.diagnose import LEUKOCYTES
+from leukodx.smear.classical import NucleusThreshold, nucleus_mask
+from leukodx.smear.tiling import background_colour
+
+#: crop side / white-cell box side: frames the cell as in the cell-type model's training images
+CROP_FACTOR = 1.8
+#: a white cell the cell-type model cannot place, with a nucleus filling this much of its box,
+#: is called blast-like (large nucleus, scant cytoplasm); a heuristic, not validated on blasts
+BLAST_NUCLEUS_FRACTION = 0.45
+DARK_MEAN, BRIGHT_MEAN, GRAY_SPREAD = 40.0, 235.0, 4.0
+#: rescaling the input beyond this many pixels would exhaust memory, whatever the field
+MAX_RESCALED_PIXELS = 150_000_000
+
+
+def image_quality(rgb: np.ndarray) -> list[str]:
+    """Warnings about an input the models were not trained for (results are still given)."""
+    sample = rgb[::max(1, rgb.shape[0] // 256), ::max(1, rgb.shape[1] // 256)].astype(np.float32)
+    warnings = []
+    if float(np.abs(sample - sample.mean(axis=2, keepdims=True)).mean()) < GRAY_SPREAD:
+        warnings.append("grayscale image: the models were trained on stained colour fields; counts and types are unreliable")
+    brightness = float(sample.mean())
+    if brightness < DARK_MEAN:
+        warnings.append(f"very dark image (mean {brightness:.0f}/255): cells may be missed")
+    elif brightness > BRIGHT_MEAN:
+        warnings.append(f"over-exposed image (mean {brightness:.0f}/255): cells may be missed")
+    return warnings
+
+
+def square_crop(rgb: np.ndarray, box, factor: float = CROP_FACTOR, fill: np.ndarray | None = None) -> np.ndarray:
+    """A square around ``box`` (xyxy), ``factor`` times its longer side, padded with ``fill`` at the border."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    side = max(8, int(round(max(x1 - x0, y1 - y0) * factor)))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+    out = np.empty((side, side, 3), dtype=np.uint8)
+    out[:] = fill if fill is not None else np.uint8(255)
+    h, w = rgb.shape[:2]
+    sy0, sx0 = max(0, top), max(0, left)
+    sy1, sx1 = min(h, top + side), min(w, left + side)
+    if sy1 > sy0 and sx1 > sx0:
+        out[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = rgb[sy0:sy1, sx0:sx1]
+    return out
+
+
+def nucleus_fraction(rgb: np.ndarray, box, pixel_scale: float = 1.0) -> float:
+    """Share of a white cell's box covered by blue-purple nucleus: a size-free proxy for the N:C ratio."""
+    x0, y0, x1, y1 = (int(round(float(v))) for v in box)
+    patch = rgb[max(0, y0):max(0, y1), max(0, x0):max(0, x1)]
+    if patch.size == 0:
+        return 0.0
+    mask = nucleus_mask(patch, NucleusThreshold(pixel_scale=pixel_scale))
+    return float(mask.mean())
+
+
+@dataclass
+class SmearAnalyzer:
+    detector: object = None      # CellDetector; the bundled one when None
+    classifier: object = None    # leukodx Classifier of white-cell types; pbc-celltype when None
+    pixel_scale: float = 1.0
+    thresholds: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from leukodx.inference.classifier import load_model
+        from leukodx.smear.detector import load_detector
+
+        if not 0.02 <= self.pixel_scale <= 50:
+            raise InvalidInputError(f"pixel scale {self.pixel_scale}: expected 0.02..50 (image px per BCCD px)")
+        self.detector = self.detector or load_detector()
+        self.classifier = self.classifier or load_model("pbc-celltype")
+        self.thresholds = {**{c: 0.5 for c in self.detector.classes},
+                           **self.detector.card.get("count_thresholds", {}), **self.thresholds}
+
+    def _to_detector_scale(self, rgb: np.ndarray) -> tuple[np.ndarray, float]:
+        factor = 1.0 / self.pixel_scale
+        if abs(factor - 1.0) < 1e-3:
+            return rgb, 1.0
+        h, w = rgb.shape[:2]
+        size = (max(1, int(round(w * factor))), max(1, int(round(h * factor))))
+        if size[0] * size[1] > MAX_RESCALED_PIXELS:
+            raise InvalidInputError(f"pixel scale {self.pixel_scale}: a {w}x{h} image would become "
+                                    f"{size[0]}x{size[1]} px; analyse it in parts")
+        return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR)), factor
+
+    def analyze(self, rgb: np.ndarray, name: str = "field") -> dict:
+        """One field: every detected cell, counts per kind, white-cell differential and flags."""
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise InvalidInputError(f"{name}: expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
+        quality = image_quality(rgb)
+        scaled, factor = self._to_detector_scale(rgb)
+        detections = self.detector.detect(scaled)
+        del scaled
+        classes = self.detector.classes
+        keep = np.array([s >= self.thresholds[classes[k]] for k, s in zip(detections["labels"], detections["scores"])],
+                        dtype=bool).reshape(-1)
+        boxes = detections["boxes"][keep] / factor
+        labels, scores = detections["labels"][keep], detections["scores"][keep]
+        cells = [{"kind": classes[k], "box": [round(float(v), 1) for v in b], "score": round(float(s), 4)}
+                 for b, k, s in zip(boxes, labels, scores)]
+        white = [c for c in cells if c["kind"] == "WBC"]
+        if white:
+            self._classify_white_cells(rgb, white)
+        return {"field": name, "size": [int(rgb.shape[1]), int(rgb.shape[0])], "pixel_scale": self.pixel_scale,
+                "cells": cells, "quality": quality, **_field_summary(cells, self.classifier.abstain_below, quality)}
+
+    def _classify_white_cells(self, rgb: np.ndarray, white: list[dict]) -> None:
+        fill = background_colour(rgb)
+        crops = [self.classifier.preprocess(square_crop(rgb, c["box"], CROP_FACTOR, fill)) for c in white]
+        proba = self.classifier.predict_arrays(np.stack(crops))
+        for cell, p in zip(white, proba):
+            row = self.classifier.prediction_row("", p, decimals=4)
+            cell["cell_type"] = row["top_class"]
+            cell["probability"] = row["probability"]
+            cell["unsure"] = row["unsure"]
+            cell["probabilities"] = row["probabilities"]
+            cell["nucleus_fraction"] = round(nucleus_fraction(rgb, cell["box"], self.pixel_scale), 3)
+            cell["blast_like"] = bool(row["unsure"] and cell["nucleus_fraction"] >= BLAST_NUCLEUS_FRACTION)
+
+
+def _tally(cells: list[dict]) -> dict:
+    """Counts per kind, white cells per type, the differential over confidently typed leukocytes."""
+    counts = {kind: sum(c["kind"] == kind for c in cells) for kind in ("WBC", "RBC", "Platelets")}
+    white = [c for c in cells if c["kind"] == "WBC"]
+    typed = [c for c in white if not c.get("unsure", True)]
+    types = {t: sum(c.get("cell_type") == t for c in typed) for t in LEUKOCYTES}
+    n_typed = sum(types.values())
+    return {"counts": counts, "white_cell_types": types, "white_cells_typed": n_typed,
+            "differential_percent": {t: round(100.0 * types[t] / n_typed, 1) if n_typed else 0.0 for t in LEUKOCYTES},
+            "not_leukocyte": sum(c.get("cell_type") not in LEUKOCYTES for c in typed),
+            "unsure": sum(c.get("unsure", False) for c in white),
+            "blast_like": sum(c.get("blast_like", False) for c in white)}
+
+
+def _field_summary(cells: list[dict], abstain_below: float, quality: list[str]) -> dict:
+    tally = _tally(cells)
+    flags = list(quality)
+    if not cells:
+        flags.append("no cells found: empty field, wrong magnification (see pixel scale) or not a smear")
+    if tally["blast_like"]:
+        flags.append(f"{tally['blast_like']} blast-like white cell(s) (unclassifiable, large nucleus): review")
+    if tally["unsure"]:
+        flags.append(f"{tally['unsure']} of {tally['counts']['WBC']} white cell(s) below the cell-type model's "
+                     f"confidence threshold ({abstain_below:.2f}): review")
+    if tally["not_leukocyte"]:
+        flags.append(f"{tally['not_leukocyte']} detected white cell(s) typed as a non-leukocyte (erythroblast or platelet)")
+    return {**tally, "flags": flags}
+
+
+def summarize_fields(fields: list[dict]) -> dict:
+    """Per-case totals over fields: counts, differential over every typed white cell, flags."""
+    summary = _tally([c for f in fields for c in f["cells"]])
+    flags = []
+    if summary["blast_like"]:
+        flags.append(f"{summary['blast_like']} blast-like white cell(s) in the case: review")
+    if summary["unsure"]:
+        flags.append(f"{summary['unsure']} white cell(s) could not be typed confidently: review")
+    if summary["white_cells_typed"] < 100:
+        flags.append(f"only {summary['white_cells_typed']} typed white cells: a differential needs at least 100")
+    flagged = sum(bool(f["quality"]) for f in fields)
+    if flagged:
+        flags.append(f"{flagged} field(s) with image-quality warnings")
+    empty = sum(not f["cells"] for f in fields)
+    if empty:
+        flags.append(f"{empty} field(s) with no cell found")
+    return {**summary, "n_fields": len(fields), "per_field_wbc": [f["counts"]["WBC"] for f in fields], "flags": flags}
+
+
+def render_overlay(rgb: np.ndarray, result: dict, max_side: int = 4096) -> Image.Image:
+    """The field with a box per cell: white cells labelled with type and probability."""
+    from PIL import ImageDraw
+
+    im = Image.fromarray(rgb)
+    scale = 1.0
+    if max(im.size) > max_side:  # a 10,000 px overlay is unreadable and costs memory; draw a reduced copy
+        scale = max_side / max(im.size)
+        im = im.resize((int(im.size[0] * scale), int(im.size[1] * scale)), Image.Resampling.BILINEAR)
+    draw = ImageDraw.Draw(im)
+    colours = {"WBC": (40, 90, 255), "RBC": (220, 40, 40), "Platelets": (20, 160, 60)}
+    for cell in result["cells"]:
+        x0, y0, x1, y1 = (v * scale for v in cell["box"])
+        colour = colours.get(cell["kind"], (0, 0, 0))
+        if cell.get("blast_like") or cell.get("unsure"):
+            colour = (255, 140, 0)
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=2 if cell["kind"] == "WBC" else 1)
+        if cell["kind"] == "WBC":
+            label = f"{cell.get('cell_type', 'WBC')} {cell.get('probability', cell['score']):.2f}"
+            draw.text((x0 + 3, max(0, y0 - 12)), label, fill=colour)
+    return im

@@ -1,0 +1,95 @@
+"""Running the smear pipeline over a batch of fields and writing its outputs, each atomically:
+``<field>.json`` and ``<field>.overlay.jpg`` per field, ``cells.csv`` (one row per cell) and
+``summary.json`` (the case: counts, differential, flags, unreadable files, model provenance).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import os
+from pathlib import Path
+
+from leukodx import _atomic
+from leukodx._versions import versions
+from leukodx.data.images import list_images, read_image
+from leukodx.errors import LeukodxError
+
+CELL_COLUMNS = ["field", "kind", "x0", "y0", "x1", "y1", "score", "cell_type", "probability", "unsure",
+                "nucleus_fraction", "blast_like"]
+
+
+def _unique_stem(path: Path, taken: set[str]) -> str:
+    stem = path.stem
+    n = 2
+    while stem in taken:
+        stem = f"{path.stem}-{n}"
+        n += 1
+    taken.add(stem)
+    return stem
+
+
+def cells_csv(fields: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CELL_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for f in fields:
+        for c in f["cells"]:
+            x0, y0, x1, y1 = c["box"]
+            writer.writerow({"field": f["field"], "x0": x0, "y0": y0, "x1": x1, "y1": y1, **c})
+    return buf.getvalue()
+
+
+def analyze_fields(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, detector="bccd-frcnn",
+                   model="pbc-celltype", pixel_scale: float = 1.0, overlay: bool = True, log=print) -> dict:
+    """Analyse every readable field in ``inputs``; unreadable ones are listed and skipped."""
+    from leukodx.inference.classifier import Classifier, load_model
+    from leukodx.smear.detector import CellDetector, load_detector
+    from leukodx.smear.pipeline import SmearAnalyzer, render_overlay, summarize_fields
+
+    out_dir = Path(out_dir)
+    analyzer = SmearAnalyzer(detector if isinstance(detector, CellDetector) else load_detector(detector),
+                             model if isinstance(model, Classifier) else load_model(model), pixel_scale=pixel_scale)
+    errors, fields, taken = [], [], set()
+    paths = []
+    for item in inputs:
+        try:
+            paths.extend(list_images([item]))
+        except LeukodxError as exc:
+            errors.append({"input": str(item), "error": str(exc)})
+            log(f"error: {exc}")
+    for path in paths:
+        try:
+            rgb = read_image(path)
+            result = analyzer.analyze(rgb, name=str(path))
+        except LeukodxError as exc:
+            errors.append({"input": str(path), "error": str(exc)})
+            log(f"error: {exc}")
+            continue
+        stem = _unique_stem(Path(path), taken)
+        _atomic.write_json(out_dir / f"{stem}.json", result)
+        if overlay:
+            buf = io.BytesIO()
+            render_overlay(rgb, result).save(buf, format="JPEG", quality=85)
+            _atomic.write_bytes(out_dir / f"{stem}.overlay.jpg", buf.getvalue())
+        del rgb
+        fields.append(result)
+        log(f"{path}: WBC {result['counts']['WBC']}, RBC {result['counts']['RBC']}, "
+            f"platelets {result['counts']['Platelets']}")
+    summary = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "inputs": [str(i) for i in inputs], "n_fields": len(fields), "pixel_scale": pixel_scale,
+        "summary": summarize_fields(fields) if fields else {"counts": {"WBC": 0, "RBC": 0, "Platelets": 0},
+                                                            "flags": ["no readable field"]},
+        "errors": errors,
+        "detector": {"name": analyzer.detector.name, "sha256": analyzer.detector.card.get("sha256"),
+                     "count_thresholds": analyzer.thresholds},
+        "classifier": {"name": analyzer.classifier.name, "sha256": analyzer.classifier.card.get("sha256"),
+                       "abstain_below": analyzer.classifier.abstain_below},
+        "versions": versions(),
+    }
+    if fields:
+        _atomic.write_text(out_dir / "cells.csv", cells_csv(fields))
+    _atomic.write_json(out_dir / "summary.json", summary)
+    return summary

@@ -1,0 +1,335 @@
+"""Nucleus and cytoplasm segmentation of single white-cell images: a U-Net from
+segmentation_models_pytorch (timm encoder, trained from scratch), its training, and its bundle.
+
+Masks have three labels: 0 background, 1 cytoplasm, 2 nucleus (wbc-seg stores them as black,
+grey and white). A prediction is made at ``size`` px and resized back to the input's size.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from torch import nn
+
+from leukodx import _atomic
+from leukodx._versions import versions
+from leukodx.data.images import read_image
+from leukodx.errors import InvalidInputError
+from leukodx.models.bundle import BUNDLED_DIR, resolve_bundle, save_bundle, verified_weights
+from leukodx.smear.metrics import dice_iou
+
+STRUCTURES = ("background", "cytoplasm", "nucleus")
+BUNDLED_SEGMENTERS = BUNDLED_DIR / "segmentation"
+SPLIT_FILE = Path(__file__).resolve().parents[1] / "data" / "splits" / "wbc-seg-segmentation.json"
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    architecture: str = "Unet"               # any segmentation_models_pytorch architecture (Unet, UnetPlusPlus, DeepLabV3Plus...)
+    encoder: str = "tu-resnet10t"
+    decoder_channels: tuple[int, ...] = (64, 32, 24, 16, 8)
+    size: int = 128
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SegmenterConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "decoder_channels" in known:
+            known["decoder_channels"] = tuple(known["decoder_channels"])
+        return cls(**known)
+
+
+def _smp():
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError:
+        raise InvalidInputError("segmentation needs segmentation-models-pytorch: pip install 'leukodx[smear]'") from None
+    return smp
+
+
+def build_segmenter(config: SegmenterConfig) -> nn.Module:
+    smp = _smp()
+
+    kwargs = dict(encoder_name=config.encoder, encoder_weights=None, in_channels=3, classes=len(STRUCTURES))
+    if config.architecture in ("Unet", "UnetPlusPlus"):
+        kwargs["decoder_channels"] = config.decoder_channels
+    try:
+        cls = getattr(smp, config.architecture)
+    except AttributeError:
+        raise InvalidInputError(f"segmentation architecture {config.architecture!r}: not in segmentation_models_pytorch") from None
+    return cls(**kwargs)
+
+
+def to_input(rgb: np.ndarray, size: int) -> np.ndarray:
+    im = Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR)
+    x = np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    return (x - np.asarray(MEAN, np.float32)[:, None, None]) / np.asarray(STD, np.float32)[:, None, None]
+
+
+def mask_labels(mask_image: np.ndarray) -> np.ndarray:
+    """wbc-seg's grey-level mask -> 0 background, 1 cytoplasm, 2 nucleus."""
+    m = mask_image if mask_image.ndim == 2 else mask_image[..., 0]
+    return np.digitize(m, [64, 192]).astype(np.int64)
+
+
+@dataclass
+class Segmenter:
+    net: nn.Module
+    config: SegmenterConfig
+    card: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.card.get("name", "segmenter")
+
+    def predict(self, images: list[np.ndarray], batch: int = 16) -> list[np.ndarray]:
+        """One (H, W) label mask per RGB image, at the image's own size."""
+        out = []
+        self.net.eval()
+        for s in range(0, len(images), batch):
+            chunk = images[s:s + batch]
+            x = torch.from_numpy(np.stack([to_input(im, self.config.size) for im in chunk]))
+            with torch.inference_mode():
+                logits = self.net(x)
+            for im, lg in zip(chunk, logits):
+                up = torch.nn.functional.interpolate(lg[None], size=im.shape[:2], mode="bilinear", align_corners=False)
+                out.append(up[0].argmax(0).numpy().astype(np.uint8))
+        return out
+
+
+# --- data --------------------------------------------------------------------------------------
+
+def wbc_seg_items(dataset: str, data_root=None) -> list[dict]:
+    """Every image of a wbc-seg set with its mask path: ``{"id", "image", "mask"}``."""
+    from leukodx.data.registry import load_dataset
+
+    index = load_dataset(dataset, data_root)
+    masks = getattr(index, "meta", {}).get("masks")
+    if not masks:
+        raise InvalidInputError(f"{dataset}: has no masks to segment")
+    return [{"id": p, "image": index.root / p, "mask": index.root / m} for p, m in zip(index.paths, masks)]
+
+
+def segmentation_split(items: list[dict], seed: int = 0, path: Path = SPLIT_FILE) -> dict[str, list[str]]:
+    """The saved 70/15/15 split of one set's image ids (made once per set, then always read)."""
+    ids = sorted(item["id"] for item in items)
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    group = ids[0].split("/")[0]
+    if group in saved:
+        split = saved[group]
+        if sorted(sum(split.values(), [])) != ids:
+            raise InvalidInputError(f"{path}: the saved split of {group} no longer matches its images; "
+                                    "the dataset changed")
+        return split
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    n_val = n_test = int(round(0.15 * len(ids)))
+    split = {"train": sorted(order[n_val + n_test:]), "val": sorted(order[:n_val]), "test": sorted(order[n_val:n_val + n_test])}
+    saved[group] = split
+    _atomic.write_json(path, saved)
+    return split
+
+
+def load_pairs(items: list[dict]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    images, labels = [], []
+    for item in items:
+        images.append(read_image(item["image"]))
+        labels.append(mask_labels(np.asarray(Image.open(item["mask"]))))
+    return images, labels
+
+
+# --- training ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SegmenterTraining:
+    steps: int = 600
+    batch_size: int = 16
+    lr: float = 3e-3
+    eval_every: int = 50
+    seed: int = 0
+
+
+def _augment_batch(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flips, 90-degree turns, and per-image colour changes (the two sets differ mostly in colour)."""
+    k = int(rng.integers(4))
+    x, y = torch.rot90(x, k, (2, 3)), torch.rot90(y, k, (1, 2))
+    if rng.random() < 0.5:
+        x, y = x.flip(3), y.flip(2)
+    n = x.shape[0]
+    gain = torch.from_numpy(rng.uniform(0.75, 1.25, (n, 3, 1, 1)).astype(np.float32))
+    shift = torch.from_numpy(rng.uniform(-0.5, 0.5, (n, 3, 1, 1)).astype(np.float32))
+    contrast = torch.from_numpy(rng.uniform(0.7, 1.3, (n, 1, 1, 1)).astype(np.float32))
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) * contrast * gain + mean + shift, y
+
+
+def _resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(labels.astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST), dtype=np.int64)
+
+
+def score_masks(truth: list[np.ndarray], predicted: list[np.ndarray], bootstrap: int = 0, seed: int = 0) -> dict:
+    """Mean Dice and IoU per structure (nucleus, cytoplasm, whole cell) over images, optional CIs."""
+    per = {"nucleus": [], "cytoplasm": [], "cell": []}
+    for t, p in zip(truth, predicted):
+        per["nucleus"].append(dice_iou(t == 2, p == 2))
+        per["cytoplasm"].append(dice_iou(t == 1, p == 1))
+        per["cell"].append(dice_iou(t > 0, p > 0))
+    result = {"n_images": len(truth)}
+    rng = np.random.default_rng(seed)
+    for name, pairs in per.items():
+        d = np.array([v[0] for v in pairs])
+        j = np.array([v[1] for v in pairs])
+        entry = {"dice": float(d.mean()) if d.size else None, "iou": float(j.mean()) if j.size else None}
+        if bootstrap and d.size:
+            means = [d[rng.integers(0, d.size, d.size)].mean() for _ in range(bootstrap)]
+            entry["dice_ci95"] = [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+        result[name] = entry
+    return result
+
+
+def train_segmenter(train_items: list[dict], val_items: list[dict], config: SegmenterConfig = SegmenterConfig(),
+                    training: SegmenterTraining = SegmenterTraining(), log=print) -> tuple[Segmenter, dict]:
+    """Train from scratch on ``train_items``; keep the step with the best val nucleus Dice."""
+    smp = _smp()
+
+    torch.manual_seed(training.seed)
+    rng = np.random.default_rng(training.seed)
+    images, labels = load_pairs(train_items)
+    val_images, val_labels = load_pairs(val_items)
+    x_all = torch.from_numpy(np.stack([to_input(im, config.size) for im in images]))
+    y_all = torch.from_numpy(np.stack([_resize_labels(lb, config.size) for lb in labels]))
+    net = build_segmenter(config)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=training.lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=training.lr, total_steps=max(8, training.steps),
+                                                   pct_start=0.15)
+    dice_loss = smp.losses.DiceLoss("multiclass")
+    seg = Segmenter(net, config)
+    best = {"dice": -1.0, "step": -1, "state": None}
+    history, losses = [], []
+    started = time.perf_counter()
+    for step in range(training.steps):
+        net.train()
+        pick = rng.integers(0, len(x_all), min(training.batch_size, len(x_all)))
+        x, y = _augment_batch(x_all[pick], y_all[pick], rng)
+        logits = net(x)
+        loss = nn.functional.cross_entropy(logits, y) + dice_loss(logits, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if (step + 1) % training.eval_every == 0 or step == training.steps - 1:
+            scores = score_masks(val_labels, seg.predict(val_images))
+            row = {"step": step + 1, "train_loss": float(np.mean(losses)), "val_nucleus_dice": scores["nucleus"]["dice"],
+                   "val_cytoplasm_dice": scores["cytoplasm"]["dice"], "seconds": round(time.perf_counter() - started, 1)}
+            losses = []
+            history.append(row)
+            log(f"step {row['step']}: loss {row['train_loss']:.3f}, val nucleus Dice {row['val_nucleus_dice']:.3f}, "
+                f"cytoplasm {row['val_cytoplasm_dice']:.3f}")
+            if row["val_nucleus_dice"] > best["dice"]:
+                best = {"dice": row["val_nucleus_dice"], "step": row["step"],
+                        "state": {k: v.detach().clone() for k, v in net.state_dict().items()}}
+    net.load_state_dict(best["state"])
+    net.eval()
+    card = {
+        "name": "segmenter", "task": "segmentation",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "structures": list(STRUCTURES), "segmenter": asdict(config),
+        "intended_use": "Research use: nucleus / cytoplasm masks of one white cell centred in an image. "
+                        "Not a medical device.",
+        "data": {"train": [i["id"] for i in train_items], "val": [i["id"] for i in val_items],
+                 "split_file": str(SPLIT_FILE.relative_to(SPLIT_FILE.parents[3])) if SPLIT_FILE.exists() else None},
+        "training": {**asdict(training), "best_step": best["step"], "history": history,
+                     "seconds": round(time.perf_counter() - started, 1), "pretrained": "none: trained from scratch"},
+        "metrics": {"val": score_masks(val_labels, seg.predict(val_images))},
+        "versions": versions(),
+    }
+    seg.card = card
+    return seg, card
+
+
+# --- bundles -----------------------------------------------------------------------------------
+
+def save_segmenter(directory: str | os.PathLike, seg: Segmenter, card: dict) -> dict:
+    return save_bundle(directory, seg.net, {**card, "task": "segmentation", "segmenter": asdict(seg.config)})
+
+
+def load_segmenter(name_or_path: str | os.PathLike = "wbc-seg-unet") -> Segmenter:
+    """A bundled segmenter by name or a folder; the weights' sha256 is checked against the card."""
+    directory = resolve_bundle(name_or_path, BUNDLED_SEGMENTERS, "segmenter")
+    card, weights = verified_weights(directory, task="segmentation")
+    config = SegmenterConfig.from_dict(card["segmenter"])
+    net = build_segmenter(config)
+    net.load_state_dict(load_file(str(weights)))
+    net.eval()
+    return Segmenter(net, config, card)
+
+
+# --- evaluation and batch use --------------------------------------------------------------------
+
+def split_items(dataset: str, data_root=None) -> dict[str, list[dict]]:
+    """The saved split of one wbc-seg set as item lists (``all`` holds every image)."""
+    items = wbc_seg_items(dataset, data_root)
+    split = segmentation_split(items)
+    by_id = {item["id"]: item for item in items}
+    return {**{name: [by_id[i] for i in ids] for name, ids in split.items()}, "all": items}
+
+
+def evaluate_segmenter(seg: Segmenter, dataset: str, split: str = "test", data_root=None,
+                       max_images: int | None = None, bootstrap: int = 0) -> dict:
+    """Dice / IoU per structure on one split of one wbc-seg set."""
+    parts = split_items(dataset, data_root)
+    if split not in parts:
+        raise InvalidInputError(f"{dataset}: no split {split!r} (known: {', '.join(parts)})")
+    images, labels = load_pairs(parts[split][:max_images])
+    result = score_masks(labels, seg.predict(images), bootstrap)
+    trained_on = seg.card.get("data", {}).get("datasets", [])
+    return {"dataset": dataset, "split": split, "model": seg.name, "model_sha256": seg.card.get("sha256"),
+            "trained_on": trained_on, "within_dataset": dataset in trained_on, **result}
+
+
+def segment_files(inputs, out_dir: str | os.PathLike, seg: Segmenter) -> tuple[int, list[dict]]:
+    """Masks (PNG, wbc-seg's grey levels) and nucleus / cytoplasm areas (areas.csv) for every readable image."""
+    import csv
+    import io
+
+    from leukodx.data.images import list_images
+    from leukodx.errors import LeukodxError
+
+    out_dir = Path(out_dir)
+    errors, rows = [], []
+    paths = []
+    for item in inputs:
+        try:
+            paths.extend(list_images([item]))
+        except LeukodxError as exc:
+            errors.append({"input": str(item), "error": str(exc)})
+    for path in paths:
+        try:
+            rgb = read_image(path)
+        except LeukodxError as exc:
+            errors.append({"input": str(path), "error": str(exc)})
+            continue
+        labels = seg.predict([rgb])[0]
+        grey = np.array([0, 128, 255], dtype=np.uint8)[labels]
+        buf = io.BytesIO()
+        Image.fromarray(grey).save(buf, format="PNG")
+        _atomic.write_bytes(out_dir / f"{Path(path).stem}.mask.png", buf.getvalue())
+        nucleus, cytoplasm = int((labels == 2).sum()), int((labels == 1).sum())
+        rows.append({"input": str(path), "nucleus_px": nucleus, "cytoplasm_px": cytoplasm,
+                     "nucleus_to_cell": round(nucleus / max(1, nucleus + cytoplasm), 4)})
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["input", "nucleus_px", "cytoplasm_px", "nucleus_to_cell"])
+    writer.writeheader()
+    writer.writerows(rows)
+    if rows:
+        _atomic.write_text(out_dir / "areas.csv", text.getvalue())
+    return len(rows), errors

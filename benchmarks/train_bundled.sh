@@ -8,3 +8,5 @@ leukodx train -d pbc -o src/leukodx/weights/pbc-celltype --name pbc-celltype \
 leukodx train -d all-aria -o src/leukodx/weights/all-stage --name all-stage \
     --arch regnetx_002 --size 128 --epochs 30 --lr 3e-3 --threads 2
 leukodx flow train -o src/leukodx/weights/flow/ddpr-leukemic-cell
+leukodx train-detector -o src/leukodx/weights/detection/bccd-frcnn --epochs 20 --threads 2
+leukodx train-segmenter -d wbc-seg-1 -o src/leukodx/weights/segmentation/wbc-seg-unet --steps 600 --threads 1

@@ -63,3 +63,12 @@ def test_wrong_model_for_the_kind_and_empty_cases_are_refused(tiny_aria_model, t
     (tmp_path / "bad" / "x.jpg").write_text("junk")
     with pytest.raises(InvalidInputError, match=r"no readable image in this case; 1 unreadable"):
         diagnose(tmp_path / "bad", kind="cells")
+
+
+def test_field_case_also_counts_cells_with_the_smear_pipeline(tiny_aria_model, aria_folder):
+    result = diagnose(aria_folder / "pro", model=str(tiny_aria_model), pixel_scale=0.15)
+    smear = result["smear"]
+    assert smear["summary"]["n_fields"] == len(smear["fields"]) == result["n_images"] == 6
+    assert smear["summary"]["counts"]["WBC"] >= 6  # every all-aria field shows at least one white cell
+    assert smear["detector"]["sha256"]
+    assert "smear" not in diagnose(aria_folder / "pro", model=str(tiny_aria_model), smear=False)

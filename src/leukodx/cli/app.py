@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from leukodx.cli import benchmark_cmd, datasets_cmd, expression_cmd, flow_cmd, infer_cmd, train_cmd
+from leukodx.cli import benchmark_cmd, datasets_cmd, expression_cmd, flow_cmd, infer_cmd, smear_cmd, train_cmd
 from leukodx.errors import LeukodxError
 
 app = typer.Typer(name="leukodx", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -18,6 +18,7 @@ app.add_typer(flow_cmd.app, name="flow")
 train_cmd.register(app)
 infer_cmd.register(app)
 benchmark_cmd.register(app)
+smear_cmd.register(app)
 
 EXIT_USER_ERROR = 2
 

@@ -38,12 +38,24 @@ def register(app: typer.Typer) -> None:
             acc = card.get("metrics", {}).get("test", {}).get("accuracy", {})
             print(f"{name}\t{card['arch']}\t{card['input_size']}px\t{len(card['classes'])} classes\t"
                   f"test accuracy {acc.get('value', float('nan')):.4f}")
+        for task, folder in (("detection", "detection"), ("segmentation", "segmentation")):
+            for d in sorted((BUNDLED_DIR / folder).glob("*/card.json")):
+                card = read_card(d.parent)
+                test = card.get("metrics", {}).get("test", {})
+                if task == "detection":
+                    figure = "test AP@0.5 " + ", ".join(f"{c} {v:.3f}" for c, v in test.get("ap50", {}).items() if v is not None)
+                else:
+                    figure = "test nucleus Dice " + ", ".join(f"{ds} {m['nucleus']['dice']:.3f}" for ds, m in test.items())
+                print(f"{d.parent.name}\t{task}\t{', '.join(card.get('classes') or card.get('structures', []))}\t{figure}")
 
     @models_app.command("info")
     def models_info(name: str) -> None:
         """Print a model's card (JSON)."""
-        from leukodx.models.bundle import read_card, resolve_bundle
+        from leukodx.models.bundle import BUNDLED_DIR, read_card, resolve_bundle
 
+        for folder in ("detection", "segmentation"):  # detectors and segmenters live one level down
+            if (BUNDLED_DIR / folder / name / "card.json").exists():
+                name = str(BUNDLED_DIR / folder / name)
         card = read_card(resolve_bundle(name))
         card.get("training", {}).pop("history", None)
         print(json.dumps(card, indent=2))
@@ -132,11 +144,13 @@ def register(app: typer.Typer) -> None:
         kind: str = typer.Option("auto", help="cells | fields | auto (recognised from the images)"),
         model: Optional[str] = typer.Option(None, "--model", "-m", help="Override the model for this kind."),
         backend: str = Backend,
+        smear: bool = typer.Option(True, help="For smear fields, also detect and count every cell (leukodx detect)."),
+        pixel_scale: float = typer.Option(1.0, help="Field px per px at the detector's magnification (all-aria: 0.15)."),
     ) -> None:
         """The main job: per-image results, a case summary with flags, and an HTML report."""
         from leukodx.inference.diagnose import diagnose, write_case_outputs
 
-        result = diagnose(inputs, kind=kind, model=model, backend=backend)
+        result = diagnose(inputs, kind=kind, model=model, backend=backend, smear=smear, pixel_scale=pixel_scale)
         _report_errors(result["errors"])
         paths = write_case_outputs(result, output)
         s = result["summary"]
@@ -145,6 +159,11 @@ def register(app: typer.Typer) -> None:
         else:
             headline = f"case call {s['case_call']} " + ", ".join(f"{c} {p:.2f}" for c, p in s["stage_probabilities"].items())
         console.print(f"{result['n_images']} {result['kind']} analysed: {headline}")
+        if "smear" in result:
+            sm = result["smear"]["summary"]
+            counts = ", ".join(f"{k} {v}" for k, v in sm["counts"].items())
+            diff = ", ".join(f"{c} {p}%" for c, p in sm["differential_percent"].items() if p)
+            console.print(f"cells found: {counts}; differential: {diff or 'no typed white cell'}")
         for flag in result["flags"]:
             console.print(f"flag: {flag}")
         console.print(f"report: {paths['report']}")

@@ -36,6 +36,14 @@ def render_case_html(result: dict) -> str:
         parts.append("<table><tr><th>stage</th><th>mean probability</th><th>fields</th></tr>" + "".join(
             f"<tr><td>{_esc(c)}</td><td>{p:.3f}</td><td>{s['fields_per_stage'][c]}</td></tr>"
             for c, p in s["stage_probabilities"].items()) + "</table>")
+    if "smear" in result:
+        sm = result["smear"]["summary"]
+        parts.append("<h2>Cells found in the fields</h2><p>" + ", ".join(
+            f"{_esc(k)}: {v}" for k, v in sm["counts"].items()) + f" ({sm['white_cells_typed']} white cells typed, "
+            f"{sm['unsure']} unsure, {sm['blast_like']} blast-like)</p>")
+        parts.append("<table><tr><th>white-cell type</th><th>count</th><th>%</th></tr>" + "".join(
+            f"<tr><td>{_esc(c)}</td><td>{sm['white_cell_types'][c]}</td><td>{p}</td></tr>"
+            for c, p in sm["differential_percent"].items()) + "</table>")
     parts.append("<h2>Images</h2><table><tr><th></th><th>file</th><th>prediction</th><th>probability</th><th>next</th></tr>")
     for r in sorted(result["rows"], key=lambda r: (not r["unsure"], r["probability"])):
         thumb = thumbs.get(r["input"])

@@ -132,8 +132,13 @@ def _field_summary(rows: list[dict], classes: list[str]) -> tuple[dict, list[str
 
 
 def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "auto",
-             model: str | os.PathLike | Classifier | None = None, backend: str = "auto") -> dict:
-    """Diagnose one case. Returns the summary dict (rows, summary, flags, errors, provenance)."""
+             model: str | os.PathLike | Classifier | None = None, backend: str = "auto",
+             smear: bool = True, pixel_scale: float = 1.0) -> dict:
+    """Diagnose one case. Returns the summary dict (rows, summary, flags, errors, provenance).
+
+    For smear fields, ``smear`` also runs the whole-smear pipeline on every field (cells found,
+    white cells typed, counts, differential; ``leukodx.smear.pipeline``) beside the field model.
+    """
     if kind not in KINDS:
         raise InvalidInputError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
     if isinstance(inputs, (str, os.PathLike)):
@@ -165,6 +170,9 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
                         f"({clf.abstain_below:.2f}): review them")
     if errors:
         flags.append(f"{len(errors)} file(s) could not be read and were left out")
+    smear_result = _smear_analysis(images, pixel_scale) if (kind == "fields" and smear) else None
+    if smear_result:
+        flags.extend(f"smear: {f}" for f in smear_result["summary"]["flags"])
     return {
         "case": ", ".join(str(i) for i in inputs),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -173,9 +181,21 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
                   "abstain_below": clf.abstain_below, "backend": clf.backend,
                   "test_accuracy": clf.card.get("metrics", {}).get("test", {}).get("accuracy")},
         "n_images": len(rows), "summary": summary, "flags": flags, "rows": rows, "errors": errors,
+        **({"smear": smear_result} if smear_result else {}),
         "versions": versions(),
         "_thumbnails": {im.name: _thumbnail(im.rgb) for im in images},
     }
+
+
+def _smear_analysis(images: list[CaseImage], pixel_scale: float) -> dict:
+    """Cells, counts and differential per field and for the case (the detector and cell-type model)."""
+    from leukodx.smear.pipeline import SmearAnalyzer, summarize_fields
+
+    analyzer = SmearAnalyzer(pixel_scale=pixel_scale)
+    fields = [analyzer.analyze(im.rgb, im.name) for im in images]
+    return {"detector": {"name": analyzer.detector.name, "sha256": analyzer.detector.card.get("sha256")},
+            "pixel_scale": pixel_scale, "summary": summarize_fields(fields),
+            "fields": [{k: v for k, v in f.items() if k != "cells"} | {"cells": len(f["cells"])} for f in fields]}
 
 
 def _thumbnail(rgb: np.ndarray, side: int = 96) -> bytes:

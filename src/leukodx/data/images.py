@@ -132,3 +132,14 @@ def list_images(inputs: list[str | os.PathLike]) -> list[Path]:
         else:
             raise DataNotFoundError(f"{p}: no such file or folder")
     return found
+
+
+def collect_images(inputs: list[str | os.PathLike]) -> tuple[list[Path], list[dict]]:
+    """Like ``list_images``, but a missing input becomes an error entry and the rest are still listed."""
+    found, errors = [], []
+    for item in inputs:
+        try:
+            found.extend(list_images([item]))
+        except DataNotFoundError as exc:
+            errors.append({"input": str(item), "error": str(exc)})
+    return found, errors

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -66,6 +67,18 @@ def load_bundle(directory: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
     """Network (eval mode) and card; raises ``IntegrityError`` if the weights' hash is wrong."""
     card, weights = verified_weights(directory)
     net = create_network(card["arch"], num_classes=len(card["classes"]))
+    net.load_state_dict(load_file(str(weights)))
+    net.eval()
+    return net, card
+
+
+def load_task_network(name_or_path: str | os.PathLike, bundled_dir: Path, task: str,
+                      build: Callable[[dict], torch.nn.Module]) -> tuple[torch.nn.Module, dict]:
+    """A detection / segmentation bundle: resolved by name under ``bundled_dir`` or as a folder,
+    its task and sha256 checked, the network rebuilt from its card by ``build`` and loaded."""
+    directory = resolve_bundle(name_or_path, bundled_dir, f"{task} model")
+    card, weights = verified_weights(directory, task=task)
+    net = build(card)
     net.load_state_dict(load_file(str(weights)))
     net.eval()
     return net, card

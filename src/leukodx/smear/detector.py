@@ -16,10 +16,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from leukodx.models.bundle import BUNDLED_DIR, resolve_bundle, save_bundle, verified_weights
+from leukodx.models.bundle import BUNDLED_DIR, load_task_network, save_bundle
 from leukodx.smear.tiling import DEFAULT_OVERLAP, iter_tile_batches, merge_tile_detections
 
 DETECTION_CLASSES = ("RBC", "WBC", "Platelets")
@@ -161,10 +160,6 @@ def save_detector(directory: str | os.PathLike, net: nn.Module, config: Detector
 
 def load_detector(name_or_path: str | os.PathLike = "bccd-frcnn") -> CellDetector:
     """A bundled detector by name or a folder; the weights' sha256 is checked against the card."""
-    directory = resolve_bundle(name_or_path, BUNDLED_DETECTORS, "detector")
-    card, weights = verified_weights(directory, task="detection")
-    config = DetectorConfig.from_dict(card["detector"])
-    net = build_detector(config)
-    net.load_state_dict(load_file(str(weights)))
-    net.eval()
-    return CellDetector(net, config, card)
+    net, card = load_task_network(name_or_path, BUNDLED_DETECTORS, "detection",
+                                  lambda card: build_detector(DetectorConfig.from_dict(card["detector"])))
+    return CellDetector(net, DetectorConfig.from_dict(card["detector"]), card)

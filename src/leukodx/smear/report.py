@@ -13,7 +13,7 @@ from pathlib import Path
 
 from leukodx import _atomic
 from leukodx._versions import versions
-from leukodx.data.images import list_images, read_image
+from leukodx.data.images import collect_images, read_image
 from leukodx.errors import LeukodxError
 
 CELL_COLUMNS = ["field", "kind", "x0", "y0", "x1", "y1", "score", "cell_type", "probability", "unsure",
@@ -51,14 +51,10 @@ def analyze_fields(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
     out_dir = Path(out_dir)
     analyzer = SmearAnalyzer(detector if isinstance(detector, CellDetector) else load_detector(detector),
                              model if isinstance(model, Classifier) else load_model(model), pixel_scale=pixel_scale)
-    errors, fields, taken = [], [], set()
-    paths = []
-    for item in inputs:
-        try:
-            paths.extend(list_images([item]))
-        except LeukodxError as exc:
-            errors.append({"input": str(item), "error": str(exc)})
-            log(f"error: {exc}")
+    paths, errors = collect_images(inputs)
+    for e in errors:
+        log(f"error: {e['error']}")
+    fields, taken = [], set()
     for path in paths:
         try:
             rgb = read_image(path)

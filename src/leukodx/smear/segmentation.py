@@ -17,14 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 from torch import nn
 
 from leukodx import _atomic
 from leukodx._versions import versions
 from leukodx.data.images import read_image
 from leukodx.errors import InvalidInputError
-from leukodx.models.bundle import BUNDLED_DIR, resolve_bundle, save_bundle, verified_weights
+from leukodx.models.bundle import BUNDLED_DIR, load_task_network, save_bundle
 from leukodx.smear.metrics import dice_iou
 
 STRUCTURES = ("background", "cytoplasm", "nucleus")
@@ -264,13 +263,9 @@ def save_segmenter(directory: str | os.PathLike, seg: Segmenter, card: dict) -> 
 
 def load_segmenter(name_or_path: str | os.PathLike = "wbc-seg-unet") -> Segmenter:
     """A bundled segmenter by name or a folder; the weights' sha256 is checked against the card."""
-    directory = resolve_bundle(name_or_path, BUNDLED_SEGMENTERS, "segmenter")
-    card, weights = verified_weights(directory, task="segmentation")
-    config = SegmenterConfig.from_dict(card["segmenter"])
-    net = build_segmenter(config)
-    net.load_state_dict(load_file(str(weights)))
-    net.eval()
-    return Segmenter(net, config, card)
+    net, card = load_task_network(name_or_path, BUNDLED_SEGMENTERS, "segmentation",
+                                  lambda card: build_segmenter(SegmenterConfig.from_dict(card["segmenter"])))
+    return Segmenter(net, SegmenterConfig.from_dict(card["segmenter"]), card)
 
 
 # --- evaluation and batch use --------------------------------------------------------------------
@@ -301,17 +296,12 @@ def segment_files(inputs, out_dir: str | os.PathLike, seg: Segmenter) -> tuple[i
     import csv
     import io
 
-    from leukodx.data.images import list_images
+    from leukodx.data.images import collect_images
     from leukodx.errors import LeukodxError
 
     out_dir = Path(out_dir)
-    errors, rows = [], []
-    paths = []
-    for item in inputs:
-        try:
-            paths.extend(list_images([item]))
-        except LeukodxError as exc:
-            errors.append({"input": str(item), "error": str(exc)})
+    paths, errors = collect_images(inputs)
+    rows = []
     for path in paths:
         try:
             rgb = read_image(path)

@@ -284,10 +284,11 @@ def main() -> None:
     from _common import RESULTS
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    ap.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS),
+                    help="parts to (re)measure; none: only rewrite the tables from smear.json")
     args = ap.parse_args()
     previous = RESULTS / "smear.json"
-    keep = ("detection", "segmentation", "speed_640x480", "bad_inputs", "big_image", "all_aria")
+    keep = ("detection", "segmentation", "speed_640x480", "bad_inputs", "big_image", "all_aria", "measured_by")
     result = {k: v for k, v in json.loads(previous.read_text()).items() if k in keep} if previous.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -304,6 +305,9 @@ def main() -> None:
             result["big_image"] = big_image(work)
         if "aria" in args.parts:
             result["all_aria"] = aria(analyzer)
+    stamp = f"python smear.py --parts {' '.join(args.parts)} ({time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC)"
+    for part in args.parts:
+        result.setdefault("measured_by", {})[part] = stamp
     rows = table_rows(result)
     notes = ["Detector: torchvision Faster R-CNN, timm ResNet-18 + FPN, trained from scratch on bccd train (205 fields), "
              "epoch chosen on val; count thresholds per class chosen on val.",
@@ -312,6 +316,7 @@ def main() -> None:
              "BCCD's own labels miss some red cells, which caps RBC AP for any detector.",
              "Segmentation: segmentation_models_pytorch U-Net (timm ResNet-10t encoder), from scratch, 128 px; "
              "'all' = every image of a set the model never trained on."]
+    notes += [f"{part}: measured by {cmd}" for part, cmd in sorted(result.get("measured_by", {}).items())]
     write_result("smear", result, ["figure", "measured", "target", ""], rows, notes)
 
 

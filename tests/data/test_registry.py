@@ -43,7 +43,13 @@ def test_wbc_seg_reads_csv_labels_and_mask_paths():
     assert index.paths[0] == "Dataset-1/images/001.png" and index.classes[index.labels[0]] == "lymphocyte"
     assert index.classes[index.labels[1]] == "neutrophil"
     assert all((index.root / m).exists() for m in index.meta["masks"][:5])
-    assert set(index.groups) == {"Dataset-1", "Dataset-2"}
+    assert set(index.meta["sources"]) == {"Dataset-1", "Dataset-2"}
+    # the source set is not a patient group: the pooled set splits image-level, both sets on every side
+    from leukodx.data.splits import make_split
+
+    assert index.groups is None
+    split = make_split(index, seed=0)
+    assert all({p.split("/")[0] for p in split[side]} == {"Dataset-1", "Dataset-2"} for side in ("train", "test"))
     assert len(load_dataset("wbc-seg-2")) == 100
 
 

@@ -17,7 +17,7 @@ def _ci(entry: dict | None, digits: int = 3) -> str:
 
 def _cv(result: dict, metric: str = "macro_f1") -> str:
     cv = result.get("cv", {}).get(metric)
-    return f"{cv['mean']:.3f} ± {cv['sd']:.3f} ({len(result['cv']['folds'])}-fold)" if cv else "-"
+    return f"{cv['mean']:.3f} ± {cv['sd']:.3f} ({len(result['cv']['folds'])}-fold)" if cv else "not run"
 
 
 def _current_claim(result: dict) -> str:

@@ -85,7 +85,10 @@ def to_rgb_array(im: Image.Image) -> np.ndarray:
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, rgba)
-    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    # one copy out of PIL, not two: a 10,000 x 10,000 scan is 300 MB per copy
+    return np.array(im, dtype=np.uint8)
 
 
 def as_rgb_array(image: np.ndarray, name: str = "array") -> np.ndarray:

@@ -107,7 +107,7 @@ def _load_wbc_seg(folder: Path, info: DatasetInfo) -> ImageIndex:
     base = folder if (folder / "Class-Labels-of-Dataset-1.csv").exists() else folder.parent
     which = [1, 2] if info.name == "wbc-seg" else [int(info.name[-1])]
     classes = list(info.classes)
-    paths, labels, masks, groups = [], [], [], []
+    paths, labels, masks, sources = [], [], [], []
     for n in which:
         table = base / f"Class-Labels-of-Dataset-{n}.csv"
         if not table.exists():
@@ -121,10 +121,11 @@ def _load_wbc_seg(folder: Path, info: DatasetInfo) -> ImageIndex:
             paths.append(rel)
             labels.append(int(label) - 1)
             masks.append(f"Dataset-{n}/masks/{int(image_id):03d}.png")
-            groups.append(f"Dataset-{n}")
+            sources.append(f"Dataset-{n}")
     return ImageIndex(
         name=info.name, root=base, paths=paths, labels=np.asarray(labels, dtype=int), classes=classes,
-        groups=np.asarray(groups), meta={"dataset": info.name, "masks": masks},
+        # the source set is not a patient group: splits stay image-level, as for every set here
+        meta={"dataset": info.name, "masks": masks, "sources": sources},
     )
 
 

@@ -105,3 +105,27 @@ def test_local_pretrained_weights_are_used(tmp_path):
     pickle_file.write_bytes(b"not loaded")
     with pytest.raises(InvalidInputError, match="only .safetensors"):
         create_network("muhamad_cnn", 2, pretrained=str(pickle_file))
+
+
+def test_feature_heads_fit_when_a_class_is_rare():
+    """wbc-seg has 4 basophils: a training side may hold 1 or 2, fewer than 3 calibration folds need."""
+    from PIL import Image
+
+    from leukodx.data.images import read_image
+    from leukodx.data.registry import load_dataset
+    from leukodx.zoo.estimators import feature_head
+
+    index = load_dataset("wbc-seg-2")
+    for rare in (2, 1):
+        keep = []
+        for c in range(len(index.classes)):
+            members = list(np.flatnonzero(index.labels == c))
+            keep += members[:rare] if index.classes[c] == "basophil" else members[:6]
+        x = np.stack([np.asarray(Image.fromarray(read_image(index.root / index.paths[i])).resize((8, 8)), np.float32).ravel()
+                      for i in keep])
+        y = index.labels[keep]
+        for kind in ("svm-knn-nb", "gain-ratio-svm"):
+            for name, model in feature_head(kind, select_k=50, seed=0, smallest_class=rare).items():
+                model.fit(x, y)
+                p = model.predict_proba(x)
+                assert p.shape == (len(y), len(index.classes)) and np.allclose(p.sum(axis=1), 1), (kind, name, rare)

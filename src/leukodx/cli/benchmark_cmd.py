@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -48,6 +49,11 @@ def register(app: typer.Typer) -> None:
                            pretrained=pretrained, data_root=data_root, skip_cv=no_cv, force=force, log=console.print)
             except LeukodxError as exc:
                 console.print(f"error: {r.name}: {exc}")
+                failed.append(r.name)
+            except Exception as exc:  # a bug in one recipe must not cost the suite's other runs
+                if os.environ.get("LEUKODX_DEBUG"):
+                    raise
+                console.print(f"error: {r.name}: {type(exc).__name__}: {exc} (a bug; LEUKODX_DEBUG=1 shows the traceback)")
                 failed.append(r.name)
         board = write_leaderboard(output_dir, leaderboard or Path(output_dir).parent / "LEADERBOARD.md")
         console.print(f"{len(recipes) - len(failed)}/{len(recipes)} recipes ran; leaderboard: {board}")

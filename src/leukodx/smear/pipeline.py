@@ -36,7 +36,8 @@ def image_quality(rgb: np.ndarray) -> list[str]:
     sample = rgb[::max(1, rgb.shape[0] // 256), ::max(1, rgb.shape[1] // 256)].astype(np.float32)
     warnings = []
     if float(np.abs(sample - sample.mean(axis=2, keepdims=True)).mean()) < GRAY_SPREAD:
-        warnings.append("grayscale image: the models were trained on stained colour fields; counts and types are unreliable")
+        warnings.append("no stain colour (a grayscale, blank or washed-out image): the models were trained on stained "
+                        "colour fields; counts and types are unreliable")
     brightness = float(sample.mean())
     if brightness < DARK_MEAN:
         warnings.append(f"very dark image (mean {brightness:.0f}/255): cells may be missed")

@@ -71,16 +71,24 @@ class NetworkEstimator:
         return count_flops(self.net_, self.config.preprocess.size)
 
 
-def _calibrated_linear_svm():
+def _calibrated_linear_svm(smallest_class: int = 3):
     from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
 
-    # SVC(probability=True) is deprecated in scikit-learn 1.9; a calibrated linear SVM gives probabilities
-    return CalibratedClassifierCV(LinearSVC(C=0.1, max_iter=5000), cv=3)
+    # SVC(probability=True) is deprecated in scikit-learn 1.9; a calibrated linear SVM gives probabilities.
+    # Calibration needs every class in every fold: fewer folds for rare classes, and for a class seen
+    # once, a linear model that is probabilistic by itself.
+    folds = min(3, smallest_class)
+    if folds < 2:
+        return LogisticRegression(C=0.1, max_iter=5000)
+    return CalibratedClassifierCV(LinearSVC(C=0.1, max_iter=5000), cv=folds)
 
 
-def feature_head(kind: str, select_k: int, seed: int):
-    """The classic classifier on top of CNN features, as a scikit-learn pipeline (or candidates)."""
+def feature_head(kind: str, select_k: int, seed: int, smallest_class: int = 3):
+    """The classic classifier on top of CNN features, as a scikit-learn pipeline (or candidates).
+
+    ``smallest_class`` is the training count of the rarest class (it bounds the calibration folds)."""
     from sklearn.ensemble import BaggingClassifier
     from sklearn.naive_bayes import GaussianNB
     from sklearn.neighbors import KNeighborsClassifier
@@ -91,11 +99,11 @@ def feature_head(kind: str, select_k: int, seed: int):
     from leukodx.omics.selection import GainRatioSelector
 
     if kind == "gain-ratio-svm":
-        return {"svm": make_pipeline(StandardScaler(), GainRatioSelector(k=select_k), _calibrated_linear_svm())}
+        return {"svm": make_pipeline(StandardScaler(), GainRatioSelector(k=select_k), _calibrated_linear_svm(smallest_class))}
     if kind == "svm-knn-nb":
         subspace_knn = BaggingClassifier(KNeighborsClassifier(5), n_estimators=15, max_features=0.5, bootstrap=False,
                                          random_state=seed)
-        return {"svm": make_pipeline(StandardScaler(), _calibrated_linear_svm()),
+        return {"svm": make_pipeline(StandardScaler(), _calibrated_linear_svm(smallest_class)),
                 "subspace-knn": make_pipeline(StandardScaler(), subspace_knn),
                 "naive-bayes": make_pipeline(StandardScaler(), GaussianNB())}
     if kind == "bagging":
@@ -143,7 +151,9 @@ class FeatureEstimator:
         f_val = self._fuse(self._features(x_val))
         self.candidates_ = {}
         best = None
-        for name, model in feature_head(self.head, self.select_k, self.config.seed).items():
+        counts = np.bincount(y_train)
+        smallest = int(counts[counts > 0].min())
+        for name, model in feature_head(self.head, self.select_k, self.config.seed, smallest).items():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model.fit(f_train, y_train)

@@ -1,9 +1,9 @@
 """Cell detector for smear fields: torchvision Faster R-CNN on a timm backbone with an FPN.
 
-The detector sees fields at a fixed magnification: a 640 x 480 BCCD field is one *tile*, and
-every input, whatever its size, is cut into such tiles (``leukodx.smear.tiling``), so a cell
-keeps the pixel size it had in training. ``input_scale`` shrinks each tile before the network
-(0.5 halves compute; platelets stay ~20 px).
+The detector sees fields at a fixed magnification, so a cell keeps the pixel size it had in
+training (BCCD's 640 x 480 fields): a field up to ~4 Mpx goes through in one pass at that scale,
+a larger one is cut into overlapping 640 x 480 tiles (``leukodx.smear.tiling``). ``input_scale``
+shrinks the input before the network (0.5 halves compute; platelets stay ~20 px).
 
 Weights are a safetensors file and a JSON card, like every leukodx model; no pickle is read.
 """

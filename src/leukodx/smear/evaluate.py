@@ -11,10 +11,17 @@ from leukodx.smear.metrics import coco_average_precision, count_errors
 WBC = "WBC"
 
 
+def counted(prediction: dict, classes: list[str], thresholds: dict[str, float]) -> np.ndarray:
+    """Which detections count as cells: each at or above its class's counting threshold (0.5 if none)."""
+    cut = np.array([thresholds.get(c, 0.5) for c in classes], dtype=np.float32)
+    labels = np.asarray(prediction["labels"], dtype=int)
+    return np.asarray(prediction["scores"]) >= cut[labels] if len(labels) else np.zeros(0, dtype=bool)
+
+
 def field_counts(prediction: dict, classes: list[str], thresholds: dict[str, float]) -> dict[str, int]:
-    """Cells per class in one field: detections at or above that class's counting threshold."""
-    return {c: int(((prediction["labels"] == k) & (prediction["scores"] >= thresholds.get(c, 0.5))).sum())
-            for k, c in enumerate(classes)}
+    """Cells per class in one field: the detections that count, by class."""
+    labels = np.asarray(prediction["labels"], dtype=int)[counted(prediction, classes, thresholds)]
+    return {c: int((labels == k).sum()) for k, c in enumerate(classes)}
 
 
 def score_detections(targets: list[dict], predictions: list[dict], classes: list[str],

@@ -19,6 +19,7 @@ from PIL import Image
 from leukodx.errors import InvalidInputError
 from leukodx.inference.diagnose import LEUKOCYTES
 from leukodx.smear.classical import NucleusThreshold, nucleus_mask
+from leukodx.smear.evaluate import counted
 from leukodx.smear.tiling import background_colour
 
 #: crop side / white-cell box side: frames the cell as in the cell-type model's training images
@@ -110,8 +111,7 @@ class SmearAnalyzer:
         detections = self.detector.detect(scaled)
         del scaled
         classes = self.detector.classes
-        keep = np.array([s >= self.thresholds[classes[k]] for k, s in zip(detections["labels"], detections["scores"])],
-                        dtype=bool).reshape(-1)
+        keep = counted(detections, classes, self.thresholds)
         boxes = detections["boxes"][keep] / factor
         labels, scores = detections["labels"][keep], detections["scores"][keep]
         cells = [{"kind": classes[k], "box": [round(float(v), 1) for v in b], "score": round(float(s), 4)}

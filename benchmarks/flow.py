@@ -23,7 +23,8 @@ from leukodx.cytometry.classifier import CellClassifier
 from leukodx.cytometry.evaluate import evaluate_cell_classifiers
 from leukodx.cytometry.fcs import open_fcs
 from leukodx.cytometry.markers import align_markers
-from leukodx.cytometry.readout import readout, wilson_interval
+from leukodx.cytometry.readout import readout
+from leukodx.stats import wilson_interval
 from leukodx.data.root import resolve_data_root
 from leukodx.errors import LeukodxError
 

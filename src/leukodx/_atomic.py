@@ -39,7 +39,28 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Strict JSON: NaN and infinities become ``null`` (JSON has no NaN), numpy values plain numbers."""
+    write_text(path, dumps(obj, indent=2) + "\n")
+
+
+def dumps(obj: Any, indent: int | None = None) -> str:
+    """``json.dumps`` that never writes a ``NaN`` / ``Infinity`` literal."""
+    return json.dumps(json_safe(obj), indent=indent, sort_keys=False, allow_nan=False, default=_json_default)
+
+
+def json_safe(obj: Any) -> Any:
+    """A copy of ``obj`` with non-finite floats (also numpy ones, also inside arrays) replaced by None."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if type(obj).__module__ == "numpy":
+        return json_safe(_json_default(obj))
+    return obj
 
 
 def _json_default(obj: Any) -> Any:

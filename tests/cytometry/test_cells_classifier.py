@@ -65,10 +65,10 @@ def test_train_save_load_roundtrip(ddpr, tmp_path):
 
 
 def test_tampered_weights_refused(tmp_path):
-    from leukodx.cytometry.classifier import BUNDLED_DIR
+    from leukodx.models.bundle import bundled
 
     copy = tmp_path / "m"
-    shutil.copytree(BUNDLED_DIR / "ddpr-leukemic-cell", copy)
+    shutil.copytree(bundled()["ddpr-leukemic-cell"], copy)
     data = bytearray((copy / "model.safetensors").read_bytes())
     data[-1] ^= 1
     (copy / "model.safetensors").write_bytes(bytes(data))
@@ -76,3 +76,5 @@ def test_tampered_weights_refused(tmp_path):
         CellClassifier.load(copy)
     with pytest.raises(ModelNotFoundError):
         CellClassifier.load("no-such-model")
+    with pytest.raises(InvalidInputError, match="a image-classification model, not a flow-cell-classification"):
+        CellClassifier.load("pbc-celltype")

@@ -5,7 +5,8 @@ from leukodx.cytometry.cells import load_cell_split, read_ddpr
 from leukodx.cytometry.classifier import CellClassifier
 from leukodx.cytometry.features import SampleFeatureAccumulator
 from leukodx.cytometry.fcs import open_fcs
-from leukodx.cytometry.readout import readout, wilson_interval
+from leukodx.cytometry.readout import readout
+from leukodx.stats import wilson_interval
 from leukodx.errors import InvalidInputError
 
 

@@ -1,4 +1,4 @@
-"""The models shipped in the package: complete cards, intact weights, and real accuracy."""
+"""The models shipped in the package: one door, complete cards, intact weights, regression floors."""
 
 from __future__ import annotations
 
@@ -6,42 +6,89 @@ import numpy as np
 import pytest
 
 import leukodx
+from leukodx._hashing import sha256_file
 from leukodx.data.registry import load_dataset
 from leukodx.data.splits import apply_split, bundled_split_path, load_split
-from leukodx.data.verify import sha256_file
-from leukodx.models.bundle import BUNDLED_DIR, read_card
+from leukodx.models.bundle import bundled, read_card, verify_bundle
+from leukodx.models.card import TASKS
 
-BUNDLED = {"pbc-celltype": "pbc", "all-stage": "all-aria"}
+CLASSIFIERS = {"pbc-celltype": "pbc", "all-stage": "all-aria"}
+EXPECTED = {"pbc-celltype": "image-classification", "all-stage": "image-classification",
+            "bccd-frcnn": "detection", "wbc-seg-unet": "segmentation",
+            "ddpr-leukemic-cell": "flow-cell-classification", "golub-all-aml": "expression-classification"}
 
 
-def test_both_bundled_models_are_installed():
-    assert set(BUNDLED) <= set(leukodx.list_models())
+def test_every_kind_of_model_is_bundled_and_listed_by_task():
+    assert set(leukodx.list_models()) == set(EXPECTED)
+    for task in TASKS:
+        assert leukodx.list_models(task) == sorted(n for n, t in EXPECTED.items() if t == task)
 
 
-@pytest.mark.parametrize("name", sorted(BUNDLED))
-def test_card_describes_data_split_metrics_and_limits(name):
-    card = read_card(BUNDLED_DIR / name)
-    weights = BUNDLED_DIR / name / card["weights"]
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_bundle_verifies_and_carries_provenance(name):
+    card, weights = verify_bundle(bundled()[name], task=EXPECTED[name])
+    assert card["schema"] == 1 and card["name"] == name
     assert sha256_file(weights) == card["sha256"]
-    assert weights.stat().st_size <= 20_000_000
-    assert card["data"]["dataset"] == BUNDLED[name]
-    assert card["data"]["split_sha256"] == sha256_file(bundled_split_path(BUNDLED[name]))
+    assert card["provenance"]["argv"].startswith("leukodx ") and card["provenance"]["versions"]["python"]
+    assert card["intended_use"] and card["limits"]
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIFIERS))
+def test_classifier_card_describes_data_split_and_metrics(name):
+    card = read_card(bundled()[name])
+    assert (bundled()[name] / card["weights"]).stat().st_size <= 20_000_000
+    assert card["data"]["dataset"] == CLASSIFIERS[name]
+    assert card["data"]["split_sha256"] == sha256_file(bundled_split_path(CLASSIFIERS[name]))
     test = card["metrics"]["test"]
     assert test["accuracy"]["ci95"][0] <= test["accuracy"]["value"] <= test["accuracy"]["ci95"][1]
     assert card["input_size"] == card["preprocess"]["size"]
-    assert card["intended_use"] and card["limits"] and card["versions"]["torch"]
     assert 0.05 < card["temperature"] < 20
     assert card["training"]["config"]["seed"] == 0
 
 
-@pytest.mark.parametrize("name", sorted(BUNDLED))
-def test_bundled_model_is_accurate_on_its_own_test_images(name):
-    dataset = BUNDLED[name]
+@pytest.mark.parametrize("name", sorted(CLASSIFIERS))
+def test_bundled_classifier_is_accurate_on_its_own_test_images(name):
+    dataset = CLASSIFIERS[name]
     test = apply_split(load_dataset(dataset), load_split(bundled_split_path(dataset)))["test"]
     rng = np.random.default_rng(0)
     pick = rng.choice(len(test), 120, replace=False)
-    clf = leukodx.load_model(name)
+    clf = leukodx.load(name)
     result = clf.predict([test.abspath(i) for i in pick])
     truth = [test.classes[test.labels[i]] for i in pick]
     accuracy = np.mean([r["top_class"] == t for r, t in zip(result.rows, truth)])
     assert accuracy >= 0.9
+
+
+@pytest.mark.slow
+def test_bundled_detector_regression_floor_on_bccd_test():
+    """Shipped 0.977 WBC AP@0.5 on the 72 bccd test fields; a change that loses 3 points fails."""
+    from leukodx.smear.evaluate import evaluate_detector
+
+    result = evaluate_detector(leukodx.load("bccd-frcnn"), load_dataset("bccd"), "test")
+    assert result["n_fields"] == 72
+    assert result["ap50"]["WBC"] >= 0.95
+    assert result["ap50"]["Platelets"] >= 0.85 and result["ap50"]["RBC"] >= 0.80
+
+
+def test_bundled_segmenter_regression_floor_within_wbc_seg_1():
+    """Shipped 0.970 nucleus Dice on the saved wbc-seg-1 test split."""
+    from leukodx.smear.segmentation import evaluate_segmenter
+
+    result = evaluate_segmenter(leukodx.load("wbc-seg-unet"), "wbc-seg-1", "test")
+    assert result["n_images"] == 45
+    assert result["nucleus"]["dice"] >= 0.95
+
+
+def test_bundled_expression_model_floor_and_parity_with_its_pipeline():
+    """The bundle reproduces the scikit-learn pipeline it came from and keeps >= 31/34 on Golub's independent set."""
+    from leukodx.omics.classifiers import expression_methods
+    from leukodx.omics.io import read_golub
+    from leukodx.omics.preprocess import GolubPreprocessor
+
+    model = leukodx.load("golub-all-aml")
+    train, test = read_golub()
+    proba, missing, _ = model.predict_set(test)
+    assert not missing and len(model.genes) == 50
+    assert (np.array(model.classes)[proba.argmax(1)] == test.labels).sum() >= 31
+    pipeline = expression_methods(GolubPreprocessor)[model.method]().fit(train.values, train.labels)
+    assert np.allclose(proba, pipeline.predict_proba(test.values), atol=1e-9)

@@ -1,9 +1,15 @@
-"""Entry point: builds the Typer app and turns project errors into one line + exit code."""
+"""Entry point: builds the Typer app and turns every error into one line + an exit code.
+
+Command modules import only typer and rich at module level; torch, timm and the data stack are
+imported inside the commands that need them, so ``--help`` and light verbs start fast.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from typing import Optional
 
 import typer
 
@@ -23,6 +29,57 @@ smear_cmd.register(app)
 EXIT_USER_ERROR = 2
 
 
+def _version(value: bool) -> None:
+    if value:
+        from leukodx import __version__
+
+        print(f"leukodx {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
+                                           help="Print the version and exit."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log detail (-vv: debug)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only."),
+) -> None:
+    """Deep-learning leukemia diagnosis: datasets, training, evaluation, inference."""
+    configure_logging(logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO)
+
+
+def configure_logging(level: int) -> None:
+    """Library log records (``leukodx.*``) go to stderr through rich; third-party chatter is silenced."""
+    import warnings
+
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("leukodx")
+    logger.handlers[:] = [RichHandler(show_time=False, show_path=level <= logging.DEBUG, markup=False,
+                                      console=_stderr_console())]
+    logger.setLevel(level)
+    logger.propagate = False
+    if level > logging.DEBUG:  # deprecation notices of dependencies are not the user's business
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)
+
+
+def _usage_error(exc: BaseException) -> int | None:
+    """Click's usage errors (typer ships its own copy of click; plain click too): one line + usage."""
+    show = getattr(exc, "show", None)
+    code = getattr(exc, "exit_code", None)
+    if callable(show) and isinstance(code, int):
+        show()
+        return code
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; ``LeukodxError`` becomes ``error: <message>`` on stderr (traceback with LEUKODX_DEBUG=1)."""
     try:
@@ -37,15 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except typer.Exit as exc:
         return exc.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         print("error: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
+    except Exception as exc:
+        code = _usage_error(exc)
+        if code is not None:
+            return code
         raise
     return 0
 

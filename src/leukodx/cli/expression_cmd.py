@@ -34,51 +34,45 @@ def evaluate(
     console.print(f"best by leave-one-out: {result['best']}; written to {output}")
 
 
+@app.command("train")
+def train(
+    output: Path = typer.Option(..., "--output", "-o", help="Bundle folder to write (model.safetensors + card.json)."),
+    dataset: str = typer.Option("golub", "--dataset", "-d", help="golub | ball-rnaseq"),
+    method: str = typer.Option("mlp", help="mlp | pnn | weighted-voting | elastic-net (the bundled one: mlp, "
+                                            "the method leave-one-out picks on golub)."),
+    n_genes: int = typer.Option(50, help="Genes kept by in-fold feature selection."),
+    name: Optional[str] = typer.Option(None, help="Model name in the card (default: the output folder name)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+) -> None:
+    """Train one expression method on the training samples and write it as a bundle (no pickle)."""
+    from leukodx.omics.bundle import train_expression_model
+
+    model = train_expression_model(dataset, method, n_genes, data_root, name=name or output.name)
+    card = model.save(output)
+    m = card["metrics"]
+    held = m.get("independent")
+    line = f", independent {held['correct']}/{held['n']}" if held else ""
+    console.print(f"{card['name']} ({method}, {len(model.genes)} genes): leave-one-out errors "
+                  f"{m['loocv']['errors']}/{m['loocv']['n']}{line}; written to {output}")
+
+
 @app.command("predict")
 def predict(
     matrix: Path = typer.Argument(..., help="Expression table (CSV/TSV/GCT) of new samples."),
     output: Path = typer.Option(..., "--output", "-o", help="Predictions CSV."),
-    method: str = typer.Option("svm-linear", help="Method, trained on the Golub training samples."),
+    model: str = typer.Option("golub-all-aml", "--model", "-m", help="Expression bundle name or folder."),
     orientation: str = typer.Option("auto", help="genes-by-samples | samples-by-genes | auto"),
-    data_root: Optional[Path] = typer.Option(None, "--data-root"),
 ) -> None:
-    """ALL/AML call for new samples; genes are aligned by probe id and mismatches reported."""
-    import csv
-    import io
-    import warnings
+    """ALL/AML call for new samples from a trained bundle; genes aligned by probe id, mismatches reported."""
+    from leukodx.omics.bundle import ExpressionModel, write_predictions
+    from leukodx.omics.io import read_matrix
 
-    import numpy as np
-
-    from sklearn.exceptions import ConvergenceWarning
-
-    from leukodx.errors import InvalidInputError
-    from leukodx.omics.classifiers import expression_methods
-    from leukodx.omics.io import align_genes, read_golub, read_matrix
-    from leukodx.omics.preprocess import GolubPreprocessor
-
-    registry = expression_methods(GolubPreprocessor)
-    if method not in registry:
-        raise InvalidInputError(f"method {method!r}: expected one of {', '.join(registry)}")
-    train, _ = read_golub(data_root)
+    bundle = ExpressionModel.load(model)
     new = read_matrix(matrix, orientation=orientation)
-    values, missing, extra = align_genes(new, train.genes)
+    proba, missing, extra = bundle.predict_set(new)
     if missing:
-        console.print(f"{matrix}: {len(missing)} of the model's {len(train.genes)} genes missing "
+        console.print(f"{matrix}: {len(missing)} of the model's {len(bundle.genes)} genes missing "
                       f"(e.g. {missing[0]}); filled with the training median")
-        median = np.median(train.values, axis=0)
-        values = np.where(np.isnan(values), median, values)
-    if extra:
-        console.print(f"{matrix}: {len(extra)} genes not in the training data ignored (e.g. {extra[0]})")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model = registry[method]().fit(train.values, train.labels)
-    proba = model.predict_proba(values)
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    classes = list(model.classes_)
-    writer.writerow(["sample", "prediction", "probability"] + [f"p_{c}" for c in classes])
-    for s, p in zip(new.samples, proba):
-        writer.writerow([s, classes[int(p.argmax())], f"{p.max():.4f}"] + [f"{v:.4f}" for v in p])
-    _atomic.write_text(output, buf.getvalue())
-    console.print(f"{len(new.samples)} sample(s) predicted with {method}; written to {output}")
-
+    write_predictions(output, new.samples, proba, bundle.classes)
+    console.print(f"{len(new.samples)} sample(s) predicted with {bundle.card['name']} ({bundle.method}, "
+                  f"{len(extra)} input genes unused); written to {output}")

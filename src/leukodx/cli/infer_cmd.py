@@ -29,36 +29,24 @@ def register(app: typer.Typer) -> None:
     app.add_typer(export_app, name="export")
 
     @models_app.command("list")
-    def models_list() -> None:
-        """Bundled models with their test accuracy."""
-        from leukodx.models.bundle import BUNDLED_DIR, bundled_models, read_card
+    def models_list(task: Optional[str] = typer.Option(None, help="Only models of this task (image-classification, "
+                                                                   "detection, segmentation, flow-cell-classification, "
+                                                                   "expression-classification).")) -> None:
+        """Every bundled model (any task) with its headline held-out figure."""
+        from leukodx.hub import describe, list_models
 
-        for name in bundled_models():
-            card = read_card(BUNDLED_DIR / name)
-            acc = card.get("metrics", {}).get("test", {}).get("accuracy", {})
-            print(f"{name}\t{card['arch']}\t{card['input_size']}px\t{len(card['classes'])} classes\t"
-                  f"test accuracy {acc.get('value', float('nan')):.4f}")
-        for task, folder in (("detection", "detection"), ("segmentation", "segmentation")):
-            for d in sorted((BUNDLED_DIR / folder).glob("*/card.json")):
-                card = read_card(d.parent)
-                test = card.get("metrics", {}).get("test", {})
-                if task == "detection":
-                    figure = "test AP@0.5 " + ", ".join(f"{c} {v:.3f}" for c, v in test.get("ap50", {}).items() if v is not None)
-                else:
-                    figure = "test nucleus Dice " + ", ".join(f"{ds} {m['nucleus']['dice']:.3f}" for ds, m in test.items())
-                print(f"{d.parent.name}\t{task}\t{', '.join(card.get('classes') or card.get('structures', []))}\t{figure}")
+        for name in list_models(task):
+            d = describe(name)
+            print(f"{name}\t{d['task']}\t{len(d['classes'])} classes\t{d['headline']}")
 
     @models_app.command("info")
-    def models_info(name: str) -> None:
-        """Print a model's card (JSON)."""
-        from leukodx.models.bundle import BUNDLED_DIR, read_card, resolve_bundle
+    def models_info(name: str = typer.Argument(..., help="Bundled model name or bundle folder.")) -> None:
+        """Print a model's card (JSON), without the training history."""
+        from leukodx.models.bundle import read_card, resolve_bundle
 
-        for folder in ("detection", "segmentation"):  # detectors and segmenters live one level down
-            if (BUNDLED_DIR / folder / name / "card.json").exists():
-                name = str(BUNDLED_DIR / folder / name)
         card = read_card(resolve_bundle(name))
         card.get("training", {}).pop("history", None)
-        print(json.dumps(card, indent=2))
+        print(_atomic.dumps(card, indent=2))
 
     @app.command("evaluate")
     def evaluate(

@@ -8,10 +8,6 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from leukodx.preprocessing.augment import augment_preset
-from leukodx.preprocessing.transforms import Preprocess
-from leukodx.training.trainer import TrainConfig
-
 console = Console(soft_wrap=True)
 
 
@@ -45,7 +41,10 @@ def register(app: typer.Typer) -> None:
         """Train an image classifier on a saved split; writes a calibrated, evaluated bundle."""
         import torch
 
+        from leukodx.preprocessing.augment import augment_preset
+        from leukodx.preprocessing.transforms import Preprocess
         from leukodx.training.recipe import train_from_dataset
+        from leukodx.training.trainer import TrainConfig
 
         if threads:
             torch.set_num_threads(threads)

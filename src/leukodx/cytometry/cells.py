@@ -19,7 +19,7 @@ import pandas as pd
 
 from leukodx.cytometry.markers import canonical_marker
 from leukodx.data.root import resolve_data_root
-from leukodx.data.verify import sha256_file
+from leukodx._hashing import sha256_file
 from leukodx.errors import DataNotFoundError, IntegrityError, InvalidInputError
 
 DDPR_RELATIVE = Path("flow") / "tidytof" / "ddpr_cells.csv"

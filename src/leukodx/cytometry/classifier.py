@@ -9,25 +9,20 @@ file whose cells fall outside it is flagged rather than silently scored.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from leukodx import _atomic
-from leukodx._versions import versions
 from leukodx.cytometry.cells import CellTable
 from leukodx.cytometry.transforms import Transform
-from leukodx.data.verify import sha256_file
-from leukodx.errors import DataNotFoundError, IntegrityError, InvalidInputError, ModelNotFoundError
+from leukodx.errors import InvalidInputError
+from leukodx.models.bundle import load_tensors, resolve_bundle, save_bundle, verify_bundle
+from leukodx.models.card import build_card
 
-WEIGHTS = "model.safetensors"
-CARD = "card.json"
-BUNDLED_DIR = Path(__file__).resolve().parents[1] / "weights" / "flow"
+TASK = "flow-cell-classification"
 DEFAULT_MODEL = "ddpr-leukemic-cell"
 HIDDEN_GRID = ((32,), (64, 32))
 ALPHA_GRID = (1e-3, 1e-1)
@@ -66,54 +61,31 @@ class CellClassifier:
 
     # -- persistence -----------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> dict:
-        from safetensors.numpy import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        """Write the bundle (the one leukodx bundle format: safetensors arrays + card)."""
         tensors = {"mean": self.mean, "scale": self.scale, "train_low": self.train_low, "train_high": self.train_high}
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            tensors[f"layer{i}.weight"] = np.ascontiguousarray(w)
-            tensors[f"layer{i}.bias"] = np.ascontiguousarray(b)
-        with _atomic.atomic_path(directory / WEIGHTS) as tmp:
-            save_file({k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}, str(tmp))
-        card = {**self.card, "kind": "flow-cell-classifier", "markers": self.markers,
-                "transform": self.transform.to_dict(), "threshold": self.threshold, "layers": len(self.weights),
-                "weights": WEIGHTS, "sha256": sha256_file(directory / WEIGHTS),
-                "size_bytes": (directory / WEIGHTS).stat().st_size}
-        _atomic.write_json(directory / CARD, card)
-        self.card = card
-        return card
+            tensors[f"layer{i}.weight"] = w
+            tensors[f"layer{i}.bias"] = b
+        card = {**self.card, "task": TASK, "markers": self.markers, "transform": self.transform.to_dict(),
+                "threshold": self.threshold, "layers": len(self.weights)}
+        self.card = save_bundle(directory, {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}, card)
+        return self.card
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike = DEFAULT_MODEL) -> "CellClassifier":
-        from safetensors.numpy import load_file
-
-        directory = resolve_flow_model(name_or_path)
-        card = json.loads((directory / CARD).read_text())
-        weights_path = directory / card.get("weights", WEIGHTS)
-        if not weights_path.is_file():
-            raise DataNotFoundError(f"{weights_path}: weights file missing")
-        if sha256_file(weights_path) != card.get("sha256"):
-            raise IntegrityError(f"{weights_path}: sha256 does not match {directory / CARD}")
-        tensors = load_file(str(weights_path))
-        n = int(card["layers"])
-        return cls(markers=list(card["markers"]), transform=Transform.from_dict(card["transform"]),
-                   mean=tensors["mean"], scale=tensors["scale"],
-                   weights=[tensors[f"layer{i}.weight"] for i in range(n)],
-                   biases=[tensors[f"layer{i}.bias"] for i in range(n)],
-                   train_low=tensors["train_low"], train_high=tensors["train_high"],
-                   threshold=float(card.get("threshold", 0.5)), card=card)
-
-
-def resolve_flow_model(name_or_path: str | os.PathLike) -> Path:
-    candidate = Path(name_or_path)
-    if (candidate / CARD).is_file():
-        return candidate
-    if (BUNDLED_DIR / str(name_or_path) / CARD).is_file():
-        return BUNDLED_DIR / str(name_or_path)
-    known = sorted(d.name for d in BUNDLED_DIR.iterdir() if (d / CARD).is_file()) if BUNDLED_DIR.is_dir() else []
-    raise ModelNotFoundError(f"{name_or_path}: no such flow model (bundled: {', '.join(known) or 'none'}; "
-                             f"or a folder with {CARD} and {WEIGHTS})")
+        directory = resolve_bundle(name_or_path, task=TASK)
+        card, weights_path = verify_bundle(directory, task=TASK)
+        tensors = load_tensors(weights_path, "np")
+        try:
+            n = int(card["layers"])
+            return cls(markers=list(card["markers"]), transform=Transform.from_dict(card["transform"]),
+                       mean=tensors["mean"], scale=tensors["scale"],
+                       weights=[tensors[f"layer{i}.weight"] for i in range(n)],
+                       biases=[tensors[f"layer{i}.bias"] for i in range(n)],
+                       train_low=tensors["train_low"], train_high=tensors["train_high"],
+                       threshold=float(card["threshold"]), card=card)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInputError(f"{directory}: flow model bundle is incomplete ({exc})") from None
 
 
 def _mlp(hidden: tuple[int, ...], alpha: float, seed: int):
@@ -174,20 +146,21 @@ def train_cell_classifier(table: CellTable, train_rows: np.ndarray, markers: lis
         warnings.simplefilter("ignore")
         model = _mlp(tuple(best["hidden"]), best["alpha"], seed).fit(scaler.transform(x), y)
     oof_pred = best["_oof"] >= threshold
-    card = {
-        "name": DEFAULT_MODEL, "task": "leukemic (1) vs healthy (0) single cell", "classes": ["healthy", "leukemic"],
-        "data": {"table": str(table.source.name), "sha256": table.sha256, "train_cells": int(len(train_rows)),
-                 "samples": sorted(set(table.samples[train_rows].tolist()))},
-        "selection": {"protocol": "5-fold stratified CV on the training cells", "grid": [
+    card = build_card(
+        DEFAULT_MODEL, TASK, ["healthy", "leukemic"], markers=markers, transform=transform.to_dict(),
+        layers=len(model.coefs_), threshold=threshold,
+        data={"table": str(table.source.name), "sha256": table.sha256, "train_cells": int(len(train_rows)),
+              "samples": sorted(set(table.samples[train_rows].tolist()))},
+        selection={"protocol": "5-fold stratified CV on the training cells", "grid": [
             {k: v for k, v in s.items() if k != "_oof"} for s in search],
             "chosen": {"hidden": best["hidden"], "alpha": best["alpha"]}},
-        "cv": {"auroc_mean": best["cv_auroc_mean"], "auroc_sd": best["cv_auroc_sd"],
-               "sensitivity_at_threshold": float(oof_pred[y == 1].mean()),
-               "false_positive_rate_at_threshold": float(oof_pred[y == 0].mean())},
-        "seed": seed, "training_seconds": round(time.perf_counter() - started, 1), "versions": versions(),
-        "limits": "two samples (one BCP-ALL patient at diagnosis, one healthy donor): cell-level separation of "
-                  "these two samples, not a validated patient-level test",
-    }
+        cv={"auroc_mean": best["cv_auroc_mean"], "auroc_sd": best["cv_auroc_sd"],
+            "sensitivity_at_threshold": float(oof_pred[y == 1].mean()),
+            "false_positive_rate_at_threshold": float(oof_pred[y == 0].mean())},
+        training={"seed": seed, "seconds": round(time.perf_counter() - started, 1)},
+        limits=["two samples (one BCP-ALL patient at diagnosis, one healthy donor): cell-level separation of "
+                "these two samples, not a validated patient-level test"],
+    )
     return CellClassifier(
         markers=markers, transform=transform, mean=scaler.mean_, scale=scaler.scale_,
         weights=[np.asarray(w) for w in model.coefs_], biases=[np.asarray(b) for b in model.intercepts_],

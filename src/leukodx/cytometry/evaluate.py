@@ -67,4 +67,4 @@ def evaluate_cell_classifiers(table: CellTable, train: np.ndarray, test: np.ndar
     return {"dataset": "ddpr-cells", "source_sha256": table.sha256, "markers": model.markers,
             "transform": transform.to_dict(), "train_cells": int(len(train)), "test_cells": int(len(test)),
             "methods": methods, "seconds": round(time.perf_counter() - started, 1),
-            "limits": model.card.get("limits", "")}
+            "limits": "; ".join(model.card.get("limits") or [])}

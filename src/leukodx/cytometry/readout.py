@@ -10,7 +10,6 @@ beside the raw one.
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -21,18 +20,9 @@ from leukodx.cytometry.fcs import DEFAULT_CHUNK_EVENTS, open_fcs
 from leukodx.cytometry.markers import align_markers
 from leukodx.cytometry.transforms import compensate
 from leukodx.errors import InvalidInputError
+from leukodx.stats import wilson_interval
 
 SHIFT_WARNING_FRACTION = 0.2  # events outside the training range on one marker before a file is called shifted
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def error_rates(model: CellClassifier, table: CellTable, rows: np.ndarray) -> dict:
@@ -54,7 +44,7 @@ def reduced_model(model: CellClassifier, markers: list[str], table: CellTable, t
     """The same recipe refit on a subset of markers (a panel that lacks some), with its own held-out rates."""
     chosen = model.card.get("selection", {}).get("chosen", {})
     reduced = train_cell_classifier(table, train_rows, markers=markers, transform=model.transform,
-                                    seed=int(model.card.get("seed", 0)),
+                                    seed=int(model.card.get("training", {}).get("seed", model.card.get("seed", 0))),
                                     hidden=tuple(chosen.get("hidden", (64, 32))), alpha=float(chosen.get("alpha", 0.1)))
     reduced.card["name"] = f"{model.card.get('name', 'model')} (refit on {len(markers)} markers)"
     reduced.card["test"] = error_rates(reduced, table, test_rows)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from leukodx.data.registry import dataset_info
 from leukodx.data.root import resolve_data_root
+from leukodx._hashing import sha256_file
 from leukodx.errors import DataNotFoundError
 
 
@@ -22,14 +22,6 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return self.checked > 0 and not self.missing and not self.mismatched
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_dataset(name: str, data_root: str | os.PathLike | None = None) -> VerifyReport:

@@ -12,6 +12,8 @@ import warnings
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from leukodx.stats import estimate
+
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
     """(k, k) counts, rows = true class, columns = predicted class."""
@@ -75,14 +77,6 @@ def ovr_auroc(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
     return out
 
 
-def _ci(samples: np.ndarray, alpha: float = 0.05) -> list[float]:
-    samples = samples[np.isfinite(samples)]
-    if len(samples) == 0:
-        return [float("nan"), float("nan")]
-    lo, hi = np.percentile(samples, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return [float(lo), float(hi)]
-
-
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str],
                            n_boot: int = 1000, seed: int = 0, auroc_boot: int = 200) -> dict:
     """Every figure the evaluation reports, as ``{"value": x, "ci95": [lo, hi]}`` entries.
@@ -112,9 +106,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
     boots = {key: np.asarray(v, dtype=np.float64) for key, v in boots.items()}
     boot_auroc = np.asarray(boot_auroc).reshape(-1, k)
 
-    def entry(value, samples) -> dict:
-        return {"value": float(value), "ci95": _ci(np.asarray(samples))}
-
+    entry = estimate
     result = {key: entry(point[key], boots[key]) for key in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1")}
     result["ece"] = entry(ece, boot_ece)
     with warnings.catch_warnings():  # a class without positives makes an all-NaN resample

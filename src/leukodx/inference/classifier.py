@@ -20,11 +20,17 @@ import torch
 from leukodx.data.cache import cache_dir
 from leukodx.data.images import as_rgb_array, list_images, read_image
 from leukodx.errors import InvalidInputError, LeukodxError
-from leukodx.models.bundle import load_bundle, resolve_bundle
+from leukodx.models.architectures import create_network
+from leukodx.models.bundle import load_network
 from leukodx.preprocessing.transforms import Preprocess, normalize_batch
 from leukodx.training.calibration import softmax
 
 BACKENDS = ("auto", "torch", "onnx")
+TASK = "image-classification"
+
+
+def _build_classifier(card: dict) -> torch.nn.Module:
+    return create_network(card["arch"], num_classes=len(card["classes"]))
 
 
 @dataclass
@@ -56,8 +62,7 @@ class Classifier:
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike, backend: str = "auto") -> "Classifier":
-        directory = resolve_bundle(name_or_path)
-        net, card = load_bundle(directory)
+        net, card, directory = load_network(name_or_path, TASK, _build_classifier)
         return cls(net, card, backend=backend, bundle_dir=directory)
 
     @property

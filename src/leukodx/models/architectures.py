@@ -1,8 +1,8 @@
 """One door to every network: ``create_network(arch, num_classes, pretrained=...)``.
 
 Architectures come from timm. ``pretrained`` is explicit: ``False`` trains from scratch; a path
-loads a local ``.safetensors`` file (never a pickle); ``True`` asks timm's hub and fails with a
-clear message where no network is reachable.
+loads a local ``.safetensors`` file (never a pickle); ``True`` is refused with a clear message:
+no weights are ever fetched from a hub.
 """
 
 from __future__ import annotations
@@ -26,13 +26,8 @@ def create_network(arch: str, num_classes: int, pretrained: bool | str | os.Path
     if not timm.is_model(arch):
         raise InvalidInputError(f"architecture {arch!r} is not known to timm (see `timm.list_models()`)")
     if pretrained is True:
-        try:
-            return timm.create_model(arch, pretrained=True, num_classes=num_classes, in_chans=in_chans)
-        except Exception as exc:  # hub errors come in many types (HTTP, OS, RuntimeError)
-            raise LeukodxError(
-                f"{arch}: could not download pretrained weights ({type(exc).__name__}); "
-                "no hub is reachable here - pass a local .safetensors file instead"
-            ) from None
+        raise LeukodxError(f"{arch}: pretrained=True would download hub weights, which leukodx never does; "
+                           "pass a local .safetensors file (pretrained=PATH) or train from scratch")
     net = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
     if pretrained:
         load_backbone_weights(net, pretrained)

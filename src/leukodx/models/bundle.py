@@ -1,5 +1,9 @@
-"""A model bundle: ``model.safetensors`` + ``card.json`` (what it is, how it was made, how well it
-does, and the sha256 of its weights). Loading checks the hash before any tensor is used.
+"""Model bundles: the one save / load / verify path for every kind of leukodx model.
+
+A bundle is a folder with ``model.safetensors`` (the weights: network tensors, or the arrays of a
+NumPy / scikit-learn model) and ``card.json`` (a :class:`~leukodx.models.card.ModelCard`). Loading
+validates the card against its task's schema and checks the weights' sha256 before any tensor
+is used; nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -7,52 +11,85 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import Callable, Mapping
 
 from leukodx import _atomic
-from leukodx.data.verify import sha256_file
-from leukodx.errors import DataNotFoundError, IntegrityError, InvalidInputError
-from leukodx.models.architectures import create_network
+from leukodx._hashing import sha256_file
+from leukodx.errors import DataNotFoundError, IntegrityError, InvalidInputError, ModelNotFoundError
+from leukodx.models.card import TASKS, ModelCard, normalize
 
 WEIGHTS = "model.safetensors"
 CARD = "card.json"
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "weights"
 
 
-def save_bundle(directory: str | os.PathLike, net: torch.nn.Module, card: dict) -> dict:
-    """Write weights and card atomically; the card gains ``sha256`` and ``size_bytes``."""
+# --- writing -------------------------------------------------------------------------------------
+
+def save_bundle(directory: str | os.PathLike, weights, card: dict) -> dict:
+    """Write weights (a torch module, or a dict of torch / NumPy arrays) and the card, atomically.
+
+    The card gains ``weights``, ``sha256`` and ``size_bytes`` and is validated against its task's
+    schema before anything is written, so no malformed bundle can be made.
+    """
     directory = Path(directory)
+    tensors = _state(weights)
+    ModelCard.from_dict({**card, "sha256": "pending"}, directory / CARD)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     with _atomic.atomic_path(directory / WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"arch": str(card.get("arch", ""))})
+        _save_tensors(tensors, tmp, {"task": str(card.get("task", "")), "name": str(card.get("name", ""))})
         digest, size = sha256_file(tmp), tmp.stat().st_size
-    card = {**card, "weights": WEIGHTS, "sha256": digest, "size_bytes": size}
+    card = ModelCard.from_dict({**card, "weights": WEIGHTS, "sha256": digest, "size_bytes": size}).to_dict()
     _atomic.write_json(directory / CARD, card)
     return card
 
 
+def _state(weights) -> dict:
+    if hasattr(weights, "state_dict"):
+        return {k: v.detach().contiguous().cpu() for k, v in weights.state_dict().items()}
+    if isinstance(weights, Mapping):
+        return dict(weights)
+    raise InvalidInputError(f"cannot save weights of type {type(weights).__name__}")
+
+
+def _save_tensors(tensors: dict, path: Path, metadata: dict) -> None:
+    import numpy as np
+
+    if all(isinstance(v, np.ndarray) for v in tensors.values()):
+        from safetensors.numpy import save_file as save_np
+
+        save_np({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata)
+    else:
+        from safetensors.torch import save_file as save_pt
+
+        save_pt(tensors, str(path), metadata=metadata)
+
+
+# --- reading -------------------------------------------------------------------------------------
+
 def read_card(directory: str | os.PathLike) -> dict:
+    """A bundle's card, validated and read as the current schema (older cards included)."""
     path = Path(directory) / CARD
-    if not path.exists():
+    if not path.is_file():
         raise DataNotFoundError(f"{path}: model card missing")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"{path}: model card is not valid JSON ({exc.msg})") from None
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"{path}: model card is not valid JSON ({getattr(exc, 'msg', exc)})") from None
+    except OSError as exc:
+        raise InvalidInputError(f"{path}: model card cannot be read ({exc.strerror})") from None
+    return ModelCard.from_dict(raw, path).to_dict()
 
 
-def verified_weights(directory: str | os.PathLike, task: str | None = None) -> tuple[dict, Path]:
-    """The card and the weights path of a bundle, after checking the weights' sha256 (and task)."""
+def verify_bundle(directory: str | os.PathLike, task: str | None = None) -> tuple[dict, Path]:
+    """The card and the weights path of a bundle, after checking its schema, task and weights' sha256."""
     directory = Path(directory)
     card = read_card(directory)
-    if task is not None and card.get("task") != task:
-        raise InvalidInputError(f"{directory}: not a {task} model (its card says {card.get('task')!r})")
-    weights = directory / card.get("weights", WEIGHTS)
-    if not weights.exists():
+    if task is not None and card["task"] != task:
+        raise InvalidInputError(f"{directory}: a {card['task']} model, not a {task} model")
+    weights = directory / str(card.get("weights") or WEIGHTS)
+    if weights.parent.resolve() != directory.resolve():
+        raise InvalidInputError(f"{directory / CARD}: weights must lie in the bundle folder")
+    if not weights.is_file():
         raise DataNotFoundError(f"{weights}: weights file missing")
     actual = sha256_file(weights)
     if actual != card.get("sha256"):
@@ -63,45 +100,72 @@ def verified_weights(directory: str | os.PathLike, task: str | None = None) -> t
     return card, weights
 
 
-def load_bundle(directory: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
-    """Network (eval mode) and card; raises ``IntegrityError`` if the weights' hash is wrong."""
-    card, weights = verified_weights(directory)
-    net = create_network(card["arch"], num_classes=len(card["classes"]))
-    net.load_state_dict(load_file(str(weights)))
+def load_tensors(weights: Path, framework: str = "pt") -> dict:
+    """The tensors of a verified weights file (``pt``: torch tensors, ``np``: NumPy arrays)."""
+    try:
+        if framework == "np":
+            from safetensors.numpy import load_file as load_np
+
+            return load_np(str(weights))
+        from safetensors.torch import load_file as load_pt
+
+        return load_pt(str(weights))
+    except Exception as exc:  # safetensors raises its own error type (and OSError, ValueError) for bad bytes
+        raise InvalidInputError(f"{weights}: not a readable safetensors file ({type(exc).__name__})") from None
+
+
+def load_network(name_or_path: str | os.PathLike, task: str, build: Callable[[dict], object]):
+    """A network bundle of ``task``: resolved by name or folder, verified, rebuilt by ``build(card)``
+    and loaded in eval mode. Returns ``(net, card, directory)``."""
+    directory = resolve_bundle(name_or_path, task=task)
+    card, weights = verify_bundle(directory, task=task)
+    try:
+        net = build(card)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{directory / CARD}: cannot rebuild the network from its card ({exc})") from None
+    try:
+        net.load_state_dict(load_tensors(weights))
+    except RuntimeError as exc:  # tensors of another architecture
+        first = str(exc).strip().splitlines()[0]
+        raise InvalidInputError(f"{weights}: weights do not fit the card's network ({first})") from None
     net.eval()
-    return net, card
+    return net, card, directory
 
 
-def load_task_network(name_or_path: str | os.PathLike, bundled_dir: Path, task: str,
-                      build: Callable[[dict], torch.nn.Module]) -> tuple[torch.nn.Module, dict]:
-    """A detection / segmentation bundle: resolved by name under ``bundled_dir`` or as a folder,
-    its task and sha256 checked, the network rebuilt from its card by ``build`` and loaded."""
-    directory = resolve_bundle(name_or_path, bundled_dir, f"{task} model")
-    card, weights = verified_weights(directory, task=task)
-    net = build(card)
-    net.load_state_dict(load_file(str(weights)))
-    net.eval()
-    return net, card
+# --- finding -------------------------------------------------------------------------------------
 
-
-def bundled_models() -> list[str]:
+def bundled() -> dict[str, Path]:
+    """Every bundle shipped with leukodx, by name (folder name), wherever it sits under ``weights/``."""
     if not BUNDLED_DIR.is_dir():
-        return []
-    return sorted(d.name for d in BUNDLED_DIR.iterdir() if (d / CARD).exists())
+        return {}
+    return {p.parent.name: p.parent for p in sorted(BUNDLED_DIR.rglob(CARD))}
 
 
-def resolve_bundle(name_or_path: str | os.PathLike, bundled_dir: Path = BUNDLED_DIR, noun: str = "model") -> Path:
-    """A bundled model's name (a folder of ``bundled_dir``), or a folder holding a bundle."""
-    from leukodx.errors import ModelNotFoundError
+def bundled_models(task: str | None = None) -> list[str]:
+    """Names of the shipped bundles, optionally of one task."""
+    if task is not None and task not in TASKS:
+        raise InvalidInputError(f"unknown task {task!r} (known: {', '.join(TASKS)})")
+    out = []
+    for name, directory in bundled().items():
+        if task is None or read_card(directory)["task"] == task:
+            out.append(name)
+    return sorted(out)
 
+
+def resolve_bundle(name_or_path: str | os.PathLike, task: str | None = None) -> Path:
+    """A shipped bundle's name, or a folder holding a bundle (or its card.json)."""
     key = str(name_or_path)
-    if (bundled_dir / key / CARD).exists():
-        return bundled_dir / key
+    shipped = bundled()
+    if key in shipped:
+        return shipped[key]
     path = Path(key)
     if path.is_dir() and (path / CARD).exists():
         return path
     if path.is_file() and path.name == CARD:
         return path.parent
-    known = sorted(d.name for d in bundled_dir.iterdir() if (d / CARD).exists()) if bundled_dir.is_dir() else []
-    raise ModelNotFoundError(f"{key}: no such {noun} (bundled: {', '.join(known) or 'none installed'}; "
+    if path.is_dir():
+        raise DataNotFoundError(f"{path}: not a model bundle ({CARD} missing)")
+    names = bundled_models(task) if task else sorted(shipped)
+    noun = f"{task} model" if task else "model"
+    raise ModelNotFoundError(f"{key}: no such {noun} (bundled: {', '.join(names) or 'none installed'}; "
                              f"or a folder with {CARD} and {WEIGHTS})")

@@ -90,6 +90,17 @@ class WeightedVotingClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[(self.prediction_strength(X) < 0).astype(int)]
 
 
+def _sklearn_at_least(major: int, minor: int) -> bool:
+    import sklearn
+
+    parts = sklearn.__version__.split(".")
+    return (int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)) >= (major, minor)
+
+
+# scikit-learn 1.8 reads the penalty from l1_ratio and deprecates penalty=; older releases need it
+_ELASTIC_NET = {} if _sklearn_at_least(1, 8) else {"penalty": "elasticnet"}
+
+
 def _linear_svm():
     """A linear SVM whose probabilities come from Platt scaling on 3 internal folds (decisions from the full fit)."""
     return CalibratedClassifierCV(SVC(kernel="linear"), method="sigmoid", cv=3, ensemble=False)
@@ -114,7 +125,7 @@ def expression_methods(preprocess: Callable, n_genes: int = 50, binary: bool = T
         "svm-linear": _method(preprocess, snr_or_t, _linear_svm()),
         # a t-test pre-filter to 500 genes keeps saga's run time in seconds; the penalty picks among them
         "elastic-net": _method(preprocess, TTestSelector(500), LogisticRegression(
-            penalty="elasticnet", solver="saga", l1_ratio=0.5, C=0.5, max_iter=5000, tol=1e-3, random_state=0)),
+            solver="saga", l1_ratio=0.5, C=0.5, max_iter=5000, tol=1e-3, random_state=0, **_ELASTIC_NET)),
         "mlp": _method(preprocess, TTestSelector(n_genes), MLPClassifier(
             hidden_layer_sizes=(16,), alpha=1e-2, max_iter=3000, random_state=0)),
         "svm-rfe+svm": _method(preprocess, SVMRFESelector(n_genes), _linear_svm()),

@@ -24,16 +24,19 @@ def _best(methods: dict) -> str:
     return min(methods, key=lambda name: (methods[name]["loocv_errors"], list(methods).index(name)))
 
 
-def evaluate_expression(dataset: str, data_root: str | os.PathLike | None = None, n_genes: int = 50,
-                        methods: list[str] | None = None, progress=None) -> dict:
+def load_expression_dataset(dataset: str, data_root: str | os.PathLike | None = None, n_genes: int = 50):
+    """(training set, independent set or None, method registry) of a registered expression dataset."""
     if dataset not in EXPRESSION_DATASETS:
         raise InvalidInputError(f"{dataset}: unknown expression dataset (known: {', '.join(EXPRESSION_DATASETS)})")
     if dataset == "golub":
         train, test = read_golub(data_root)
-        registry = expression_methods(GolubPreprocessor, n_genes, binary=True)
-    else:
-        train, test = read_ball_rnaseq(data_root), None
-        registry = expression_methods(CountsPreprocessor, n_genes, binary=False)
+        return train, test, expression_methods(GolubPreprocessor, n_genes, binary=True)
+    return read_ball_rnaseq(data_root), None, expression_methods(CountsPreprocessor, n_genes, binary=False)
+
+
+def evaluate_expression(dataset: str, data_root: str | os.PathLike | None = None, n_genes: int = 50,
+                        methods: list[str] | None = None, progress=None) -> dict:
+    train, test, registry = load_expression_dataset(dataset, data_root, n_genes)
     chosen = methods or list(registry)
     unknown = [m for m in chosen if m not in registry]
     if unknown:

@@ -18,11 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from leukodx.models.bundle import BUNDLED_DIR, load_task_network, save_bundle
+from leukodx.models.bundle import load_network, save_bundle
 from leukodx.smear.tiling import DEFAULT_OVERLAP, iter_tile_batches, merge_tile_detections
 
 DETECTION_CLASSES = ("RBC", "WBC", "Platelets")
-BUNDLED_DETECTORS = BUNDLED_DIR / "detection"
 #: fields up to this size (about 2,000 x 2,000 px) are detected in one pass; larger ones are tiled
 WHOLE_FIELD_PIXELS = 4_200_000
 
@@ -154,12 +153,12 @@ class CellDetector:
 
 def save_detector(directory: str | os.PathLike, net: nn.Module, config: DetectorConfig, card: dict) -> dict:
     """Weights + card, written atomically; the card gains the config, sha256 and size."""
-    card = {**card, "task": "detection", "detector": config.as_dict(), "classes": list(config.classes)}
-    return save_bundle(directory, net, card)
+    return save_bundle(directory, net, {**card, "task": "detection", "detector": config.as_dict(),
+                                        "classes": list(config.classes)})
 
 
 def load_detector(name_or_path: str | os.PathLike = "bccd-frcnn") -> CellDetector:
     """A bundled detector by name or a folder; the weights' sha256 is checked against the card."""
-    net, card = load_task_network(name_or_path, BUNDLED_DETECTORS, "detection",
-                                  lambda card: build_detector(DetectorConfig.from_dict(card["detector"])))
+    net, card, _ = load_network(name_or_path, "detection",
+                                lambda card: build_detector(DetectorConfig.from_dict(card["detector"])))
     return CellDetector(net, DetectorConfig.from_dict(card["detector"]), card)

@@ -7,7 +7,6 @@ grey and white). A prediction is made at ``size`` px and resized back to the inp
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import time
@@ -20,14 +19,14 @@ from PIL import Image
 from torch import nn
 
 from leukodx import _atomic
-from leukodx._versions import versions
+from leukodx._hashing import sha256_file
 from leukodx.data.images import read_image
 from leukodx.errors import InvalidInputError
-from leukodx.models.bundle import BUNDLED_DIR, load_task_network, save_bundle
+from leukodx.models.card import build_card
+from leukodx.models.bundle import load_network, save_bundle
 from leukodx.smear.metrics import dice_iou
 
 STRUCTURES = ("background", "cytoplasm", "nucleus")
-BUNDLED_SEGMENTERS = BUNDLED_DIR / "segmentation"
 SPLIT_FILE = Path(__file__).resolve().parents[1] / "data" / "splits" / "wbc-seg-segmentation.json"
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -238,19 +237,17 @@ def train_segmenter(train_items: list[dict], val_items: list[dict], config: Segm
                         "state": {k: v.detach().clone() for k, v in net.state_dict().items()}}
     net.load_state_dict(best["state"])
     net.eval()
-    card = {
-        "name": "segmenter", "task": "segmentation",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "structures": list(STRUCTURES), "segmenter": asdict(config),
-        "intended_use": "Research use: nucleus / cytoplasm masks of one white cell centred in an image. "
-                        "Not a medical device.",
-        "data": {"train": [i["id"] for i in train_items], "val": [i["id"] for i in val_items],
-                 "split_file": str(SPLIT_FILE.relative_to(SPLIT_FILE.parents[3])) if SPLIT_FILE.exists() else None},
-        "training": {**asdict(training), "best_step": best["step"], "history": history,
-                     "seconds": round(time.perf_counter() - started, 1), "pretrained": "none: trained from scratch"},
-        "metrics": {"val": score_masks(val_labels, seg.predict(val_images))},
-        "versions": versions(),
-    }
+    card = build_card(
+        "segmenter", "segmentation", list(STRUCTURES), structures=list(STRUCTURES), segmenter=asdict(config),
+        intended_use="Research use: nucleus / cytoplasm masks of one white cell centred in an image. "
+                     "Not a medical device.",
+        data={"train": [i["id"] for i in train_items], "val": [i["id"] for i in val_items],
+              "split_file": str(SPLIT_FILE.relative_to(SPLIT_FILE.parents[3])) if SPLIT_FILE.exists() else None,
+              "split_sha256": sha256_file(SPLIT_FILE) if SPLIT_FILE.exists() else None},
+        training={**asdict(training), "best_step": best["step"], "history": history,
+                  "seconds": round(time.perf_counter() - started, 1), "pretrained": "none: trained from scratch"},
+        metrics={"val": score_masks(val_labels, seg.predict(val_images))},
+        limits=["Masks are for one white cell centred in the image; other scanners and stains are not validated."])
     seg.card = card
     return seg, card
 
@@ -263,8 +260,8 @@ def save_segmenter(directory: str | os.PathLike, seg: Segmenter, card: dict) -> 
 
 def load_segmenter(name_or_path: str | os.PathLike = "wbc-seg-unet") -> Segmenter:
     """A bundled segmenter by name or a folder; the weights' sha256 is checked against the card."""
-    net, card = load_task_network(name_or_path, BUNDLED_SEGMENTERS, "segmentation",
-                                  lambda card: build_segmenter(SegmenterConfig.from_dict(card["segmenter"])))
+    net, card, _ = load_network(name_or_path, "segmentation",
+                                lambda card: build_segmenter(SegmenterConfig.from_dict(card["segmenter"])))
     return Segmenter(net, SegmenterConfig.from_dict(card["segmenter"]), card)
 
 

@@ -4,16 +4,16 @@ epoch on val by mean AP@0.5, and choosing per-class score thresholds for countin
 
 from __future__ import annotations
 
-import datetime as _dt
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from leukodx._versions import versions
+from leukodx._hashing import sha256_json
 from leukodx.data.images import read_image
 from leukodx.errors import InvalidInputError
+from leukodx.models.card import build_card
 from leukodx.smear.detector import CellDetector, DetectorConfig, build_detector, tile_tensor
 from leukodx.smear.metrics import coco_average_precision, count_errors
 
@@ -133,18 +133,18 @@ def train_detector(index, config: DetectorConfig, training: DetectorTraining, lo
     val_predictions = predict_fields(detector, val_images)
     thresholds = choose_count_thresholds(val_targets, val_predictions, list(config.classes))
     val_ap = coco_average_precision(val_targets, val_predictions, list(config.classes))
-    card = {
-        "name": "detector", "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "intended_use": "Research use: find red cells, white cells and platelets in Wright-Giemsa smear fields at "
-                        "BCCD's magnification (about 640x480 px per field). Not a medical device.",
-        "data": {"dataset": index.name, "train": len(train_ids), "val": len(val_ids),
-                 "train_ids": [t["id"] for t in train_targets], "val_ids": [t["id"] for t in val_targets]},
-        "training": {**training.__dict__, "best_epoch": best["epoch"], "history": history,
-                     "seconds": round(time.perf_counter() - started, 1), "threads": torch.get_num_threads(),
-                     "pretrained": "none: trained from scratch"},
-        "count_thresholds": thresholds,
-        "metrics": {"val": val_ap},
-        "versions": versions(),
-    }
+    card = build_card(
+        "detector", "detection", list(config.classes),
+        intended_use="Research use: find red cells, white cells and platelets in Wright-Giemsa smear fields at "
+                     "BCCD's magnification (about 640x480 px per field). Not a medical device.",
+        data={"dataset": index.name, "train": len(train_ids), "val": len(val_ids),
+              "train_ids": [t["id"] for t in train_targets], "val_ids": [t["id"] for t in val_targets],
+              "split_sha256": sha256_json({"train": [t["id"] for t in train_targets],
+                                           "val": [t["id"] for t in val_targets]})},
+        training={**training.__dict__, "best_epoch": best["epoch"], "history": history,
+                  "seconds": round(time.perf_counter() - started, 1), "threads": torch.get_num_threads(),
+                  "pretrained": "none: trained from scratch"},
+        metrics={"val": val_ap}, detector=config.as_dict(), count_thresholds=thresholds,
+        limits=["Trained on one detection set (one lab, one magnification); other magnifications and stains are not validated."])
     detector.card = card
     return detector, card

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import time
 from pathlib import Path
@@ -10,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from leukodx._versions import versions
 from leukodx.data.cache import cached_arrays
 from leukodx.data.folder import ImageIndex, limit_per_class
 from leukodx.data.registry import dataset_info, list_datasets, load_dataset
 from leukodx.data.splits import apply_split, bundled_split_path, load_split, make_split, save_split
-from leukodx.data.verify import sha256_file
+from leukodx._hashing import sha256_file
 from leukodx.errors import InvalidInputError
 from leukodx.evaluation.metrics import classification_metrics
 from leukodx.models.bundle import save_bundle
+from leukodx.models.card import build_card
 from leukodx.training.calibration import softmax
 from leukodx.training.trainer import TrainConfig, device, fit, predict_logits
 
@@ -72,18 +71,11 @@ def train_from_dataset(dataset: str, out_dir: str | os.PathLike, config: TrainCo
     val_metrics = classification_metrics(val.labels, val_proba, index.classes, n_boot=200, auroc_boot=0)
 
     info = dataset_info(dataset) if dataset in list_datasets() else None
-    card = {
-        "name": name or out_dir.name,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "task": "image classification",
-        "input_kind": info.input_kind if info else "cells",
-        "arch": config.arch,
-        "classes": list(index.classes),
-        "input_size": config.preprocess.size,
-        "preprocess": config.preprocess.as_dict(),
-        "temperature": result.temperature,
-        "abstain_below": DEFAULT_ABSTAIN,
-        "data": {
+    card = build_card(
+        name or out_dir.name, "image-classification", list(index.classes),
+        input_kind=info.input_kind if info else "cells", arch=config.arch, input_size=config.preprocess.size,
+        preprocess=config.preprocess.as_dict(), temperature=result.temperature, abstain_below=DEFAULT_ABSTAIN,
+        data={
             "dataset": dataset,
             "dataset_fingerprint": index.fingerprint(),
             "split": split_origin,
@@ -95,18 +87,16 @@ def train_from_dataset(dataset: str, out_dir: str | os.PathLike, config: TrainCo
             "license": info.license if info else None,
             "citation": info.citation if info else None,
         },
-        "training": {
+        training={
             "config": config.as_dict(), "epochs_run": len(result.history), "best_epoch": result.best_epoch,
             "seconds": round(result.seconds, 1), "wall_seconds_with_decoding": round(time.time() - started, 1),
             "device": str(device()), "threads": torch.get_num_threads(),
             "history": result.history,
-            "command": "leukodx train",
         },
-        "metrics": {"split": "test", "test": test_metrics, "val": {k: val_metrics[k] for k in
-                                                                    ("accuracy", "macro_f1", "ece", "n")}},
-        "versions": versions(),
-        "intended_use": intended_use or f"Research use: classify images like those of {dataset} into "
-                                         f"{', '.join(index.classes)}. Not a medical device.",
-        "limits": list(info.limits) if info else ["Trained on a user folder; see its provenance."],
-    }
+        metrics={"split": "test", "test": test_metrics, "val": {k: val_metrics[k] for k in
+                                                                ("accuracy", "macro_f1", "ece", "n")}},
+        intended_use=intended_use or f"Research use: classify images like those of {dataset} into "
+                                     f"{', '.join(index.classes)}. Not a medical device.",
+        limits=list(info.limits) if info else ["Trained on a user folder; see its provenance."],
+    )
     return save_bundle(out_dir, result.net, card)

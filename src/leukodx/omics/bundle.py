@@ -1,0 +1,269 @@
+"""Expression classifiers as leukodx bundles: trained once, stored as arrays, loaded without pickle.
+
+A fitted expression pipeline (preprocessing -> in-fold gene selection -> classifier) is reduced to
+what prediction needs: the ids of the genes the classifier finally uses, the per-gene
+preprocessing of those genes (clip / log / z-score, or log-CPM), and the classifier's arrays.
+Prediction is a NumPy forward pass that reproduces the scikit-learn pipeline's probabilities.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from leukodx.errors import InvalidInputError
+from leukodx.models.bundle import load_tensors, resolve_bundle, save_bundle, verify_bundle
+from leukodx.models.card import build_card
+from leukodx.stats import bootstrap_estimate, wilson_interval
+
+TASK = "expression-classification"
+DEFAULT_MODEL = "golub-all-aml"
+#: methods whose fitted state is plain arrays (the calibrated SVMs are not exported)
+EXPORTABLE = ("mlp", "pnn", "weighted-voting", "elastic-net")
+
+
+@dataclass
+class ExpressionModel:
+    """Class probabilities for samples x ``genes`` expression values (raw scale, as in training)."""
+
+    genes: list[str]
+    classes: list[str]
+    method: str
+    preprocess: dict                 # {"kind": "microarray", floor, ceiling, log, zscore} or {"kind": "counts", zscore}
+    arrays: dict[str, np.ndarray]    # mean, scale, train_median + the classifier's arrays
+    params: dict = field(default_factory=dict)
+    card: dict = field(default_factory=dict)
+
+    # -- prediction ----------------------------------------------------------------------------
+    def _features(self, values: np.ndarray, library_size: np.ndarray | None = None) -> np.ndarray:
+        x = np.asarray(values, dtype=np.float64)
+        pre = self.preprocess
+        if pre["kind"] == "microarray":
+            z = np.clip(x, pre["floor"], pre["ceiling"])
+            z = np.log10(z) if pre["log"] else z
+        else:
+            if library_size is None:
+                raise InvalidInputError("a counts model needs each sample's library size (all its genes)")
+            z = np.log2(x / np.asarray(library_size, dtype=np.float64)[:, None] * 1e6 + 1.0)
+        return (z - self.arrays["mean"]) / self.arrays["scale"] if pre.get("zscore", True) else z
+
+    def predict_proba(self, values: np.ndarray, library_size: np.ndarray | None = None) -> np.ndarray:
+        """(samples, len(genes)) raw values in ``genes`` order -> (samples, classes) probabilities."""
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] != len(self.genes):
+            raise InvalidInputError(f"expected (samples, {len(self.genes)}) values, got {values.shape}")
+        return _CLASSIFIERS[self.method](self._features(values, library_size), self.arrays, self.params)
+
+    def predict_set(self, data) -> tuple[np.ndarray, list[str], list[str]]:
+        """Probabilities for an ``ExpressionSet`` aligned by gene id; missing genes take the training
+        median. Returns (probabilities, missing gene ids, genes of the input not used)."""
+        from leukodx.omics.io import align_genes
+
+        values, missing, extra = align_genes(data, self.genes)
+        if missing:
+            values = np.where(np.isnan(values), self.arrays["train_median"], values)
+        library = data.values.sum(axis=1) if self.preprocess["kind"] == "counts" else None
+        return self.predict_proba(values, library), missing, extra
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike) -> dict:
+        card = {**self.card, "task": TASK, "classes": self.classes, "genes": self.genes, "method": self.method,
+                "pipeline": {"preprocess": self.preprocess, "params": self.params}}
+        self.card = save_bundle(directory, {k: np.asarray(v, dtype=np.float64) for k, v in self.arrays.items()}, card)
+        return self.card
+
+    @classmethod
+    def load(cls, name_or_path: str | os.PathLike = DEFAULT_MODEL) -> "ExpressionModel":
+        directory = resolve_bundle(name_or_path, task=TASK)
+        card, weights = verify_bundle(directory, task=TASK)
+        arrays = load_tensors(weights, "np")
+        pipeline = card["pipeline"]
+        if card["method"] not in _CLASSIFIERS:
+            raise InvalidInputError(f"{directory}: unknown expression method {card['method']!r}")
+        needed = {"mean", "scale", "train_median"} | set(_ARRAYS[card["method"]])
+        if not needed <= set(arrays) or not isinstance(pipeline, dict) or "preprocess" not in pipeline:
+            raise InvalidInputError(f"{directory}: expression bundle is incomplete "
+                                    f"(lacks {', '.join(sorted(needed - set(arrays))) or 'pipeline'})")
+        return cls(genes=list(card["genes"]), classes=list(card["classes"]), method=card["method"],
+                   preprocess=pipeline["preprocess"], arrays=arrays, params=pipeline.get("params", {}), card=card)
+
+
+# --- classifiers as NumPy forward passes ------------------------------------------------------------
+
+def _softmax_rows(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+
+
+def _two_or_more(score: np.ndarray) -> np.ndarray:
+    """Binary models output one logit column (P of the second class); others a column per class."""
+    if score.shape[1] == 1:
+        p = _sigmoid(score[:, 0])
+        return np.stack([1 - p, p], axis=1)
+    return _softmax_rows(score)
+
+
+def _mlp(x, a, params):
+    h = x
+    n = int(params["layers"])
+    for i in range(n):
+        h = h @ a[f"layer{i}.weight"] + a[f"layer{i}.bias"]
+        if i < n - 1:
+            h = np.maximum(h, 0.0)
+    return _two_or_more(h)
+
+
+def _linear(x, a, params):
+    return _two_or_more(x @ a["coef"].T + a["intercept"])
+
+
+def _pnn(x, a, params):
+    train, codes = a["train_x"], a["train_y"].astype(int)
+    width = float(params["sigma"]) * np.sqrt(train.shape[1])
+    d2 = ((x[:, None, :] - train[None, :, :]) ** 2).sum(-1) / (2 * width ** 2)
+    out = np.empty((len(x), int(codes.max()) + 1))
+    for c in range(out.shape[1]):
+        members = -d2[:, codes == c]
+        m = members.max(axis=1, keepdims=True)
+        out[:, c] = m[:, 0] + np.log(np.exp(members - m).sum(axis=1))
+    return _softmax_rows(out)
+
+
+def _weighted_voting(x, a, params):
+    votes = a["a"] * (x - a["b"])
+    v0, v1 = np.clip(votes, 0, None).sum(1), np.clip(-votes, 0, None).sum(1)
+    p0 = (1 + (v0 - v1) / np.maximum(v0 + v1, 1e-12)) / 2
+    return np.stack([p0, 1 - p0], axis=1)
+
+
+_CLASSIFIERS = {"mlp": _mlp, "elastic-net": _linear, "pnn": _pnn, "weighted-voting": _weighted_voting}
+_ARRAYS = {"mlp": ("layer0.weight", "layer0.bias"), "elastic-net": ("coef", "intercept"),
+           "pnn": ("train_x", "train_y"), "weighted-voting": ("a", "b")}
+
+
+def export_pipeline(model, genes: list[str], method: str, train_values: np.ndarray) -> ExpressionModel:
+    """The arrays of a fitted expression ``Pipeline`` (preprocess -> select -> classify) as a model."""
+    from leukodx.omics.preprocess import CountsPreprocessor, GolubPreprocessor
+
+    if method not in EXPORTABLE:
+        raise InvalidInputError(f"method {method!r} cannot be bundled (bundled methods: {', '.join(EXPORTABLE)})")
+    pre, clf = model.named_steps["preprocess"], model.named_steps["classify"]
+    idx = np.flatnonzero(pre.get_support())
+    keep = np.arange(len(idx))
+    if "select" in model.named_steps:
+        keep = np.flatnonzero(model.named_steps["select"].get_support())
+    used = idx[keep]
+    arrays = {"mean": pre.mean_[keep], "scale": pre.scale_[keep],
+              "train_median": np.median(train_values[:, used], axis=0)}
+    if isinstance(pre, GolubPreprocessor):
+        spec = {"kind": "microarray", "floor": pre.floor, "ceiling": pre.ceiling, "log": pre.log, "zscore": pre.zscore}
+    elif isinstance(pre, CountsPreprocessor):
+        spec = {"kind": "counts", "zscore": pre.zscore}
+    else:
+        raise InvalidInputError(f"preprocessing {type(pre).__name__} cannot be bundled")
+    params: dict = {}
+    if method == "mlp":
+        for i, (w, b) in enumerate(zip(clf.coefs_, clf.intercepts_)):
+            arrays[f"layer{i}.weight"], arrays[f"layer{i}.bias"] = w, b
+        params["layers"] = len(clf.coefs_)
+        if clf.activation != "relu":
+            raise InvalidInputError(f"MLP activation {clf.activation!r}: only relu MLPs are bundled")
+    elif method == "elastic-net":
+        arrays["coef"], arrays["intercept"] = clf.coef_, clf.intercept_
+    elif method == "pnn":
+        arrays["train_x"], arrays["train_y"] = clf.X_, clf.y_.astype(np.float64)
+        params["sigma"] = clf.sigma
+    else:
+        arrays["a"], arrays["b"] = clf.a_, clf.b_
+    return ExpressionModel(genes=[genes[i] for i in used], classes=[str(c) for c in clf.classes_], method=method,
+                           preprocess=spec, arrays=arrays, params=params)
+
+
+def train_expression_model(dataset: str = "golub", method: str = "mlp", n_genes: int = 50,
+                           data_root: str | os.PathLike | None = None, name: str | None = None,
+                           n_boot: int = 1000) -> ExpressionModel:
+    """Fit ``method`` on the training samples, score leave-one-out and the independent set, as a model."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    from leukodx.omics.classifiers import expression_methods
+    from leukodx.omics.evaluate import EXPRESSION_DATASETS, load_expression_dataset
+    from leukodx.omics.protocols import leave_one_out
+
+    if dataset not in EXPRESSION_DATASETS:
+        raise InvalidInputError(f"{dataset}: unknown expression dataset (known: {', '.join(EXPRESSION_DATASETS)})")
+    if n_genes < 1:
+        raise InvalidInputError(f"--n-genes {n_genes}: at least 1")
+    train, test, registry = load_expression_dataset(dataset, data_root, n_genes)
+    if method not in registry or method not in EXPORTABLE:
+        raise InvalidInputError(f"method {method!r}: bundled methods for {dataset} are "
+                                f"{', '.join(m for m in EXPORTABLE if m in registry)}")
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        loocv = leave_one_out(registry[method], train)
+        pipeline = registry[method]().fit(train.values, train.labels)
+    model = export_pipeline(pipeline, train.genes, method, train.values)
+    metrics: dict = {"loocv": {"errors": loocv["loocv_errors"], "n": loocv["n"],
+                               "misclassified": loocv["loocv_misclassified"]}}
+    if test is not None:
+        proba, _, _ = model.predict_set(test)
+        reference = pipeline.predict_proba(test.values)
+        if not np.allclose(proba, reference, atol=1e-9):
+            raise InvalidInputError(f"{method}: bundled arrays do not reproduce the fitted pipeline "
+                                    f"(max difference {np.abs(proba - reference).max():.2e})")
+        metrics["independent"] = independent_metrics(test.labels, proba, model.classes, n_boot)
+    model.card = build_card(
+        name or DEFAULT_MODEL, TASK, model.classes, genes=model.genes, method=method,
+        pipeline={"preprocess": model.preprocess, "params": model.params},
+        data={"dataset": dataset, "train_samples": len(train.samples),
+              "independent_samples": len(test.samples) if test is not None else 0,
+              "source": train.meta.get("source"), "genes_in_input": len(train.genes)},
+        metrics=metrics,
+        training={"method": method, "n_genes_selected": n_genes, "selection": "in-fold, inside the pipeline",
+                  "seconds": round(time.perf_counter() - started, 1)},
+        intended_use=f"Research use: {' / '.join(model.classes)} call for samples profiled like {dataset}. "
+                     "Not a medical device.",
+        limits=["Trained on one public cohort; other platforms or normalizations change the value scale.",
+                "Genes missing from an input are filled with the training median."])
+    return model
+
+
+def independent_metrics(labels: np.ndarray, proba: np.ndarray, classes: list[str], n_boot: int = 1000) -> dict:
+    """Accuracy (Wilson 95% CI) and, for two classes, AUROC (bootstrap 95% CI) on a held-out set."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.array([classes.index(str(c)) for c in labels])
+    correct = proba.argmax(axis=1) == y
+    out = {"n": int(len(y)), "correct": int(correct.sum()),
+           "accuracy": {"value": float(correct.mean()), "ci95": list(wilson_interval(int(correct.sum()), len(y)))}}
+    if len(classes) == 2 and 0 < y.sum() < len(y):
+        def auroc(idx):
+            yy = y[idx]
+            return roc_auc_score(yy, proba[idx, 1]) if 0 < yy.sum() < len(yy) else np.nan
+
+        out["auroc"] = bootstrap_estimate(auroc, len(y), n_boot)
+    return out
+
+
+def write_predictions(path: str | os.PathLike, samples: list[str], proba: np.ndarray, classes: list[str]) -> None:
+    """One row per sample: call, its probability, every class probability (CSV, written atomically)."""
+    import csv
+    import io
+
+    from leukodx import _atomic
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["sample", "prediction", "probability"] + [f"p_{c}" for c in classes])
+    for s, p in zip(samples, proba):
+        writer.writerow([s, classes[int(p.argmax())], f"{p.max():.4f}"] + [f"{v:.4f}" for v in p])
+    _atomic.write_text(path, buf.getvalue())

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import sys
 from pathlib import Path
 
 from leukodx import _atomic
-from leukodx._versions import versions
+from leukodx._versions import provenance
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def write_result(name: str, result: dict, table_header: list[str], table_rows: list[list], notes: list[str] = ()) -> None:
-    result = {"benchmark": name, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-              "command": "python " + " ".join(sys.argv), "versions": versions(), **result}
+    prov = provenance(["python"] + sys.argv)
+    result = {"benchmark": name, "created": prov["created"], "command": prov["argv"], "provenance": prov, **result}
     _atomic.write_json(RESULTS / f"{name}.json", result)
     lines = [f"# {name}", "", f"Reproduce: `{result['command']}`", "",
              "| " + " | ".join(table_header) + " |", "|" + "---|" * len(table_header)]
@@ -25,5 +24,10 @@ def write_result(name: str, result: dict, table_header: list[str], table_rows: l
     print("\n".join(lines))
 
 
-def ci(entry: dict, digits: int = 4) -> str:
+def ci(entry: dict | None, digits: int = 4) -> str:
+    """``value [lo, hi]`` of a ``{"value", "ci95"}`` estimate (``n/a`` where undefined)."""
+    if not entry or entry.get("value") is None:
+        return "n/a"
+    if not entry.get("ci95"):
+        return f"{entry['value']:.{digits}f}"
     return f"{entry['value']:.{digits}f} [{entry['ci95'][0]:.{digits}f}, {entry['ci95'][1]:.{digits}f}]"

@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from _common import write_result
+from _common import ci, write_result
 from leukodx.data.images import read_image
 from leukodx.data.registry import load_dataset
 from leukodx.errors import LeukodxError
+from leukodx.stats import bootstrap_estimate
 from leukodx.smear.detector import load_detector
 from leukodx.smear.evaluate import evaluate_classical, evaluate_detector
 from leukodx.smear.pipeline import SmearAnalyzer
@@ -198,13 +199,10 @@ def aria(analyzer: SmearAnalyzer, train_per_class: int = 30) -> dict:
     p_stage = 1.0 - stage.predict_arrays(arrays)[:, stage.classes.index("Benign")]
 
     def auroc_ci(p):
-        boots = []
-        for _ in range(BOOTSTRAP):
-            i = rng.integers(0, len(y_test), len(y_test))
-            if len(set(y_test[i])) == 2:
-                boots.append(roc_auc_score(y_test[i], p[i]))
-        return {"value": float(roc_auc_score(y_test, p)), "ci95": [float(np.percentile(boots, 2.5)),
-                                                                   float(np.percentile(boots, 97.5))]}
+        def auroc(i):
+            return roc_auc_score(y_test[i], p[i]) if len(set(y_test[i])) == 2 else np.nan
+
+        return bootstrap_estimate(auroc, len(y_test), BOOTSTRAP, seed=0)
 
     counts = np.array(wbc_counts["test"])
     by_class = {c: np.array(wbc_counts["test"])[sides["test"].labels == k].tolist() for k, c in enumerate(index.classes)}
@@ -226,7 +224,7 @@ def table_rows(result: dict) -> list[list]:
     det, cla = (result["detection"] or {}).get("detector"), (result["detection"] or {}).get("classical")
 
     def ap_row(label, r, c, target):
-        ci = r.get("ap50_ci95", {}).get(c)
+        ci = (r.get("ap50_estimate", {}).get(c) or {}).get("ci95")
         value = r["ap50"].get(c)
         return [label, f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""), target,
                 "met" if value is not None and value >= float(target[2:]) else "NOT met"]
@@ -236,11 +234,9 @@ def table_rows(result: dict) -> list[list]:
     rows.append(ap_row("WBC AP@0.5, bccd test (detector)", det, "WBC", ">=0.95"))
     rows.append(ap_row("RBC AP@0.5, bccd test (detector)", det, "RBC", ">=0.85"))
     rows.append(ap_row("Platelet AP@0.5, bccd test (detector)", det, "Platelets", ">=0.85"))
-    rows.append(["WBC AP@0.5, bccd test (classical baseline)", f"{cla['ap50']['WBC']:.3f} [{cla['ap50_ci95']['WBC'][0]:.3f}, "
-                 f"{cla['ap50_ci95']['WBC'][1]:.3f}]", "(baseline)", ""])
+    rows.append(["WBC AP@0.5, bccd test (classical baseline)", ci(cla["ap50_estimate"]["WBC"], 3), "(baseline)", ""])
     for label, r in (("detector", det), ("classical", cla)):
-        ci = r.get("wbc_count_mae_ci95")
-        rows.append([f"WBC count MAE per field ({label})", f"{r['wbc_count_mae']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""),
+        rows.append([f"WBC count MAE per field ({label})", ci(r["wbc_count_mae_estimate"], 3),
                      "<=0.1", "met" if r["wbc_count_mae"] <= 0.1 else "NOT met"])
     for model, runs in (result["segmentation"] or {}).items():
         for where, r in runs.items():
@@ -248,7 +244,7 @@ def table_rows(result: dict) -> list[list]:
             target = ">=0.92" if within else ">=0.85"
             d = r["nucleus"]
             rows.append([f"nucleus Dice, {model}, {where} ({'within' if within else 'across'})",
-                         f"{d['dice']:.3f} [{d['dice_ci95'][0]:.3f}, {d['dice_ci95'][1]:.3f}]; cytoplasm {r['cytoplasm']['dice']:.3f}",
+                         f"{ci(d['dice_estimate'], 3)}; cytoplasm {r['cytoplasm']['dice']:.3f}",
                          target, "met" if d["dice"] >= float(target[2:]) else "NOT met"])
     sp = result["speed_640x480"]
     if sp:

@@ -7,6 +7,7 @@ import numpy as np
 
 from leukodx.errors import InvalidInputError
 from leukodx.smear.metrics import coco_average_precision, count_errors
+from leukodx import stats
 
 WBC = "WBC"
 
@@ -40,22 +41,19 @@ def score_detections(targets: list[dict], predictions: list[dict], classes: list
         "count_thresholds": thresholds,
     }
     if bootstrap:
-        rng = np.random.default_rng(seed)
-        samples = {c: [] for c in classes}
-        wbc = []
         k_wbc = classes.index(WBC) if WBC in classes else None
-        for _ in range(bootstrap):
-            pick = rng.integers(0, len(targets), len(targets))
+
+        def resample(pick: np.ndarray) -> np.ndarray:
             res = coco_average_precision([targets[i] for i in pick], [predictions[i] for i in pick], classes)
-            for c in classes:
-                if res["ap50"][c] is not None:
-                    samples[c].append(res["ap50"][c])
-            if k_wbc is not None:
-                wbc.append(np.mean([abs(int((targets[i]["labels"] == k_wbc).sum()) - counts[i][WBC]) for i in pick]))
-        result["ap50_ci95"] = {c: ([float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v else None)
-                               for c, v in samples.items()}
-        if wbc:
-            result["wbc_count_mae_ci95"] = [float(np.percentile(wbc, 2.5)), float(np.percentile(wbc, 97.5))]
+            aps = [np.nan if res["ap50"][c] is None else res["ap50"][c] for c in classes]
+            mae = (np.mean([abs(int((targets[i]["labels"] == k_wbc).sum()) - counts[i][WBC]) for i in pick])
+                   if k_wbc is not None else np.nan)
+            return np.array(aps + [mae])
+
+        samples = stats.bootstrap(resample, len(targets), bootstrap, seed)
+        result["ap50_estimate"] = {c: stats.estimate(ap["ap50"][c], samples[:, k]) for k, c in enumerate(classes)}
+        if k_wbc is not None:
+            result["wbc_count_mae_estimate"] = stats.estimate(count_mae.get(WBC), samples[:, -1])
         result["bootstrap"] = bootstrap
     return result
 

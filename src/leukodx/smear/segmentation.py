@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from leukodx import _atomic
+from leukodx import _atomic, stats
 from leukodx._hashing import sha256_file
 from leukodx.data.images import read_image
 from leukodx.errors import InvalidInputError
@@ -181,14 +181,12 @@ def score_masks(truth: list[np.ndarray], predicted: list[np.ndarray], bootstrap:
         per["cytoplasm"].append(dice_iou(t == 1, p == 1))
         per["cell"].append(dice_iou(t > 0, p > 0))
     result = {"n_images": len(truth)}
-    rng = np.random.default_rng(seed)
     for name, pairs in per.items():
         d = np.array([v[0] for v in pairs])
         j = np.array([v[1] for v in pairs])
         entry = {"dice": float(d.mean()) if d.size else None, "iou": float(j.mean()) if j.size else None}
         if bootstrap and d.size:
-            means = [d[rng.integers(0, d.size, d.size)].mean() for _ in range(bootstrap)]
-            entry["dice_ci95"] = [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+            entry["dice_estimate"] = stats.bootstrap_estimate(lambda idx: d[idx].mean(), d.size, bootstrap, seed)
         result[name] = entry
     return result
 

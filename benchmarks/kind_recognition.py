@@ -11,7 +11,7 @@ import numpy as np
 from _common import write_result
 from leukodx.data.images import read_image
 from leukodx.data.registry import load_dataset
-from leukodx.inference.diagnose import CaseImage, recognise_kind
+from leukodx.diagnosis.case import CaseImage, recognise_kind
 
 CASES_PER_CLASS = 20
 CASE_SIZE = 10

@@ -60,7 +60,7 @@ def list_datasets() -> list[str]:
 
 def diagnose(inputs, **kwargs) -> dict:
     """One case (folder or files of cell images or smear fields) -> results, summary and flags."""
-    from leukodx.inference.diagnose import diagnose as _diagnose
+    from leukodx.diagnosis.case import diagnose as _diagnose
 
     return _diagnose(inputs, **kwargs)
 

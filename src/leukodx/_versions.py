@@ -46,9 +46,18 @@ def code_version() -> str:
     return git_commit() or f"leukodx {versions().get('leukodx', 'unknown')}"
 
 
+_COMMAND: list[str] | None = None
+
+
+def set_command(argv: list[str] | None) -> None:
+    """Record the command being run (the CLI does, so in-process calls record their own argv)."""
+    global _COMMAND
+    _COMMAND = None if argv is None else list(argv)
+
+
 def command_line(argv: list[str] | None = None) -> str:
     """The exact command as typed (program name shortened to its basename)."""
-    argv = list(sys.argv if argv is None else argv)
+    argv = list(argv if argv is not None else _COMMAND if _COMMAND is not None else sys.argv)
     if argv:
         argv[0] = os.path.basename(argv[0])
     return " ".join(argv)

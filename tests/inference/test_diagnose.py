@@ -10,7 +10,7 @@ import pytest
 from leukodx.data.images import read_image
 from leukodx.data.registry import load_dataset
 from leukodx.errors import InvalidInputError
-from leukodx.inference.diagnose import CaseImage, diagnose, recognise_kind, write_case_outputs
+from leukodx.diagnosis.case import CaseImage, diagnose, recognise_kind, write_case_outputs
 
 
 def _case(dataset, start, n=10):

@@ -10,7 +10,7 @@ import torch
 from leukodx.errors import InvalidInputError
 from leukodx.models.architectures import create_network
 from leukodx.zoo.estimators import FeatureEstimator, NetworkEstimator, count_flops
-from leukodx.zoo.networks import CUSTOM_ARCHITECTURES, HaarDWT
+from leukodx.models.networks import CUSTOM_ARCHITECTURES, HaarDWT
 from leukodx.zoo.recipes import QUICK, get_recipe, list_recipes
 
 PAPERS = {"vogado2018-svm", "leuknet", "elseoud2020-cnn5", "kalaiselvi-cnn6", "huang2020-transfer",

@@ -82,6 +82,9 @@ def _usage_error(exc: BaseException) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; ``LeukodxError`` becomes ``error: <message>`` on stderr (traceback with LEUKODX_DEBUG=1)."""
+    from leukodx._versions import set_command
+
+    set_command(["leukodx", *(sys.argv[1:] if argv is None else argv)])
     try:
         # non-standalone click returns a typer.Exit's code instead of raising it
         code = app(args=argv, prog_name="leukodx", standalone_mode=False)

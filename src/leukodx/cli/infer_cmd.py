@@ -108,7 +108,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """One row per image: top class, its probability, every class probability."""
         from leukodx.inference.classifier import load_model
-        from leukodx.inference.diagnose import rows_to_csv
+        from leukodx.inference.classifier import rows_to_csv
 
         fmt = output.suffix.lower()
         if fmt not in (".csv", ".json"):
@@ -136,7 +136,7 @@ def register(app: typer.Typer) -> None:
         pixel_scale: float = typer.Option(1.0, help="Field px per px at the detector's magnification (all-aria: 0.15)."),
     ) -> None:
         """The main job: per-image results, a case summary with flags, and an HTML report."""
-        from leukodx.inference.diagnose import diagnose, write_case_outputs
+        from leukodx.diagnosis.case import diagnose, write_case_outputs
 
         result = diagnose(inputs, kind=kind, model=model, backend=backend, smear=smear, pixel_scale=pixel_scale)
         _report_errors(result["errors"])

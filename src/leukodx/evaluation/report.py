@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import html
 import io
 import os
 from pathlib import Path
@@ -71,10 +70,26 @@ def _png(fig) -> bytes:
 
 
 def _fmt(entry: dict) -> str:
-    v, (lo, hi) = entry["value"], entry["ci95"]
-    if not np.isfinite(v):
+    """``value [lo, hi]`` of a ``{"value", "ci95"}`` estimate; ``n/a`` where it is undefined."""
+    v, ci = entry.get("value"), entry.get("ci95")
+    if v is None or not np.isfinite(v):
         return "n/a"
-    return f"{v:.4f} [{lo:.4f}, {hi:.4f}]"
+    return f"{v:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else f"{v:.4f}"
+
+
+OVERALL = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auroc", "ece")
+PER_CLASS = ("sensitivity", "specificity", "ppv", "npv", "auroc")
+
+
+def render_html(result: dict, figures: dict[str, bytes]) -> str:
+    """The self-contained HTML report (jinja2 template, every value escaped)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("leukodx.evaluation", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+    encoded = {name: base64.b64encode(data).decode() for name, data in figures.items()}
+    return env.get_template("evaluation.html.j2").render(result=result, figures=encoded, fmt=_fmt,
+                                                         overall=OVERALL, per_class=PER_CLASS)
 
 
 def markdown_summary(result: dict, images: dict[str, str] | None = None) -> str:
@@ -90,12 +105,12 @@ def markdown_summary(result: dict, images: dict[str, str] | None = None) -> str:
         "| metric | value [95% bootstrap CI] |",
         "|---|---|",
     ]
-    for key in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "macro_auroc", "ece"):
+    for key in OVERALL:
         lines.append(f"| {key} | {_fmt(m[key])} |")
     lines += ["", "| class | support | sensitivity | specificity | PPV | NPV | AUROC |", "|---|---|---|---|---|---|---|"]
     for cls, pc in m["per_class"].items():
         lines.append(f"| {cls} | {pc['support']} | " + " | ".join(
-            _fmt(pc[k]) for k in ("sensitivity", "specificity", "ppv", "npv", "auroc")) + " |")
+            _fmt(pc[k]) for k in PER_CLASS) + " |")
     if result.get("excluded_classes"):
         lines += ["", f"Folder classes the model does not know, left out: {', '.join(result['excluded_classes'])}."]
     if result.get("errors"):
@@ -114,38 +129,6 @@ def write_report(result: dict, directory: str | os.PathLike) -> Path:
         _atomic.write_bytes(directory / name, data)
     md = markdown_summary(result, {n: n for n in figures})
     _atomic.write_text(directory / "report.md", md)
-    body = md
-    for name, data in figures.items():
-        body = body.replace(f"![{name}]({name})", f"IMG::{name}")
-    parts = []
-    in_table = False
-    for line in body.splitlines():
-        if line.startswith("IMG::"):
-            name = line[5:]
-            parts.append(f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(figures[name]).decode()}">')
-        elif line.startswith("|"):
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= set("-"):
-                continue
-            if not in_table:
-                parts.append("<table>")
-                in_table = True
-            parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-            continue
-        elif line.startswith("# "):
-            parts.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("- "):
-            parts.append(f"<li>{html.escape(line[2:])}</li>")
-        elif line:
-            parts.append(f"<p>{html.escape(line)}</p>")
-        if in_table and not line.startswith("|"):
-            parts.insert(len(parts) - 1, "</table>")
-            in_table = False
-    if in_table:
-        parts.append("</table>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>leukodx evaluation</title><style>"
-            "body{font-family:sans-serif;max-width:1000px;margin:2em auto}td{border:1px solid #ccc;padding:3px 8px}"
-            "table{border-collapse:collapse;margin:1em 0}img{max-width:48%;margin:4px}</style></head><body>"
-            + "\n".join(parts) + "</body></html>")
+    page = render_html(result, figures)
     _atomic.write_text(directory / "report.html", page)
     return directory / "report.html"

@@ -9,6 +9,8 @@ Bad inputs in a batch are reported in ``result.errors`` and the rest are still p
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,3 +166,14 @@ class Classifier:
 def load_model(name_or_path: str | os.PathLike, backend: str = "auto") -> Classifier:
     """A bundled model by name (``pbc-celltype``, ``all-stage``) or a bundle folder."""
     return Classifier.load(name_or_path, backend=backend)
+
+
+def rows_to_csv(rows: list[dict], classes: list[str]) -> str:
+    """Prediction rows as CSV text: input, top class, probability, unsure, one column per class."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["input", "top_class", "probability", "unsure"] + [f"p_{c}" for c in classes])
+    for r in rows:
+        writer.writerow([r["input"], r["top_class"], f"{r['probability']:.4f}", int(r["unsure"])]
+                        + [f"{r['probabilities'][c]:.4f}" for c in classes])
+    return buf.getvalue()

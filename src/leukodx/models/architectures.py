@@ -13,7 +13,7 @@ from pathlib import Path
 import timm
 import torch
 
-import leukodx.zoo.networks  # noqa: F401  (the review papers' own networks join timm's registry)
+import leukodx.models.networks  # noqa: F401  (the review papers' own networks join timm's registry)
 from leukodx.errors import DataNotFoundError, InvalidInputError, LeukodxError
 
 

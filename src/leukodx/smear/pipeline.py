@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from leukodx.errors import InvalidInputError
-from leukodx.inference.diagnose import LEUKOCYTES
+from leukodx.data.vocabulary import LEUKOCYTES
 from leukodx.smear.classical import NucleusThreshold, nucleus_mask
 from leukodx.smear.evaluate import counted
 from leukodx.smear.tiling import background_colour

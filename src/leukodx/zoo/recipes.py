@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import leukodx.zoo.networks  # noqa: F401  (registers the papers' own networks with timm)
+import leukodx.models.networks  # noqa: F401  (registers the papers' own networks with timm)
 from leukodx.errors import InvalidInputError
 from leukodx.preprocessing.augment import augment_preset
 from leukodx.preprocessing.transforms import Preprocess

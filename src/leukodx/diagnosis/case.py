@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import io
 import os
@@ -18,12 +17,12 @@ from scipy import ndimage
 from leukodx import _atomic
 from leukodx._versions import versions
 from leukodx.data.images import list_images, read_image
+from leukodx.data.vocabulary import LEUKOCYTES
 from leukodx.errors import InvalidInputError, LeukodxError
-from leukodx.inference.classifier import Classifier, load_model
+from leukodx.inference.classifier import Classifier, load_model, rows_to_csv
 
 KINDS = ("auto", "cells", "fields")
 DEFAULT_MODELS = {"cells": "pbc-celltype", "fields": "all-stage"}
-LEUKOCYTES = ("basophil", "eosinophil", "ig", "lymphocyte", "monocyte", "neutrophil")
 #: an image with this many nucleus-sized blobs, or this many cell-sized objects, is a field
 FIELD_NUCLEI = 3
 FIELD_OBJECTS = 22
@@ -208,7 +207,7 @@ def _thumbnail(rgb: np.ndarray, side: int = 96) -> bytes:
 
 def write_case_outputs(result: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
     """summary.json, predictions.csv and report.html in ``out_dir``, each written atomically."""
-    from leukodx.inference.case_report import render_case_html
+    from leukodx.diagnosis.report import render_case_html
 
     out_dir = Path(out_dir)
     clean = {k: v for k, v in result.items() if not k.startswith("_")}
@@ -218,13 +217,3 @@ def write_case_outputs(result: dict, out_dir: str | os.PathLike) -> dict[str, Pa
     _atomic.write_text(paths["predictions"], rows_to_csv(result["rows"], result["model"]["classes"]))
     _atomic.write_text(paths["report"], render_case_html(result))
     return paths
-
-
-def rows_to_csv(rows: list[dict], classes: list[str]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["input", "top_class", "probability", "unsure"] + [f"p_{c}" for c in classes])
-    for r in rows:
-        writer.writerow([r["input"], r["top_class"], f"{r['probability']:.4f}", int(r["unsure"])]
-                        + [f"{r['probabilities'][c]:.4f}" for c in classes])
-    return buf.getvalue()

@@ -67,3 +67,37 @@ def test_sample_features_fixed_size_and_exact_moments(diva):
     np.testing.assert_allclose(matrix[:, 1], t.std(0), rtol=1e-6)
     np.testing.assert_allclose(matrix[:, 2], np.median(np.clip(t, -1, 8), 0), atol=0.03)  # fine-histogram quantile
     np.testing.assert_allclose(matrix[:, 8:].sum(1), 1.0)
+
+
+def test_features_of_no_events_or_only_nan_events_are_one_clear_error():
+    from leukodx.cytometry.features import SampleFeatureAccumulator
+    from leukodx.errors import InvalidInputError
+
+    acc = SampleFeatureAccumulator(["cd45", "cd19"], source="empty.fcs")
+    acc.update(np.zeros((0, 2)))
+    with pytest.raises(InvalidInputError, match="empty.fcs: no events; nothing to summarize"):
+        acc.matrix()
+    acc = SampleFeatureAccumulator(["cd45", "cd19"], source="nan.fcs")
+    acc.update(np.full((10, 2), np.nan))
+    with pytest.raises(InvalidInputError, match="nan.fcs: all 10 events have non-finite values"):
+        acc.matrix()
+
+
+@pytest.mark.parametrize("cofactor", [float("nan"), float("inf"), 0.0, -5.0])
+def test_transform_refuses_a_non_finite_or_non_positive_cofactor(cofactor):
+    from leukodx.cytometry.transforms import Transform
+    from leukodx.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="arcsinh cofactor must be > 0"):
+        Transform("asinh", cofactor)
+
+
+def test_flow_features_cli_with_a_nan_cofactor_is_one_line(tmp_path, flow_dir):
+    import subprocess
+    import sys
+
+    fcs = flow_dir / "tidytof" / "ddpr" / "UPN1_Basal.fcs"
+    proc = subprocess.run([sys.executable, "-m", "leukodx", "flow", "features", str(fcs),
+                           "--cofactor", "nan", "-o", str(tmp_path / "f.csv")], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: arcsinh cofactor must be > 0, got nan"
+    assert not (tmp_path / "f.csv").exists()

@@ -110,3 +110,29 @@ def test_verify_passes_on_real_data_and_catches_a_changed_file(data_root, tmp_pa
     assert not report.ok
     assert report.mismatched == ["wbc-seg/Dataset-2/images/001.png"]
     assert report.missing == ["wbc-seg/Dataset-2/masks/002.png"]
+
+
+def test_registry_covers_every_set_in_the_shared_data_folder():
+    from leukodx.data.registry import dataset_info, list_datasets
+    from leukodx.data.root import resolve_data_root
+
+    root = resolve_data_root(None)
+    subdirs = {dataset_info(n).subdir.split("/")[0] for n in list_datasets()}
+    flow = {dataset_info(n).subdir for n in list_datasets() if dataset_info(n).subdir.startswith("flow/")}
+    on_disk = {p.name for p in root.iterdir() if p.is_dir()}
+    assert on_disk <= subdirs
+    assert {f"flow/{p.name}" for p in (root / "flow").iterdir() if p.is_dir()} <= flow
+    for name in list_datasets():
+        info = dataset_info(name)
+        assert info.source and info.license and info.citation and info.limits and info.site, name
+
+
+def test_deepapl_is_indexed_with_patients_as_split_groups():
+    from leukodx.data.registry import load_dataset
+
+    index = load_dataset("deepapl")
+    assert len(index) == 12153 and len(set(index.groups)) == 82
+    assert index.class_counts()["blast_no_lineage_spec"] == 2711 and index.class_counts()["promyelocyte"] == 511
+    assert sum(v == "APL" for v in index.meta["diagnosis"].values()) == 22
+    assert all(p.split("/")[1] == g for p, g in zip(index.paths[::500], index.groups[::500]))
+    assert "research use only" in __import__("leukodx").data.registry.dataset_info("deepapl").license

@@ -21,11 +21,12 @@ DataRoot = typer.Option(None, "--data-root", help="Data folder (default: $LEUKOD
 
 @app.command("list")
 def list_cmd() -> None:
-    """Name, task, classes and size of every registered dataset."""
-    table = Table("name", "task", "classes", "images", "license")
+    """Name, task, site, classes and size of every registered dataset."""
+    table = Table("name", "task", "site", "classes", "images", "license")
     for name in list_datasets():
         info = dataset_info(name)
-        table.add_row(name, info.task, ", ".join(info.classes), str(info.n_images or ""), info.license)
+        table.add_row(name, info.task, info.site, str(len(info.classes)), str(info.n_images or ""),
+                      info.license.split(":")[0].split(";")[0])
     console.print(table)
 
 

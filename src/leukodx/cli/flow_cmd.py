@@ -151,6 +151,7 @@ def features_cmd(
     from leukodx.errors import InvalidInputError, LeukodxError
 
     wanted = [m.strip() for m in markers.split(",") if m.strip()]
+    transform = Transform("asinh", cofactor)  # a bad cofactor is one error, before any file is read
     rows, header, failed = [], None, 0
     for path in files:
         try:
@@ -158,7 +159,7 @@ def features_cmd(
             columns, missing = align_markers(fcs.marker_sources, wanted, source=str(path))
             if missing:
                 raise InvalidInputError(f"{path}: lacks marker(s) {', '.join(missing)}")
-            acc = SampleFeatureAccumulator(wanted, Transform("asinh", cofactor))
+            acc = SampleFeatureAccumulator(wanted, transform, source=str(path))
             for block in fcs.iter_events():
                 acc.update(block[:, columns])
             matrix, names = acc.matrix()

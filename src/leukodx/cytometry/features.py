@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from leukodx.cytometry.transforms import Transform
+from leukodx.errors import InvalidInputError
 
 STATISTICS = ("mean", "sd", "median", "iqr", "p05", "p95", "skewness", "fraction_positive")
 
@@ -24,7 +25,8 @@ class SampleFeatureAccumulator:
     """
 
     def __init__(self, markers: list[str], transform: Transform = Transform("asinh", 5.0), bins: int = 16,
-                 low: float = -1.0, high: float = 8.0, positive_above: float = 1.5):
+                 low: float = -1.0, high: float = 8.0, positive_above: float = 1.5, source: str = "sample"):
+        self.source = source
         self.markers, self.transform, self.bins = list(markers), transform, bins
         self.low, self.high, self.positive_above = low, high, positive_above
         k = len(markers)
@@ -37,7 +39,9 @@ class SampleFeatureAccumulator:
 
     def update(self, values: np.ndarray) -> None:
         t = self.transform(values)
-        t = t[np.isfinite(t).all(axis=1)]
+        finite = np.isfinite(t).all(axis=1)
+        self.dropped = getattr(self, "dropped", 0) + int((~finite).sum())
+        t = t[finite]
         self.n += len(t)
         self.s1 += t.sum(0)
         self.s2 += (t ** 2).sum(0)
@@ -56,7 +60,9 @@ class SampleFeatureAccumulator:
     def matrix(self) -> tuple[np.ndarray, list[str]]:
         """(markers, statistics + histogram bins) and the column names."""
         if self.n == 0:
-            raise ValueError("no events")
+            dropped = getattr(self, "dropped", 0)
+            why = f"all {dropped} events have non-finite values" if dropped else "no events"
+            raise InvalidInputError(f"{self.source}: {why}; nothing to summarize")
         mean = self.s1 / self.n
         var = np.maximum(self.s2 / self.n - mean ** 2, 0.0)
         sd = np.sqrt(var)

@@ -30,9 +30,10 @@ class Transform:
     def __post_init__(self) -> None:
         if self.kind not in ("asinh", "logicle", "none"):
             raise InvalidInputError(f"transform must be asinh, logicle or none, got {self.kind!r}")
-        if self.kind == "asinh" and self.cofactor <= 0:
+        if self.kind == "asinh" and not (np.isfinite(self.cofactor) and self.cofactor > 0):
             raise InvalidInputError(f"arcsinh cofactor must be > 0, got {self.cofactor}")
-        if self.kind == "logicle" and not (self.t > 0 and self.m > 0 and 0 <= self.w <= self.m / 2):
+        if self.kind == "logicle" and not (np.isfinite([self.t, self.m, self.w, self.a]).all()
+                                           and self.t > 0 and self.m > 0 and 0 <= self.w <= self.m / 2):
             raise InvalidInputError(f"logicle needs t > 0, m > 0, 0 <= w <= m/2 (got t={self.t}, m={self.m}, w={self.w})")
 
     def __call__(self, values: np.ndarray) -> np.ndarray:

@@ -34,6 +34,8 @@ class DatasetInfo:
     limits: tuple[str, ...] = ()
     n_images: int | None = None
     input_kind: str = "cells"  # what one image shows: a single cell, or a smear field of many
+    site: str = ""  # the lab (and city) that made the data: cross-site results are reported per site
+    scanner: str = ""  # the acquisition device, where known
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -93,6 +95,54 @@ def load_dataset(name_or_path: str | os.PathLike, data_root: str | os.PathLike |
         return index_image_folder(path)
     raise DataNotFoundError(
         f"{key}: neither a registered dataset ({', '.join(list_datasets())}) nor an existing folder"
+    )
+
+
+@dataclass
+class FileSet:
+    """A registered non-image dataset (expression tables, FCS files): its folder and files.
+
+    Read it with its own reader: ``leukodx.omics.io`` (expression) or ``leukodx.cytometry`` (FCS).
+    """
+
+    name: str
+    root: Path
+    files: list[str]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def _load_files(folder: Path, info: DatasetInfo) -> FileSet:
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    if not files:
+        raise DataNotFoundError(f"{folder}: {info.name} has no files")
+    return FileSet(name=info.name, root=folder, files=files)
+
+
+def _load_deepapl(folder: Path, info: DatasetInfo) -> ImageIndex:
+    """DeepAPL discovery cells: the source's cell-type labels (slugs), patient ids as split groups."""
+    table = folder / "cells.csv"
+    if not table.exists():
+        raise DataNotFoundError(f"{table}: label file missing")
+    with table.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    classes = sorted({r["cell_type_slug"] for r in rows})
+    position = {c: i for i, c in enumerate(classes)}
+    missing = [r["file"] for r in rows if not (folder / r["file"]).exists()]
+    if missing:
+        raise DataNotFoundError(f"{folder / missing[0]}: listed in cells.csv but missing ({len(missing)} in all)")
+    diagnosis = {}
+    patients = folder / "patients.csv"
+    if patients.exists():
+        with patients.open(newline="") as fh:
+            diagnosis = {r["Patient_ID"]: r["Diagnosis"] for r in csv.DictReader(fh)}
+    return ImageIndex(
+        name=info.name, root=folder, paths=[r["file"] for r in rows],
+        labels=np.asarray([position[r["cell_type_slug"]] for r in rows], dtype=int), classes=classes,
+        groups=np.asarray([r["patient_id"] for r in rows]),
+        meta={"dataset": info.name, "patients": sorted(set(r["patient_id"] for r in rows)),
+              "diagnosis": diagnosis, "source_labels": {r["cell_type_slug"]: r["cell_type"] for r in rows}},
     )
 
 
@@ -176,7 +226,7 @@ PBC = DatasetInfo(
     "automatic recognition systems. Data in Brief 30 (2020) 105474.",
     limits=("Healthy donors only: it teaches cell types, not leukemia.",) + _SHARED_LIMIT
     + ("A further 15% per class is held back from this copy for independent checks.",),
-    n_images=14528,
+    n_images=14528, site="Hospital Clinic, Barcelona", scanner="CellaVision DM96",
 )
 ALL_ARIA = DatasetInfo(
     name="all-aria", task="classification", modality="acute lymphoblastic leukemia smear field (several cells)",
@@ -186,7 +236,7 @@ ALL_ARIA = DatasetInfo(
     "subtypes classification using peripheral blood smear images. Int J Intell Syst (2022).",
     limits=("Benign are hematogones; Early/Pre/Pro are B-ALL stages.",) + _SHARED_LIMIT
     + ("A further 15% per class is held back from this copy for independent checks.",),
-    n_images=2767, input_kind="fields",
+    n_images=2767, input_kind="fields", site="Taleqani Hospital, Tehran",
 )
 _WBC_CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
 _WBC_COMMON = dict(
@@ -198,17 +248,73 @@ _WBC_COMMON = dict(
     limits=("Class labels were not checked by experts (says the source).",) + _SHARED_LIMIT,
 )
 WBC_SEG = DatasetInfo(name="wbc-seg", image_size="120x120 (Dataset-1) and 300x300 (Dataset-2), PNG",
-                      subdir="wbc-seg", n_images=400, **_WBC_COMMON)
+                      subdir="wbc-seg", n_images=400, site="Jiangxi (Dataset-1) + CellaVision images (Dataset-2)",
+                      **_WBC_COMMON)
 WBC_SEG_1 = DatasetInfo(name="wbc-seg-1", image_size="120x120, PNG, yellowish background",
-                        subdir="wbc-seg/Dataset-1", n_images=300, **_WBC_COMMON)
+                        subdir="wbc-seg/Dataset-1", n_images=300, site="Jiangxi Tecom, China",
+                        scanner="Tecom", **_WBC_COMMON)
 WBC_SEG_2 = DatasetInfo(name="wbc-seg-2", image_size="300x300, PNG", subdir="wbc-seg/Dataset-2",
-                        n_images=100, **_WBC_COMMON)
+                        n_images=100, site="CellaVision blog images", scanner="CellaVision", **_WBC_COMMON)
 BCCD = DatasetInfo(
     name="bccd", task="detection", modality="smear field with Pascal VOC boxes", classes=("RBC", "WBC", "Platelets"),
     image_size="640x480, JPEG", subdir="bccd", source="BCCD dataset (Shenggan)", license="MIT",
     citation="BCCD Dataset: a small-scale dataset for blood cells detection, github.com/Shenggan/BCCD_Dataset",
     limits=("364 fields; boxes are incomplete in places (unlabelled RBCs).",) + _SHARED_LIMIT[1:],
-    n_images=364, input_kind="fields",
+    n_images=364, input_kind="fields", site="BCCD (source lab not stated)",
+)
+DEEPAPL = DatasetInfo(
+    name="deepapl", task="classification",
+    modality="single white-cell image of AML / APL patients (CellaVision, Wright-Giemsa), patient ids",
+    classes=("blast_no_lineage_spec", "lymphocyte", "smudge_cells", "segmented_neutrophils", "monocyte",
+             "promyelocyte", "erythroblast", "lymphocyte_variant", "myelocyte", "band_neutrophils", "eosinophils",
+             "promonocyte", "metamyelocyte", "plasma_cells", "giant_thrombocyte", "basophil",
+             "thrombocyte_aggregation", "prolymphocyte"),
+    image_size="144x144 (resized from 360x363: pbc's field of view), JPEG q80", subdir="deepapl",
+    source="Johns Hopkins Hospital, DeepAPL discovery cohort: 82 patients (60 AML, 22 APL)",
+    license="No open licence: copyright The Johns Hopkins University 2020; research use only. State it in every "
+            "model card trained on it.",
+    citation="Sidhom J.-W. et al. Deep learning for diagnosis of acute promyelocytic leukemia via recognition of "
+             "genomically imprinted morphologic features. npj Precision Oncology 5, 38 (2021).",
+    limits=("Split by patient (patient ids are the split groups); the 24-patient validation cohort is held back.",
+            "Labels are the source's cell types; classes are very unbalanced (1 prolymphocyte, 18 aggregations).",
+            "One site and one scanner: within-dataset accuracy overstates accuracy elsewhere."),
+    n_images=12153, site="Johns Hopkins Hospital, Baltimore", scanner="CellaVision",
+)
+GOLUB = DatasetInfo(
+    name="golub", task="expression", modality="Affymetrix Hu6800 microarray, 7,129 probes", classes=("ALL", "AML"),
+    image_size="-", subdir="golub", source="Broad Institute public release (Golub et al. 1999)",
+    license="public release of the Broad Institute",
+    citation="Golub T.R. et al. Molecular classification of cancer: class discovery and class prediction by gene "
+             "expression monitoring. Science 286 (1999) 531-537.",
+    limits=("38 training and 34 independent samples: every accuracy has a wide interval.",
+            "Read with leukodx.omics.io.read_golub or `leukodx expression`."),
+    n_images=None, input_kind="expression", site="Dana-Farber / Whitehead (1999)",
+)
+BALL_RNASEQ = DatasetInfo(
+    name="ball-rnaseq", task="expression", modality="RNA-seq raw counts, 19,514 genes",
+    classes=("DUX4", "ETV6-RUNX1", "Ph", "TCF3-PBX1"), image_size="-", subdir="ball-rnaseq",
+    source="ALLSorts test set", license="MIT",
+    citation="Schmidt B. et al. ALLSorts: an RNA-Seq subtype classifier for B-cell acute lymphoblastic leukemia. "
+             "Blood Advances 6 (2022) 4093-4097.",
+    limits=("20 samples, 5 per subtype: leave-one-out says whether subtypes separate, not how a model generalizes.",),
+    n_images=None, input_kind="expression", site="ALLSorts test cohort",
+)
+DDPR = DatasetInfo(
+    name="ddpr", task="flow", modality="mass cytometry (CyTOF): FCS files and a 5,000-cell x 20-marker table",
+    classes=("healthy", "leukemic"), image_size="-", subdir="flow/tidytof", source="tidytof (DDPR, AML examples)",
+    license="MIT",
+    citation="Good Z. et al. Single-cell developmental classification of B cell precursor acute lymphoblastic "
+             "leukemia at diagnosis reveals predictors of relapse. Nat Med 24 (2018) 474-483.",
+    limits=("Two leukemic and two healthy samples: cell-level detection, not patient-level accuracy.",
+            "ddpr_cells.csv holds raw intensities (not arcsinh-transformed as its README says)."),
+    n_images=None, input_kind="events", site="Stanford (DDPR cohort)",
+)
+FLOW_FORMATS = DatasetInfo(
+    name="flow-formats", task="flow", modality="FCS 2.0 / 3.0 / 3.1 files from many cytometers (reader coverage)",
+    classes=(), image_size="-", subdir="flow/formats", source="fcsparser test files", license="MIT",
+    citation="fcsparser, github.com/eyurtsev/fcsparser",
+    limits=("Not leukemia data; several files are deliberately broken.",),
+    n_images=None, input_kind="events", site="various cytometers",
 )
 
 for _info in (PBC, ALL_ARIA):
@@ -216,3 +322,6 @@ for _info in (PBC, ALL_ARIA):
 for _info in (WBC_SEG, WBC_SEG_1, WBC_SEG_2):
     register_dataset(_info, _load_wbc_seg)
 register_dataset(BCCD, _load_voc)
+register_dataset(DEEPAPL, _load_deepapl)
+for _info in (GOLUB, BALL_RNASEQ, DDPR, FLOW_FORMATS):
+    register_dataset(_info, _load_files)

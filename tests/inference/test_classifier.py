@@ -63,3 +63,36 @@ def test_temperature_from_the_card_is_applied(tiny_pbc_model, pbc_folder):
     z = logits / 2.0
     expected = np.exp(z - z.max(1, keepdims=True))
     assert p == pytest.approx(expected / expected.sum(1, keepdims=True), abs=1e-6)
+
+
+def test_pil_images_hwc_batches_and_nchw_tensors_give_the_same_answer(pbc_folder):
+    import torch
+    from PIL import Image
+
+    import leukodx
+    from leukodx.data.images import read_image
+
+    clf = leukodx.load("pbc-celltype", backend="torch")
+    path = sorted((pbc_folder / "neutrophil").iterdir())[0]
+    rgb = read_image(path)
+    reference = clf.predict([path]).rows[0]["probabilities"]
+    tensor = torch.from_numpy(rgb).permute(2, 0, 1)
+    inputs = [Image.open(path), rgb, np.stack([rgb, rgb]), tensor, tensor[None].repeat(2, 1, 1, 1)]
+    result = clf.predict(inputs)
+    assert not result.errors and len(result.rows) == 7
+    for row in result.rows:
+        assert row["probabilities"] == pytest.approx(reference, abs=1e-6)
+    frame = result.to_pandas()
+    assert list(frame.columns[:4]) == ["input", "top_class", "probability", "unsure"]
+    assert len(frame) == 7 and frame[[f"p_{c}" for c in clf.classes]].sum(axis=1).round(6).eq(1).all()
+
+
+def test_ambiguous_layouts_are_refused_not_guessed():
+    import torch
+
+    import leukodx
+
+    clf = leukodx.load("pbc-celltype", backend="torch")
+    result = clf.predict([torch.zeros(3, 64, 3), np.zeros((3, 64, 64), dtype=np.uint8)])
+    assert not result.rows and len(result.errors) == 2
+    assert "ambiguous" in result.errors[0]["error"] and "channels-first" in result.errors[1]["error"]

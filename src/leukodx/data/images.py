@@ -119,6 +119,35 @@ def as_rgb_array(image: np.ndarray, name: str = "array") -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def split_in_memory(item, name: str = "input") -> list[np.ndarray]:
+    """One in-memory input as a list of images (H, W[, C]).
+
+    Accepts a ``PIL.Image``, an (H, W) / (H, W, C) array (channels last), an (N, H, W, C) batch,
+    and torch tensors in torch's layout: (C, H, W) or (N, C, H, W). A 3-D tensor or array whose
+    layout cannot be told apart (e.g. (3, 64, 3)) is refused rather than guessed.
+    """
+    if type(item).__module__.startswith("PIL."):
+        return [np.asarray(item.convert("RGBA" if "A" in item.getbands() else "RGB"))]
+    is_tensor = type(item).__module__.startswith("torch")
+    if is_tensor:
+        arr = item.detach().cpu().numpy()
+        if arr.ndim == 4:
+            return [np.moveaxis(a, 0, -1) for a in arr]
+        if arr.ndim == 3:
+            if arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 3, 4):
+                return [np.moveaxis(arr, 0, -1)]
+            raise InvalidInputError(f"{name}: a 3-D tensor of shape {tuple(arr.shape)} is ambiguous; "
+                                    "give (C, H, W) with C in 1, 3, 4 and W > 4, or a channels-last array")
+        return [arr]
+    arr = np.asarray(item)
+    if arr.ndim == 4:
+        return list(arr)
+    if arr.ndim == 3 and arr.shape[2] not in (1, 3, 4) and arr.shape[0] in (1, 3, 4):
+        raise InvalidInputError(f"{name}: array of shape {arr.shape} looks channels-first; arrays are (H, W, C) "
+                                "(pass a torch tensor for (C, H, W))")
+    return [arr]
+
+
 def list_images(inputs: list[str | os.PathLike]) -> list[Path]:
     """Expand files and folders (recursively) into a sorted list of image paths.
 

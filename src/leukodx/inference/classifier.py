@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from leukodx.data.cache import cache_dir
-from leukodx.data.images import as_rgb_array, list_images, read_image
+from leukodx.data.images import as_rgb_array, list_images, read_image, split_in_memory
 from leukodx.errors import InvalidInputError, LeukodxError
 from leukodx.models.architectures import create_network
 from leukodx.models.bundle import load_network
@@ -42,6 +42,13 @@ class Predictions:
     classes: list[str]
     rows: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
+
+    def to_pandas(self):
+        """One row per input: input, top_class, probability, unsure, then ``p_<class>`` columns."""
+        import pandas as pd
+
+        return pd.DataFrame([{**{k: v for k, v in r.items() if k != "probabilities"},
+                              **{f"p_{c}": r["probabilities"][c] for c in self.classes}} for r in self.rows])
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -123,7 +130,10 @@ class Classifier:
                 except LeukodxError as exc:
                     errors.append({"input": str(item), "error": str(exc)})
             else:
-                items.append(item)
+                try:
+                    items.extend(split_in_memory(item, f"input[{len(items)}]"))
+                except LeukodxError as exc:
+                    errors.append({"input": f"input[{len(items)}]", "error": str(exc)})
         for i, item in enumerate(items):
             name = str(item) if isinstance(item, Path) else f"array[{i}]"
             try:
@@ -145,7 +155,8 @@ class Classifier:
 
     def predict(self, inputs: Sequence | str | os.PathLike | np.ndarray, batch_size: int = 64) -> Predictions:
         """Top class, its probability, every class probability and an ``unsure`` flag per input."""
-        if isinstance(inputs, (str, os.PathLike)) or (isinstance(inputs, np.ndarray) and inputs.ndim in (2, 3)):
+        if (isinstance(inputs, (str, os.PathLike, np.ndarray)) or torch.is_tensor(inputs)
+                or type(inputs).__module__.startswith("PIL.")):
             inputs = [inputs]
         names, arrays, errors = self.load_inputs(inputs)
         proba = self.predict_arrays(arrays, batch_size)

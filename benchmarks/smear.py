@@ -52,7 +52,7 @@ def segmentation(work: Path) -> dict:
     parts = split_items("wbc-seg-2")
     d2, card = train_segmenter(parts["train"], parts["val"], d1.config,
                                SegmenterTraining(steps=d1.card["training"]["steps"], batch_size=16,
-                                                 lr=d1.card["training"]["lr"]), log=lambda m: None)
+                                                 lr=d1.card["training"]["lr"]))
     d2.card = {**card, "name": "wbc-seg-2-unet (benchmark only)", "data": {**card["data"], "datasets": ["wbc-seg-2"]}}
     runs = {}
     for label, seg in (("trained on wbc-seg-1", d1), ("trained on wbc-seg-2", d2)):

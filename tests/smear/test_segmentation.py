@@ -36,7 +36,10 @@ def test_tiny_segmenter_trains_saves_loads_and_segments(tmp_path):
     parts = segm.split_items("wbc-seg-1")
     seg, card = segm.train_segmenter(parts["train"][:16], parts["val"][:6],
                                      training=segm.SegmenterTraining(steps=6, eval_every=3, batch_size=4))
-    assert card["training"]["best_step"] in (3, 6)
+    history = card["training"]["history"]
+    assert [h["step"] for h in history] == [3, 6]
+    best = max(history, key=lambda h: h["val_nucleus_dice"])  # first of equals wins, as in the engine
+    assert card["training"]["best_step"] == best["step"]
     saved = segm.save_segmenter(tmp_path / "seg", seg, card)
     loaded = segm.load_segmenter(tmp_path / "seg")
     assert loaded.card["sha256"] == saved["sha256"]
@@ -58,3 +61,38 @@ def test_tiny_segmenter_trains_saves_loads_and_segments(tmp_path):
         segm.load_segmenter(tmp_path / "seg")
     with pytest.raises(ModelNotFoundError):
         segm.load_segmenter(tmp_path / "nothing")
+
+
+@pytest.mark.slow
+def test_segmenter_training_resumes_where_it_stopped(tmp_path):
+    """The engine's checkpoint: stopping after the first round and resuming gives the straight run."""
+    from leukodx.training import engine as engine_mod
+
+    parts = segm.split_items("wbc-seg-1")
+    train, val = parts["train"][:8], parts["val"][:4]
+    training = segm.SegmenterTraining(steps=4, eval_every=2, batch_size=4)
+
+    class Stop(Exception):
+        pass
+
+    original = engine_mod.Engine._emit
+
+    def stop_after_first(self, hook, *args):
+        original(self, hook, *args)
+        if hook == "on_round_end" and args[0]["round"] == 0:
+            raise Stop
+
+    engine_mod.Engine._emit = stop_after_first
+    try:
+        with pytest.raises(Stop):
+            segm.train_segmenter(train, val, training=training, workdir=tmp_path / "a")
+    finally:
+        engine_mod.Engine._emit = original
+    _, resumed = segm.train_segmenter(train, val, training=training, workdir=tmp_path / "a", resume=True)
+    _, straight = segm.train_segmenter(train, val, training=training, workdir=tmp_path / "b")
+    a, b = resumed["training"]["history"], straight["training"]["history"]
+    assert [h["step"] for h in a] == [2, 4]
+    assert [h["train_loss"] for h in a] == pytest.approx([h["train_loss"] for h in b], rel=1e-5)
+    with pytest.raises(ValueError, match="cannot resume with a different configuration"):
+        segm.train_segmenter(train, val, training=segm.SegmenterTraining(steps=6, eval_every=2, batch_size=4),
+                             workdir=tmp_path / "a", resume=True)

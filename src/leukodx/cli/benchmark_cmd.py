@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from leukodx.cli.options import DataRoot
 from rich.console import Console
 
 console = Console(stderr=True, soft_wrap=True)
@@ -29,7 +31,7 @@ def register(app: typer.Typer) -> None:
         leaderboard: Optional[Path] = typer.Option(None, help="Leaderboard Markdown (default: beside output-dir)."),
         force: bool = typer.Option(False, help="Rerun even when a result with the same configuration exists."),
         seed: int = typer.Option(0),
-        data_root: Optional[Path] = typer.Option(None, "--data-root"),
+        data_root: Optional[Path] = DataRoot,
     ) -> None:
         """Every recipe of the suite on one dataset: k-fold CV on train+val, held-out test, cross-dataset."""
         from leukodx.benchmarking.leaderboard import write_leaderboard

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from leukodx.cli.options import DataRoot
 from rich.console import Console
 from rich.table import Table
 
@@ -16,7 +18,6 @@ from leukodx.errors import IntegrityError, InvalidInputError
 
 app = typer.Typer(no_args_is_help=True, help="Registered datasets: list, describe, verify, split, audit.")
 console = Console(soft_wrap=True)
-DataRoot = typer.Option(None, "--data-root", help="Data folder (default: $LEUKODX_DATA, else ../shared/data).")
 
 
 @app.command("list")

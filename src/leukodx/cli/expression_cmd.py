@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from leukodx.cli.options import DataRoot
 from rich.console import Console
 
 from leukodx import _atomic
@@ -20,7 +22,7 @@ def evaluate(
     output: Path = typer.Option(..., "--output", "-o", help="Result JSON."),
     n_genes: int = typer.Option(50, help="Genes kept by in-fold feature selection."),
     method: Optional[list[str]] = typer.Option(None, "--method", help="Only these methods (repeatable)."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    data_root: Optional[Path] = DataRoot,
 ) -> None:
     """Leave-one-out on the training samples and train -> independent test, per method."""
     from leukodx.omics.evaluate import evaluate_expression
@@ -42,7 +44,7 @@ def train(
                                             "the method leave-one-out picks on golub)."),
     n_genes: int = typer.Option(50, help="Genes kept by in-fold feature selection."),
     name: Optional[str] = typer.Option(None, help="Model name in the card (default: the output folder name)."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    data_root: Optional[Path] = DataRoot,
 ) -> None:
     """Train one expression method on the training samples and write it as a bundle (no pickle)."""
     from leukodx.omics.bundle import train_expression_model

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from leukodx.cli.options import DataRoot
 from rich.console import Console
 
 from leukodx import _atomic
@@ -52,7 +54,7 @@ def info(
 def train(
     output: Path = typer.Option(..., "--output", "-o", help="Model folder (model.safetensors + card.json)."),
     seed: int = typer.Option(0),
-    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    data_root: Optional[Path] = DataRoot,
 ) -> None:
     """Train the leukemic-cell classifier on the DDPR training cells (saved split), score the held-out cells."""
     from leukodx.cytometry.cells import load_cell_split, read_ddpr
@@ -73,7 +75,7 @@ def train(
 def evaluate(
     output: Path = typer.Option(..., "--output", "-o", help="Result JSON."),
     model: str = typer.Option("ddpr-leukemic-cell", help="Flow model name or folder."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    data_root: Optional[Path] = DataRoot,
 ) -> None:
     """The model and comparators on the held-out DDPR cells, AUROC with bootstrap CIs."""
     from leukodx.cytometry.cells import load_cell_split, read_ddpr
@@ -97,39 +99,24 @@ def readout_cmd(
     model: str = typer.Option("ddpr-leukemic-cell", help="Flow model name or folder."),
     refit_missing: bool = typer.Option(True, help="Refit on the shared markers when a file lacks some (needs the data root)."),
     compensate: bool = typer.Option(True, help="Apply the file's spillover matrix when it has one."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    data_root: Optional[Path] = DataRoot,
 ) -> None:
     """Fraction of leukemic-like cells per file and a sample flag; bad files are reported and skipped."""
     from leukodx.cytometry.classifier import CellClassifier
-    from leukodx.cytometry.readout import readout
-    from leukodx.errors import LeukodxError
+    from leukodx.cytometry.readout import readout_files
 
-    cell_model = CellClassifier.load(model)
-    table = split = None
-    if refit_missing:
-        from leukodx.cytometry.cells import load_cell_split, read_ddpr
-
-        try:
-            table = read_ddpr(data_root)
-            split = load_cell_split(table)
-        except LeukodxError as exc:
-            console.print(f"warning: no refit for files lacking markers ({exc})")
-    results, failures, cache = [], [], {}
-    for path in files:
-        try:
-            entry = readout(path, cell_model, compensate_spillover=compensate, table=table, split=split, refit_cache=cache)
-        except LeukodxError as exc:
-            console.print(f"error: {exc}")
-            failures.append({"file": str(path), "error": str(exc)})
-            continue
-        results.append(entry)
+    def show(entry: dict) -> None:
         lo, hi = entry["fraction_ci95"]
-        console.print(f"{path}: {entry['leukemic_like']}/{entry['events_scored']} leukemic-like "
+        console.print(f"{entry['file']}: {entry['leukemic_like']}/{entry['events_scored']} leukemic-like "
                       f"({entry['fraction_leukemic_like']:.1%}, 95% CI {lo:.1%}-{hi:.1%}): {entry['flag']}")
-    _atomic.write_json(output, {"model": cell_model.card.get("name"), "model_sha256": cell_model.card.get("sha256"),
-                                "results": results, "failed": failures})
-    console.print(f"{len(results)} file(s) read, {len(failures)} failed; written to {output}")
-    if not results:
+
+    batch = readout_files(files, CellClassifier.load(model), refit_missing=refit_missing, compensate_spillover=compensate,
+                          data_root=data_root, on_result=show, on_error=lambda f, e: console.print(f"error: {e}"))
+    for note in batch.pop("notes"):
+        console.print(f"warning: {note}")
+    _atomic.write_json(output, batch)
+    console.print(f"{len(batch['results'])} file(s) read, {len(batch['failed'])} failed; written to {output}")
+    if not batch["results"]:
         raise typer.Exit(2)
 
 
@@ -144,31 +131,12 @@ def features_cmd(
     import csv
     import io
 
-    from leukodx.cytometry.features import SampleFeatureAccumulator
-    from leukodx.cytometry.fcs import open_fcs
-    from leukodx.cytometry.markers import align_markers
+    from leukodx.cytometry.features import features_table
     from leukodx.cytometry.transforms import Transform
-    from leukodx.errors import InvalidInputError, LeukodxError
 
     wanted = [m.strip() for m in markers.split(",") if m.strip()]
     transform = Transform("asinh", cofactor)  # a bad cofactor is one error, before any file is read
-    rows, header, failed = [], None, 0
-    for path in files:
-        try:
-            fcs = open_fcs(path)
-            columns, missing = align_markers(fcs.marker_sources, wanted, source=str(path))
-            if missing:
-                raise InvalidInputError(f"{path}: lacks marker(s) {', '.join(missing)}")
-            acc = SampleFeatureAccumulator(wanted, transform, source=str(path))
-            for block in fcs.iter_events():
-                acc.update(block[:, columns])
-            matrix, names = acc.matrix()
-        except LeukodxError as exc:
-            console.print(f"error: {exc}")
-            failed += 1
-            continue
-        header = ["file", "events"] + [f"{m}:{n}" for m in wanted for n in names]
-        rows.append([str(path), fcs.event_count] + [f"{v:.6g}" for v in matrix.ravel()])
+    header, rows, failures = features_table(files, wanted, transform, on_error=lambda f, e: console.print(f"error: {e}"))
     if not rows:
         console.print("error: no file could be summarized")
         raise typer.Exit(2)
@@ -177,6 +145,5 @@ def features_cmd(
     writer.writerow(header)
     writer.writerows(rows)
     _atomic.write_text(output, buffer.getvalue())
-    console.print(f"{len(rows)} file(s) summarized ({len(wanted)} markers x {len(names)} features), {failed} failed; "
-                  f"written to {output}")
-
+    console.print(f"{len(rows)} file(s) summarized ({len(wanted)} markers x {(len(header) - 2) // len(wanted)} features), "
+                  f"{len(failures)} failed; written to {output}")

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from leukodx.cli.options import Backend, DataRoot
 from rich.console import Console
 
 from leukodx import _atomic
 from leukodx.errors import InvalidInputError
 
 console = Console(stderr=True, soft_wrap=True)
-Backend = typer.Option("auto", help="auto (ONNX Runtime on CPU when installed) | torch | onnx")
 
 
 def _report_errors(errors: list[dict]) -> None:
@@ -61,35 +62,22 @@ def register(app: typer.Typer) -> None:
         n_boot: int = typer.Option(1000, help="Bootstrap resamples for the 95% CIs."),
         seed: int = typer.Option(0),
         backend: str = Backend,
-        data_root: Optional[Path] = typer.Option(None, "--data-root"),
+        data_root: Optional[Path] = DataRoot,
     ) -> None:
         """Accuracy, balanced accuracy, F1, per-class sensitivity/specificity/PPV/NPV, AUROC, ECE with 95% CIs."""
-        from leukodx.data.folder import ImageIndex
-        from leukodx.data.registry import load_dataset
-        from leukodx.data.splits import apply_split, bundled_split_path, load_split
-        from leukodx.evaluation.evaluate import evaluate_folder, evaluate_index
+        from leukodx.evaluation.evaluate import evaluate_dataset, evaluate_folder
         from leukodx.evaluation.report import write_report
         from leukodx.inference.classifier import load_model
 
         if (images is None) == (dataset is None):
             raise InvalidInputError("give exactly one of --images DIR or --dataset NAME")
+        if n_boot < 1:
+            raise InvalidInputError(f"--n-boot {n_boot}: at least 1 bootstrap resample")
         clf = load_model(model, backend=backend)
         if images is not None:
             result = evaluate_folder(clf, images, n_boot=n_boot, seed=seed)
         else:
-            index = load_dataset(dataset, data_root)
-            if not isinstance(index, ImageIndex):
-                raise InvalidInputError(f"{dataset}: not an image-classification dataset")
-            if split != "all":
-                path = split_file or bundled_split_path(dataset)
-                if not path.exists():
-                    raise InvalidInputError(f"{dataset}: no saved split at {path}; pass --split-file FILE or --split all")
-                sides = apply_split(index, load_split(path))
-                if split not in sides:
-                    raise InvalidInputError(f"{path}: no side named {split!r} (has {', '.join(sides)})")
-                index = sides[split]
-            result = evaluate_index(clf, index, n_boot=n_boot, seed=seed)
-            result["dataset"], result["split"] = dataset, split
+            result = evaluate_dataset(clf, dataset, split, split_file, data_root, n_boot=n_boot, seed=seed)
         _report_errors(result["errors"])
         _atomic.write_json(output, result)
         if not no_report:
@@ -163,20 +151,10 @@ def register(app: typer.Typer) -> None:
         check: bool = typer.Option(True, help="Compare ONNX Runtime logits with PyTorch on random input."),
     ) -> None:
         """Export to ONNX (dynamic batch) and check parity with PyTorch."""
-        import numpy as np
-
         from leukodx.inference.classifier import load_model
-        from leukodx.inference.onnx_backend import OnnxSession, export_onnx
+        from leukodx.inference.onnx_backend import export_checked
 
-        clf = load_model(model, backend="torch")
-        export_onnx(clf.net, clf.preprocess.size, output)
-        if check:
-            rng = np.random.default_rng(0)
-            batch = rng.integers(0, 256, (8, clf.preprocess.size, clf.preprocess.size, 3), dtype=np.uint8)
-            from leukodx.preprocessing.transforms import normalize_batch
-
-            diff = float(np.abs(OnnxSession(output)(normalize_batch(batch, clf.preprocess)) - clf.logits(batch)).max())
+        diff = export_checked(load_model(model, backend="torch"), output, check=check)
+        if diff is not None:
             console.print(f"max abs logit difference ONNX Runtime vs PyTorch: {diff:.2e}")
-            if diff >= 1e-4:
-                raise InvalidInputError(f"{output}: ONNX parity check failed (max abs logit difference {diff:.2e})")
         console.print(f"written to {output}")

@@ -3,11 +3,12 @@ evaluate-segmentation."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from leukodx.cli.options import DataRoot, Quiet, Resume, Threads
 from rich.console import Console
 
 console = Console(soft_wrap=True)
@@ -27,27 +28,24 @@ def register(app: typer.Typer) -> None:
         max_images: Optional[int] = typer.Option(None, help="Use at most this many train / val fields (quick runs)."),
         seed: int = typer.Option(0),
         name: Optional[str] = typer.Option(None, help="Model name in the card (default: output folder name)."),
-        threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
-        data_root: Optional[Path] = typer.Option(None, "--data-root"),
+        threads: Optional[int] = Threads,
+        resume: bool = Resume,
+        quiet: bool = Quiet,
+        data_root: Optional[Path] = DataRoot,
     ) -> None:
         """Train the cell detector from scratch on train, select on val, report test; writes a bundle."""
         import torch
 
-        from leukodx.data.registry import load_dataset
-        from leukodx.smear.detector import DetectorConfig, save_detector
-        from leukodx.smear.evaluate import evaluate_detector
-        from leukodx.smear.train_detector import DetectorTraining, train_detector
+        from leukodx.smear.detector import DetectorConfig
+        from leukodx.smear.train_detector import DetectorTraining, train_detector_bundle
 
         if threads:
             torch.set_num_threads(threads)
-        index = load_dataset(dataset, data_root)
-        config = DetectorConfig(backbone=backbone, classes=tuple(index.classes), input_scale=input_scale)
-        training = DetectorTraining(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_images=max_images)
-        detector, card = train_detector(index, config, training, log=lambda m: console.print(m))
-        card["name"] = name or output.name
-        card["command"] = "leukodx " + " ".join(sys.argv[1:])
-        card["metrics"]["test"] = evaluate_detector(detector, index, "test", max_images=max_images)
-        card = save_detector(output, detector.net, config, card)
+        card = train_detector_bundle(output, DetectorConfig(backbone=backbone, input_scale=input_scale),
+                                     DetectorTraining(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                                                      max_images=max_images),
+                                     dataset=dataset, name=name, data_root=data_root, resume=resume,
+                                     show_progress=not quiet)
         test = card["metrics"]["test"]
         ap = ", ".join(f"{c} {v:.3f}" for c, v in test["ap50"].items() if v is not None)
         console.print(f"{card['name']}: test AP@0.5 {ap}; WBC count MAE {test['wbc_count_mae']:.3f}; written to {output}")
@@ -80,7 +78,7 @@ def register(app: typer.Typer) -> None:
         detector: str = typer.Option("bccd-frcnn", help="Bundled detector name or bundle folder."),
         method: str = typer.Option("detector", help="detector | classical (white cells only: colour threshold + watershed)."),
         bootstrap: int = typer.Option(0, help="Bootstrap resamples over fields for 95% CIs (0: none)."),
-        data_root: Optional[Path] = typer.Option(None, "--data-root"),
+        data_root: Optional[Path] = DataRoot,
     ) -> None:
         """AP@0.5 and AP@[0.5:0.95] per class and the per-field WBC count error on one split."""
         from leukodx import _atomic
@@ -117,32 +115,23 @@ def register(app: typer.Typer) -> None:
         max_images: Optional[int] = typer.Option(None, help="Use at most this many train / val images per set (quick runs)."),
         seed: int = typer.Option(0),
         name: Optional[str] = typer.Option(None),
-        threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
-        data_root: Optional[Path] = typer.Option(None, "--data-root"),
+        threads: Optional[int] = Threads,
+        resume: bool = Resume,
+        quiet: bool = Quiet,
+        data_root: Optional[Path] = DataRoot,
     ) -> None:
         """Train the nucleus / cytoplasm segmenter from scratch on the saved split; reports test and cross-set Dice."""
         import torch
 
-        from leukodx.smear.segmentation import (SegmenterConfig, SegmenterTraining, evaluate_segmenter,
-                                                save_segmenter, split_items, train_segmenter)
+        from leukodx.smear.segmentation import SegmenterConfig, SegmenterTraining, train_segmenter_bundle
 
         if threads:
             torch.set_num_threads(threads)
-        train_items, val_items = [], []
-        for ds in dataset:
-            parts = split_items(ds, data_root)
-            train_items += parts["train"][:max_images]
-            val_items += parts["val"][:max_images]
-        config = SegmenterConfig(architecture=architecture, encoder=encoder, size=size)
-        seg, card = train_segmenter(train_items, val_items, config,
-                                    SegmenterTraining(steps=steps, batch_size=batch_size, lr=lr, seed=seed),
-                                    log=lambda m: console.print(m))
-        card["name"] = name or output.name
-        card["data"]["datasets"] = list(dataset)
-        card["command"] = "leukodx " + " ".join(sys.argv[1:])
-        card["metrics"]["test"] = {ds: evaluate_segmenter(seg, ds, "test", data_root, max_images=max_images)
-                                   for ds in ("wbc-seg-1", "wbc-seg-2")}
-        card = save_segmenter(output, seg, card)
+        card = train_segmenter_bundle(output, list(dataset),
+                                      SegmenterConfig(architecture=architecture, encoder=encoder, size=size),
+                                      SegmenterTraining(steps=steps, batch_size=batch_size, lr=lr, seed=seed),
+                                      name=name, max_images=max_images, data_root=data_root, resume=resume,
+                                      show_progress=not quiet)
         line = "; ".join(f"{ds} test nucleus Dice {m['nucleus']['dice']:.3f}" for ds, m in card["metrics"]["test"].items())
         console.print(f"{card['name']}: {line}; written to {output}")
 
@@ -169,7 +158,7 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("test", help="train | val | test | all"),
         model: str = typer.Option("wbc-seg-unet", help="Bundled segmenter name or bundle folder."),
         bootstrap: int = typer.Option(0, help="Bootstrap resamples for 95% CIs (0: none)."),
-        data_root: Optional[Path] = typer.Option(None, "--data-root"),
+        data_root: Optional[Path] = DataRoot,
     ) -> None:
         """Dice and IoU per structure (nucleus, cytoplasm, whole cell) on one split of one set."""
         from leukodx import _atomic

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+
+from leukodx.cli.options import DataRoot, Quiet, Resume, Threads
 from rich.console import Console
 
 console = Console(soft_wrap=True)
@@ -33,10 +35,10 @@ def register(app: typer.Typer) -> None:
         pretrained: Optional[Path] = typer.Option(None, help="Local .safetensors backbone weights."),
         max_per_class: Optional[int] = typer.Option(None, help="Use at most this many training images per class (quick runs)."),
         name: Optional[str] = typer.Option(None, help="Model name in the card (default: output folder name)."),
-        resume: bool = typer.Option(False, help="Continue from the last checkpoint in OUTPUT/work."),
-        threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
-        data_root: Optional[Path] = typer.Option(None, "--data-root"),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+        resume: bool = Resume,
+        threads: Optional[int] = Threads,
+        data_root: Optional[Path] = DataRoot,
+        quiet: bool = Quiet,
     ) -> None:
         """Train an image classifier on a saved split; writes a calibrated, evaluated bundle."""
         import torch

@@ -76,3 +76,30 @@ class SampleFeatureAccumulator:
         edges = np.linspace(self.low, self.high, self.bins + 1)
         names = list(STATISTICS) + [f"hist[{edges[i]:.2f},{edges[i + 1]:.2f})" for i in range(self.bins)]
         return np.asarray(rows), names
+
+
+def features_table(files: list, markers: list[str], transform: Transform, on_error=None) -> tuple[list[str], list[list], list[dict]]:
+    """One row per readable FCS file (file, events, markers x features flattened); bad files reported."""
+    from leukodx.cytometry.fcs import open_fcs
+    from leukodx.cytometry.markers import align_markers
+    from leukodx.errors import LeukodxError
+
+    rows, header, failures = [], [], []
+    for path in files:
+        try:
+            fcs = open_fcs(path)
+            columns, missing = align_markers(fcs.marker_sources, markers, source=str(path))
+            if missing:
+                raise InvalidInputError(f"{path}: lacks marker(s) {', '.join(missing)}")
+            acc = SampleFeatureAccumulator(markers, transform, source=str(path))
+            for block in fcs.iter_events():
+                acc.update(block[:, columns])
+            matrix, names = acc.matrix()
+        except LeukodxError as exc:
+            failures.append({"file": str(path), "error": str(exc)})
+            if on_error:
+                on_error(str(path), str(exc))
+            continue
+        header = ["file", "events"] + [f"{m}:{n}" for m in markers for n in names]
+        rows.append([str(path), fcs.event_count] + [f"{v:.6g}" for v in matrix.ravel()])
+    return header, rows, failures

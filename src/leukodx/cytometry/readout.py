@@ -129,3 +129,41 @@ def summarize(fcs, model: CellClassifier, total: int, called: int, outside: np.n
     if total < 1000:
         result["warnings"].append(f"only {total} events: the fraction's interval is wide")
     return result
+
+
+def readout_files(files: list[str | os.PathLike], model: CellClassifier, refit_missing: bool = True,
+                  compensate_spillover: bool = True, data_root: str | os.PathLike | None = None,
+                  on_result=None, on_error=None) -> dict:
+    """Read out a batch of FCS files: a bad file is reported (``failed``) and the rest still read.
+
+    ``on_result(entry)`` / ``on_error(file, message)`` are called as each file finishes (progress).
+    When ``refit_missing``, the DDPR training table is read once so files lacking markers get a
+    model refit on the shared markers (a missing table is a note, not an error).
+    """
+    from leukodx.errors import LeukodxError
+
+    table = split = None
+    notes = []
+    if refit_missing:
+        from leukodx.cytometry.cells import load_cell_split, read_ddpr
+
+        try:
+            table = read_ddpr(data_root)
+            split = load_cell_split(table)
+        except LeukodxError as exc:
+            notes.append(f"no refit for files lacking markers ({exc})")
+    results, failures, cache = [], [], {}
+    for path in files:
+        try:
+            entry = readout(path, model, compensate_spillover=compensate_spillover, table=table, split=split,
+                            refit_cache=cache)
+        except LeukodxError as exc:
+            failures.append({"file": str(path), "error": str(exc)})
+            if on_error:
+                on_error(str(path), str(exc))
+            continue
+        results.append(entry)
+        if on_result:
+            on_result(entry)
+    return {"model": model.card.get("name"), "model_sha256": model.card.get("sha256"), "results": results,
+            "failed": failures, "notes": notes}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from leukodx._versions import versions
+from leukodx._versions import provenance, versions
 from leukodx.data.folder import ImageIndex, index_image_folder
 from leukodx.data.labelmap import align_classes
 from leukodx.errors import InvalidInputError
@@ -64,8 +64,31 @@ def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int 
         "seed": seed,
         "backend": classifier.backend,
         "versions": versions(),
+        "provenance": provenance(),
     }
 
 
 def evaluate_folder(classifier, images: str | os.PathLike, **kwargs) -> dict:
     return evaluate_index(classifier, index_image_folder(Path(images)), **kwargs)
+
+
+def evaluate_dataset(classifier, dataset: str, split: str = "test", split_file: str | os.PathLike | None = None,
+                     data_root: str | os.PathLike | None = None, **kwargs) -> dict:
+    """Metrics on one side (``train``/``val``/``test``) of a registered dataset's saved split, or ``all``."""
+    from leukodx.data.registry import load_dataset
+    from leukodx.data.splits import apply_split, bundled_split_path, load_split
+
+    index = load_dataset(dataset, data_root)
+    if not isinstance(index, ImageIndex):
+        raise InvalidInputError(f"{dataset}: not an image-classification dataset")
+    if split != "all":
+        path = Path(split_file) if split_file else bundled_split_path(dataset)
+        if not path.exists():
+            raise InvalidInputError(f"{dataset}: no saved split at {path}; pass --split-file FILE or --split all")
+        sides = apply_split(index, load_split(path))
+        if split not in sides:
+            raise InvalidInputError(f"{path}: no side named {split!r} (has {', '.join(sides)})")
+        index = sides[split]
+    result = evaluate_index(classifier, index, **kwargs)
+    result["dataset"], result["split"] = dataset, split
+    return result

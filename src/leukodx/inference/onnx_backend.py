@@ -52,3 +52,28 @@ class OnnxSession:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(["logits"], {"image": np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+PARITY_TOLERANCE = 1e-4
+
+
+def export_checked(classifier, path: str | os.PathLike, check: bool = True, seed: int = 0) -> float | None:
+    """Export ``classifier`` to ONNX; with ``check``, compare ONNX Runtime and PyTorch logits on random
+    input and refuse (deleting the file) when they differ by ``PARITY_TOLERANCE`` or more.
+    Returns the largest absolute logit difference (None without the check)."""
+    from leukodx.errors import InvalidInputError
+    from leukodx.preprocessing.transforms import normalize_batch
+
+    path = Path(path)
+    export_onnx(classifier.net, classifier.preprocess.size, path)
+    if not check:
+        return None
+    size = classifier.preprocess.size
+    batch = np.random.default_rng(seed).integers(0, 256, (8, size, size, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        torch_logits = classifier.net.eval()(torch.from_numpy(normalize_batch(batch, classifier.preprocess))).numpy()
+    diff = float(np.abs(OnnxSession(path)(normalize_batch(batch, classifier.preprocess)) - torch_logits).max())
+    if diff >= PARITY_TOLERANCE:
+        path.unlink(missing_ok=True)
+        raise InvalidInputError(f"{path}: ONNX parity check failed (max abs logit difference {diff:.2e})")
+    return diff

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -192,9 +191,15 @@ def score_masks(truth: list[np.ndarray], predicted: list[np.ndarray], bootstrap:
 
 
 def train_segmenter(train_items: list[dict], val_items: list[dict], config: SegmenterConfig = SegmenterConfig(),
-                    training: SegmenterTraining = SegmenterTraining(), log=print) -> tuple[Segmenter, dict]:
-    """Train from scratch on ``train_items``; keep the step with the best val nucleus Dice."""
+                    training: SegmenterTraining = SegmenterTraining(), workdir: str | os.PathLike | None = None,
+                    resume: bool = False, show_progress: bool = False) -> tuple[Segmenter, dict]:
+    """Train from scratch on ``train_items``; keep the step with the best val nucleus Dice.
+
+    The loop is the shared training engine: one round = ``eval_every`` steps, then validation;
+    checkpoints in ``workdir`` from which ``resume=True`` continues.
+    """
     smp = _smp()
+    from leukodx.training.engine import Engine
 
     torch.manual_seed(training.seed)
     rng = np.random.default_rng(training.seed)
@@ -208,33 +213,37 @@ def train_segmenter(train_items: list[dict], val_items: list[dict], config: Segm
                                                    pct_start=0.15)
     dice_loss = smp.losses.DiceLoss("multiclass")
     seg = Segmenter(net, config)
-    best = {"dice": -1.0, "step": -1, "state": None}
-    history, losses = [], []
-    started = time.perf_counter()
-    for step in range(training.steps):
-        net.train()
-        pick = rng.integers(0, len(x_all), min(training.batch_size, len(x_all)))
-        x, y = _augment_batch(x_all[pick], y_all[pick], rng)
-        logits = net(x)
-        loss = nn.functional.cross_entropy(logits, y) + dice_loss(logits, y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if (step + 1) % training.eval_every == 0 or step == training.steps - 1:
-            scores = score_masks(val_labels, seg.predict(val_images))
-            row = {"step": step + 1, "train_loss": float(np.mean(losses)), "val_nucleus_dice": scores["nucleus"]["dice"],
-                   "val_cytoplasm_dice": scores["cytoplasm"]["dice"], "seconds": round(time.perf_counter() - started, 1)}
-            losses = []
-            history.append(row)
-            log(f"step {row['step']}: loss {row['train_loss']:.3f}, val nucleus Dice {row['val_nucleus_dice']:.3f}, "
-                f"cytoplasm {row['val_cytoplasm_dice']:.3f}")
-            if row["val_nucleus_dice"] > best["dice"]:
-                best = {"dice": row["val_nucleus_dice"], "step": row["step"],
-                        "state": {k: v.detach().clone() for k, v in net.state_dict().items()}}
-    net.load_state_dict(best["state"])
-    net.eval()
+    rounds = -(-training.steps // training.eval_every)
+
+    def train_round(r: int, advance) -> dict:
+        losses = []
+        last = min(training.steps, (r + 1) * training.eval_every)
+        for _ in range(r * training.eval_every, last):
+            net.train()
+            pick = rng.integers(0, len(x_all), min(training.batch_size, len(x_all)))
+            x, y = _augment_batch(x_all[pick], y_all[pick], rng)
+            logits = net(x)
+            loss = nn.functional.cross_entropy(logits, y) + dice_loss(logits, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            advance(f"step {last}/{training.steps} loss {np.mean(losses):.3f}")
+        return {"step": last, "train_loss": float(np.mean(losses))}
+
+    def validate(r: int) -> dict:
+        scores = score_masks(val_labels, seg.predict(val_images))
+        return {"val_nucleus_dice": scores["nucleus"]["dice"], "val_cytoplasm_dice": scores["cytoplasm"]["dice"]}
+
+    engine = Engine(net=net, optimizer=optimizer, scheduler=schedule, train_round=train_round, validate=validate,
+                    is_better=lambda rec, best: rec["val_nucleus_dice"] > best.get("val_nucleus_dice", -1.0),
+                    rounds=rounds, steps_per_round=training.eval_every,
+                    workdir=Path(workdir) if workdir else None, config={**asdict(training), **asdict(config)},
+                    generators={"batches": rng}, show_progress=show_progress, label="train-segmenter")
+    outcome = engine.fit(resume=resume)
+    history = [{k: v for k, v in h.items() if k != "round"} for h in outcome.history]
+    best = {"step": min(training.steps, (outcome.best["round"] + 1) * training.eval_every)}
     card = build_card(
         "segmenter", "segmentation", list(STRUCTURES), structures=list(STRUCTURES), segmenter=asdict(config),
         intended_use="Research use: nucleus / cytoplasm masks of one white cell centred in an image. "
@@ -243,7 +252,7 @@ def train_segmenter(train_items: list[dict], val_items: list[dict], config: Segm
               "split_file": str(SPLIT_FILE.relative_to(SPLIT_FILE.parents[3])) if SPLIT_FILE.exists() else None,
               "split_sha256": sha256_file(SPLIT_FILE) if SPLIT_FILE.exists() else None},
         training={**asdict(training), "best_step": best["step"], "history": history,
-                  "seconds": round(time.perf_counter() - started, 1), "pretrained": "none: trained from scratch"},
+                  "seconds": round(outcome.seconds, 1), "pretrained": "none: trained from scratch"},
         metrics={"val": score_masks(val_labels, seg.predict(val_images))},
         limits=["Masks are for one white cell centred in the image; other scanners and stains are not validated."])
     seg.card = card
@@ -318,3 +327,23 @@ def segment_files(inputs, out_dir: str | os.PathLike, seg: Segmenter) -> tuple[i
     if rows:
         _atomic.write_text(out_dir / "areas.csv", text.getvalue())
     return len(rows), errors
+
+
+def train_segmenter_bundle(output: str | os.PathLike, datasets: list[str], config: SegmenterConfig,
+                           training: SegmenterTraining, name: str | None = None, max_images: int | None = None,
+                           data_root=None, resume: bool = False, show_progress: bool = True) -> dict:
+    """``leukodx train-segmenter``: train on the pooled saved train splits, score both sets' test
+    splits, write the bundle; returns its card."""
+    output = Path(output)
+    train_items, val_items = [], []
+    for ds in datasets:
+        parts = split_items(ds, data_root)
+        train_items += parts["train"][:max_images]
+        val_items += parts["val"][:max_images]
+    seg, card = train_segmenter(train_items, val_items, config, training, workdir=output / "work", resume=resume,
+                                show_progress=show_progress)
+    card["name"] = name or output.name
+    card["data"]["datasets"] = list(datasets)
+    card["metrics"]["test"] = {ds: evaluate_segmenter(seg, ds, "test", data_root, max_images=max_images)
+                               for ds in ("wbc-seg-1", "wbc-seg-2")}
+    return save_segmenter(output, seg, card)

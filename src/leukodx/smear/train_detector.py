@@ -4,8 +4,8 @@ epoch on val by mean AP@0.5, and choosing per-class score thresholds for countin
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from leukodx.errors import InvalidInputError
 from leukodx.models.card import build_card
 from leukodx.smear.detector import CellDetector, DetectorConfig, build_detector, tile_tensor
 from leukodx.smear.metrics import coco_average_precision, count_errors
+from leukodx.training.engine import Engine
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,13 @@ def choose_count_thresholds(targets: list[dict], predictions: list[dict], classe
     return chosen
 
 
-def train_detector(index, config: DetectorConfig, training: DetectorTraining, log=print) -> tuple[CellDetector, dict]:
-    """Train on ``index.splits['train']``, select on ``'val'``; returns the detector and its card."""
+def train_detector(index, config: DetectorConfig, training: DetectorTraining, workdir: str | Path | None = None,
+                   resume: bool = False, show_progress: bool = False) -> tuple[CellDetector, dict]:
+    """Train on ``index.splits['train']``, select on ``'val'``; returns the detector and its card.
+
+    The loop is the shared training engine: one round = one epoch, validation (mean AP@0.5) every
+    ``eval_every`` epochs, checkpoints in ``workdir`` from which ``resume=True`` continues.
+    """
     for split in ("train", "val"):
         if not index.splits.get(split):
             raise InvalidInputError(f"{index.name}: no {split!r} split to train a detector on")
@@ -95,10 +101,8 @@ def train_detector(index, config: DetectorConfig, training: DetectorTraining, lo
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=training.lr, pct_start=0.15,
                                                    total_steps=max(8, training.epochs * steps_per_epoch))
     detector = CellDetector(net, config)
-    best = {"map50": -1.0, "epoch": -1, "state": None}
-    history = []
-    started = time.perf_counter()
-    for epoch in range(training.epochs):
+
+    def train_round(epoch: int, advance) -> dict:
         net.train()
         order = rng.permutation(len(train_images))
         losses = []
@@ -117,19 +121,22 @@ def train_detector(index, config: DetectorConfig, training: DetectorTraining, lo
             optimizer.step()
             schedule.step()
             losses.append(loss.item())
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "seconds": round(time.perf_counter() - started, 1)}
-        if (epoch + 1) % training.eval_every == 0 or epoch == training.epochs - 1:
-            ap = coco_average_precision(val_targets, predict_fields(detector, val_images), list(config.classes))
-            scores = [v for v in ap["ap50"].values() if v is not None]
-            row["val_ap50"] = ap["ap50"]
-            row["val_map50"] = float(np.mean(scores)) if scores else 0.0
-            if row["val_map50"] > best["map50"]:
-                best = {"map50": row["val_map50"], "epoch": epoch,
-                        "state": {k: v.detach().clone() for k, v in net.state_dict().items()}}
-        history.append(row)
-        log(f"epoch {epoch}: loss {row['train_loss']:.3f}" + (f", val mAP@0.5 {row['val_map50']:.3f}" if "val_map50" in row else ""))
-    net.load_state_dict(best["state"])
-    net.eval()
+            advance(f"epoch {epoch + 1}/{training.epochs} loss {np.mean(losses):.3f}")
+        return {"epoch": epoch, "train_loss": float(np.mean(losses))}
+
+    def validate(epoch: int) -> dict:
+        ap = coco_average_precision(val_targets, predict_fields(detector, val_images), list(config.classes))
+        scores = [v for v in ap["ap50"].values() if v is not None]
+        return {"val_ap50": ap["ap50"], "val_map50": float(np.mean(scores)) if scores else 0.0}
+
+    engine = Engine(net=net, optimizer=optimizer, scheduler=schedule, train_round=train_round, validate=validate,
+                    is_better=lambda rec, best: rec["val_map50"] > best.get("val_map50", -1.0),
+                    rounds=training.epochs, steps_per_round=steps_per_epoch, eval_every=training.eval_every,
+                    workdir=Path(workdir) if workdir else None, config={**training.__dict__, **config.as_dict()},
+                    generators={"augment": rng}, show_progress=show_progress, label="train-detector")
+    outcome = engine.fit(resume=resume)
+    history = [{k: v for k, v in h.items() if k != "round"} for h in outcome.history]
+    best = {"epoch": outcome.best["round"]}
     val_predictions = predict_fields(detector, val_images)
     thresholds = choose_count_thresholds(val_targets, val_predictions, list(config.classes))
     val_ap = coco_average_precision(val_targets, val_predictions, list(config.classes))
@@ -142,9 +149,30 @@ def train_detector(index, config: DetectorConfig, training: DetectorTraining, lo
               "split_sha256": sha256_json({"train": [t["id"] for t in train_targets],
                                            "val": [t["id"] for t in val_targets]})},
         training={**training.__dict__, "best_epoch": best["epoch"], "history": history,
-                  "seconds": round(time.perf_counter() - started, 1), "threads": torch.get_num_threads(),
+                  "seconds": round(outcome.seconds, 1), "threads": torch.get_num_threads(),
                   "pretrained": "none: trained from scratch"},
         metrics={"val": val_ap}, detector=config.as_dict(), count_thresholds=thresholds,
         limits=["Trained on one detection set (one lab, one magnification); other magnifications and stains are not validated."])
     detector.card = card
     return detector, card
+
+
+def train_detector_bundle(output: str | Path, config: DetectorConfig, training: DetectorTraining,
+                          dataset: str = "bccd", name: str | None = None, data_root=None, resume: bool = False,
+                          show_progress: bool = True) -> dict:
+    """``leukodx train-detector``: train, score the test split, write the bundle; returns its card."""
+    from leukodx.data.registry import load_dataset
+    from leukodx.smear.detector import save_detector
+    from leukodx.smear.evaluate import evaluate_detector
+
+    output = Path(output)
+    index = load_dataset(dataset, data_root)
+    if getattr(index, "records", None) is None:
+        raise InvalidInputError(f"{dataset}: not a detection dataset (no boxes)")
+    if tuple(index.classes) != tuple(config.classes):
+        config = DetectorConfig(**{**config.as_dict(), "classes": tuple(index.classes)})
+    detector, card = train_detector(index, config, training, workdir=output / "work", resume=resume,
+                                    show_progress=show_progress)
+    card["name"] = name or output.name
+    card["metrics"]["test"] = evaluate_detector(detector, index, "test", max_images=training.max_images)
+    return save_detector(output, detector.net, config, card)

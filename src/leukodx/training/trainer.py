@@ -8,8 +8,6 @@ after every epoch from which ``resume=True`` continues.
 from __future__ import annotations
 
 import contextlib
-import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,15 +15,13 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from safetensors.torch import load_file, save_file
 
 from leukodx.errors import InvalidInputError
 from leukodx.evaluation.metrics import _from_confusion, confusion
 from leukodx.models.architectures import create_network
 from leukodx.preprocessing.augment import Augment, augment_batch
 from leukodx.preprocessing.transforms import Preprocess
-from leukodx.training import checkpoint
+from leukodx.training.engine import Engine
 from leukodx.training.calibration import fit_temperature
 
 IMBALANCE_MODES = ("weights", "sampler", "none")
@@ -107,7 +103,8 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.n
         on_epoch_end: Callable[[dict], None] | None = None) -> FitResult:
     """Train on uint8 arrays (N, S, S, 3); returns the best-on-validation network, calibrated.
 
-    ``on_epoch_end`` receives each epoch's record after its checkpoint is written.
+    The loop is the shared :class:`~leukodx.training.engine.Engine`; ``on_epoch_end`` receives each
+    epoch's record after its checkpoint is written.
     """
     if len(x_train) == 0 or len(x_val) == 0:
         raise InvalidInputError("training and validation sets must both be non-empty")
@@ -128,79 +125,54 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.n
         sample_p = torch.tensor(w / w.sum())
     use_amp = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-    history: list[dict] = []
-    best = {"macro_f1": -1.0, "loss": float("inf"), "epoch": -1}
-    start_epoch = 0
-    elapsed_before = 0.0
-    ckpt_dir = workdir / "checkpoint"
-    if resume and checkpoint.has_state(ckpt_dir):
-        saved = checkpoint.read_meta(ckpt_dir)["config"]
-        current = json.loads(json.dumps(config.as_dict()))  # tuples -> lists, as saved
-        if saved != current:
-            changed = sorted(k for k in saved if saved[k] != current.get(k))
-            raise InvalidInputError(f"{ckpt_dir}: cannot resume with a different configuration ({', '.join(changed)})")
-        meta = checkpoint.load_state(ckpt_dir, net, optimizer, scheduler)
-        history, best, start_epoch = meta["history"], meta["best"], meta["epoch"] + 1
-        elapsed_before = meta.get("seconds", 0.0)
-        gen.set_state(torch.tensor(meta["generator_state"], dtype=torch.uint8))
-    best_path = workdir / "best.safetensors"
     x_train_t = torch.from_numpy(np.ascontiguousarray(x_train))
     y_train_t = torch.from_numpy(y_train.astype(np.int64))
-    t0 = time.time()
 
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=not show_progress)
-    with progress:
-        task = progress.add_task("train", total=(config.epochs - start_epoch) * steps, info="")
-        for epoch in range(start_epoch, config.epochs):
-            net.train()
-            order = (torch.multinomial(sample_p, steps * config.batch_size, replacement=True, generator=gen)
-                     if sample_p is not None else torch.randperm(len(x_train), generator=gen))
-            total_loss = 0.0
-            for s in range(steps):
-                idx = order[s * config.batch_size:(s + 1) * config.batch_size]
-                x = augment_batch(to_input(x_train_t[idx], config.preprocess), config.augment, gen)
-                x = normalize(x, config.preprocess).to(dev)
-                y = y_train_t[idx].to(dev)
-                autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
-                with autocast:
-                    loss = F.cross_entropy(net(x), y, weight=weights, label_smoothing=config.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                total_loss += float(loss.detach())
-                progress.update(task, advance=1, info=f"epoch {epoch + 1}/{config.epochs} loss {total_loss / (s + 1):.3f}")
-            val_logits = predict_logits(net, x_val, config.preprocess)
-            val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(y_val.astype(np.int64))))
-            m = _from_confusion(confusion(y_val, val_logits.argmax(1), n_classes))
-            record = {"epoch": epoch, "train_loss": total_loss / steps, "val_loss": val_loss,
-                      "val_accuracy": float(m["accuracy"]), "val_macro_f1": float(m["macro_f1"]),
-                      "seconds": round(elapsed_before + time.time() - t0, 1)}
-            history.append(record)
-            progress.console.log(f"epoch {epoch + 1}: train loss {record['train_loss']:.3f}, val loss {val_loss:.3f}, "
-                                 f"val acc {record['val_accuracy']:.4f}, val macro-F1 {record['val_macro_f1']:.4f}")
-            improved = (record["val_macro_f1"] > best["macro_f1"] or
-                        (record["val_macro_f1"] == best["macro_f1"] and val_loss < best["loss"]))
-            if improved:
-                best = {"macro_f1": record["val_macro_f1"], "loss": val_loss, "epoch": epoch}
-                best_path.parent.mkdir(parents=True, exist_ok=True)
-                save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(best_path))
-            checkpoint.save_state(ckpt_dir, net, optimizer, scheduler, {
-                "epoch": epoch, "history": history, "best": best, "config": config.as_dict(),
-                "seconds": elapsed_before + time.time() - t0, "generator_state": gen.get_state().tolist(),
-            })
+    def train_round(epoch: int, advance) -> dict:
+        net.train()
+        order = (torch.multinomial(sample_p, steps * config.batch_size, replacement=True, generator=gen)
+                 if sample_p is not None else torch.randperm(len(x_train), generator=gen))
+        total_loss = 0.0
+        for s in range(steps):
+            idx = order[s * config.batch_size:(s + 1) * config.batch_size]
+            x = augment_batch(to_input(x_train_t[idx], config.preprocess), config.augment, gen)
+            x = normalize(x, config.preprocess).to(dev)
+            y = y_train_t[idx].to(dev)
+            autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
+            with autocast:
+                loss = F.cross_entropy(net(x), y, weight=weights, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            total_loss += float(loss.detach())
+            advance(f"epoch {epoch + 1}/{config.epochs} loss {total_loss / (s + 1):.3f}")
+        return {"epoch": epoch, "train_loss": total_loss / steps}
+
+    def validate(epoch: int) -> dict:
+        val_logits = predict_logits(net, x_val, config.preprocess)
+        val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(y_val.astype(np.int64))))
+        m = _from_confusion(confusion(y_val, val_logits.argmax(1), n_classes))
+        return {"val_loss": val_loss, "val_accuracy": float(m["accuracy"]), "val_macro_f1": float(m["macro_f1"])}
+
+    def is_better(record: dict, best: dict) -> bool:
+        top = best.get("val_macro_f1", -1.0)
+        return record["val_macro_f1"] > top or (record["val_macro_f1"] == top
+                                                and record["val_loss"] < best.get("val_loss", float("inf")))
+
+    class _EpochEnd:
+        def on_round_end(self, engine, record):
             if on_epoch_end is not None:
                 on_epoch_end(record)
-            if epoch - best["epoch"] >= config.patience:
-                progress.console.log(f"early stop: no val macro-F1 gain for {config.patience} epochs")
-                break
 
-    net.load_state_dict(load_file(str(best_path)))
-    net.eval()
+    engine = Engine(net=net, optimizer=optimizer, scheduler=scheduler, train_round=train_round, validate=validate,
+                    is_better=is_better, rounds=config.epochs, steps_per_round=steps, patience=config.patience,
+                    workdir=workdir, config=config.as_dict(), generators={"batches": gen},
+                    callbacks=[_EpochEnd()], show_progress=show_progress, label="train")
+    outcome = engine.fit(resume=resume)
+    history = [{k: v for k, v in h.items() if k != "round"} for h in outcome.history]
     val_logits = predict_logits(net, x_val, config.preprocess)
     temperature = fit_temperature(val_logits, y_val)
-    return FitResult(net=net.cpu(), temperature=temperature, history=history, best_epoch=best["epoch"],
-                     seconds=elapsed_before + time.time() - t0, val_logits=val_logits)
+    return FitResult(net=net.cpu(), temperature=temperature, history=history, best_epoch=outcome.best["round"],
+                     seconds=outcome.seconds, val_logits=val_logits)

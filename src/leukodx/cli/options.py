@@ -1,0 +1,16 @@
+"""Options shared by many verbs, defined once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+DataRoot: Optional[Path] = typer.Option(None, "--data-root",
+                                        help="Data folder (default: $LEUKODX_DATA, else ../shared/data).")
+Threads: Optional[int] = typer.Option(None, help="CPU threads for torch.")
+Quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+Resume: bool = typer.Option(False, help="Continue from the last checkpoint in OUTPUT/work.")
+Seed: int = typer.Option(0, help="Random seed (splits, initialization, batches).")
+Backend = typer.Option("auto", help="auto (ONNX Runtime on CPU when installed) | torch | onnx")

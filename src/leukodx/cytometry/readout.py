@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from leukodx._progress import track
 from leukodx.cytometry.cells import CellTable
 from leukodx.cytometry.classifier import CellClassifier, train_cell_classifier
 from leukodx.cytometry.fcs import DEFAULT_CHUNK_EVENTS, open_fcs
@@ -153,7 +154,7 @@ def readout_files(files: list[str | os.PathLike], model: CellClassifier, refit_m
         except LeukodxError as exc:
             notes.append(f"no refit for files lacking markers ({exc})")
     results, failures, cache = [], [], {}
-    for path in files:
+    for path in track(files, "FCS files"):
         try:
             entry = readout(path, model, compensate_spillover=compensate_spillover, table=table, split=split,
                             refit_cache=cache)

@@ -14,8 +14,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from leukodx._progress import track
 from leukodx import _atomic
-from leukodx._versions import versions
+from leukodx._versions import provenance, versions
 from leukodx.data.images import list_images, read_image
 from leukodx.data.vocabulary import LEUKOCYTES
 from leukodx.errors import InvalidInputError, LeukodxError
@@ -78,7 +79,7 @@ def model_kind(clf: Classifier) -> str:
 def _read_case(inputs: list[str | os.PathLike]) -> tuple[list[CaseImage], list[dict]]:
     paths = list_images(inputs)
     images, errors = [], []
-    for p in paths:
+    for p in track(paths, "reading the case"):
         try:
             images.append(CaseImage(str(p), read_image(p)))
         except LeukodxError as exc:
@@ -181,7 +182,7 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
                   "test_accuracy": clf.card.get("metrics", {}).get("test", {}).get("accuracy")},
         "n_images": len(rows), "summary": summary, "flags": flags, "rows": rows, "errors": errors,
         **({"smear": smear_result} if smear_result else {}),
-        "versions": versions(),
+        "versions": versions(), "provenance": provenance(),
         "_thumbnails": {im.name: _thumbnail(im.rgb) for im in images},
     }
 
@@ -191,7 +192,7 @@ def _smear_analysis(images: list[CaseImage], pixel_scale: float) -> dict:
     from leukodx.smear.pipeline import SmearAnalyzer, summarize_fields
 
     analyzer = SmearAnalyzer(pixel_scale=pixel_scale)
-    fields = [analyzer.analyze(im.rgb, im.name) for im in images]
+    fields = [analyzer.analyze(im.rgb, im.name) for im in track(images, "smear fields")]
     return {"detector": {"name": analyzer.detector.name, "sha256": analyzer.detector.card.get("sha256")},
             "pixel_scale": pixel_scale, "summary": summarize_fields(fields),
             "fields": [{k: v for k, v in f.items() if k != "cells"} | {"cells": len(f["cells"])} for f in fields]}

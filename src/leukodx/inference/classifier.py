@@ -19,6 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from leukodx._progress import track
 from leukodx.data.cache import cache_dir
 from leukodx.data.images import as_rgb_array, list_images, read_image, split_in_memory
 from leukodx.errors import InvalidInputError, LeukodxError
@@ -134,7 +135,7 @@ class Classifier:
                     items.extend(split_in_memory(item, f"input[{len(items)}]"))
                 except LeukodxError as exc:
                     errors.append({"input": f"input[{len(items)}]", "error": str(exc)})
-        for i, item in enumerate(items):
+        for i, item in enumerate(track(items, "decoding images")):
             name = str(item) if isinstance(item, Path) else f"array[{i}]"
             try:
                 rgb = read_image(item) if isinstance(item, Path) else as_rgb_array(item, name)

@@ -11,6 +11,7 @@ import io
 import os
 from pathlib import Path
 
+from leukodx._progress import track
 from leukodx import _atomic
 from leukodx._versions import versions
 from leukodx.data.images import collect_images, read_image
@@ -55,7 +56,7 @@ def analyze_fields(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
     for e in errors:
         log(f"error: {e['error']}")
     fields, taken = [], set()
-    for path in paths:
+    for path in track(paths, "smear fields"):
         try:
             rgb = read_image(path)
             result = analyzer.analyze(rgb, name=str(path))

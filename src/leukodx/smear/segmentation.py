@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from leukodx._progress import track
 from leukodx import _atomic, stats
 from leukodx._hashing import sha256_file
 from leukodx.data.images import read_image
@@ -306,7 +307,7 @@ def segment_files(inputs, out_dir: str | os.PathLike, seg: Segmenter) -> tuple[i
     out_dir = Path(out_dir)
     paths, errors = collect_images(inputs)
     rows = []
-    for path in paths:
+    for path in track(paths, "segmenting"):
         try:
             rgb = read_image(path)
         except LeukodxError as exc:

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from leukodx.cli.app import main
@@ -23,8 +24,10 @@ def test_evaluate_exact_form_writes_the_documented_fields(tiny_aria_model, aria_
     assert rc == 0
     result = json.loads(out.read_text())
     assert result["n"] == 24
-    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
-        assert 0.0 <= result[key] <= 1.0
+    assert result["accuracy"] == pytest.approx(1 - len(result["misclassified"]) / 24)
+    cm = np.array(result["metrics"]["confusion_matrix"])
+    assert cm.sum() == 24 and result["accuracy"] == pytest.approx(np.trace(cm) / 24)
+    assert result["macro_f1"] == result["metrics"]["macro_f1"]["value"]
     assert result["metrics"]["accuracy"]["ci95"][0] <= result["accuracy"] <= result["metrics"]["accuracy"]["ci95"][1]
     assert set(result["metrics"]["per_class"]) == {"Benign", "Early", "Pre", "Pro"}  # lower-case folders matched
     assert result["versions"]["torch"] and result["seed"] == 0 and result["dataset_fingerprint"]

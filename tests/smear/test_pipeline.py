@@ -35,8 +35,8 @@ def test_finds_and_types_the_white_cell_of_a_real_field(analyzer, bccd_field):
         assert 0 <= c["nucleus_fraction"] <= 1
         assert abs(sum(c["probabilities"].values()) - 1) < 1e-3
     assert sum(result["white_cell_types"].values()) == result["white_cells_typed"]
-    if result["white_cells_typed"]:
-        assert abs(sum(result["differential_percent"].values()) - 100) < 0.5
+    assert result["white_cells_typed"] >= 1  # the bundled models type this field's neutrophil
+    assert abs(sum(result["differential_percent"].values()) - 100) < 0.5
 
 
 def test_a_large_field_is_tiled_and_counts_scale(analyzer, bccd_field):
@@ -52,7 +52,7 @@ def test_a_large_field_is_tiled_and_counts_scale(analyzer, bccd_field):
 def test_empty_grey_dark_and_bright_fields_give_results_with_flags(analyzer, blank_field, bccd_field):
     empty = analyzer.analyze(blank_field, "blank")
     assert empty["counts"]["WBC"] == 0
-    assert any("no cells found" in f for f in empty["flags"]) or sum(empty["counts"].values()) < 3
+    assert sum(empty["counts"].values()) == 0 and any("no cells found" in f for f in empty["flags"])
     gray = np.repeat(bccd_field[0].mean(axis=2, keepdims=True), 3, axis=2).astype(np.uint8)
     assert any("grayscale" in f for f in analyzer.analyze(gray)["flags"])
     assert any("dark" in f for f in image_quality((bccd_field[0] * 0.1).astype(np.uint8)))

@@ -41,6 +41,20 @@ def git_commit() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """sha256 (16 hex) over every Python source file of the installed leukodx package: changes with any
+    code change, whether or not the tree is a git checkout. Resumable caches are keyed on it."""
+    import hashlib
+
+    package = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        h.update(str(path.relative_to(package)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def code_version() -> str:
     """The git commit when running from a checkout, else the installed package version."""
     return git_commit() or f"leukodx {versions().get('leukodx', 'unknown')}"
@@ -66,5 +80,6 @@ def command_line(argv: list[str] | None = None) -> str:
 def provenance(argv: list[str] | None = None) -> dict:
     """Everything needed to trace a figure back: when, which code, which command, which libraries."""
     return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "code_version": code_version(), "git_commit": git_commit(), "argv": command_line(argv),
+            "code_version": code_version(), "git_commit": git_commit(), "source_sha256": source_digest(),
+            "argv": command_line(argv),
             "versions": versions()}

@@ -78,3 +78,14 @@ def test_benchmark_cli_refuses_unknown_suite_and_recipe(tmp_path, capsys):
     assert main(["benchmark", "-d", "pbc", "-r", "nope", "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "only suite is 'review'" in err and "not in the zoo" in err
+
+
+def test_the_cache_key_changes_with_the_code(monkeypatch):
+    """A resumed suite cannot reuse a result computed by other code."""
+    from leukodx import _versions
+    from leukodx.benchmarking.protocol import config_key
+
+    args = (get_recipe("muhamad2022-cnn"), QUICK, "pbc", 0, None, None, [], None)
+    before = config_key(*args)
+    monkeypatch.setattr(_versions, "source_digest", lambda: "0123456789abcdef")
+    assert config_key(*args) != before

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from leukodx import _atomic
-from leukodx._versions import versions
+from leukodx._versions import provenance, versions
 from leukodx.data.cache import cached_arrays
 from leukodx.data.folder import ImageIndex, limit_per_class
 from leukodx.data.labelmap import align_classes
@@ -70,9 +70,13 @@ def _inner_split(y: np.ndarray, seed: int, fraction: float = 0.15) -> tuple[np.n
 
 def config_key(recipe: Recipe, budget: Budget, dataset: str, seed: int, augment: str | None, stain: str | None,
                cross: list[str], pretrained: str | None) -> str:
+    """The cache key of one run: its configuration and the code that computes it (``source_digest``),
+    so a resumed suite never mixes results made by older code with new ones."""
+    from leukodx._versions import source_digest
+
     spec = {"recipe": recipe.name, "budget": budget.__dict__, "dataset": dataset, "seed": seed,
             "augment": augment or recipe.augment, "stain": stain or recipe.stain, "cross": sorted(cross),
-            "pretrained": pretrained}
+            "pretrained": pretrained, "code": source_digest()}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -146,7 +150,7 @@ def run_recipe(recipe: Recipe, dataset: str, budget: Budget, out_dir: str | os.P
         "epochs_run": est.epochs_run_, "best_epoch": est.best_epoch_,
         "feature_head": getattr(est, "chosen_", None), "feature_head_candidates": getattr(est, "candidates_", None),
         "cross_dataset": {t: cross_dataset(est, classes, t, pre, data_root, budget) for t in cross},
-        "seconds": round(time.perf_counter() - started, 1), "config_key": key, "versions": versions(),
+        "seconds": round(time.perf_counter() - started, 1), "config_key": key, "versions": versions(), "provenance": provenance(),
     }
     _atomic.write_json(path, result)
     log(f"{recipe.name} on {dataset}: test macro-F1 {test_metrics['macro_f1']['value']:.4f}; {path}")

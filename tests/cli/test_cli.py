@@ -135,3 +135,12 @@ def test_unknown_model_and_bad_output_suffix(pbc_folder, tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error: nope: no such image-classification model (bundled: all-stage, pbc-celltype;")
     proc = run("predict", "-m", "nope", str(pbc_folder), "-o", str(tmp_path / "p.txt"))
     assert proc.returncode == 2 and "must end in .csv or .json" in proc.stderr
+
+
+def test_datasets_audit_writes_its_report(tmp_path):
+    out = tmp_path / "audit.json"
+    assert main(["datasets", "audit", "wbc-seg-2", "-o", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["n_images"] == 100 and report["split"] is None
+    assert len(report["examples"]) == min(report["n_pairs"], 20)
+    assert all(ex["hamming"] <= 6 for ex in report["examples"])

@@ -72,3 +72,14 @@ def test_train_writes_a_loadable_model(tmp_path):
     assert main(["flow", "train", "-o", str(out)]) == 0
     model = CellClassifier.load(out)
     assert model.card["test"]["auroc"] >= 0.99 and len(model.markers) == 20
+
+
+def test_evaluate_scores_the_shipped_model_and_comparators(tmp_path):
+    out = tmp_path / "e.json"
+    assert main(["flow", "evaluate", "-o", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["methods"]) == {"mlp (shipped)", "logistic-regression", "gradient-boosting"}
+    shipped = result["methods"]["mlp (shipped)"]["held_out"]
+    assert result["test_cells"] == shipped["n"] == 1000
+    assert shipped["auroc"]["value"] >= 0.99  # regression floor of the shipped flow model
+    assert shipped["auroc"]["ci95"][0] <= shipped["auroc"]["value"] <= shipped["auroc"]["ci95"][1]

@@ -73,3 +73,31 @@ def test_segment_and_evaluate_segmentation(tmp_path, capsys):
     assert r["n_images"] == 45 and 0 <= r["nucleus"]["dice"] <= 1 and r["within_dataset"] is True
     assert main(["evaluate-segmentation", "-d", "bccd", "-o", str(out)]) == 2
     assert main(["segment", str(tmp_path / "nothing-here"), "-o", str(tmp_path / "m2")]) == 2
+
+
+@pytest.mark.slow
+def test_train_detector_cli_writes_a_bundle_and_resumes(tmp_path):
+    out = tmp_path / "det"
+    args = ["train-detector", "-o", str(out), "--epochs", "2", "--max-images", "3", "-q"]
+    assert main(args) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["task"] == "detection" and card["name"] == "det" and card["metrics"]["test"]["n_fields"] == 3
+    assert card["provenance"]["argv"] == "leukodx " + " ".join(args)
+    assert [h["epoch"] for h in card["training"]["history"]] == [0, 1]
+    assert (out / "work" / "checkpoint" / "state.json").exists()
+    # resuming a finished run trains nothing more and writes the same weights
+    assert main(args + ["--resume"]) == 0
+    assert json.loads((out / "card.json").read_text())["sha256"] == card["sha256"]
+
+
+@pytest.mark.slow
+def test_train_segmenter_cli_writes_a_bundle(tmp_path):
+    out = tmp_path / "seg"
+    assert main(["train-segmenter", "-o", str(out), "--steps", "4", "--max-images", "6", "--batch-size", "4", "-q"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["task"] == "segmentation" and card["data"]["datasets"] == ["wbc-seg-1"]
+    assert set(card["metrics"]["test"]) == {"wbc-seg-1", "wbc-seg-2"}
+    assert card["metrics"]["test"]["wbc-seg-1"]["n_images"] == 6
+    import leukodx
+
+    assert leukodx.load(out).config.size == 128

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from leukodx import stats
 from leukodx.stats import estimate
 
 
@@ -91,20 +92,25 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[
     ece = expected_calibration_error(y_true, proba)
     auroc = ovr_auroc(y_true, proba)
 
-    rng = np.random.default_rng(seed)
     n = len(y_true)
-    boots = {key: [] for key in point}
-    boot_ece, boot_auroc = [], []
-    for b in range(n_boot):
-        idx = rng.integers(0, n, n)
+    keys = list(point)
+    widths = [np.size(point[key]) for key in keys]
+
+    def confusion_figures(idx: np.ndarray) -> np.ndarray:
         m = _from_confusion(confusion(y_true[idx], y_pred[idx], k))
-        for key in boots:
-            boots[key].append(m[key])
-        boot_ece.append(expected_calibration_error(y_true[idx], proba[idx]))
-        if b < auroc_boot:  # AUROC is the slow one; fewer resamples still give a stable interval
-            boot_auroc.append(ovr_auroc(y_true[idx], proba[idx]))
-    boots = {key: np.asarray(v, dtype=np.float64) for key, v in boots.items()}
-    boot_auroc = np.asarray(boot_auroc).reshape(-1, k)
+        return np.concatenate([np.ravel(m[key]) for key in keys]
+                              + [[expected_calibration_error(y_true[idx], proba[idx])]])
+
+    # one resampling sequence (stats.bootstrap); AUROC, the slow one, on its first ``auroc_boot`` resamples
+    flat = stats.bootstrap(confusion_figures, n, n_boot, seed).reshape(n_boot, -1)
+    boot_auroc = stats.bootstrap(lambda idx: ovr_auroc(y_true[idx], proba[idx]), n, min(auroc_boot, n_boot),
+                                 seed).reshape(-1, k)
+    boots, col = {}, 0
+    for key, width in zip(keys, widths):
+        block = flat[:, col:col + width]
+        boots[key] = block[:, 0] if np.ndim(point[key]) == 0 else block
+        col += width
+    boot_ece = flat[:, col]
 
     entry = estimate
     result = {key: entry(point[key], boots[key]) for key in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1")}

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from timm.models import register_model
 from torch import nn
+from leukodx.errors import InvalidInputError
 
 _TIMM_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "drop_rate", "drop_path_rate")
 
@@ -24,7 +25,7 @@ def _clean(kwargs: dict) -> dict:
 
 def _no_pretrained(name: str, pretrained: bool) -> None:
     if pretrained:
-        raise ValueError(f"{name}: no published weights exist for this paper's network; train it here")
+        raise InvalidInputError(f"{name}: no published weights exist for this paper's network; train it here")
 
 
 def _conv(cin: int, cout: int, k: int = 3, stride: int = 1, bn: bool = True) -> nn.Sequential:
@@ -233,7 +234,7 @@ class ShuffleNetV2(nn.Module):
         from torchvision.models import shufflenet_v2_x0_5
 
         if in_chans != 3:
-            raise ValueError("shufflenet_v2_x0_5 takes 3-channel input")
+            raise InvalidInputError("shufflenet_v2_x0_5 takes 3-channel input")
         self.net = shufflenet_v2_x0_5(weights=None, num_classes=num_classes)
         self.num_classes = num_classes
 

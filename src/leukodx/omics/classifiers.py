@@ -18,6 +18,7 @@ from sklearn.svm import SVC
 from sklearn.utils.validation import check_is_fitted, check_X_y, validate_data
 
 from leukodx.omics.selection import GainRatioSelector, SignalToNoiseSelector, SVMRFESelector, TTestSelector, signal_to_noise
+from leukodx.errors import InvalidInputError
 
 
 class PNNClassifier(ClassifierMixin, BaseEstimator):
@@ -69,7 +70,7 @@ class WeightedVotingClassifier(ClassifierMixin, BaseEstimator):
         X, y = check_X_y(X, y)
         self.classes_ = np.unique(y)
         if len(self.classes_) != 2:
-            raise ValueError("weighted voting needs exactly two classes")
+            raise InvalidInputError("weighted voting needs exactly two classes")
         self.a_ = signal_to_noise(X, y, self.classes_)
         self.b_ = (X[y == self.classes_[0]].mean(0) + X[y == self.classes_[1]].mean(0)) / 2
         self.n_features_in_ = X.shape[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted
+from leukodx.errors import InvalidInputError
 
 
 class GolubPreprocessor(TransformerMixin, BaseEstimator):
@@ -33,7 +34,7 @@ class GolubPreprocessor(TransformerMixin, BaseEstimator):
         hi, lo = clipped.max(axis=0), clipped.min(axis=0)
         self.support_ = (hi / lo > self.min_fold) & (hi - lo > self.min_range)
         if not self.support_.any():
-            raise ValueError("no gene passes the variation filter on these training samples")
+            raise InvalidInputError("no gene passes the variation filter on these training samples")
         Z = self._clip_log(X[:, self.support_])
         self.mean_ = Z.mean(axis=0)
         self.scale_ = Z.std(axis=0) + 1e-12
@@ -63,13 +64,13 @@ class CountsPreprocessor(TransformerMixin, BaseEstimator):
     def _log_cpm(X: np.ndarray) -> np.ndarray:
         lib = X.sum(axis=1, keepdims=True)
         if (lib <= 0).any():
-            raise ValueError("a sample has no counts (library size 0)")
+            raise InvalidInputError("a sample has no counts (library size 0)")
         return np.log2(X / lib * 1e6 + 1.0)
 
     def fit(self, X, y=None):
         X = check_array(X, dtype=np.float64)
         if (X < 0).any():
-            raise ValueError("counts must be non-negative")
+            raise InvalidInputError("counts must be non-negative")
         cpm = X / X.sum(axis=1, keepdims=True) * 1e6
         self.support_ = (cpm >= self.min_cpm).sum(axis=0) >= self.min_samples
         Z = self._log_cpm(X)[:, self.support_]

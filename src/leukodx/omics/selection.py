@@ -10,6 +10,7 @@ from sklearn.base import BaseEstimator
 from sklearn.feature_selection import RFE, SelectorMixin
 from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_is_fitted, check_X_y
+from leukodx.errors import InvalidInputError
 
 
 def signal_to_noise(X: np.ndarray, y: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -39,7 +40,7 @@ class SignalToNoiseSelector(_TopK):
         X, y = check_X_y(X, y)
         self.classes_ = np.unique(y)
         if len(self.classes_) != 2:
-            raise ValueError("signal-to-noise selection needs exactly two classes")
+            raise InvalidInputError("signal-to-noise selection needs exactly two classes")
         snr = signal_to_noise(X, y, self.classes_)
         half = self.k // 2
         scores = np.zeros_like(snr)

@@ -8,6 +8,7 @@ any image with ``fit_reference``.
 from __future__ import annotations
 
 import numpy as np
+from leukodx.errors import InvalidInputError
 
 # --- sRGB <-> CIE Lab (D65) -------------------------------------------------------------------
 _RGB2XYZ = np.array([[0.412453, 0.357580, 0.180423],
@@ -107,7 +108,7 @@ def macenko_reference(rgb: np.ndarray) -> dict:
     od = -np.log((rgb.reshape(-1, 3).astype(np.float64) + 1.0) / _IO)
     stains = _stain_matrix(od)
     if stains is None:
-        raise ValueError("reference image has too little stained area to fit stain vectors")
+        raise InvalidInputError("reference image has too little stained area to fit stain vectors")
     conc, *_ = np.linalg.lstsq(stains.T, od.T, rcond=None)
     return {"stains": stains.tolist(), "max_conc": np.percentile(conc, 99, axis=1).tolist()}
 

@@ -10,6 +10,7 @@ import contextlib
 import io
 
 import numpy as np
+from leukodx.errors import InvalidInputError
 
 #: COCO's default of 100 detections per image would truncate crowded fields
 MAX_DETS = (1, 10, 300)
@@ -25,7 +26,7 @@ def coco_average_precision(ground_truth: list[dict], predictions: list[dict], cl
     from pycocotools.cocoeval import COCOeval
 
     if len(ground_truth) != len(predictions):
-        raise ValueError(f"{len(ground_truth)} ground-truth images but {len(predictions)} predictions")
+        raise InvalidInputError(f"{len(ground_truth)} ground-truth images but {len(predictions)} predictions")
     images, annotations, results = [], [], []
     for i, (gt, pr) in enumerate(zip(ground_truth, predictions)):
         images.append({"id": i})

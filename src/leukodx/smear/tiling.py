@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
+from leukodx.errors import InvalidInputError
 
 #: wider than the largest white cell in BCCD (~240 px), so no cell is cut in every tile
 DEFAULT_OVERLAP = 256
@@ -29,7 +30,7 @@ def tile_origins(height: int, width: int, tile: tuple[int, int], overlap: int = 
     """(y, x) of every tile's top-left corner."""
     th, tw = tile
     if overlap >= min(th, tw):
-        raise ValueError(f"overlap {overlap} must be smaller than the tile {th}x{tw}")
+        raise InvalidInputError(f"overlap {overlap} must be smaller than the tile {th}x{tw}")
     return [(y, x) for y in _starts(height, th, overlap) for x in _starts(width, tw, overlap)]
 
 

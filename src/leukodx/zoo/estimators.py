@@ -20,6 +20,7 @@ import torch
 
 from leukodx.training.calibration import softmax
 from leukodx.training.trainer import TrainConfig, fit, normalize, predict_logits, to_input
+from leukodx.errors import InvalidInputError
 
 
 def count_flops(net: torch.nn.Module, size: int) -> int:
@@ -109,7 +110,7 @@ def feature_head(kind: str, select_k: int, seed: int, smallest_class: int = 3):
     if kind == "bagging":
         return {"bagged-trees": BaggingClassifier(DecisionTreeClassifier(random_state=seed), n_estimators=50,
                                                   random_state=seed)}
-    raise ValueError(f"unknown feature head {kind!r}")
+    raise InvalidInputError(f"unknown feature head {kind!r}")
 
 
 class FeatureEstimator:

@@ -73,3 +73,19 @@ def test_field_case_also_counts_cells_with_the_smear_pipeline(tiny_aria_model, a
     assert smear["summary"]["counts"]["WBC"] >= 6  # every all-aria field shows at least one white cell
     assert smear["detector"]["sha256"]
     assert "smear" not in diagnose(aria_folder / "pro", model=str(tiny_aria_model), smear=False)
+
+
+def test_case_report_escapes_file_names_and_labels():
+    from leukodx.diagnosis.report import render_case_html
+
+    evil = "<img src=x onerror=alert(1)>.png"
+    result = {"case": evil, "created": "now", "kind": "cells", "kind_evidence": "given",
+              "model": {"name": "m", "sha256": "ab" * 32, "backend": "torch", "test_accuracy": None},
+              "flags": ["<b>flag</b>"], "summary": {"leukocytes_counted": 1, "unsure": 0, "counts": {"neutrophil": 1},
+                                                    "differential_percent": {"neutrophil": 100.0}},
+              "rows": [{"input": evil, "top_class": "neutrophil", "probability": 0.9, "unsure": False,
+                        "probabilities": {"neutrophil": 0.9, "lymphocyte": 0.1}}],
+              "errors": [], "versions": {"leukodx": "0"}}
+    html = render_case_html(result)
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;.png" in html
+    assert "<b>flag</b>" not in html and "lymphocyte 0.10" in html

@@ -19,7 +19,7 @@ import numpy as np
 from leukodx.cytometry.cells import CellTable
 from leukodx.cytometry.transforms import Transform
 from leukodx.errors import InvalidInputError
-from leukodx.models.bundle import load_tensors, resolve_bundle, save_bundle, verify_bundle
+from leukodx.models.bundle import load_arrays, save_arrays
 from leukodx.models.card import build_card
 
 TASK = "flow-cell-classification"
@@ -68,14 +68,12 @@ class CellClassifier:
             tensors[f"layer{i}.bias"] = b
         card = {**self.card, "task": TASK, "markers": self.markers, "transform": self.transform.to_dict(),
                 "threshold": self.threshold, "layers": len(self.weights)}
-        self.card = save_bundle(directory, {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}, card)
+        self.card = save_arrays(directory, tensors, card)
         return self.card
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike = DEFAULT_MODEL) -> "CellClassifier":
-        directory = resolve_bundle(name_or_path, task=TASK)
-        card, weights_path = verify_bundle(directory, task=TASK)
-        tensors = load_tensors(weights_path, "np")
+        card, tensors, directory = load_arrays(name_or_path, TASK)
         try:
             n = int(card["layers"])
             return cls(markers=list(card["markers"]), transform=Transform.from_dict(card["transform"]),

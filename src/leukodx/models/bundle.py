@@ -114,6 +114,20 @@ def load_tensors(weights: Path, framework: str = "pt") -> dict:
         raise InvalidInputError(f"{weights}: not a readable safetensors file ({type(exc).__name__})") from None
 
 
+def save_arrays(directory: str | os.PathLike, arrays: dict, card: dict) -> dict:
+    """A NumPy model (scikit-learn estimators exported as arrays) as a bundle: float64 arrays + card."""
+    import numpy as np
+
+    return save_bundle(directory, {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}, card)
+
+
+def load_arrays(name_or_path: str | os.PathLike, task: str) -> tuple[dict, dict, Path]:
+    """A NumPy model's bundle of ``task``: resolved, verified; returns ``(card, arrays, directory)``."""
+    directory = resolve_bundle(name_or_path, task=task)
+    card, weights = verify_bundle(directory, task=task)
+    return card, load_tensors(weights, "np"), directory
+
+
 def load_network(name_or_path: str | os.PathLike, task: str, build: Callable[[dict], object]):
     """A network bundle of ``task``: resolved by name or folder, verified, rebuilt by ``build(card)``
     and loaded in eval mode. Returns ``(net, card, directory)``."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from leukodx.errors import InvalidInputError
-from leukodx.models.bundle import load_tensors, resolve_bundle, save_bundle, verify_bundle
+from leukodx.models.bundle import load_arrays, save_arrays
 from leukodx.models.card import build_card
 from leukodx.stats import bootstrap_estimate, wilson_interval
 
@@ -73,14 +73,12 @@ class ExpressionModel:
     def save(self, directory: str | os.PathLike) -> dict:
         card = {**self.card, "task": TASK, "classes": self.classes, "genes": self.genes, "method": self.method,
                 "pipeline": {"preprocess": self.preprocess, "params": self.params}}
-        self.card = save_bundle(directory, {k: np.asarray(v, dtype=np.float64) for k, v in self.arrays.items()}, card)
+        self.card = save_arrays(directory, self.arrays, card)
         return self.card
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike = DEFAULT_MODEL) -> "ExpressionModel":
-        directory = resolve_bundle(name_or_path, task=TASK)
-        card, weights = verify_bundle(directory, task=TASK)
-        arrays = load_tensors(weights, "np")
+        card, arrays, directory = load_arrays(name_or_path, TASK)
         pipeline = card["pipeline"]
         if card["method"] not in _CLASSIFIERS:
             raise InvalidInputError(f"{directory}: unknown expression method {card['method']!r}")

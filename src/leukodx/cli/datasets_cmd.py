@@ -68,14 +68,24 @@ def split_cmd(
     test: float = typer.Option(0.15, help="Test fraction."),
     folds: int = typer.Option(0, help="Write a k-fold split instead (k >= 2)."),
     seed: int = typer.Option(0),
-    group: str = typer.Option("near-duplicates", help="Keep together: 'near-duplicates', 'dataset' (the index's own group key) or 'none'."),
+    group: str = typer.Option("near-duplicates", help="Keep together: 'near-duplicates', 'patient' (patient ids, "
+                                                      "split at the patient level), 'dataset' (the index's own group "
+                                                      "key) or 'none'."),
     data_root: Optional[Path] = DataRoot,
 ) -> None:
     """Make a stratified, seeded split (group-aware) and save it for every later run."""
     from leukodx.data.leakage import near_duplicate_groups
-    from leukodx.data.splits import make_kfold, make_split, save_split
+    from leukodx.data.splits import make_kfold, make_patient_split, make_split, save_split
 
     index = load_dataset(name, data_root)
+    if group == "patient":
+        if folds:
+            raise InvalidInputError("--group patient makes a train/val/test split; --folds is not supported with it")
+        split = make_patient_split(index, val, test, seed)
+        save_split(split, output)
+        sizes = {k: f"{len(split['patients'][k])} patients, {len(split[k])} images" for k in ("train", "val", "test")}
+        console.print(f"{name}: split written to {output} {sizes}")
+        return
     if group == "near-duplicates":
         groups = near_duplicate_groups(index)
     elif group == "dataset":
@@ -84,7 +94,7 @@ def split_cmd(
         groups = None
         index.groups = None
     else:
-        raise InvalidInputError(f"--group {group!r}: expected near-duplicates, dataset or none")
+        raise InvalidInputError(f"--group {group!r}: expected near-duplicates, patient, dataset or none")
     if folds:
         if folds < 2:
             raise InvalidInputError(f"--folds {folds}: at least 2")

@@ -53,6 +53,28 @@ def make_split(index: ImageIndex, val: float = 0.15, test: float = 0.15, seed: i
                        group_method=group_method if groups is not None else "none")
 
 
+def make_patient_split(index: ImageIndex, val: float = 0.15, test: float = 0.15, seed: int = 0) -> dict:
+    """Patient-level train/val/test split: every patient's images on one side, patients stratified by
+    their diagnosis (``index.meta["diagnosis"]``, patient -> label) when the index has one."""
+    if index.groups is None:
+        raise InvalidInputError(f"{index.name}: no patient ids to split by (use --group near-duplicates or none)")
+    if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
+        raise InvalidInputError(f"split fractions val={val}, test={test}: each in (0, 1), sum < 1")
+    patients = np.array(sorted(set(index.groups.tolist())))
+    diagnosis = index.meta.get("diagnosis") or {}
+    strata = np.array([diagnosis.get(p, "") for p in patients])
+    stratify = strata if len(set(strata)) > 1 else None
+    rest, test_p = train_test_split(patients, test_size=test, stratify=stratify, random_state=seed)
+    rest_strata = None if stratify is None else np.array([diagnosis.get(p, "") for p in rest])
+    train_p, val_p = train_test_split(rest, test_size=val / (1 - test), stratify=rest_strata, random_state=seed + 1)
+    side_of = {**{p: "train" for p in train_p}, **{p: "val" for p in val_p}, **{p: "test" for p in test_p}}
+    sides = {name: sorted(index.paths[i] for i in range(len(index)) if side_of[index.groups[i]] == name)
+             for name in SPLIT_NAMES}
+    return _split_dict(index, sides, seed=seed, method="patient holdout", fractions={"val": val, "test": test},
+                       group_method="patient", stratified_by="diagnosis" if stratify is not None else "none",
+                       patients={name: sorted(p for p, s in side_of.items() if s == name) for name in SPLIT_NAMES})
+
+
 def make_kfold(index: ImageIndex, k: int = 5, seed: int = 0, groups: np.ndarray | None = None,
                group_method: str = "none") -> dict:
     """Stratified (group-aware when groups are given) k-fold: ``folds[i]`` is fold i's held-out paths."""

@@ -18,7 +18,11 @@ RESULTS = Path("benchmarks") / "results"
 def register(app: typer.Typer) -> None:
     @app.command("benchmark")
     def benchmark(
-        dataset: str = typer.Option(..., "--dataset", "-d", help="Image dataset (pbc, all-aria, wbc-seg-1, ...)."),
+        dataset: Optional[str] = typer.Option(None, "--dataset", "-d",
+                                              help="Image dataset (pbc, all-aria, wbc-seg-1, ...); review protocol."),
+        protocol: str = typer.Option("review", help="review: the zoo's recipes on one dataset; loso: "
+                                                    "leave-one-site-out over pbc, deepapl, wbc-seg-1, wbc-seg-2."),
+        variant: Optional[list[str]] = typer.Option(None, "--variant", help="loso: only these training variants."),
         suite: str = typer.Option("review", help="Recipe suite: 'review' = every recipe in the zoo."),
         recipe: Optional[list[str]] = typer.Option(None, "--recipe", "-r", help="Only these recipes (repeatable)."),
         quick: bool = typer.Option(False, help="Smoke run: 32 px, 2 epochs, 12 images/class, 2 folds."),
@@ -27,7 +31,8 @@ def register(app: typer.Typer) -> None:
         stain: Optional[str] = typer.Option(None, help="Ablation: none | reinhard | macenko for every recipe."),
         no_cv: bool = typer.Option(False, "--no-cv", help="Skip cross-validation (ablations)."),
         pretrained: Optional[str] = typer.Option(None, help="Local .safetensors weights for network recipes."),
-        output_dir: Path = typer.Option(RESULTS / "zoo", help="Where per-run JSON files go."),
+        output_dir: Optional[Path] = typer.Option(None, help="Where per-run JSON files go (default: "
+                                                             "benchmarks/results/zoo or .../loso)."),
         leaderboard: Optional[Path] = typer.Option(None, help="Leaderboard Markdown (default: beside output-dir)."),
         force: bool = typer.Option(False, help="Rerun even when a result with the same configuration exists."),
         seed: int = typer.Option(0),
@@ -39,6 +44,18 @@ def register(app: typer.Typer) -> None:
         from leukodx.errors import InvalidInputError, LeukodxError
         from leukodx.zoo.recipes import BUDGETS, get_recipe, list_recipes
 
+        if protocol == "loso":
+            from leukodx.benchmarking.loso import run_suite
+
+            _, table = run_suite(variant, output_dir or RESULTS / "loso", quick_run=quick, data_root=data_root,
+                                 force=force, log=console.print)
+            console.print(f"leave-one-site-out table: {table}")
+            return
+        if protocol != "review":
+            raise InvalidInputError(f"--protocol {protocol!r}: expected review or loso")
+        if dataset is None:
+            raise InvalidInputError("the review protocol needs --dataset NAME")
+        output_dir = output_dir or RESULTS / "zoo"
         if suite != "review":
             raise InvalidInputError(f"--suite {suite!r}: the only suite is 'review'")
         names = recipe or list_recipes()

@@ -178,7 +178,8 @@ class Engine:
                     self._emit("on_validation_end", record)
                 record["seconds"] = round(elapsed_before + time.time() - t0, 1)
                 self.history.append(record)
-                log.info("%s round %d/%d: %s", self.label, r + 1, self.rounds, _brief(record))
+                log.log(logging.INFO if self.show_progress else logging.DEBUG, "%s round %d/%d: %s", self.label, r + 1,
+                        self.rounds, _brief(record))
                 if self.checkpoint_dir is not None:
                     checkpoint.save_state(self.checkpoint_dir, self.net, self.optimizer, self.scheduler, {
                         "round": r, "history": self.history, "best": self.best, "config": self.config,

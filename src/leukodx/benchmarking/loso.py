@@ -1,0 +1,227 @@
+"""Leave-one-site-out: train on every site but one, test on the one left out, beside the in-site test.
+
+Sites are the single-cell image sets from different labs and scanners (``pbc`` Barcelona,
+``deepapl`` Johns Hopkins, ``wbc-seg-1`` Jiangxi, ``wbc-seg-2`` CellaVision images), relabelled onto
+the shared vocabulary's top level and restricted to the five leukocyte types they all have. Each
+*variant* is one training recipe (input size, scale normalization, colour handling, test-time
+batch-norm adaptation); the protocol is the same for all of them, so a variant is judged by what
+it does on the sites it never saw.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from leukodx import _atomic
+from leukodx._versions import provenance
+from leukodx.data.cache import cached_arrays
+from leukodx.data.folder import ImageIndex, limit_per_class
+from leukodx.data.registry import load_dataset
+from leukodx.data.splits import apply_split, bundled_split_path, load_split
+from leukodx.data.vocabulary import to_common
+from leukodx.errors import InvalidInputError
+from leukodx.evaluation.metrics import classification_metrics
+from leukodx.preprocessing.augment import augment_preset
+from leukodx.preprocessing.transforms import Preprocess
+
+SITES = ("pbc", "deepapl", "wbc-seg-1", "wbc-seg-2")
+SHARED = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One training recipe under the leave-one-site-out protocol."""
+
+    name: str
+    arch: str = "regnetx_002"
+    size: int = 64
+    resize: str = "resize"          # 'cell-crop': scale normalization around the nucleus
+    stain: str = "none"             # 'reinhard': colour standardization at train and test time
+    augment: str = "all"
+    adabn: bool = False             # re-estimate batch-norm statistics on the left-out site (no labels)
+    epochs: int = 8
+    lr: float = 3e-3
+    per_class: int = 150            # training images per class per site
+    val_per_class: int = 30
+    test_per_class: int = 200       # test images per class per site (left-out and in-site)
+    seed: int = 0
+
+    def preprocess(self) -> Preprocess:
+        return Preprocess(size=self.size, resize=self.resize, stain=self.stain)
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("baseline"),
+    Variant("cell-crop", resize="cell-crop"),
+    Variant("cell-crop+reinhard", resize="cell-crop", stain="reinhard"),
+    Variant("cell-crop+adabn", resize="cell-crop", adabn=True),
+    Variant("cell-crop+reinhard+adabn", resize="cell-crop", stain="reinhard", adabn=True),
+)}
+QUICK = {"epochs": 1, "per_class": 6, "val_per_class": 3, "test_per_class": 4, "size": 32}
+
+
+def _shared_only(index: ImageIndex) -> ImageIndex:
+    """``index`` on the vocabulary's top level, keeping the five shared leukocyte types in SHARED order."""
+    common = to_common(index, coarse=True)
+    keep = [i for i, y in enumerate(common.labels) if common.classes[y] in SHARED]
+    sub = common.subset(keep)
+    sub.labels = np.asarray([SHARED.index(common.classes[y]) for y in sub.labels], dtype=int)
+    sub.classes = list(SHARED)
+    return sub
+
+
+def site_sides(site: str, data_root=None) -> dict[str, ImageIndex]:
+    """train / val / test of one site on the shared classes, from its saved split."""
+    index = load_dataset(site, data_root)
+    if site.startswith("wbc-seg-"):
+        from leukodx.smear.segmentation import SPLIT_FILE
+
+        saved = json.loads(SPLIT_FILE.read_text())[f"Dataset-{site[-1]}"]
+        split = {"dataset": site, **saved}
+    else:
+        path = bundled_split_path(site)
+        if not path.exists():
+            raise InvalidInputError(f"{site}: no saved split at {path}")
+        split = load_split(path)
+    return {name: _shared_only(side) for name, side in apply_split(index, split).items()}
+
+
+def _arrays(index: ImageIndex, pre: Preprocess) -> np.ndarray:
+    return cached_arrays(index, pre) if len(index) else np.zeros((0, pre.size, pre.size, 3), np.uint8)
+
+
+def _stack(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([a for a, _ in parts]), np.concatenate([y for _, y in parts])
+
+
+def _scores(net, arrays: np.ndarray, labels: np.ndarray, pre: Preprocess, temperature: float, adabn: bool,
+            n_boot: int) -> dict:
+    from leukodx.training.adaptation import adapt_batchnorm
+    from leukodx.training.calibration import softmax
+    from leukodx.training.trainer import predict_logits
+
+    model = adapt_batchnorm(net, arrays, pre) if adabn else net
+    proba = softmax(predict_logits(model, arrays, pre), temperature)
+    m = classification_metrics(labels, proba, list(SHARED), n_boot=n_boot, auroc_boot=min(200, n_boot))
+    return {key: m[key] for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc", "ece", "n",
+                                    "confusion_matrix")}
+
+
+def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n_boot: int = 1000,
+             log=print) -> dict:
+    """Every fold of the protocol for one variant: per left-out site, its scores and the in-site ones."""
+    from leukodx.training.trainer import TrainConfig, fit
+
+    if len(sites) < 2:
+        raise InvalidInputError("leave-one-site-out needs at least two sites")
+    pre = variant.preprocess()
+    started = time.perf_counter()
+    sides = {s: site_sides(s, data_root) for s in sites}
+
+    def take(site: str, side: str, cap: int) -> tuple[np.ndarray, np.ndarray]:
+        sub = limit_per_class(sides[site][side], cap, variant.seed)
+        return _arrays(sub, pre), sub.labels
+
+    folds = {}
+    for held in sites:
+        t0 = time.perf_counter()
+        train_sites = [s for s in sites if s != held]
+        x_tr, y_tr = _stack([take(s, "train", variant.per_class) for s in train_sites])
+        x_va, y_va = _stack([take(s, "val", variant.val_per_class) for s in train_sites])
+        config = TrainConfig(arch=variant.arch, epochs=variant.epochs, batch_size=64, lr=variant.lr,
+                             patience=variant.epochs, seed=variant.seed, preprocess=pre,
+                             augment=augment_preset(variant.augment))
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as work:
+            result = fit(x_tr, y_tr, x_va, y_va, len(SHARED), config, work, show_progress=False)
+        # the left-out site: every side (it was never trained on), capped per class
+        held_parts = [take(held, side, variant.test_per_class) for side in ("train", "val", "test")]
+        x_held, y_held = _stack(held_parts)
+        in_site = {s: _scores(result.net, *take(s, "test", variant.test_per_class), pre, result.temperature,
+                              False, n_boot) for s in train_sites}
+        folds[held] = {
+            "train_sites": train_sites, "n_train": int(len(y_tr)), "n_val": int(len(y_va)),
+            "left_out": _scores(result.net, x_held, y_held, pre, result.temperature, variant.adabn, n_boot),
+            "in_site": in_site, "best_epoch": result.best_epoch, "seconds": round(time.perf_counter() - t0, 1),
+        }
+        acc = folds[held]["left_out"]["accuracy"]
+        in_text = ", ".join(f"{s} {v['accuracy']['value']:.3f}" for s, v in in_site.items())
+        log(f"{variant.name}: left out {held}: accuracy {acc['value']:.3f} {acc['ci95']}; in-site {in_text}")
+    return {"protocol": "leave-one-site-out", "variant": asdict(variant), "sites": list(sites),
+            "classes": list(SHARED), "folds": folds, "seconds": round(time.perf_counter() - started, 1),
+            "provenance": provenance()}
+
+
+def quick(variant: Variant) -> Variant:
+    return replace(variant, name=f"{variant.name} (quick)", **QUICK)
+
+
+def write_table(results: list[dict], path: str | Path) -> str:
+    """LOSO.md: one row per variant, left-out accuracy [95% CI] per site, and the mean in-site accuracy."""
+    if not results:
+        raise InvalidInputError("no leave-one-site-out results to tabulate")
+    sites = results[0]["sites"]
+    lines = ["# Leave-one-site-out", "",
+             "Each column: trained on the other sites, tested on this one (the five shared leukocyte types, "
+             "accuracy [95% bootstrap CI], n images). In-site: mean test accuracy on the training sites' own "
+             "test splits in the same folds. Written by `leukodx benchmark --protocol loso`.", "",
+             "| variant | " + " | ".join(f"left out: {s}" for s in sites) + " | worst left-out | mean in-site |",
+             "|---|" + "---|" * (len(sites) + 2)]
+    for r in results:
+        cells, worst, in_site = [], 1.0, []
+        for s in sites:
+            fold = r["folds"].get(s)
+            if not fold:
+                cells.append("-")
+                continue
+            a = fold["left_out"]["accuracy"]
+            worst = min(worst, a["value"])
+            cells.append(f"{a['value']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] (n={fold['left_out']['n']})")
+            in_site += [v["accuracy"]["value"] for v in fold["in_site"].values()]
+        lines.append(f"| {r['variant']['name']} | " + " | ".join(cells) + f" | {worst:.3f} | {np.mean(in_site):.3f} |")
+    v = results[0]["variant"]
+    lines += ["", f"Budget per fold: {v['arch']}, {v['epochs']} epochs, {v['per_class']} training images per class "
+                  f"per site, from scratch, seed {v['seed']}; left-out sites capped at {v['test_per_class']} images "
+                  "per class per split side."]
+    text = "\n".join(lines) + "\n"
+    _atomic.write_text(path, text)
+    return text
+
+
+def run_suite(names: list[str] | None, out_dir: str | Path, quick_run: bool = False, data_root=None,
+              force: bool = False, log=print) -> tuple[list[dict], Path]:
+    """Run (or reuse) every named variant; one JSON per variant in ``out_dir`` and LOSO.md beside it.
+
+    A variant's result is reused only when its configuration and the code (``source_digest``) match.
+    """
+    from leukodx._versions import source_digest
+
+    out_dir = Path(out_dir)
+    names = names or list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise InvalidInputError(f"--variant {unknown[0]!r}: expected one of {', '.join(VARIANTS)}")
+    results = []
+    for name in names:
+        variant = quick(VARIANTS[name]) if quick_run else VARIANTS[name]
+        path = out_dir / f"{name}{'__quick' if quick_run else ''}.json"
+        key = {"variant": asdict(variant), "code": source_digest()}
+        if path.exists() and not force:
+            previous = json.loads(path.read_text())
+            if previous.get("cache_key") == key:
+                log(f"{name}: done before with this code, reusing {path}")
+                results.append(previous)
+                continue
+        result = run_loso(variant, data_root=data_root, n_boot=200 if quick_run else 1000, log=log)
+        result["cache_key"] = key
+        _atomic.write_json(path, result)
+        results.append(result)
+    table = out_dir.parent / ("LOSO-quick.md" if quick_run else "LOSO.md")
+    write_table(results, table)
+    return results, table

@@ -1,0 +1,40 @@
+"""Test-time adaptation without labels: batch-norm statistics re-estimated on the target site (AdaBN).
+
+Li et al. 2016 ("Revisiting batch normalization for practical domain adaptation"): a network's
+batch-norm layers normalize with the training site's feature statistics; recomputing them on the
+target site's unlabelled images removes much of a site shift. The weights are not changed.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from leukodx.preprocessing.transforms import Preprocess, normalize_batch
+
+
+def has_batchnorm(net: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+@torch.no_grad()
+def adapt_batchnorm(net: torch.nn.Module, arrays: np.ndarray, preprocess: Preprocess,
+                    batch_size: int = 128) -> torch.nn.Module:
+    """A copy of ``net`` whose batch-norm running statistics are those of ``arrays`` (the target
+    site's images, (N, S, S, 3) uint8 after ``preprocess``); every other weight is unchanged."""
+    adapted = copy.deepcopy(net)
+    bns = [m for m in adapted.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns or len(arrays) == 0:
+        return adapted.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over every target batch
+    adapted.eval()
+    for m in bns:
+        m.train()
+    device = next(adapted.parameters()).device
+    for s in range(0, len(arrays), batch_size):
+        adapted(torch.from_numpy(normalize_batch(arrays[s:s + batch_size], preprocess)).to(device))
+    return adapted.eval()

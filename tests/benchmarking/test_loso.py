@@ -1,0 +1,93 @@
+"""Leave-one-site-out protocol, the cell-centred crop and test-time batch-norm adaptation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from leukodx.benchmarking.loso import SHARED, VARIANTS, quick, run_loso, site_sides, write_table
+from leukodx.data.images import read_image
+from leukodx.data.registry import load_dataset
+from leukodx.errors import InvalidInputError
+from leukodx.preprocessing.transforms import Preprocess, _nucleus_box, cell_crop
+
+
+def test_sites_are_relabelled_onto_the_five_shared_types_from_saved_splits():
+    for site in ("pbc", "deepapl", "wbc-seg-1"):
+        sides = site_sides(site)
+        assert set(sides) == {"train", "val", "test"}
+        assert all(side.classes == list(SHARED) for side in sides.values())
+    deepapl = site_sides("deepapl")
+    assert not set(deepapl["train"].groups) & set(deepapl["test"].groups)  # patients never straddle
+    # deepapl neutrophils: segmented + band, in the shared top-level class
+    total = sum(int((s.labels == SHARED.index("neutrophil")).sum()) for s in deepapl.values())
+    assert total == 1560 + 105
+
+
+def test_cell_crop_centres_the_nucleus_and_equalizes_scale():
+    def nucleus_share(rgb):
+        top, left, bottom, right = _nucleus_box(rgb)
+        return max(bottom - top, right - left) / max(rgb.shape[:2])
+
+    before, after = {}, {}
+    for name in ("pbc", "wbc-seg-1"):
+        index = load_dataset(name)
+        images = [read_image(index.abspath(i)) for i in range(0, len(index), len(index) // 20)[:20]]
+        crops = [cell_crop(rgb) for rgb in images]
+        assert all(c.shape[0] == c.shape[1] for c in crops)
+        before[name] = np.median([nucleus_share(rgb) for rgb in images])
+        after[name] = np.median([nucleus_share(c) for c in crops])
+    # as taken, wbc-seg-1's nucleus fills a larger share of the image than pbc's; after the crop the
+    # share is about 1/1.9 for both
+    assert before["wbc-seg-1"] - before["pbc"] > 0.05, before
+    assert abs(after["wbc-seg-1"] - after["pbc"]) < 0.06
+    assert all(0.4 < v < 0.65 for v in after.values())
+    out = Preprocess(size=48, resize="cell-crop")(read_image(load_dataset("pbc").abspath(0)))
+    assert out.shape == (48, 48, 3)
+
+
+def test_cell_crop_of_an_image_without_a_nucleus_is_the_whole_image():
+    blank = np.full((50, 70, 3), 230, np.uint8)
+    assert _nucleus_box(blank) is None and cell_crop(blank).shape == (50, 70, 3)
+
+
+def test_adabn_changes_only_batchnorm_statistics():
+    from leukodx.models.architectures import create_network
+    from leukodx.training.adaptation import adapt_batchnorm
+
+    torch.manual_seed(0)
+    net = create_network("resnet10t", 5).eval()
+    pre = Preprocess(size=32)
+    target = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    adapted = adapt_batchnorm(net, target, pre)
+    before, after = net.state_dict(), adapted.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed)
+    assert not adapted.training and all(not m.training for m in adapted.modules())
+
+
+@pytest.mark.slow
+def test_loso_quick_run_on_two_sites_and_its_table(tmp_path):
+    variant = quick(VARIANTS["cell-crop+adabn"])
+    result = run_loso(variant, sites=("wbc-seg-1", "wbc-seg-2"), n_boot=50, log=lambda m: None)
+    assert set(result["folds"]) == {"wbc-seg-1", "wbc-seg-2"}
+    fold = result["folds"]["wbc-seg-2"]
+    assert fold["train_sites"] == ["wbc-seg-1"] and set(fold["in_site"]) == {"wbc-seg-1"}
+    cm = np.array(fold["left_out"]["confusion_matrix"])
+    assert cm.shape == (5, 5) and cm.sum() == fold["left_out"]["n"]
+    assert fold["left_out"]["accuracy"]["value"] == pytest.approx(np.trace(cm) / cm.sum())
+    assert result["provenance"]["argv"] and json.loads(json.dumps(result))
+    text = write_table([result], tmp_path / "LOSO.md")
+    assert "| cell-crop+adabn (quick) |" in text and "left out: wbc-seg-2" in text
+
+
+def test_loso_needs_two_sites_and_known_variants(tmp_path):
+    from leukodx.benchmarking.loso import run_suite
+
+    with pytest.raises(InvalidInputError, match="at least two sites"):
+        run_loso(VARIANTS["baseline"], sites=("pbc",))
+    with pytest.raises(InvalidInputError, match="--variant 'magic'"):
+        run_suite(["magic"], tmp_path)

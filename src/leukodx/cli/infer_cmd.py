@@ -144,6 +144,27 @@ def register(app: typer.Typer) -> None:
             console.print(f"flag: {flag}")
         console.print(f"report: {paths['report']}")
 
+    @app.command("adapt")
+    def adapt_cmd(
+        model: str = typer.Option(..., "--model", "-m", help="Bundled cell classifier or bundle folder to adapt."),
+        images: Path = typer.Option(..., "--images", help="Folder of class sub-folders: k labelled cells per class "
+                                                          "from the lab's own scanner."),
+        output: Path = typer.Option(..., "--output", "-o", help="Folder for the adapted bundle."),
+        epochs: int = typer.Option(8, help="Fine-tuning epochs."),
+        lr: float = typer.Option(1e-3, help="Peak learning rate of the fine-tuning."),
+        seed: int = typer.Option(0),
+        name: Optional[str] = typer.Option(None, help="Name in the new card (default: the output folder name)."),
+        data_root: Optional[Path] = DataRoot,
+    ) -> None:
+        """Few-shot site adaptation: fine-tune on a few labelled cells per class, write a bundle that records its parent."""
+        from leukodx.inference.adapt import adapt
+
+        card = adapt(model, images, output, epochs=epochs, lr=lr, seed=seed, name=name, data_root=data_root)
+        cv, parent = card["metrics"]["adaptation_cv"], card["metrics"]["parent_on_adaptation_images"]
+        console.print(f"{card['name']} (from {card['parent']['name']}): cross-validated accuracy on the "
+                      f"{cv['n']} adaptation images {cv['accuracy']['value']:.3f} (parent: "
+                      f"{parent['accuracy']['value']:.3f}); written to {output}")
+
     @export_app.command("onnx")
     def export_onnx_cmd(
         model: str = typer.Option(..., "--model", "-m"),

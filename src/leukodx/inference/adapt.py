@@ -1,0 +1,146 @@
+"""Few-shot site adaptation: fine-tune a bundled cell classifier on k labelled cells per class from a
+lab's own scanner, and write a new bundle that records its parent.
+
+The adaptation images are a folder of class sub-folders named by the model's classes (or the
+shared vocabulary's names and aliases). Fine-tuning runs on the one training engine, starting
+from the parent's weights; the figures reported for the new bundle are cross-validated on the
+adaptation images (each fold fine-tuned without the images it is scored on), since a few cells
+per class leave nothing else to test on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from leukodx._hashing import sha256_file
+from leukodx.data.cache import cached_arrays
+from leukodx.data.folder import ImageIndex, index_image_folder
+from leukodx.data.labelmap import canonical
+from leukodx.data.vocabulary import vocabulary
+from leukodx.errors import InvalidInputError
+from leukodx.evaluation.metrics import classification_metrics
+from leukodx.inference.classifier import Classifier
+from leukodx.models.bundle import save_bundle
+from leukodx.models.card import build_card
+from leukodx.preprocessing.augment import augment_preset
+from leukodx.training.calibration import fit_temperature, softmax
+from leukodx.training.trainer import TrainConfig, fit, predict_logits
+
+log = logging.getLogger("leukodx.adapt")
+MIN_PER_CLASS = 2
+
+
+def _key(name: str) -> str:
+    vocab = vocabulary()
+    key = name.strip().lower().replace(" ", "_").replace("-", "_")
+    key = vocab["aliases"].get(key, key)
+    return canonical(key)
+
+
+def map_classes(folder_classes: list[str], model_classes: list[str], source: str) -> dict[str, int]:
+    """Folder class -> model class index (names, synonyms and vocabulary aliases); unknown ones refused."""
+    model_keys = {_key(c): i for i, c in enumerate(model_classes)}
+    mapping, unknown = {}, []
+    for c in folder_classes:
+        k = _key(c)
+        if k in model_keys:
+            mapping[c] = model_keys[k]
+        else:
+            unknown.append(c)
+    if unknown:
+        raise InvalidInputError(f"{source}: class(es) the model does not have: {', '.join(unknown)} "
+                                f"(model classes: {', '.join(model_classes)})")
+    return mapping
+
+
+def overlaps_training_data(clf: Classifier, images: Path, data_root=None) -> str | None:
+    """A warning when the adaptation folder lies inside the model's own training dataset."""
+    from leukodx.data.registry import dataset_info, list_datasets
+    from leukodx.data.root import resolve_data_root
+
+    dataset = clf.card.get("data", {}).get("dataset")
+    if dataset not in list_datasets():
+        return None
+    try:
+        root = (resolve_data_root(data_root) / dataset_info(dataset).subdir).resolve()
+    except Exception:  # noqa: BLE001 - no data root here: nothing to compare with
+        return None
+    here = images.resolve()
+    if here == root or root in here.parents:
+        return (f"{images}: these images belong to {dataset}, the data {clf.name} was trained on; "
+                "adaptation figures on them say nothing about another site")
+    return None
+
+
+def adapt(model: str | os.PathLike, images: str | os.PathLike, output: str | os.PathLike, epochs: int = 8,
+          lr: float = 1e-3, seed: int = 0, name: str | None = None, data_root=None,
+          show_progress: bool = False) -> dict:
+    """Fine-tune ``model`` on the labelled cells under ``images``; write and return the new bundle's card."""
+    images, output = Path(images), Path(output)
+    clf = Classifier.load(model, backend="torch")
+    index = index_image_folder(images)
+    mapping = map_classes(index.classes, clf.classes, str(images))
+    counts = index.class_counts()
+    few = {c: n for c, n in counts.items() if n < MIN_PER_CLASS}
+    if few:
+        raise InvalidInputError(f"{images}: adaptation needs at least {MIN_PER_CLASS} images per class "
+                                f"({', '.join(f'{c} has {n}' for c, n in few.items())})")
+    if epochs < 1 or not (0 < lr < 1):
+        raise InvalidInputError(f"epochs {epochs}, lr {lr}: epochs >= 1 and 0 < lr < 1")
+    warning = overlaps_training_data(clf, images, data_root)
+    if warning:
+        log.warning(warning)
+    x = cached_arrays(index, clf.preprocess)
+    y = np.asarray([mapping[index.classes[v]] for v in index.labels], dtype=int)
+    parent_weights = Path(clf.bundle_dir) / str(clf.card.get("weights", "model.safetensors"))
+    config = TrainConfig(arch=clf.card["arch"], epochs=epochs, batch_size=min(32, len(y)), lr=lr, patience=epochs,
+                         seed=seed, pretrained=str(parent_weights), preprocess=clf.preprocess,
+                         augment=augment_preset("light"))
+    k = len(clf.classes)
+
+    # cross-validated figures: each fold fine-tuned without the images it is scored on
+    folds = min(3, min(counts.values()))
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(len(y), dtype=int)
+    for c in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == c))
+        fold_of[members] = np.arange(len(members)) % folds
+    oof_logits = np.zeros((len(y), k), dtype=np.float64)
+    parent_logits = predict_logits(clf.net, x, clf.preprocess)
+    with tempfile.TemporaryDirectory() as work:
+        for f in range(folds):
+            tr, te = fold_of != f, fold_of == f
+            result = fit(x[tr], y[tr], x[tr], y[tr], k, config, Path(work) / f"fold{f}", show_progress=False)
+            oof_logits[te] = predict_logits(result.net, x[te], clf.preprocess)
+        final = fit(x, y, x, y, k, config, Path(work) / "final", show_progress=show_progress)
+    temperature = fit_temperature(oof_logits, y)
+    present = sorted(set(y.tolist()))
+    cv = classification_metrics(y, softmax(oof_logits, temperature), clf.classes, n_boot=500)
+    before = classification_metrics(y, softmax(parent_logits, clf.temperature), clf.classes, n_boot=500)
+    card = build_card(
+        name or output.name, "image-classification", clf.classes,
+        input_kind=clf.card.get("input_kind", "cells"), arch=clf.card["arch"], input_size=clf.preprocess.size,
+        preprocess=clf.preprocess.as_dict(), temperature=temperature, abstain_below=clf.abstain_below,
+        parent={"name": clf.name, "sha256": clf.card["sha256"], "data": clf.card.get("data", {}).get("dataset")},
+        data={"dataset": clf.card.get("data", {}).get("dataset"), "adaptation_images": str(images),
+              "adaptation_fingerprint": index.fingerprint(), "adaptation_counts": counts,
+              "adaptation_classes": [clf.classes[i] for i in present],
+              "split_sha256": None, "parent_split_sha256": clf.card.get("data", {}).get("split_sha256")},
+        metrics={"split": f"adaptation images, {folds}-fold cross-validated",
+                 "adaptation_cv": {key: cv[key] for key in ("accuracy", "balanced_accuracy", "macro_f1", "ece", "n")},
+                 "parent_on_adaptation_images": {key: before[key] for key in ("accuracy", "macro_f1", "n")},
+                 "parent_test": clf.card.get("metrics", {}).get("test", {}).get("accuracy")},
+        training={"config": config.as_dict() | {"pretrained": f"parent {clf.name} ({clf.card['sha256'][:12]})"},
+                  "folds": folds, "epochs": epochs, "seconds": round(final.seconds, 1),
+                  "parent_weights_sha256": sha256_file(parent_weights)},
+        intended_use=f"Research use: {clf.name} adapted to the site of {images}. Not a medical device.",
+        limits=[f"Adapted on {len(y)} labelled images ({', '.join(f'{c} {n}' for c, n in counts.items())}); "
+                "its figures are cross-validated on those few images.",
+                *(clf.card.get("limits") or [])] + ([warning] if warning else []),
+    )
+    return save_bundle(output, final.net, card)

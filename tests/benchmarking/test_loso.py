@@ -72,7 +72,7 @@ def test_adabn_changes_only_batchnorm_statistics():
 @pytest.mark.slow
 def test_loso_quick_run_on_two_sites_and_its_table(tmp_path):
     variant = quick(VARIANTS["cell-crop+adabn"])
-    result = run_loso(variant, sites=("wbc-seg-1", "wbc-seg-2"), n_boot=50, log=lambda m: None)
+    result = run_loso(variant, sites=("wbc-seg-1", "wbc-seg-2"), n_boot=50, log=lambda m: None, adapt_k=(2,))
     assert set(result["folds"]) == {"wbc-seg-1", "wbc-seg-2"}
     fold = result["folds"]["wbc-seg-2"]
     assert fold["train_sites"] == ["wbc-seg-1"] and set(fold["in_site"]) == {"wbc-seg-1"}
@@ -80,8 +80,13 @@ def test_loso_quick_run_on_two_sites_and_its_table(tmp_path):
     assert cm.shape == (5, 5) and cm.sum() == fold["left_out"]["n"]
     assert fold["left_out"]["accuracy"]["value"] == pytest.approx(np.trace(cm) / cm.sum())
     assert result["provenance"]["argv"] and json.loads(json.dumps(result))
+    curve = fold["learning_curve"]
+    assert set(curve) == {"0", "2"} and curve["0"]["n"] == curve["2"]["n"]  # the same test images
+    train_counts = site_sides("wbc-seg-2")["train"].class_counts()
+    assert curve["2"]["n_adaptation"] == sum(min(2, n) for n in train_counts.values())
     text = write_table([result], tmp_path / "LOSO.md")
     assert "| cell-crop+adabn (quick) |" in text and "left out: wbc-seg-2" in text
+    assert "## Few-shot adaptation" in text and "| 2 |" in text
 
 
 def test_loso_needs_two_sites_and_known_variants(tmp_path):

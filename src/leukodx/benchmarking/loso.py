@@ -113,8 +113,13 @@ def _scores(net, arrays: np.ndarray, labels: np.ndarray, pre: Preprocess, temper
 
 
 def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n_boot: int = 1000,
-             log=print) -> dict:
-    """Every fold of the protocol for one variant: per left-out site, its scores and the in-site ones."""
+             log=print, adapt_k: tuple[int, ...] = ()) -> dict:
+    """Every fold of the protocol for one variant: per left-out site, its scores and the in-site ones.
+
+    With ``adapt_k``, each fold's model is also fine-tuned on k labelled cells per class of the left-out
+    site (its train side; ``leukodx adapt``'s recipe) and scored on that site's test side: the few-shot
+    learning curve, k = 0 being the fold's model as trained.
+    """
     from leukodx.training.trainer import TrainConfig, fit
 
     if len(sites) < 2:
@@ -145,10 +150,12 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
         x_held, y_held = _stack(held_parts)
         in_site = {s: _scores(result.net, *take(s, "test", variant.test_per_class), pre, result.temperature,
                               False, n_boot) for s in train_sites}
+        curve = _learning_curve(result, variant, pre, take, held, adapt_k, n_boot) if adapt_k else None
         folds[held] = {
             "train_sites": train_sites, "n_train": int(len(y_tr)), "n_val": int(len(y_va)),
             "left_out": _scores(result.net, x_held, y_held, pre, result.temperature, variant.adabn, n_boot),
             "in_site": in_site, "best_epoch": result.best_epoch, "seconds": round(time.perf_counter() - t0, 1),
+            **({"learning_curve": curve} if curve else {}),
         }
         acc = folds[held]["left_out"]["accuracy"]
         in_text = ", ".join(f"{s} {v['accuracy']['value']:.3f}" for s, v in in_site.items())
@@ -156,6 +163,31 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
     return {"protocol": "leave-one-site-out", "variant": asdict(variant), "sites": list(sites),
             "classes": list(SHARED), "folds": folds, "seconds": round(time.perf_counter() - started, 1),
             "provenance": provenance()}
+
+
+def _learning_curve(result, variant: Variant, pre: Preprocess, take, held: str, ks: tuple[int, ...],
+                    n_boot: int) -> dict:
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from leukodx.inference.adapt import fine_tune_config
+    from leukodx.training.trainer import fit
+
+    x_test, y_test = take(held, "test", variant.test_per_class)
+    curve = {"0": {"n_adaptation": 0, **_scores(result.net, x_test, y_test, pre, result.temperature,
+                                                  variant.adabn, n_boot)}}
+    with tempfile.TemporaryDirectory() as work:
+        parent = Path(work) / "parent.safetensors"
+        save_file({k: v.contiguous() for k, v in result.net.state_dict().items()}, str(parent))
+        for k in ks:
+            x_k, y_k = take(held, "train", k)
+            config = fine_tune_config(variant.arch, pre, len(y_k), epochs=8, lr=1e-3, seed=variant.seed,
+                                      parent_weights=parent)
+            tuned = fit(x_k, y_k, x_k, y_k, len(SHARED), config, Path(work) / f"k{k}", show_progress=False)
+            curve[str(k)] = {"n_adaptation": int(len(y_k)),
+                             **_scores(tuned.net, x_test, y_test, pre, result.temperature, False, n_boot)}
+    return curve
 
 
 def quick(variant: Variant) -> Variant:
@@ -185,6 +217,20 @@ def write_table(results: list[dict], path: str | Path) -> str:
             cells.append(f"{a['value']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] (n={fold['left_out']['n']})")
             in_site += [v["accuracy"]["value"] for v in fold["in_site"].values()]
         lines.append(f"| {r['variant']['name']} | " + " | ".join(cells) + f" | {worst:.3f} | {np.mean(in_site):.3f} |")
+    curves = [r for r in results if any("learning_curve" in f for f in r["folds"].values())]
+    for r in curves:
+        ks = list(next(f for f in r["folds"].values() if "learning_curve" in f)["learning_curve"])
+        lines += ["", f"## Few-shot adaptation, {r['variant']['name']}: k labelled cells per class of the left-out site",
+                  "", "Fine-tuned from the fold's model (`leukodx adapt`'s recipe) on k cells per class of the "
+                  "left-out site's train side, scored on its test side; k = 0 is the fold's model.", "",
+                  "| k per class | " + " | ".join(f"left out: {s}" for s in sites) + " |", "|---|" + "---|" * len(sites)]
+        for k in ks:
+            cells = []
+            for s in sites:
+                c = r["folds"].get(s, {}).get("learning_curve", {}).get(k)
+                cells.append("-" if c is None else f"{c['accuracy']['value']:.3f} [{c['accuracy']['ci95'][0]:.3f}, "
+                             f"{c['accuracy']['ci95'][1]:.3f}] (n={c['n']}, {c['n_adaptation']} tuned on)")
+            lines.append(f"| {k} | " + " | ".join(cells) + " |")
     v = results[0]["variant"]
     lines += ["", f"Budget per fold: {v['arch']}, {v['epochs']} epochs, {v['per_class']} training images per class "
                   f"per site, from scratch, seed {v['seed']}; left-out sites capped at {v['test_per_class']} images "
@@ -195,7 +241,7 @@ def write_table(results: list[dict], path: str | Path) -> str:
 
 
 def run_suite(names: list[str] | None, out_dir: str | Path, quick_run: bool = False, data_root=None,
-              force: bool = False, log=print) -> tuple[list[dict], Path]:
+              force: bool = False, log=print, adapt_k: tuple[int, ...] = ()) -> tuple[list[dict], Path]:
     """Run (or reuse) every named variant; one JSON per variant in ``out_dir`` and LOSO.md beside it.
 
     A variant's result is reused only when its configuration and the code (``source_digest``) match.
@@ -210,15 +256,15 @@ def run_suite(names: list[str] | None, out_dir: str | Path, quick_run: bool = Fa
     results = []
     for name in names:
         variant = quick(VARIANTS[name]) if quick_run else VARIANTS[name]
-        path = out_dir / f"{name}{'__quick' if quick_run else ''}.json"
-        key = {"variant": asdict(variant), "code": source_digest()}
+        path = out_dir / f"{name}{'__quick' if quick_run else ''}{'__adapt' if adapt_k else ''}.json"
+        key = {"variant": asdict(variant), "code": source_digest(), "adapt_k": list(adapt_k)}
         if path.exists() and not force:
             previous = json.loads(path.read_text())
             if previous.get("cache_key") == key:
                 log(f"{name}: done before with this code, reusing {path}")
                 results.append(previous)
                 continue
-        result = run_loso(variant, data_root=data_root, n_boot=200 if quick_run else 1000, log=log)
+        result = run_loso(variant, data_root=data_root, n_boot=200 if quick_run else 1000, log=log, adapt_k=adapt_k)
         result["cache_key"] = key
         _atomic.write_json(path, result)
         results.append(result)

@@ -23,6 +23,8 @@ def register(app: typer.Typer) -> None:
         protocol: str = typer.Option("review", help="review: the zoo's recipes on one dataset; loso: "
                                                     "leave-one-site-out over pbc, deepapl, wbc-seg-1, wbc-seg-2."),
         variant: Optional[list[str]] = typer.Option(None, "--variant", help="loso: only these training variants."),
+        adapt_k: Optional[list[int]] = typer.Option(None, "--adapt-k", help="loso: also the few-shot learning curve, "
+                                                                             "k labelled cells per class (repeatable)."),
         suite: str = typer.Option("review", help="Recipe suite: 'review' = every recipe in the zoo."),
         recipe: Optional[list[str]] = typer.Option(None, "--recipe", "-r", help="Only these recipes (repeatable)."),
         quick: bool = typer.Option(False, help="Smoke run: 32 px, 2 epochs, 12 images/class, 2 folds."),
@@ -48,7 +50,7 @@ def register(app: typer.Typer) -> None:
             from leukodx.benchmarking.loso import run_suite
 
             _, table = run_suite(variant, output_dir or RESULTS / "loso", quick_run=quick, data_root=data_root,
-                                 force=force, log=console.print)
+                                 force=force, log=console.print, adapt_k=tuple(adapt_k or ()))
             console.print(f"leave-one-site-out table: {table}")
             return
         if protocol != "review":

@@ -77,6 +77,14 @@ def overlaps_training_data(clf: Classifier, images: Path, data_root=None) -> str
     return None
 
 
+def fine_tune_config(arch: str, preprocess, n_images: int, epochs: int, lr: float, seed: int,
+                     parent_weights: str | os.PathLike) -> TrainConfig:
+    """The fine-tuning recipe: the parent's weights, light augmentation, every epoch run (no early stop)."""
+    return TrainConfig(arch=arch, epochs=epochs, batch_size=max(2, min(32, n_images)), lr=lr, patience=epochs,
+                       seed=seed, pretrained=str(parent_weights), preprocess=preprocess,
+                       augment=augment_preset("light"))
+
+
 def adapt(model: str | os.PathLike, images: str | os.PathLike, output: str | os.PathLike, epochs: int = 8,
           lr: float = 1e-3, seed: int = 0, name: str | None = None, data_root=None,
           show_progress: bool = False) -> dict:
@@ -98,9 +106,7 @@ def adapt(model: str | os.PathLike, images: str | os.PathLike, output: str | os.
     x = cached_arrays(index, clf.preprocess)
     y = np.asarray([mapping[index.classes[v]] for v in index.labels], dtype=int)
     parent_weights = Path(clf.bundle_dir) / str(clf.card.get("weights", "model.safetensors"))
-    config = TrainConfig(arch=clf.card["arch"], epochs=epochs, batch_size=min(32, len(y)), lr=lr, patience=epochs,
-                         seed=seed, pretrained=str(parent_weights), preprocess=clf.preprocess,
-                         augment=augment_preset("light"))
+    config = fine_tune_config(clf.card["arch"], clf.preprocess, len(y), epochs, lr, seed, parent_weights)
     k = len(clf.classes)
 
     # cross-validated figures: each fold fine-tuned without the images it is scored on

@@ -29,3 +29,16 @@ def test_a_changed_figure_is_caught(tmp_path):
     readme = "intro\n<!-- table: r.md -->\n| a | b |\n|---|---|\n| x | 0.99 |\n<!-- end table -->\n"
     assert "| x | 0.97 |" in tables.render(readme, tmp_path)
     assert tables.render(readme, tmp_path) != readme
+
+
+def test_every_result_file_is_strict_json():
+    """No NaN / Infinity literals (undefined figures are null): any JSON parser reads the results."""
+    import json
+
+    def refuse(token):
+        raise AssertionError(f"non-strict JSON literal {token}")
+
+    files = sorted((ROOT / "benchmarks" / "results").rglob("*.json"))
+    assert len(files) > 50
+    for path in files:
+        json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)

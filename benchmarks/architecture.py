@@ -111,6 +111,29 @@ def weights(tree: Path) -> dict:
     return out
 
 
+STARTUP_COMMANDS = (["--help"], ["datasets", "list"], ["flow", "info", "{data}/flow/tidytof/ddpr/UPN1_Basal.fcs"],
+                    ["--version"])
+
+
+def startup_seconds(tree: Path, repeats: int = 5) -> dict:
+    """Median wall time of light commands run from ``tree``'s sources (target: under 1.5 s)."""
+    from leukodx.data.root import resolve_data_root
+
+    data = str(resolve_data_root(None))
+    env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+    out = {}
+    for args in STARTUP_COMMANDS:
+        args = [a.replace("{data}", data) for a in args]
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "leukodx", *args], capture_output=True, text=True, env=env)
+            times.append(time.perf_counter() - t0)
+        out[" ".join(args).replace(data, "DATA")] = {"median_s": round(sorted(times)[len(times) // 2], 3),
+                                                     "exit_code": proc.returncode}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--before", default="f43eefb", help="git revision before the refactor")
@@ -122,7 +145,8 @@ def main() -> None:
         result = {"revisions": {"before": args.before, "after": args.after}}
         for name, tree in trees.items():
             config = tree / ".importlinter"
-            result[name] = {**measure(tree), "import_contracts": contracts(tree, config) if config.exists() else {}}
+            result[name] = {**measure(tree), "import_contracts": contracts(tree, config) if config.exists() else {},
+                            "startup": startup_seconds(tree)}
         w_before, w_after = weights(trees["before"]), weights(trees["after"])
         result["bundled_weights"] = {name: {"sha256": digest[:16], "unchanged": w_before.get(name) == digest
                                             if name in w_before else None}
@@ -154,6 +178,10 @@ def main() -> None:
     rows.append(["bundled weights byte-identical", "-", f"{len(result['bundled_weights']) - len(changed) - len(new)} of "
                  f"{len(result['bundled_weights']) - len(new)} (new: {', '.join(new) or 'none'}; changed: "
                  f"{', '.join(changed) or 'none'})"])
+    for command, entry in a["startup"].items():
+        old = b["startup"].get(command, {})
+        rows.append([f"start-up: leukodx {command} (median of 5)", f"{old.get('median_s', 'n/a')} s",
+                     f"{entry['median_s']} s"])
     if "test_suite" in result:
         rows.append(["test suite wall time, this machine", "-", f"{result['test_suite']['seconds']} s "
                      f"({result['test_suite']['summary']})"])

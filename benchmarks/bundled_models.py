@@ -12,7 +12,7 @@ from leukodx.models.bundle import bundled_models
 
 def main() -> None:
     out, rows = {}, []
-    for name in bundled_models():
+    for name in bundled_models("image-classification"):
         clf = load_model(name)
         dataset = clf.card["data"]["dataset"]
         test = apply_split(load_dataset(dataset), load_split(bundled_split_path(dataset)))["test"]

@@ -38,7 +38,7 @@ def throughput(clf, arrays: np.ndarray, batch: int) -> float:
 def main() -> None:
     torch.set_num_threads(THREADS)
     out, rows = {}, []
-    for name in bundled_models():
+    for name in bundled_models("image-classification"):
         torch_clf = load_model(name, backend="torch")
         onnx_clf = load_model(name, backend="onnx")
         dataset = torch_clf.card["data"]["dataset"]

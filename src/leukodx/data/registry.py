@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from leukodx.data.folder import ImageIndex, index_image_folder
+from leukodx.data.images import read_image
 from leukodx.data.root import resolve_data_root
 from leukodx.errors import DataNotFoundError, InvalidInputError
 
@@ -144,6 +145,20 @@ def _load_deepapl(folder: Path, info: DatasetInfo) -> ImageIndex:
         meta={"dataset": info.name, "patients": sorted(set(r["patient_id"] for r in rows)),
               "diagnosis": diagnosis, "source_labels": {r["cell_type_slug"]: r["cell_type"] for r in rows}},
     )
+
+
+def load_fields(index: DetectionIndex, ids: list[int]) -> tuple[list[np.ndarray], list[dict]]:
+    """Images and their valid boxes (degenerate boxes, e.g. zero width, are dropped)."""
+    images, targets = [], []
+    for i in ids:
+        rec = index.records[i]
+        rgb = read_image(index.root / rec["path"])
+        boxes = np.asarray(rec["boxes"], dtype=np.float32).reshape(-1, 4)
+        valid = (boxes[:, 2] > boxes[:, 0] + 1) & (boxes[:, 3] > boxes[:, 1] + 1)
+        images.append(rgb)
+        targets.append({"boxes": boxes[valid], "labels": np.asarray(rec["labels"])[valid].astype(int),
+                        "id": rec.get("id", str(i))})
+    return images, targets
 
 
 def _load_class_folders(folder: Path, info: DatasetInfo) -> ImageIndex:

@@ -65,7 +65,8 @@ def _mean(values) -> float | None:
 
 def evaluate_detector(detector, index, split: str = "test", max_images: int | None = None, bootstrap: int = 0) -> dict:
     """Run ``detector`` over one split of a detection dataset and score it."""
-    from leukodx.smear.train_detector import load_fields, predict_fields
+    from leukodx.data.registry import load_fields
+    from leukodx.smear.train_detector import predict_fields
 
     if split not in index.splits or not index.splits[split]:
         raise InvalidInputError(f"{index.name}: no split {split!r} (known: {', '.join(index.splits) or 'none'})")
@@ -82,7 +83,7 @@ def evaluate_detector(detector, index, split: str = "test", max_images: int | No
 def evaluate_classical(index, split: str = "test", params=None, bootstrap: int = 0) -> dict:
     """The colour-threshold + watershed baseline on one split, scored on white cells only."""
     from leukodx.smear.classical import NucleusThreshold, detect_white_cells
-    from leukodx.smear.train_detector import load_fields
+    from leukodx.data.registry import load_fields
 
     if split not in index.splits or not index.splits[split]:
         raise InvalidInputError(f"{index.name}: no split {split!r} (known: {', '.join(index.splits) or 'none'})")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from leukodx._hashing import sha256_json
-from leukodx.data.images import read_image
+from leukodx.data.registry import load_fields
 from leukodx.errors import InvalidInputError
 from leukodx.models.card import build_card
 from leukodx.smear.detector import CellDetector, DetectorConfig, build_detector, tile_tensor
@@ -28,20 +28,6 @@ class DetectorTraining:
     eval_every: int = 2
     seed: int = 0
     max_images: int | None = None  # cap on train/val images (CI trains tiny detectors)
-
-
-def load_fields(index, ids: list[int]) -> tuple[list[np.ndarray], list[dict]]:
-    """Images and their valid boxes (degenerate boxes, e.g. zero width, are dropped)."""
-    images, targets = [], []
-    for i in ids:
-        rec = index.records[i]
-        rgb = read_image(index.root / rec["path"])
-        boxes = np.asarray(rec["boxes"], dtype=np.float32).reshape(-1, 4)
-        valid = (boxes[:, 2] > boxes[:, 0] + 1) & (boxes[:, 3] > boxes[:, 1] + 1)
-        images.append(rgb)
-        targets.append({"boxes": boxes[valid], "labels": np.asarray(rec["labels"])[valid].astype(int),
-                        "id": rec.get("id", str(i))})
-    return images, targets
 
 
 def _augment(rgb: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

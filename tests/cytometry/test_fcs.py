@@ -1,4 +1,3 @@
-import shutil
 import tracemalloc
 import warnings
 from array import array

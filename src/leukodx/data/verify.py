@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from leukodx.data.registry import dataset_info
 from leukodx.data.root import resolve_data_root

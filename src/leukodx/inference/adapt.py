@@ -19,10 +19,10 @@ import numpy as np
 
 from leukodx._hashing import sha256_file
 from leukodx.data.cache import cached_arrays
-from leukodx.data.folder import ImageIndex, index_image_folder
+from leukodx.data.folder import index_image_folder
 from leukodx.data.labelmap import canonical
 from leukodx.data.vocabulary import vocabulary
-from leukodx.errors import InvalidInputError
+from leukodx.errors import InvalidInputError, LeukodxError
 from leukodx.evaluation.metrics import classification_metrics
 from leukodx.inference.classifier import Classifier
 from leukodx.models.bundle import save_bundle
@@ -68,7 +68,7 @@ def overlaps_training_data(clf: Classifier, images: Path, data_root=None) -> str
         return None
     try:
         root = (resolve_data_root(data_root) / dataset_info(dataset).subdir).resolve()
-    except Exception:  # noqa: BLE001 - no data root here: nothing to compare with
+    except LeukodxError:  # no data root here: nothing to compare with
         return None
     here = images.resolve()
     if here == root or root in here.parents:

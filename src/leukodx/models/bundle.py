@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 from leukodx import _atomic
 from leukodx._hashing import sha256_file
 from leukodx.errors import DataNotFoundError, IntegrityError, InvalidInputError, ModelNotFoundError
-from leukodx.models.card import TASKS, ModelCard, normalize
+from leukodx.models.card import TASKS, ModelCard
 
 WEIGHTS = "model.safetensors"
 CARD = "card.json"

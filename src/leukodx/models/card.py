@@ -10,7 +10,6 @@ detector, ...) sit beside the common ones; :data:`TASKS` names the ones each tas
 
 from __future__ import annotations
 
-import datetime as _dt
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -114,6 +113,3 @@ def build_card(name: str, task: str, classes: list[str], *, data: dict, metrics:
                      limits=list(limits or []), spec=spec)
     return card.to_dict()
 
-
-def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

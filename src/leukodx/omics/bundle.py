@@ -192,7 +192,6 @@ def train_expression_model(dataset: str = "golub", method: str = "mlp", n_genes:
     """Fit ``method`` on the training samples, score leave-one-out and the independent set, as a model."""
     from sklearn.exceptions import ConvergenceWarning
 
-    from leukodx.omics.classifiers import expression_methods
     from leukodx.omics.evaluate import EXPRESSION_DATASETS, load_expression_dataset
     from leukodx.omics.protocols import leave_one_out
 

@@ -6,7 +6,6 @@ import os
 import time
 import warnings
 
-import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 
 from leukodx._versions import versions

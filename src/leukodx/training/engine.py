@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-import numpy as np
 import torch
 
 from leukodx.errors import InvalidInputError
@@ -199,6 +198,3 @@ def _brief(record: dict) -> str:
     return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
                      if k != "round" and not isinstance(v, (dict, list)))
 
-
-def numpy_generator(seed: int) -> np.random.Generator:
-    return np.random.default_rng(seed)

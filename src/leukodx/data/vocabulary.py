@@ -53,6 +53,13 @@ def top_level(name: str) -> str:
     return vocabulary()["classes"][name]["parent"] or name
 
 
+def normalize_label(name: str) -> str:
+    """A class name as the vocabulary spells it: lower case, underscores, aliases resolved
+    ("Immature granulocytes" and "ig" -> "immature_granulocyte")."""
+    key = name.strip().lower().replace(" ", "_").replace("-", "_")
+    return vocabulary()["aliases"].get(key, key)
+
+
 def label_map(dataset: str, labels: list[str]) -> dict[str, str | None]:
     """``label -> common class`` for a dataset's labels: the vocabulary's entry for a registered set,
     else the labels themselves when they are vocabulary classes (any folder named by class)."""
@@ -61,8 +68,7 @@ def label_map(dataset: str, labels: list[str]) -> dict[str, str | None]:
     if known is None:  # a folder of class sub-folders: names (or their aliases) must be vocabulary classes
         known = {}
         for label in labels:
-            key = label.strip().lower().replace(" ", "_").replace("-", "_")
-            key = vocab["aliases"].get(key, key)
+            key = normalize_label(label)
             if key in vocab["classes"]:
                 known[label] = key
     unknown = sorted(label for label in labels if label not in known)

@@ -21,7 +21,7 @@ from leukodx._hashing import sha256_file
 from leukodx.data.cache import cached_arrays
 from leukodx.data.folder import index_image_folder
 from leukodx.data.labelmap import canonical
-from leukodx.data.vocabulary import vocabulary
+from leukodx.data.vocabulary import normalize_label
 from leukodx.errors import InvalidInputError, LeukodxError
 from leukodx.evaluation.metrics import classification_metrics
 from leukodx.inference.classifier import Classifier
@@ -36,10 +36,7 @@ MIN_PER_CLASS = 2
 
 
 def _key(name: str) -> str:
-    vocab = vocabulary()
-    key = name.strip().lower().replace(" ", "_").replace("-", "_")
-    key = vocab["aliases"].get(key, key)
-    return canonical(key)
+    return canonical(normalize_label(name))
 
 
 def map_classes(folder_classes: list[str], model_classes: list[str], source: str) -> dict[str, int]:

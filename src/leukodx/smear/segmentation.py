@@ -244,7 +244,6 @@ def train_segmenter(train_items: list[dict], val_items: list[dict], config: Segm
                     generators={"batches": rng}, show_progress=show_progress, label="train-segmenter")
     outcome = engine.fit(resume=resume)
     history = [{k: v for k, v in h.items() if k != "round"} for h in outcome.history]
-    best = {"step": min(training.steps, (outcome.best["round"] + 1) * training.eval_every)}
     card = build_card(
         "segmenter", "segmentation", list(STRUCTURES), structures=list(STRUCTURES), segmenter=asdict(config),
         intended_use="Research use: nucleus / cytoplasm masks of one white cell centred in an image. "
@@ -252,7 +251,7 @@ def train_segmenter(train_items: list[dict], val_items: list[dict], config: Segm
         data={"train": [i["id"] for i in train_items], "val": [i["id"] for i in val_items],
               "split_file": str(SPLIT_FILE.relative_to(SPLIT_FILE.parents[3])) if SPLIT_FILE.exists() else None,
               "split_sha256": sha256_file(SPLIT_FILE) if SPLIT_FILE.exists() else None},
-        training={**asdict(training), "best_step": best["step"], "history": history,
+        training={**asdict(training), "best_step": outcome.best["step"], "history": history,
                   "seconds": round(outcome.seconds, 1), "pretrained": "none: trained from scratch"},
         metrics={"val": score_masks(val_labels, seg.predict(val_images))},
         limits=["Masks are for one white cell centred in the image; other scanners and stains are not validated."])

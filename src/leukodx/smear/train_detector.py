@@ -122,7 +122,6 @@ def train_detector(index, config: DetectorConfig, training: DetectorTraining, wo
                     generators={"augment": rng}, show_progress=show_progress, label="train-detector")
     outcome = engine.fit(resume=resume)
     history = [{k: v for k, v in h.items() if k != "round"} for h in outcome.history]
-    best = {"epoch": outcome.best["round"]}
     val_predictions = predict_fields(detector, val_images)
     thresholds = choose_count_thresholds(val_targets, val_predictions, list(config.classes))
     val_ap = coco_average_precision(val_targets, val_predictions, list(config.classes))
@@ -134,7 +133,7 @@ def train_detector(index, config: DetectorConfig, training: DetectorTraining, wo
               "train_ids": [t["id"] for t in train_targets], "val_ids": [t["id"] for t in val_targets],
               "split_sha256": sha256_json({"train": [t["id"] for t in train_targets],
                                            "val": [t["id"] for t in val_targets]})},
-        training={**training.__dict__, "best_epoch": best["epoch"], "history": history,
+        training={**training.__dict__, "best_epoch": outcome.best["epoch"], "history": history,
                   "seconds": round(outcome.seconds, 1), "threads": torch.get_num_threads(),
                   "pretrained": "none: trained from scratch"},
         metrics={"val": val_ap}, detector=config.as_dict(), count_thresholds=thresholds,

@@ -61,6 +61,11 @@ VARIANTS = {v.name: v for v in (
     Variant("cell-crop+reinhard", resize="cell-crop", stain="reinhard"),
     Variant("cell-crop+adabn", resize="cell-crop", adabn=True),
     Variant("cell-crop+reinhard+adabn", resize="cell-crop", stain="reinhard", adabn=True),
+    # normalization layers: GroupNorm instead of batch norm, same network otherwise
+    Variant("cell-crop+groupnorm", arch="regnetx_002_gn", resize="cell-crop"),
+    # stain, hue and grey-image augmentation (another lab's look, drawn at training time)
+    Variant("cell-crop+stain-aug", resize="cell-crop", augment="stain"),
+    Variant("cell-crop+stain-aug+groupnorm", arch="regnetx_002_gn", resize="cell-crop", augment="stain"),
 )}
 QUICK = {"epochs": 1, "per_class": 6, "val_per_class": 3, "test_per_class": 4, "size": 32}
 
@@ -269,5 +274,23 @@ def run_suite(names: list[str] | None, out_dir: str | Path, quick_run: bool = Fa
         _atomic.write_json(path, result)
         results.append(result)
     table = out_dir.parent / ("LOSO-quick.md" if quick_run else "LOSO.md")
-    write_table(results, table)
+    write_table(_every_result(out_dir, quick_run, results), table)
     return results, table
+
+
+def _every_result(out_dir: Path, quick_run: bool, latest: list[dict]) -> list[dict]:
+    """Every variant's latest result file in ``out_dir`` (the one with a learning curve when both
+    exist), in VARIANTS order, so the table shows every variant ever run, not only this call's."""
+    found: dict[str, dict] = {}
+    for path in sorted(out_dir.glob("*.json")):
+        if ("__quick" in path.stem) != quick_run:
+            continue
+        result = json.loads(path.read_text())
+        name = result["variant"]["name"].removesuffix(" (quick)")
+        if name not in found or "__adapt" in path.stem:
+            found[name] = result
+    for result in latest:
+        name = result["variant"]["name"].removesuffix(" (quick)")
+        if name not in found or not any("learning_curve" in f for f in found[name]["folds"].values()):
+            found[name] = result
+    return [found[n] for n in VARIANTS if n in found]

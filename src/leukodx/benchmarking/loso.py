@@ -21,15 +21,13 @@ from leukodx import _atomic
 from leukodx._versions import provenance
 from leukodx.data.cache import cached_arrays
 from leukodx.data.folder import ImageIndex, limit_per_class
-from leukodx.data.registry import load_dataset
-from leukodx.data.splits import apply_split, bundled_split_path, load_split
-from leukodx.data.vocabulary import to_common
+from leukodx.data import sites
 from leukodx.errors import InvalidInputError
 from leukodx.evaluation.metrics import classification_metrics
 from leukodx.preprocessing.augment import augment_preset
 from leukodx.preprocessing.transforms import Preprocess
 
-SITES = ("pbc", "deepapl", "wbc-seg-1", "wbc-seg-2")
+SITES = sites.CELL_SITES
 SHARED = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
 
 
@@ -70,9 +68,8 @@ VARIANTS = {v.name: v for v in (
 QUICK = {"epochs": 1, "per_class": 6, "val_per_class": 3, "test_per_class": 4, "size": 32}
 
 
-def _shared_only(index: ImageIndex) -> ImageIndex:
-    """``index`` on the vocabulary's top level, keeping the five shared leukocyte types in SHARED order."""
-    common = to_common(index, coarse=True)
+def _shared_only(common: ImageIndex) -> ImageIndex:
+    """``common`` (on the vocabulary's top level) restricted to the five shared types, in SHARED order."""
     keep = [i for i, y in enumerate(common.labels) if common.classes[y] in SHARED]
     sub = common.subset(keep)
     sub.labels = np.asarray([SHARED.index(common.classes[y]) for y in sub.labels], dtype=int)
@@ -82,18 +79,7 @@ def _shared_only(index: ImageIndex) -> ImageIndex:
 
 def site_sides(site: str, data_root=None) -> dict[str, ImageIndex]:
     """train / val / test of one site on the shared classes, from its saved split."""
-    index = load_dataset(site, data_root)
-    if site.startswith("wbc-seg-"):
-        from leukodx.smear.segmentation import SPLIT_FILE
-
-        saved = json.loads(SPLIT_FILE.read_text())[f"Dataset-{site[-1]}"]
-        split = {"dataset": site, **saved}
-    else:
-        path = bundled_split_path(site)
-        if not path.exists():
-            raise InvalidInputError(f"{site}: no saved split at {path}")
-        split = load_split(path)
-    return {name: _shared_only(side) for name, side in apply_split(index, split).items()}
+    return {name: _shared_only(side) for name, side in sites.site_sides(site, data_root, coarse=True).items()}
 
 
 def _arrays(index: ImageIndex, pre: Preprocess) -> np.ndarray:

@@ -16,7 +16,9 @@ console = Console(soft_wrap=True)
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train(
-        dataset: str = typer.Option(..., "--dataset", "-d", help="Registered dataset name or folder of class sub-folders."),
+        dataset: list[str] = typer.Option(..., "--dataset", "-d", help="Registered dataset name or folder of class "
+                                          "sub-folders; repeat it (-d pbc -d deepapl ...) for one multi-site model "
+                                          "on the shared vocabulary's classes."),
         output: Path = typer.Option(..., "--output", "-o", help="Bundle folder to write (model.safetensors + card.json)."),
         arch: str = typer.Option("regnetx_002", help="timm architecture."),
         size: int = typer.Option(64, help="Input side in pixels."),
@@ -30,11 +32,15 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0),
         split: Optional[Path] = typer.Option(None, help="Split file (default: the bundled split, else a new one)."),
         stain: str = typer.Option("none", help="Colour normalization: none | reinhard | macenko."),
-        resize: str = typer.Option("resize", help="resize | center-crop | pad"),
-        augment: str = typer.Option("all", help="all | light | none | flip | rotation | color"),
+        resize: str = typer.Option("resize", help="resize | center-crop | pad | cell-crop"),
+        augment: str = typer.Option("all", help="all | light | none | flip | rotation | color | stain"),
         pretrained: Optional[Path] = typer.Option(None, help="Local .safetensors backbone weights."),
         max_per_class: Optional[int] = typer.Option(None, help="Use at most this many training images per class (quick runs)."),
         name: Optional[str] = typer.Option(None, help="Model name in the card (default: output folder name)."),
+        min_class_count: int = typer.Option(50, help="Multi-site: keep a class when the sites have this many "
+                                                      "training cells of it."),
+        loso: Optional[Path] = typer.Option(None, help="Multi-site: a leave-one-site-out result of this recipe "
+                                                       "(benchmarks/results/loso/*.json) to list in the card."),
         resume: bool = Resume,
         threads: Optional[int] = Threads,
         data_root: Optional[Path] = DataRoot,
@@ -43,9 +49,11 @@ def register(app: typer.Typer) -> None:
         """Train an image classifier on a saved split; writes a calibrated, evaluated bundle."""
         import torch
 
+        from leukodx.errors import InvalidInputError
+
         from leukodx.preprocessing.augment import augment_preset
         from leukodx.preprocessing.transforms import Preprocess
-        from leukodx.training.recipe import train_from_dataset
+        from leukodx.training.recipe import train_from_dataset, train_multisite
         from leukodx.training.trainer import TrainConfig
 
         if threads:
@@ -57,8 +65,15 @@ def register(app: typer.Typer) -> None:
             preprocess=Preprocess(size=size, resize=resize, stain=stain),
             augment=augment_preset(augment),
         )
-        card = train_from_dataset(dataset, output, config, name=name, split_path=split, data_root=data_root,
-                                  max_per_class=max_per_class, resume=resume, show_progress=not quiet)
+        if len(dataset) > 1:
+            if split:
+                raise InvalidInputError("--split: a multi-site model uses each site's saved split")
+            card = train_multisite(dataset, output, config, name=name, data_root=data_root,
+                                   max_per_class=max_per_class, min_class_count=min_class_count, loso_result=loso,
+                                   resume=resume, show_progress=not quiet, log=console.print)
+        else:
+            card = train_from_dataset(dataset[0], output, config, name=name, split_path=split, data_root=data_root,
+                                      max_per_class=max_per_class, resume=resume, show_progress=not quiet)
         test = card["metrics"]["test"]
         console.print(
             f"{card['name']}: test accuracy {test['accuracy']['value']:.4f} "

@@ -26,6 +26,7 @@ TASKS: dict[str, tuple[str, ...]] = {
     "segmentation": ("segmenter",),
     "flow-cell-classification": ("markers", "transform", "layers", "threshold"),
     "expression-classification": ("genes", "method", "pipeline"),
+    "patient-classification": ("cell_model", "cell_model_sha256", "cell_classes", "features", "method"),
 }
 
 #: task names written by leukodx 0.1 bundles, read as their current names

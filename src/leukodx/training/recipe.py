@@ -100,3 +100,124 @@ def train_from_dataset(dataset: str, out_dir: str | os.PathLike, config: TrainCo
         limits=list(info.limits) if info else ["Trained on a user folder; see its provenance."],
     )
     return save_bundle(out_dir, result.net, card)
+
+
+def train_multisite(sites: list[str], out_dir: str | os.PathLike, config: TrainConfig, *, name: str | None = None,
+                    data_root: str | os.PathLike | None = None, max_per_class: int | None = None,
+                    min_class_count: int = 50, loso_result: str | os.PathLike | None = None,
+                    resume: bool = False, show_progress: bool = True, log=print) -> dict:
+    """One white-cell model over several sites: every site's saved split, labels on the vocabulary's top
+    level, classes kept when the sites together have ``min_class_count`` training cells of them.
+
+    The card lists each site's data (fingerprint, split sha256, counts, licence), the in-site test
+    figures per site and pooled, and, from ``loso_result`` (a ``leukodx benchmark --protocol loso``
+    file of the same recipe), the figures on each site when it was left out of training.
+    """
+    import json
+
+    from leukodx.data.registry import dataset_info
+    from leukodx.data.sites import site_sides, split_record
+    from leukodx.data.vocabulary import common_classes
+
+    started = time.time()
+    out_dir = Path(out_dir)
+    if len(set(sites)) != len(sites) or not sites:
+        raise InvalidInputError(f"--dataset: give each site once (got {', '.join(sites) or 'none'})")
+    per_site = {s: site_sides(s, data_root, coarse=True) for s in sites}
+    totals: dict[str, int] = {}
+    for sides in per_site.values():
+        for c, n in limit_per_class(sides["train"], max_per_class, config.seed).class_counts().items():
+            totals[c] = totals.get(c, 0) + n
+    classes = [c for c in common_classes(coarse=True) if totals.get(c, 0) >= min_class_count]
+    dropped = sorted(c for c, n in totals.items() if 0 < n < min_class_count)
+    if len(classes) < 2:
+        raise InvalidInputError(f"{', '.join(sites)}: fewer than two classes with {min_class_count} training cells")
+    position = {c: i for i, c in enumerate(classes)}
+
+    def side_arrays(site: str, side: str, cap: int | None) -> tuple[np.ndarray, np.ndarray, ImageIndex]:
+        index = per_site[site][side]
+        keep = [i for i, y in enumerate(index.labels) if index.classes[y] in position]
+        sub = limit_per_class(index.subset(keep), cap, config.seed)
+        labels = np.asarray([position[sub.classes[y]] for y in sub.labels], dtype=int)
+        arrays = cached_arrays(sub, config.preprocess) if len(sub) else np.zeros(
+            (0, config.preprocess.size, config.preprocess.size, 3), np.uint8)
+        return arrays, labels, sub
+
+    parts = {side: {s: side_arrays(s, side, max_per_class if side == "train" else None) for s in sites}
+             for side in ("train", "val", "test")}
+    x_tr = np.concatenate([a for a, _, _ in parts["train"].values()])
+    y_tr = np.concatenate([y for _, y, _ in parts["train"].values()])
+    x_va = np.concatenate([a for a, _, _ in parts["val"].values()])
+    y_va = np.concatenate([y for _, y, _ in parts["val"].values()])
+    log(f"{len(classes)} classes ({', '.join(classes)}); {len(y_tr)} training and {len(y_va)} validation cells "
+        f"from {', '.join(sites)}" + (f"; left out (too few cells): {', '.join(dropped)}" if dropped else ""))
+    result = fit(x_tr, y_tr, x_va, y_va, len(classes), config, out_dir / "work", resume=resume,
+                 show_progress=show_progress)
+
+    def counts(labels: np.ndarray) -> dict[str, int]:
+        return {c: int(n) for c, n in zip(classes, np.bincount(labels, minlength=len(classes))) if n}
+
+    test_by_site, pooled_y, pooled_p, data_sites = {}, [], [], []
+    for s in sites:
+        x_te, y_te, _ = parts["test"][s]
+        proba = softmax(predict_logits(result.net, x_te, config.preprocess), result.temperature)
+        pooled_y.append(y_te)
+        pooled_p.append(proba)
+        # every class stays a possible answer: a site is scored on the full model, not on its own classes only
+        test_by_site[s] = classification_metrics(y_te, proba, classes) if len(set(y_te.tolist())) > 1 else None
+        info = dataset_info(s)
+        data_sites.append({"dataset": s, "site": info.site, "scanner": info.scanner,
+                           "dataset_fingerprint": load_fingerprint(s, data_root),
+                           **split_record(s), "split_groups": "patients" if s == "deepapl" else "near-duplicates",
+                           "counts": {side: counts(parts[side][s][1]) for side in ("train", "val", "test")},
+                           "source": info.source, "license": info.license, "citation": info.citation})
+        acc = test_by_site[s]["accuracy"]["value"] if test_by_site[s] else float("nan")
+        log(f"{s} test: accuracy {acc:.3f} (n={len(y_te)})")
+    pooled = classification_metrics(np.concatenate(pooled_y), np.concatenate(pooled_p), classes)
+    val_metrics = classification_metrics(y_va, softmax(result.val_logits, result.temperature), classes,
+                                         n_boot=200, auroc_boot=0)
+    metrics = {"split": "test", "test": pooled, "test_by_site": test_by_site,
+               "val": {k: val_metrics[k] for k in ("accuracy", "macro_f1", "ece", "n")}}
+    if loso_result:
+        metrics["leave_one_site_out"] = _loso_summary(json.loads(Path(loso_result).read_text()), loso_result)
+    licences = sorted({d["license"] for d in data_sites if d["license"]})
+    card = build_card(
+        name or out_dir.name, "image-classification", classes, input_kind="cells", arch=config.arch,
+        input_size=config.preprocess.size, preprocess=config.preprocess.as_dict(), temperature=result.temperature,
+        abstain_below=DEFAULT_ABSTAIN,
+        data={"dataset": "+".join(sites), "sites": data_sites, "vocabulary": "top level of leukodx's vocabulary",
+              "max_per_class_per_site": max_per_class, "min_class_count": min_class_count,
+              "classes_left_out": dropped, "license": "; ".join(licences)},
+        training={"config": config.as_dict(), "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+                  "seconds": round(result.seconds, 1), "wall_seconds_with_decoding": round(time.time() - started, 1),
+                  "device": str(device()), "threads": torch.get_num_threads(), "history": result.history},
+        metrics=metrics,
+        intended_use=("Research use: type single white cells (CellaVision-like crops, one cell centred) into "
+                      f"{', '.join(classes)}. Not a medical device; not validated clinically."),
+        limits=[f"Trained on {len(sites)} sites ({', '.join(sites)}); other labs, stains and scanners are "
+                "measured only by leave-one-site-out (see metrics.leave_one_site_out).",
+                "deepapl cells come from acute-leukemia patients (Johns Hopkins, licence: research use, "
+                "copyright JHU 2020); pbc cells from healthy donors: a class seen at one site only is learned "
+                "from that site's look.",
+                *( [f"Classes with fewer than {min_class_count} training cells were left out: {', '.join(dropped)}."]
+                   if dropped else [])],
+    )
+    return save_bundle(out_dir, result.net, card)
+
+
+def load_fingerprint(dataset: str, data_root=None) -> str:
+    """The fingerprint of a registered image set (paths and labels as listed on disk)."""
+    return load_dataset(dataset, data_root).fingerprint()
+
+
+def _loso_summary(result: dict, path) -> dict:
+    """A card's leave-one-site-out entry: accuracy [CI] per left-out site, from a loso result file."""
+    if result.get("protocol") != "leave-one-site-out":
+        raise InvalidInputError(f"{path}: not a leave-one-site-out result")
+    return {"file": str(path), "variant": result["variant"]["name"], "classes": result["classes"],
+            "budget": {k: result["variant"][k] for k in ("arch", "size", "epochs", "per_class")},
+            "git_commit": result.get("provenance", {}).get("git_commit"),
+            "left_out": {site: {k: fold["left_out"][k] for k in ("accuracy", "macro_f1", "n")}
+                         for site, fold in result["folds"].items()},
+            "in_site": {site: {s: v["accuracy"] for s, v in fold["in_site"].items()}
+                        for site, fold in result["folds"].items()}}

@@ -1,0 +1,229 @@
+"""A patient's call from their single cells: APL vs other AML as multiple-instance learning.
+
+Every cell of the patient goes through the white-cell model; the patient is the bag of its cells'
+calibrated probabilities. The bag becomes a fixed vector (per class: the mean probability and the
+fraction of cells whose top class it is) and an L2 logistic regression, its strength chosen by
+inner cross-validation, turns the vector into a probability. This is the aggregation DeepAPL
+(Sidhom et al. 2021) compares itself with, and the one a hematologist can read: it says which
+cell types moved the call.
+
+The model is a NumPy bundle (``task: patient-classification``) that names the cell model it was
+fitted on, with that model's weights sha256: a patient model is refused with another cell model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from leukodx.errors import InvalidInputError
+
+TASK = "patient-classification"
+DEFAULT_APL_MODEL = "deepapl-apl"
+
+
+def bag_features(proba: np.ndarray, classes: list[str]) -> tuple[np.ndarray, list[str]]:
+    """(cells, classes) probabilities of one patient -> (features,) vector and the feature names."""
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim != 2 or proba.shape[1] != len(classes) or len(proba) == 0:
+        raise InvalidInputError(f"a patient needs at least one cell's probabilities over {len(classes)} classes")
+    top = np.bincount(proba.argmax(1), minlength=len(classes)) / len(proba)
+    names = [f"mean_p_{c}" for c in classes] + [f"fraction_{c}" for c in classes]
+    return np.concatenate([proba.mean(0), top]), names
+
+
+@dataclass
+class PatientModel:
+    """Probability of ``positive`` for a patient from their cells' probabilities under ``cell_model``."""
+
+    classes: list[str]              # [negative, positive]
+    cell_model: str
+    cell_model_sha256: str
+    cell_classes: list[str]
+    arrays: dict[str, np.ndarray]   # mean, scale, coef, intercept
+    card: dict = field(default_factory=dict)
+
+    @property
+    def positive(self) -> str:
+        return self.classes[1]
+
+    def probability(self, cell_proba: np.ndarray) -> float:
+        x, _ = bag_features(cell_proba, self.cell_classes)
+        z = (x - self.arrays["mean"]) / self.arrays["scale"]
+        logit = float(z @ self.arrays["coef"] + self.arrays["intercept"][0])
+        return float(1.0 / (1.0 + np.exp(-logit)))
+
+    def check_cell_model(self, card: dict) -> None:
+        """Refuse to run on cells typed by another model than the one this model was fitted on."""
+        if card.get("sha256") != self.cell_model_sha256 or list(card.get("classes", [])) != self.cell_classes:
+            raise InvalidInputError(f"{self.card.get('name', 'patient model')} was fitted on cell model "
+                                    f"{self.cell_model}; cells typed by {card.get('name')} cannot be used")
+
+    def contributions(self, cell_proba: np.ndarray, top: int = 3) -> list[dict]:
+        """The features that moved this patient's call most (standardized value x weight)."""
+        x, names = bag_features(cell_proba, self.cell_classes)
+        z = (x - self.arrays["mean"]) / self.arrays["scale"] * self.arrays["coef"]
+        order = np.argsort(-np.abs(z))[:top]
+        return [{"feature": names[i], "value": round(float(x[i]), 4), "log_odds": round(float(z[i]), 3)}
+                for i in order]
+
+    def save(self, directory: str | os.PathLike) -> dict:
+        from leukodx.models.bundle import save_arrays
+
+        return save_arrays(directory, self.arrays, self.card)
+
+    @classmethod
+    def load(cls, name_or_path: str | os.PathLike = DEFAULT_APL_MODEL) -> "PatientModel":
+        from leukodx.models.bundle import load_arrays
+
+        card, arrays, _ = load_arrays(name_or_path, TASK)
+        return cls(classes=list(card["classes"]), cell_model=card["cell_model"],
+                   cell_model_sha256=card["cell_model_sha256"], cell_classes=list(card["cell_classes"]),
+                   arrays=arrays, card=card)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """Standardize, then L2 logistic regression with C chosen by inner stratified CV (AUROC)."""
+    from sklearn.linear_model import LogisticRegressionCV
+
+    mean = x.mean(0)
+    scale = x.std(0)
+    scale[scale < 1e-9] = 1.0
+    folds = int(min(5, np.bincount(y).min()))
+    if folds < 2:
+        raise InvalidInputError("a patient model needs at least two patients of each class")
+    lr = LogisticRegressionCV(Cs=[0.01, 0.03, 0.1, 0.3, 1.0, 3.0], cv=folds, scoring="roc_auc",
+                              max_iter=5000, random_state=seed)
+    lr.fit((x - mean) / scale, y)
+    return {"mean": mean, "scale": scale, "coef": lr.coef_[0].astype(np.float64),
+            "intercept": lr.intercept_.astype(np.float64), "C": np.asarray([lr.C_[0]], dtype=np.float64)}
+
+
+def predict_logistic(arrays: dict, x: np.ndarray) -> np.ndarray:
+    z = (x - arrays["mean"]) / arrays["scale"]
+    return 1.0 / (1.0 + np.exp(-(z @ arrays["coef"] + arrays["intercept"][0])))
+
+
+def cross_validate(x: np.ndarray, y: np.ndarray, repeats: int = 20, n_splits: int = 5, seed: int = 0) -> dict:
+    """Repeated stratified k-fold over patients (one row per patient, so folds are patient-grouped):
+    the out-of-fold probability of each patient averaged over repeats, and each repeat's AUROC."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    oof = np.zeros((repeats, len(y)))
+    per_repeat = []
+    for r in range(repeats):
+        for train, test in StratifiedKFold(n_splits, shuffle=True, random_state=seed + r).split(x, y):
+            oof[r, test] = predict_logistic(fit_logistic(x[train], y[train], seed), x[test])
+        per_repeat.append(float(roc_auc_score(y, oof[r])))
+    return {"oof": oof.mean(0), "per_repeat_auroc": per_repeat}
+
+
+def cell_probabilities_by_patient(clf, index, log=print) -> dict[str, np.ndarray]:
+    """Every cell of every patient through ``clf``: patient id -> (cells, classes) probabilities."""
+    from leukodx._progress import track
+    from leukodx.data.images import read_image
+
+    if index.groups is None:
+        raise InvalidInputError(f"{index.name}: no patient ids; a patient model needs them")
+    out: dict[str, list[np.ndarray]] = {}
+    paths = index.abspaths()
+    batch = 256
+    for start in track(range(0, len(paths), batch), "cells", total=(len(paths) + batch - 1) // batch):
+        arrays = np.stack([clf.preprocess(read_image(p)) for p in paths[start:start + batch]])
+        proba = clf.predict_arrays(arrays)
+        for g, p in zip(index.groups[start:start + batch], proba):
+            out.setdefault(str(g), []).append(p)
+    return {g: np.stack(v) for g, v in out.items()}
+
+
+def apl_dataset(clf, data_root=None, log=print) -> dict:
+    """deepapl's discovery patients as bags: features under ``clf``, labels (APL = 1), and which
+    patients were outside ``clf``'s training data (only those give an unbiased figure)."""
+    from leukodx.data.registry import load_dataset
+
+    index = load_dataset("deepapl", data_root)
+    diagnosis = index.meta.get("diagnosis") or {}
+    if not diagnosis:
+        raise InvalidInputError(f"{index.root}: patients.csv with each patient's diagnosis is missing")
+    bags = cell_probabilities_by_patient(clf, index, log)
+    patients = sorted(p for p in bags if diagnosis.get(p) in ("APL", "AML"))
+    feats = [bag_features(bags[p], clf.classes) for p in patients]
+    trained_on = _cell_model_training_patients(clf.card)
+    return {"patients": patients, "x": np.stack([f for f, _ in feats]), "feature_names": feats[0][1],
+            "y": np.asarray([diagnosis[p] == "APL" for p in patients], dtype=int), "bags": bags,
+            "unseen": np.asarray([p not in trained_on for p in patients]),
+            "n_cells": {p: int(len(bags[p])) for p in patients}}
+
+
+def _cell_model_training_patients(card: dict) -> set[str]:
+    """deepapl patients whose cells trained the cell model (its train and val sides), from its card."""
+    from leukodx.data.splits import bundled_split_path, load_split
+
+    sites = [s["dataset"] for s in card.get("data", {}).get("sites", [])] or [card.get("data", {}).get("dataset")]
+    if "deepapl" not in sites:
+        return set()
+    patients = load_split(bundled_split_path("deepapl")).get("patients", {})
+    return set(patients.get("train", [])) | set(patients.get("val", []))
+
+
+def train_apl_model(clf, data_root=None, repeats: int = 20, seed: int = 0, name: str = DEFAULT_APL_MODEL,
+                    n_boot: int = 1000, log=print) -> tuple["PatientModel", dict]:
+    """Fit the APL-vs-AML patient model on every discovery patient; figures by repeated patient CV."""
+    from sklearn.metrics import roc_auc_score
+
+    from leukodx.data.registry import dataset_info
+    from leukodx.models.card import build_card
+    from leukodx.stats import bootstrap_estimate
+
+    data = apl_dataset(clf, data_root, log)
+    x, y, unseen = data["x"], data["y"], data["unseen"]
+    cv = cross_validate(x, y, repeats=repeats, seed=seed)
+    oof = cv["oof"]
+
+    def auroc(rows: np.ndarray) -> dict:
+        rows = np.asarray(rows)
+
+        def stat(idx: np.ndarray) -> float:
+            yy, pp = y[rows][idx], oof[rows][idx]
+            return float(roc_auc_score(yy, pp)) if 0 < yy.sum() < len(yy) else float("nan")
+
+        out = bootstrap_estimate(stat, len(rows), n_boot, seed)
+        return {**out, "n_patients": int(len(rows)), "n_apl": int(y[rows].sum())}
+
+    everyone = np.arange(len(y))
+    metrics = {
+        "protocol": f"{repeats} x stratified 5-fold cross-validation over patients (all of a patient's cells "
+                    "in one fold); out-of-fold probabilities averaged over repeats; bootstrap over patients",
+        "auroc_all_patients": auroc(everyone),
+        "auroc_unseen_patients": auroc(everyone[unseen]),
+        "per_repeat_auroc": {"mean": float(np.mean(cv["per_repeat_auroc"])),
+                             "min": float(np.min(cv["per_repeat_auroc"])),
+                             "max": float(np.max(cv["per_repeat_auroc"]))},
+        "note": ("The cell model saw the cell-type labels (not the diagnosis) of its training patients; "
+                 "'unseen' counts only the patients outside its training and validation sides."),
+    }
+    arrays = fit_logistic(x, y, seed)
+    info = dataset_info("deepapl")
+    card = build_card(
+        name, TASK, ["AML", "APL"], data={
+            "dataset": "deepapl", "cohort": "discovery", "patients": int(len(y)), "apl": int(y.sum()),
+            "cells": int(sum(data["n_cells"].values())), "dataset_fingerprint": None,
+            "split": "leukodx/data/splits/deepapl.json", "source": info.source, "license": info.license,
+            "citation": info.citation},
+        metrics=metrics, training={"repeats": repeats, "seed": seed, "C": float(arrays["C"][0])},
+        intended_use="Research use: the probability that an acute myeloid leukemia is APL, from a patient's "
+                     "CellaVision-like single-cell images. Not a medical device: APL is confirmed by "
+                     "t(15;17) / PML-RARA testing.",
+        limits=["Fitted on 82 Johns Hopkins discovery patients (22 APL); the 24-patient validation cohort is "
+                "held back. Other labs, stains and scanners are untested.",
+                "Licence of the training cells: research use (copyright The Johns Hopkins University 2020).",
+                "Valid only with the cell model it names (cell_model, cell_model_sha256)."],
+        cell_model=clf.name, cell_model_sha256=clf.card.get("sha256"), cell_classes=list(clf.classes),
+        features=data["feature_names"], method="logistic regression (L2, C by inner CV) on bag features")
+    model = PatientModel(classes=["AML", "APL"], cell_model=clf.name, cell_model_sha256=clf.card.get("sha256"),
+                         cell_classes=list(clf.classes), arrays=arrays, card=card)
+    return model, {"data": data, "cv": cv, "metrics": metrics}

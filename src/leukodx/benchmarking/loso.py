@@ -64,6 +64,7 @@ VARIANTS = {v.name: v for v in (
     # stain, hue and grey-image augmentation (another lab's look, drawn at training time)
     Variant("cell-crop+stain-aug", resize="cell-crop", augment="stain"),
     Variant("cell-crop+stain-aug+groupnorm", arch="regnetx_002_gn", resize="cell-crop", augment="stain"),
+    Variant("cell-crop+reinhard+stain-aug", resize="cell-crop", stain="reinhard", augment="stain"),
 )}
 QUICK = {"epochs": 1, "per_class": 6, "val_per_class": 3, "test_per_class": 4, "size": 32}
 

@@ -120,12 +120,16 @@ def register(app: typer.Typer) -> None:
         model: Optional[str] = typer.Option(None, "--model", "-m", help="Override the model for this kind."),
         backend: str = Backend,
         smear: bool = typer.Option(True, help="For smear fields, also detect and count every cell (leukodx detect)."),
-        pixel_scale: float = typer.Option(1.0, help="Field px per px at the detector's magnification (all-aria: 0.15)."),
+        um_per_px: Optional[float] = typer.Option(None, "--um-per-px", help="Smear fields: the camera's scale in um "
+                                                                         "per pixel, when known (else measured)."),
+        pixel_scale: Optional[float] = typer.Option(None, help="Smear fields: px per px at the detector's "
+                                                               "magnification (default: measured per field)."),
     ) -> None:
         """The main job: per-image results, a case summary with flags, and an HTML report."""
         from leukodx.diagnosis.case import diagnose, write_case_outputs
 
-        result = diagnose(inputs, kind=kind, model=model, backend=backend, smear=smear, pixel_scale=pixel_scale)
+        result = diagnose(inputs, kind=kind, model=model, backend=backend, smear=smear, pixel_scale=pixel_scale,
+                          um_per_px=um_per_px)
         _report_errors(result["errors"])
         paths = write_case_outputs(result, output)
         s = result["summary"]
@@ -136,9 +140,15 @@ def register(app: typer.Typer) -> None:
         console.print(f"{result['n_images']} {result['kind']} analysed: {headline}")
         if "smear" in result:
             sm = result["smear"]["summary"]
-            counts = ", ".join(f"{k} {v}" for k, v in sm["counts"].items())
-            diff = ", ".join(f"{c} {p}%" for c, p in sm["differential_percent"].items() if p)
-            console.print(f"cells found: {counts}; differential: {diff or 'no typed white cell'}")
+            if sm["counts"] is None:
+                console.print(f"cells not counted: no field's scale could be trusted ({sm['fields_not_counted']} "
+                              "field(s); see the flags)")
+            else:
+                counts = ", ".join(f"{k} {v}" for k, v in sm["counts"].items())
+                diff = ", ".join(f"{c} {p}%" for c, p in sm["differential_percent"].items() if p)
+                console.print(f"cells found in {sm['fields_counted']} field(s) at median pixel scale "
+                              f"{sm['pixel_scale_median']} ({', '.join(sm['scale_sources'])}): {counts}; "
+                              f"differential: {diff or 'no typed white cell'}")
         for flag in result["flags"]:
             console.print(f"flag: {flag}")
         console.print(f"report: {paths['report']}")

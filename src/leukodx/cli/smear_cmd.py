@@ -56,17 +56,27 @@ def register(app: typer.Typer) -> None:
         output: Path = typer.Option(..., "--output", "-o", help="Folder for per-field JSON, overlays, cells.csv, summary.json."),
         detector: str = typer.Option("bccd-frcnn", help="Bundled detector name or bundle folder."),
         model: str = typer.Option("wbc-multisite", help="White-cell type classifier (bundled name or folder)."),
-        pixel_scale: float = typer.Option(1.0, help="Image px per px at the detector's magnification (BCCD: ~100 px per red cell)."),
+        um_per_px: Optional[float] = typer.Option(None, "--um-per-px", help="The camera's scale in um per pixel, "
+                                                                         "when known (else measured per field)."),
+        pixel_scale: Optional[float] = typer.Option(None, help="Image px per px at the detector's magnification "
+                                                               "(BCCD: ~103 px per red cell); default: measured."),
         overlay: bool = typer.Option(True, help="Write an overlay JPEG per field."),
     ) -> None:
         """Find every cell in smear fields, type the white cells, count them; bad files are reported and skipped."""
         from leukodx.smear.report import analyze_fields
 
         summary = analyze_fields(inputs, output, detector=detector, model=model, pixel_scale=pixel_scale,
+                                 um_per_px=um_per_px,
                                  overlay=overlay, log=lambda m: err.print(m))
         counts = summary["summary"]["counts"]
-        console.print(f"{summary['n_fields']} field(s): WBC {counts['WBC']}, RBC {counts['RBC']}, platelets "
-                      f"{counts['Platelets']}; {len(summary['errors'])} unreadable; written to {output}")
+        if counts is None:
+            console.print(f"{summary['n_fields']} field(s), none counted; {len(summary['errors'])} unreadable; "
+                          f"written to {output}")
+        else:
+            console.print(f"{summary['n_fields']} field(s): WBC {counts['WBC']}, RBC {counts['RBC']}, platelets "
+                          f"{counts['Platelets']}; {len(summary['errors'])} unreadable; written to {output}")
+        for flag in summary["summary"].get("flags", []):
+            console.print(f"flag: {flag}")
         if not summary["n_fields"]:
             raise typer.Exit(2)
 

@@ -176,11 +176,12 @@ def _field_summary(rows: list[dict], classes: list[str]) -> tuple[dict, list[str
 
 def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "auto",
              model: str | os.PathLike | Classifier | None = None, backend: str = "auto",
-             smear: bool = True, pixel_scale: float = 1.0) -> dict:
+             smear: bool = True, pixel_scale: float | None = None, um_per_px: float | None = None) -> dict:
     """Diagnose one case. Returns the summary dict (rows, summary, flags, errors, provenance).
 
     For smear fields, ``smear`` also runs the whole-smear pipeline on every field (cells found,
-    white cells typed, counts, differential; ``leukodx.smear.pipeline``) beside the field model.
+    white cells typed, counts, differential; ``leukodx.smear.pipeline``) beside the field model, at
+    the scale given (``um_per_px`` or ``pixel_scale``) or measured per field from its red cells.
     """
     if kind not in KINDS:
         raise InvalidInputError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
@@ -217,7 +218,7 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
                         f"({clf.abstain_below:.2f}): review them")
     if errors:
         flags.append(f"{len(errors)} file(s) could not be read and were left out")
-    smear_result = _smear_analysis(images, pixel_scale) if (kind == "fields" and smear) else None
+    smear_result = _smear_analysis(images, pixel_scale, um_per_px) if (kind == "fields" and smear) else None
     if smear_result:
         flags.extend(f"smear: {f}" for f in smear_result["summary"]["flags"])
     return {
@@ -234,14 +235,15 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
     }
 
 
-def _smear_analysis(images: list[CaseImage], pixel_scale: float) -> dict:
+def _smear_analysis(images: list[CaseImage], pixel_scale: float | None, um_per_px: float | None) -> dict:
     """Cells, counts and differential per field and for the case (the detector and cell-type model)."""
     from leukodx.smear.pipeline import SmearAnalyzer, summarize_fields
 
-    analyzer = SmearAnalyzer(pixel_scale=pixel_scale)
+    analyzer = SmearAnalyzer(pixel_scale=pixel_scale, um_per_px=um_per_px)
     fields = [analyzer.analyze(im.rgb, im.name) for im in track(images, "smear fields")]
     return {"detector": {"name": analyzer.detector.name, "sha256": analyzer.detector.card.get("sha256")},
-            "pixel_scale": pixel_scale, "summary": summarize_fields(fields),
+            "scale_given": {"pixel_scale": pixel_scale, "um_per_px": um_per_px},
+            "summary": summarize_fields(fields),
             "fields": [{k: v for k, v in f.items() if k != "cells"} | {"cells": len(f["cells"])} for f in fields]}
 
 

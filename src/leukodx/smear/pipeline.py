@@ -4,9 +4,11 @@
     field = analyzer.analyze(rgb, name="field-1")   # cells, counts, differential, flags
     case = summarize_fields([field, ...])           # per-case differential and flags
 
-A field of any size is accepted: large ones are tiled by the detector. ``pixel_scale`` says how
-many of this image's pixels make one pixel at the detector's training magnification (BCCD,
-~100 px per red cell): an image at a third of that magnification has ``pixel_scale=0.33``.
+A field of any size is accepted: large ones are tiled by the detector. Each field's scale is
+measured from its own red cells (``leukodx.smear.scale``) unless the user gives ``um_per_px`` or
+``pixel_scale`` (image px per px at the detector's training magnification, BCCD's ~103 px per red
+cell: an image at a third of that magnification has ``pixel_scale=0.33``). A field whose scale
+cannot be trusted is not counted, and says why.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from leukodx.errors import InvalidInputError
 from leukodx.data.vocabulary import is_leukocyte, leukocyte_classes
 from leukodx.smear.classical import NucleusThreshold, nucleus_mask
 from leukodx.smear.evaluate import counted
+from leukodx.smear.scale import Scale, estimate_scale, given_scale, to_detector_scale
 from leukodx.smear.tiling import background_colour
 
 #: crop side / white-cell box side: frames the cell as in the cell-type model's training images
@@ -28,8 +31,6 @@ CROP_FACTOR = 1.8
 #: whatever its top class: a blast missed costs more than a second look
 BLAST_REVIEW_PROBABILITY = 0.3
 DARK_MEAN, BRIGHT_MEAN, GRAY_SPREAD = 40.0, 235.0, 4.0
-#: rescaling the input beyond this many pixels would exhaust memory, whatever the field
-MAX_RESCALED_PIXELS = 150_000_000
 
 
 def image_quality(rgb: np.ndarray) -> list[str]:
@@ -77,39 +78,45 @@ def nucleus_fraction(rgb: np.ndarray, box, pixel_scale: float = 1.0) -> float:
 class SmearAnalyzer:
     detector: object = None      # CellDetector; the bundled one when None
     classifier: object = None    # leukodx Classifier of white-cell types; the default cell model when None
-    pixel_scale: float = 1.0
+    pixel_scale: float | None = None   # image px per detector px; None: measured per field
+    um_per_px: float | None = None     # the camera's scale, when known (instead of pixel_scale)
     thresholds: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from leukodx.inference.classifier import DEFAULT_CELL_MODEL, load_model
         from leukodx.smear.detector import load_detector
 
-        if not 0.02 <= self.pixel_scale <= 50:
-            raise InvalidInputError(f"pixel scale {self.pixel_scale}: expected 0.02..50 (image px per BCCD px)")
+        self.given = given_scale(self.pixel_scale, self.um_per_px)
         self.detector = self.detector or load_detector()
         self.classifier = self.classifier or load_model(DEFAULT_CELL_MODEL)
         self.thresholds = {**{c: 0.5 for c in self.detector.classes},
                            **self.detector.card.get("count_thresholds", {}), **self.thresholds}
 
-    def _to_detector_scale(self, rgb: np.ndarray) -> tuple[np.ndarray, float]:
-        factor = 1.0 / self.pixel_scale
-        if abs(factor - 1.0) < 1e-3:
-            return rgb, 1.0
-        h, w = rgb.shape[:2]
-        size = (max(1, int(round(w * factor))), max(1, int(round(h * factor))))
-        if size[0] * size[1] > MAX_RESCALED_PIXELS:
-            raise InvalidInputError(f"pixel scale {self.pixel_scale}: a {w}x{h} image would become "
-                                    f"{size[0]}x{size[1]} px; analyse it in parts")
-        return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR)), factor
+    def scale_of(self, rgb: np.ndarray) -> Scale:
+        """The scale this field is analysed at: the user's, else measured from its red cells."""
+        return self.given or estimate_scale(rgb, self.detector, self.thresholds.get("RBC", 0.5))
 
     def analyze(self, rgb: np.ndarray, name: str = "field") -> dict:
-        """One field: every detected cell, counts per kind, white-cell differential and flags."""
+        """One field: its scale, every detected cell, counts per kind, white-cell differential and flags.
+
+        A field whose scale is uncertain is not counted: ``counted`` is False and a flag says why.
+        """
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise InvalidInputError(f"{name}: expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
         quality = image_quality(rgb)
-        scaled, factor = self._to_detector_scale(rgb)
-        detections = self.detector.detect(scaled)
-        del scaled
+        scale = self.scale_of(rgb)
+        size = [int(rgb.shape[1]), int(rgb.shape[0])]
+        if scale.uncertain:
+            return {"field": name, "size": size, "scale": scale.as_dict(), "counted": False, "cells": [],
+                    "quality": quality,
+                    "flags": quality + [f"not counted: the scale is uncertain ({scale.detail}); give --um-per-px "
+                                        "if the camera's scale is known"]}
+        pixel_scale = scale.pixel_scale
+        factor = 1.0 / pixel_scale
+        if scale.detections is not None:  # the estimate ran the detector at this very scale
+            detections = scale.detections
+        else:
+            detections = self.detector.detect(to_detector_scale(rgb, pixel_scale))
         classes = self.detector.classes
         keep = counted(detections, classes, self.thresholds)
         boxes = detections["boxes"][keep] / factor
@@ -118,8 +125,8 @@ class SmearAnalyzer:
                  for b, k, s in zip(boxes, labels, scores)]
         white = [c for c in cells if c["kind"] == "WBC"]
         if white:
-            self._classify_white_cells(rgb, white)
-        return {"field": name, "size": [int(rgb.shape[1]), int(rgb.shape[0])], "pixel_scale": self.pixel_scale,
+            self._classify_white_cells(rgb, white, pixel_scale)
+        return {"field": name, "size": size, "scale": scale.as_dict(), "counted": True,
                 "cells": cells, "quality": quality,
                 **_field_summary(cells, self.classifier.abstain_below, quality, self.leukocyte_types)}
 
@@ -131,7 +138,7 @@ class SmearAnalyzer:
     def has_blast_class(self) -> bool:
         return "blast" in self.classifier.classes
 
-    def _classify_white_cells(self, rgb: np.ndarray, white: list[dict]) -> None:
+    def _classify_white_cells(self, rgb: np.ndarray, white: list[dict], pixel_scale: float) -> None:
         fill = background_colour(rgb)
         crops = [self.classifier.preprocess(square_crop(rgb, c["box"], CROP_FACTOR, fill)) for c in white]
         proba = self.classifier.predict_arrays(np.stack(crops))
@@ -141,7 +148,7 @@ class SmearAnalyzer:
             cell["probability"] = row["probability"]
             cell["unsure"] = row["unsure"]
             cell["probabilities"] = row["probabilities"]
-            cell["nucleus_fraction"] = round(nucleus_fraction(rgb, cell["box"], self.pixel_scale), 3)
+            cell["nucleus_fraction"] = round(nucleus_fraction(rgb, cell["box"], pixel_scale), 3)
             if self.has_blast_class:
                 cell["blast_probability"] = row["probabilities"]["blast"]
                 cell["blast_review"] = bool(cell["blast_probability"] >= BLAST_REVIEW_PROBABILITY)
@@ -181,10 +188,19 @@ def _field_summary(cells: list[dict], abstain_below: float, quality: list[str], 
 
 
 def summarize_fields(fields: list[dict]) -> dict:
-    """Per-case totals over fields: counts, differential over every typed white cell, flags."""
+    """Per-case totals over the counted fields: counts, differential over every typed white cell,
+    the scales used, flags (fields left uncounted for an uncertain scale are named, not summed)."""
+    uncounted = [f for f in fields if not f.get("counted", True)]
+    fields = [f for f in fields if f.get("counted", True)]
     leukocyte_types = list(fields[0]["white_cell_types"]) if fields else []
     summary = _tally([c for f in fields for c in f["cells"]], leukocyte_types)
     flags = []
+    if uncounted:
+        flags.append(f"{len(uncounted)} field(s) not counted: their scale is uncertain (e.g. "
+                     f"{uncounted[0]['scale']['detail']})")
+    if not fields:
+        flags.append("no field could be counted: give the camera's scale with --um-per-px, or use fields like "
+                     "the detector's training smears")
     if summary["blasts"]:
         flags.append(f"{summary['blasts']} white cell(s) typed as blasts "
                      f"({summary['differential_percent'].get('blast', 0.0)}% of typed leukocytes): review")
@@ -201,7 +217,14 @@ def summarize_fields(fields: list[dict]) -> dict:
     empty = sum(not f["cells"] for f in fields)
     if empty:
         flags.append(f"{empty} field(s) with no cell found")
-    return {**summary, "n_fields": len(fields), "per_field_wbc": [f["counts"]["WBC"] for f in fields], "flags": flags}
+    scales = [f["scale"]["pixel_scale"] for f in fields if f.get("scale")]
+    if not fields:
+        summary = {**summary, "counts": None, "differential_percent": None, "white_cell_types": None}
+    return {**summary, "n_fields": len(fields) + len(uncounted), "fields_counted": len(fields),
+            "fields_not_counted": len(uncounted), "per_field_wbc": [f["counts"]["WBC"] for f in fields],
+            "pixel_scale_median": round(float(np.median(scales)), 4) if scales else None,
+            "scale_sources": sorted({f["scale"]["source"] for f in fields + uncounted if f.get("scale")}),
+            "flags": flags}
 
 
 def render_overlay(rgb: np.ndarray, result: dict, max_side: int = 4096) -> Image.Image:

@@ -43,7 +43,8 @@ def cells_csv(fields: list[dict]) -> str:
 
 
 def analyze_fields(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, detector="bccd-frcnn",
-                   model=None, pixel_scale: float = 1.0, overlay: bool = True, log=print) -> dict:
+                   model=None, pixel_scale: float | None = None, um_per_px: float | None = None,
+                   overlay: bool = True, log=print) -> dict:
     """Analyse every readable field in ``inputs``; unreadable ones are listed and skipped."""
     from leukodx.inference.classifier import DEFAULT_CELL_MODEL, Classifier, load_model
     from leukodx.smear.detector import CellDetector, load_detector
@@ -52,7 +53,7 @@ def analyze_fields(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
     out_dir = Path(out_dir)
     analyzer = SmearAnalyzer(detector if isinstance(detector, CellDetector) else load_detector(detector),
                              model if isinstance(model, Classifier) else load_model(model or DEFAULT_CELL_MODEL),
-                             pixel_scale=pixel_scale)
+                             pixel_scale=pixel_scale, um_per_px=um_per_px)
     paths, errors = collect_images(inputs)
     for e in errors:
         log(f"error: {e['error']}")
@@ -73,13 +74,17 @@ def analyze_fields(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
             _atomic.write_bytes(out_dir / f"{stem}.overlay.jpg", buf.getvalue())
         del rgb
         fields.append(result)
-        log(f"{path}: WBC {result['counts']['WBC']}, RBC {result['counts']['RBC']}, "
-            f"platelets {result['counts']['Platelets']}")
+        scale = result["scale"]
+        if result["counted"]:
+            log(f"{path}: WBC {result['counts']['WBC']}, RBC {result['counts']['RBC']}, "
+                f"platelets {result['counts']['Platelets']} (scale {scale['um_per_px']:.3f} um/px, {scale['source']})")
+        else:
+            log(f"{path}: not counted, scale uncertain: {scale['detail']}")
     summary = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "inputs": [str(i) for i in inputs], "n_fields": len(fields), "pixel_scale": pixel_scale,
-        "summary": summarize_fields(fields) if fields else {"counts": {"WBC": 0, "RBC": 0, "Platelets": 0},
-                                                            "flags": ["no readable field"]},
+        "inputs": [str(i) for i in inputs], "n_fields": len(fields),
+        "scale_given": {"pixel_scale": pixel_scale, "um_per_px": um_per_px},
+        "summary": summarize_fields(fields) if fields else {"counts": None, "flags": ["no readable field"]},
         "errors": errors,
         "detector": {"name": analyzer.detector.name, "sha256": analyzer.detector.card.get("sha256"),
                      "count_thresholds": analyzer.thresholds},
@@ -87,7 +92,7 @@ def analyze_fields(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
                        "abstain_below": analyzer.classifier.abstain_below},
         "versions": versions(),
     }
-    if fields:
+    if any(f["counted"] for f in fields):
         _atomic.write_text(out_dir / "cells.csv", cells_csv(fields))
     _atomic.write_json(out_dir / "summary.json", summary)
     return summary

@@ -10,3 +10,10 @@ leukodx train -d all-aria -o src/leukodx/weights/all-stage --name all-stage \
 leukodx flow train -o src/leukodx/weights/flow/ddpr-leukemic-cell
 leukodx train-detector -o src/leukodx/weights/detection/bccd-frcnn --epochs 20 --threads 2
 leukodx train-segmenter -d wbc-seg-1 -o src/leukodx/weights/segmentation/wbc-seg-unet --steps 600 --threads 1
+# the default white-cell model: four sites (each site's saved split), the recipe that won leave-one-site-out
+# (benchmarks/results/LOSO.md: baseline-large), whose LOSO figures its card lists
+leukodx train -d pbc -d deepapl -d wbc-seg-1 -d wbc-seg-2 -o src/leukodx/weights/wbc-multisite --name wbc-multisite \
+    --arch regnetx_002 --size 64 --epochs 25 --lr 3e-3 --max-per-class 1000 --threads 2 \
+    --loso benchmarks/results/loso/baseline-large.json
+# APL vs other AML over a patient's cells, typed by wbc-multisite (deepapl discovery cohort, patient CV)
+leukodx train-apl -m wbc-multisite -o src/leukodx/weights/patient/deepapl-apl

@@ -27,7 +27,7 @@ def test_version():
 @pytest.mark.parametrize("args, message", [
     (["predict", "--bogus"], "No such option: --bogus"),
     (["detect", "x.jpg", "-o", "out", "--pixel-scale", "abc"], "Invalid value for '--pixel-scale'"),
-    (["evaluate", "--images", "x"], "Missing option '--model'"),
+    (["evaluate", "--images", "x"], "Missing option '--output'"),
 ])
 def test_usage_errors_are_a_short_message_not_a_traceback(args, message):
     proc = run(*args)

@@ -96,3 +96,19 @@ def test_ambiguous_layouts_are_refused_not_guessed():
     result = clf.predict([torch.zeros(3, 64, 3), np.zeros((3, 64, 64), dtype=np.uint8)])
     assert not result.rows and len(result.errors) == 2
     assert "ambiguous" in result.errors[0]["error"] and "channels-first" in result.errors[1]["error"]
+
+
+def test_test_time_batchnorm_adaptation_is_opt_in_and_needs_a_batch(tmp_path):
+    import leukodx
+    from leukodx.data.registry import load_dataset
+    from leukodx.errors import InvalidInputError
+
+    clf = leukodx.load("pbc-celltype", backend="torch")
+    index = load_dataset("wbc-seg-1")  # another lab's cells
+    paths = [index.abspath(i) for i in range(40)]
+    plain = clf.predict(paths).probabilities
+    adapted = clf.predict(paths, adapt_bn=True).probabilities
+    assert plain.shape == adapted.shape and not np.allclose(plain, adapted)
+    np.testing.assert_allclose(clf.predict(paths).probabilities, plain)  # the loaded model is left unchanged
+    with pytest.raises(InvalidInputError, match="at least 32 images"):
+        clf.predict(paths[:5], adapt_bn=True)

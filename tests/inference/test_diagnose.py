@@ -89,3 +89,40 @@ def test_case_report_escapes_file_names_and_labels():
     html = render_case_html(result)
     assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;.png" in html
     assert "<b>flag</b>" not in html and "lymphocyte 0.10" in html
+
+
+def test_field_case_measures_each_fields_scale_when_none_is_given(tiny_aria_model, aria_folder):
+    result = diagnose(aria_folder / "pro", model=str(tiny_aria_model))
+    smear = result["smear"]
+    summary = smear["summary"]
+    assert summary["fields_counted"] + summary["fields_not_counted"] == 6
+    for field in smear["fields"]:
+        assert field["scale"]["source"] in ("estimated", "uncertain")
+        if field["scale"]["source"] == "estimated":  # all-aria's 224 px fields: red cells ~15 px
+            assert 0.08 < field["scale"]["pixel_scale"] < 0.3 and field["counted"]
+        else:
+            assert not field["counted"] and "outside what it knows" in field["scale"]["detail"]
+    assert smear["scale_given"] == {"pixel_scale": None, "um_per_px": None}
+
+
+@pytest.mark.slow
+def test_patient_case_gets_blast_fraction_and_apl_probability(tmp_path):
+    folder = load_dataset("deepapl").root / "images" / "Patient_01"  # a test-split patient
+    result = diagnose(folder, kind="cells")
+    s = result["summary"]
+    assert result["model"]["name"] == "wbc-multisite"
+    assert isinstance(s["apl_probability"], float) and 0 <= s["apl_probability"] <= 1
+    assert s["apl_model"]["used"] and s["apl_model"]["cells"] == result["n_images"]
+    lo, hi = s["blast_fraction_ci95"]
+    assert lo <= s["blast_fraction"] <= hi
+    assert s["blast_fraction"] == pytest.approx(s["counts"]["blast"] / s["leukocytes_counted"], abs=1e-4)
+    paths = write_case_outputs(result, tmp_path / "out")
+    saved = json.loads(paths["summary"].read_text())["summary"]
+    assert saved["apl_probability"] == s["apl_probability"]
+    assert "APL probability" in paths["report"].read_text() and "Blast fraction" in paths["report"].read_text()
+
+
+def test_apl_probability_is_withheld_for_another_cell_model(pbc_folder):
+    s = diagnose([pbc_folder], kind="cells", model="pbc-celltype")["summary"]
+    assert s["apl_probability"] is None and not s["apl_model"]["used"]
+    assert "cannot be used" in s["apl_model"]["reason"]

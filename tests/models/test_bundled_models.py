@@ -14,8 +14,10 @@ from leukodx.models.card import TASKS
 
 CLASSIFIERS = {"pbc-celltype": "pbc", "all-stage": "all-aria"}
 EXPECTED = {"pbc-celltype": "image-classification", "all-stage": "image-classification",
+            "wbc-multisite": "image-classification",
             "bccd-frcnn": "detection", "wbc-seg-unet": "segmentation",
-            "ddpr-leukemic-cell": "flow-cell-classification", "golub-all-aml": "expression-classification"}
+            "ddpr-leukemic-cell": "flow-cell-classification", "golub-all-aml": "expression-classification",
+            "deepapl-apl": "patient-classification"}
 
 
 def test_every_kind_of_model_is_bundled_and_listed_by_task():
@@ -92,3 +94,70 @@ def test_bundled_expression_model_floor_and_parity_with_its_pipeline():
     assert (np.array(model.classes)[proba.argmax(1)] == test.labels).sum() >= 31
     pipeline = expression_methods(GolubPreprocessor)[model.method]().fit(train.values, train.labels)
     assert np.allclose(proba, pipeline.predict_proba(test.values), atol=1e-9)
+
+
+def test_default_white_cell_model_is_multisite_with_blasts_and_lists_every_site():
+    from leukodx.data.sites import CELL_SITES, site_split
+    from leukodx.inference.classifier import DEFAULT_CELL_MODEL
+
+    card = read_card(bundled()[DEFAULT_CELL_MODEL])
+    assert {"neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "immature_granulocyte",
+            "erythroblast", "platelet", "blast", "smudge"} <= set(card["classes"])
+    sites = {s["dataset"]: s for s in card["data"]["sites"]}
+    assert set(sites) == set(CELL_SITES)
+    for name, entry in sites.items():
+        assert entry["split_sha256"] == sha256_file(site_split(name)[1])
+    assert "Johns Hopkins" in card["data"]["license"] or "research" in card["data"]["license"].lower()
+    assert set(card["metrics"]["test_by_site"]) == set(CELL_SITES)
+    loso = card["metrics"]["leave_one_site_out"]
+    assert set(loso["left_out"]) == set(CELL_SITES) and loso["variant"] == "baseline-large"
+
+
+def _site_sample(site: str, n: int, seed: int = 0):
+    from leukodx.data.sites import site_sides
+
+    test = site_sides(site)["test"]
+    pick = np.random.default_rng(seed).choice(len(test), min(n, len(test)), replace=False)
+    return [test.abspath(i) for i in pick], [test.classes[test.labels[i]] for i in pick]
+
+
+@pytest.mark.slow
+def test_default_model_regression_floors_in_site():
+    """Floors a few points under the shipped figures (bundled_models.md) on seeded test samples."""
+    clf = leukodx.load("wbc-multisite")
+    for site, floor in (("pbc", PBC_FLOOR), ("deepapl", DEEPAPL_FLOOR)):
+        paths, truth = _site_sample(site, 200)
+        rows = clf.predict(paths).rows
+        accuracy = np.mean([r["top_class"] == t for r, t in zip(rows, truth)])
+        assert accuracy >= floor, (site, accuracy)
+
+
+@pytest.mark.slow
+def test_default_model_tells_blasts_from_other_cells_in_held_out_patients():
+    from sklearn.metrics import roc_auc_score
+
+    clf = leukodx.load("wbc-multisite")
+    paths, truth = _site_sample("deepapl", 300, seed=1)
+    p_blast = clf.predict(paths).probabilities[:, clf.classes.index("blast")]
+    assert roc_auc_score([t == "blast" for t in truth], p_blast) >= BLAST_AUROC_FLOOR
+
+
+@pytest.mark.slow
+def test_apl_model_floor_on_patients_the_cell_model_never_saw():
+    """Patient-level APL vs AML on deepapl's 13 test-split patients (outside the cell model's training)."""
+    from sklearn.metrics import roc_auc_score
+
+    from leukodx.data.registry import load_dataset
+
+    clf, apl = leukodx.load("wbc-multisite"), leukodx.load("deepapl-apl")
+    apl.check_cell_model(clf.card)
+    index = load_dataset("deepapl")
+    test_patients = load_split(bundled_split_path("deepapl"))["patients"]["test"]
+    scores, labels = [], []
+    for patient in test_patients:
+        rows = [i for i, g in enumerate(index.groups) if g == patient]
+        proba = clf.predict([index.abspath(i) for i in rows]).probabilities
+        scores.append(apl.probability(proba))
+        labels.append(index.meta["diagnosis"][patient] == "APL")
+    assert 0 < sum(labels) < len(labels)
+    assert roc_auc_score(labels, scores) >= APL_AUROC_FLOOR

@@ -50,8 +50,13 @@ def test_a_large_field_is_tiled_and_counts_scale(analyzer, bccd_field):
 
 
 def test_empty_grey_dark_and_bright_fields_give_results_with_flags(analyzer, blank_field, bccd_field):
-    empty = analyzer.analyze(blank_field, "blank")
-    assert empty["counts"]["WBC"] == 0
+    # an empty slide has no red cell to measure: its scale is uncertain and nothing is counted
+    unmeasured = analyzer.analyze(blank_field, "blank")
+    assert unmeasured["counted"] is False and "counts" not in unmeasured
+    assert unmeasured["scale"]["uncertain"] and any("not counted" in f for f in unmeasured["flags"])
+    # at a given scale it is counted: nothing there
+    empty = SmearAnalyzer(analyzer.detector, analyzer.classifier, pixel_scale=1.0).analyze(blank_field, "blank")
+    assert empty["scale"]["source"] == "given: --pixel-scale" and empty["counts"]["WBC"] == 0
     assert sum(empty["counts"].values()) == 0 and any("no cells found" in f for f in empty["flags"])
     gray = np.repeat(bccd_field[0].mean(axis=2, keepdims=True), 3, axis=2).astype(np.uint8)
     assert any("grayscale" in f for f in analyzer.analyze(gray)["flags"])

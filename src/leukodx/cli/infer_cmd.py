@@ -60,6 +60,9 @@ def register(app: typer.Typer) -> None:
         no_report: bool = typer.Option(False, "--no-report", help="Write only the JSON result."),
         n_boot: int = typer.Option(1000, help="Bootstrap resamples for the 95% CIs."),
         seed: int = typer.Option(0),
+        adapt_bn: bool = typer.Option(False, "--adapt-bn", help="Test-time batch-norm adaptation: re-estimate the "
+                                                                "model's normalization statistics on these images "
+                                                                "(one lab's, >= 32) before predicting (LOSO.md)."),
         backend: str = Backend,
         data_root: Optional[Path] = DataRoot,
     ) -> None:
@@ -74,9 +77,10 @@ def register(app: typer.Typer) -> None:
             raise InvalidInputError(f"--n-boot {n_boot}: at least 1 bootstrap resample")
         clf = load_model(model, backend=backend)
         if images is not None:
-            result = evaluate_folder(clf, images, n_boot=n_boot, seed=seed)
+            result = evaluate_folder(clf, images, n_boot=n_boot, seed=seed, adapt_bn=adapt_bn)
         else:
-            result = evaluate_dataset(clf, dataset, split, split_file, data_root, n_boot=n_boot, seed=seed)
+            result = evaluate_dataset(clf, dataset, split, split_file, data_root, n_boot=n_boot, seed=seed,
+                                      adapt_bn=adapt_bn)
         _report_errors(result["errors"])
         _atomic.write_json(output, result)
         if not no_report:
@@ -91,6 +95,9 @@ def register(app: typer.Typer) -> None:
         inputs: List[Path] = typer.Argument(..., help="Image files and/or folders."),
         model: str = typer.Option("wbc-multisite", "--model", "-m", help="Bundled model name or bundle folder."),
         output: Path = typer.Option(..., "--output", "-o", help="FILE.csv or FILE.json"),
+        adapt_bn: bool = typer.Option(False, "--adapt-bn", help="Test-time batch-norm adaptation: re-estimate the "
+                                                                "model's normalization statistics on these images "
+                                                                "(one lab's, >= 32) before predicting (LOSO.md)."),
         backend: str = Backend,
     ) -> None:
         """One row per image: top class, its probability, every class probability."""
@@ -101,7 +108,7 @@ def register(app: typer.Typer) -> None:
         if fmt not in (".csv", ".json"):
             raise InvalidInputError(f"{output}: output must end in .csv or .json")
         clf = load_model(model, backend=backend)
-        result = clf.predict(inputs)
+        result = clf.predict(inputs, adapt_bn=adapt_bn)
         _report_errors(result.errors)
         if not result.rows:
             raise InvalidInputError(f"no image could be processed ({len(result.errors)} failed)")
@@ -120,6 +127,9 @@ def register(app: typer.Typer) -> None:
         model: Optional[str] = typer.Option(None, "--model", "-m", help="Override the model for this kind."),
         backend: str = Backend,
         smear: bool = typer.Option(True, help="For smear fields, also detect and count every cell (leukodx detect)."),
+        adapt_bn: bool = typer.Option(False, "--adapt-bn", help="Test-time batch-norm adaptation: re-estimate the "
+                                                                "model's normalization statistics on these images "
+                                                                "(one lab's, >= 32) before predicting (LOSO.md)."),
         um_per_px: Optional[float] = typer.Option(None, "--um-per-px", help="Smear fields: the camera's scale in um "
                                                                          "per pixel, when known (else measured)."),
         pixel_scale: Optional[float] = typer.Option(None, help="Smear fields: px per px at the detector's "
@@ -129,7 +139,7 @@ def register(app: typer.Typer) -> None:
         from leukodx.diagnosis.case import diagnose, write_case_outputs
 
         result = diagnose(inputs, kind=kind, model=model, backend=backend, smear=smear, pixel_scale=pixel_scale,
-                          um_per_px=um_per_px)
+                          um_per_px=um_per_px, adapt_bn=adapt_bn)
         _report_errors(result["errors"])
         paths = write_case_outputs(result, output)
         s = result["summary"]
@@ -155,7 +165,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("adapt")
     def adapt_cmd(
-        model: str = typer.Option(..., "--model", "-m", help="Bundled cell classifier or bundle folder to adapt."),
+        model: str = typer.Option("wbc-multisite", "--model", "-m", help="Bundled cell classifier or bundle folder to adapt."),
         images: Path = typer.Option(..., "--images", help="Folder of class sub-folders: k labelled cells per class "
                                                           "from the lab's own scanner."),
         output: Path = typer.Option(..., "--output", "-o", help="Folder for the adapted bundle."),

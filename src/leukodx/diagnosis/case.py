@@ -176,7 +176,8 @@ def _field_summary(rows: list[dict], classes: list[str]) -> tuple[dict, list[str
 
 def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "auto",
              model: str | os.PathLike | Classifier | None = None, backend: str = "auto",
-             smear: bool = True, pixel_scale: float | None = None, um_per_px: float | None = None) -> dict:
+             smear: bool = True, pixel_scale: float | None = None, um_per_px: float | None = None,
+             adapt_bn: bool = False) -> dict:
     """Diagnose one case. Returns the summary dict (rows, summary, flags, errors, provenance).
 
     For smear fields, ``smear`` also runs the whole-smear pipeline on every field (cells found,
@@ -205,11 +206,14 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
     if model_kind(clf) != kind:
         raise InvalidInputError(f"model {clf.name} classifies {model_kind(clf)}, but the case was given as {kind}")
     arrays = np.stack([clf.preprocess(im.rgb) for im in images])
+    fitted = clf  # the patient model was fitted on this model's probabilities, unadapted
+    if adapt_bn:
+        clf = clf.adapted_to(arrays)
     proba = clf.predict_arrays(arrays)
     rows = [clf.prediction_row(im.name, p, decimals=4) for im, p in zip(images, proba)]
     summary, flags = (_cell_summary if kind == "cells" else _field_summary)(rows, clf.classes)
     if kind == "cells":
-        apl, apl_flags = _apl_call(clf, proba)
+        apl, apl_flags = _apl_call(fitted, proba if fitted is clf else fitted.predict_arrays(arrays))
         summary.update(apl)
         flags.extend(apl_flags)
     n_unsure = sum(r["unsure"] for r in rows)
@@ -227,6 +231,7 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
         "kind": kind, "kind_evidence": evidence,
         "model": {"name": clf.name, "sha256": clf.card.get("sha256"), "classes": clf.classes,
                   "abstain_below": clf.abstain_below, "backend": clf.backend,
+                  "test_time_adaptation": clf.card.get("test_time_adaptation"),
                   "test_accuracy": clf.card.get("metrics", {}).get("test", {}).get("accuracy")},
         "n_images": len(rows), "summary": summary, "flags": flags, "rows": rows, "errors": errors,
         **({"smear": smear_result} if smear_result else {}),

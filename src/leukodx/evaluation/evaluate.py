@@ -21,8 +21,9 @@ def match_classes(folder_classes: list[str], model_classes: list[str]) -> dict[s
     return {folder_classes[i]: j for i, j in mapping.source_to_target.items()}
 
 
-def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Metrics of ``classifier`` on ``index`` (labels in the index's own class list)."""
+def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int = 0, adapt_bn: bool = False) -> dict:
+    """Metrics of ``classifier`` on ``index`` (labels in the index's own class list); with
+    ``adapt_bn``, the classifier's batch-norm statistics are first re-estimated on the index's images."""
     mapping = match_classes(index.classes, classifier.classes)
     if not mapping:
         raise InvalidInputError(
@@ -37,12 +38,15 @@ def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int 
     y_model = np.array([mapping[sub.classes[sub.labels[i]]] for i, p in enumerate(sub.abspaths()) if str(p) in readable])
     if len(y_model) == 0:
         raise InvalidInputError(f"{index.root}: no readable image to evaluate ({len(errors)} unreadable)")
+    if adapt_bn:
+        classifier = classifier.adapted_to(arrays)
     proba = classifier.predict_arrays(arrays)
     metrics = classification_metrics(y_model, proba, classifier.classes, n_boot=n_boot, seed=seed)
     pred = proba.argmax(1)
     return {
         "model": classifier.name,
         "model_sha256": classifier.card.get("sha256"),
+        "test_time_adaptation": classifier.card.get("test_time_adaptation"),
         "images": str(index.root),
         "dataset_fingerprint": index.fingerprint(),
         "accuracy": metrics["accuracy"]["value"],

@@ -154,13 +154,33 @@ class Classifier:
             return np.zeros((0, len(self.classes)))
         return self.proba_from_logits(np.concatenate(out))
 
-    def predict(self, inputs: Sequence | str | os.PathLike | np.ndarray, batch_size: int = 64) -> Predictions:
-        """Top class, its probability, every class probability and an ``unsure`` flag per input."""
+    def adapted_to(self, arrays: np.ndarray) -> "Classifier":
+        """Test-time batch-norm adaptation (AdaBN): a copy whose batch-norm statistics are those of
+        ``arrays``, one lab's unlabelled images (preprocessed). Every weight is kept; only the
+        statistics the network normalizes with move to the new site. It helped on sites left out of
+        training (benchmarks/results/LOSO.md, AdaBN column), so it is offered, never applied unasked:
+        with it, a cell's call depends on the other images of the batch."""
+        from leukodx.training.adaptation import adapt_batchnorm, has_batchnorm
+
+        if not has_batchnorm(self.net):
+            raise InvalidInputError(f"{self.name}: has no batch-norm layers to adapt")
+        if len(arrays) < MIN_ADAPT_IMAGES:
+            raise InvalidInputError(f"batch-norm adaptation needs at least {MIN_ADAPT_IMAGES} images of the new "
+                                    f"site, got {len(arrays)}")
+        card = {**self.card, "test_time_adaptation": {"method": "AdaBN", "images": int(len(arrays))}}
+        return Classifier(adapt_batchnorm(self.net, arrays, self.preprocess), card, backend="torch",
+                          bundle_dir=self.bundle_dir)
+
+    def predict(self, inputs: Sequence | str | os.PathLike | np.ndarray, batch_size: int = 64,
+                adapt_bn: bool = False) -> Predictions:
+        """Top class, its probability, every class probability and an ``unsure`` flag per input;
+        with ``adapt_bn``, batch-norm statistics re-estimated on these inputs first (one site)."""
         if (isinstance(inputs, (str, os.PathLike, np.ndarray)) or torch.is_tensor(inputs)
                 or type(inputs).__module__.startswith("PIL.")):
             inputs = [inputs]
         names, arrays, errors = self.load_inputs(inputs)
-        proba = self.predict_arrays(arrays, batch_size)
+        model = self.adapted_to(arrays) if adapt_bn else self
+        proba = model.predict_arrays(arrays, batch_size)
         rows = [self.prediction_row(name, p) for name, p in zip(names, proba)]
         return Predictions(classes=self.classes, rows=rows, errors=errors)
 
@@ -174,6 +194,9 @@ class Classifier:
                 "unsure": bool(p[top] < self.abstain_below),
                 "probabilities": {c: num(v) for c, v in zip(self.classes, p)}}
 
+
+#: fewer images than this give unstable batch statistics: test-time adaptation refuses them
+MIN_ADAPT_IMAGES = 32
 
 #: the white-cell model used wherever none is named: multi-site, with blasts and smudge cells
 DEFAULT_CELL_MODEL = "wbc-multisite"

@@ -4,7 +4,7 @@ The Python API mirrors the command line::
 
     import leukodx
     leukodx.list_models()                      # every bundled model (any task)
-    clf = leukodx.load("pbc-celltype")         # any bundle by name or folder
+    clf = leukodx.load("wbc-multisite")        # any bundle by name or folder
     clf.predict(["cell.jpg", pil_image, array]).to_pandas()
     leukodx.diagnose("case_folder/")           # the main job, as ``leukodx diagnose``
     leukodx.open_fcs("sample.fcs")             # FCS reading, as ``leukodx flow info``

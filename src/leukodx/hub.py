@@ -1,8 +1,8 @@
 """The one model door: ``load(name_or_path)`` for every kind of leukodx model, ``list_models(task)``.
 
 A bundle's card says its task; each task has one loader, named here as data (timm's registry
-idea), so the door is written once for classifiers, detectors, segmenters, flow and expression
-models alike.
+idea), so the door is written once for classifiers, detectors, segmenters, flow, expression and
+patient-level models alike.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ LOADERS: dict[str, str] = {
     "segmentation": "leukodx.smear.segmentation:load_segmenter",
     "flow-cell-classification": "leukodx.cytometry.classifier:CellClassifier.load",
     "expression-classification": "leukodx.omics.bundle:ExpressionModel.load",
+    "patient-classification": "leukodx.inference.patient:PatientModel.load",
 }
 assert set(LOADERS) == set(TASKS)
 
@@ -71,6 +72,10 @@ def headline(card: dict) -> str:
     if task == "flow-cell-classification":
         test = card.get("test") or {}
         return f"held-out cell AUROC {test['auroc']:.4f}" if "auroc" in test else "no held-out figure"
+    if task == "patient-classification":
+        a = m.get("auroc_unseen_patients") or {}
+        return (f"patient-CV AUROC {a['value']:.3f} ({a['n_patients']} patients unseen by its cell model)"
+                if a.get("value") is not None else "no cross-validated figure")
     held = m.get("independent")
     loocv = m.get("loocv", {})
     text = f"leave-one-out errors {loocv.get('errors')}/{loocv.get('n')}"

@@ -46,3 +46,30 @@ def test_color_jitter_changes_colour_not_geometry():
     gray_in, gray_out = x.mean(1).flatten(1), out.mean(1).flatten(1)
     corr = torch.nn.functional.cosine_similarity(gray_in - gray_in.mean(1, keepdim=True), gray_out - gray_out.mean(1, keepdim=True))
     assert corr.min() > 0.95
+
+
+COLOUR_ONLY = dict(flip=False, rotate=0.0, translate=0.0, scale=(1.0, 1.0), color=0.0)
+
+
+def test_stain_jitter_changes_stain_densities_not_structure():
+    from leukodx.preprocessing.augment import _stain_jitter
+
+    x = _batch()
+    same = _stain_jitter(x, 0.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(same, x.clamp(min=1e-3), atol=1e-5)  # zero strength: back to the same RGB
+    y = augment_batch(x, Augment(**COLOUR_ONLY, stain=0.2), torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and 0 <= float(y.min()) and float(y.max()) <= 1
+    assert float((y - x).abs().mean()) > 0.01  # colours moved
+    luma = lambda t: (t * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1).flatten(1)  # noqa: E731
+    for a, b in zip(luma(x), luma(y)):  # the cell is still where it was: luminance stays correlated
+        assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) > 0.9
+
+
+def test_grayscale_and_hue_arms():
+    x = _batch()
+    grey = augment_batch(x, Augment(**COLOUR_ONLY, grayscale=1.0), torch.Generator().manual_seed(0))
+    assert torch.allclose(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
+    hue = augment_batch(x, Augment(**COLOUR_ONLY, hue=0.25), torch.Generator().manual_seed(0))
+    assert float((hue - x).abs().mean()) > 0.01
+    assert augment_batch(x, Augment(**COLOUR_ONLY, grayscale=0.0, hue=0.0, stain=0.0),
+                         torch.Generator().manual_seed(0)).equal(x)

@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("evaluate")
     def evaluate(
-        model: str = typer.Option(..., "--model", "-m", help="Bundled model name or bundle folder."),
+        model: str = typer.Option("wbc-multisite", "--model", "-m", help="Bundled model name or bundle folder."),
         output: Path = typer.Option(..., "--output", "-o", help="Result JSON to write."),
         images: Optional[Path] = typer.Option(None, "--images", help="Folder of class sub-folders."),
         dataset: Optional[str] = typer.Option(None, "--dataset", help="Registered dataset (instead of --images)."),
@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
     @app.command("predict")
     def predict(
         inputs: List[Path] = typer.Argument(..., help="Image files and/or folders."),
-        model: str = typer.Option(..., "--model", "-m"),
+        model: str = typer.Option("wbc-multisite", "--model", "-m", help="Bundled model name or bundle folder."),
         output: Path = typer.Option(..., "--output", "-o", help="FILE.csv or FILE.json"),
         backend: str = Backend,
     ) -> None:

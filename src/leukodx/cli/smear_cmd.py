@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         inputs: list[Path] = typer.Argument(..., help="Smear-field images or folders of them (any size)."),
         output: Path = typer.Option(..., "--output", "-o", help="Folder for per-field JSON, overlays, cells.csv, summary.json."),
         detector: str = typer.Option("bccd-frcnn", help="Bundled detector name or bundle folder."),
-        model: str = typer.Option("pbc-celltype", help="White-cell type classifier (bundled name or folder)."),
+        model: str = typer.Option("wbc-multisite", help="White-cell type classifier (bundled name or folder)."),
         pixel_scale: float = typer.Option(1.0, help="Image px per px at the detector's magnification (BCCD: ~100 px per red cell)."),
         overlay: bool = typer.Option(True, help="Write an overlay JPEG per field."),
     ) -> None:

@@ -81,3 +81,35 @@ def register(app: typer.Typer) -> None:
             f"{test['macro_f1']['value']:.4f}, ECE {test['ece']['value']:.4f}; "
             f"{card['training']['seconds']:.0f} s; written to {output}"
         )
+
+    @app.command("train-apl")
+    def train_apl(
+        output: Path = typer.Option(..., "--output", "-o", help="Bundle folder to write (arrays + card.json)."),
+        model: str = typer.Option("wbc-multisite", "--model", "-m", help="Cell model whose probabilities form "
+                                                                         "each patient's bag."),
+        repeats: int = typer.Option(20, help="Repeats of the patient-level 5-fold cross-validation."),
+        name: Optional[str] = typer.Option(None, help="Model name in the card (default: output folder name)."),
+        seed: int = typer.Option(0),
+        threads: Optional[int] = Threads,
+        data_root: Optional[Path] = DataRoot,
+    ) -> None:
+        """APL vs other AML for a patient from all their cells (deepapl discovery cohort), with patient-level CV."""
+        import torch
+
+        from leukodx.errors import InvalidInputError
+        from leukodx.inference.classifier import load_model
+        from leukodx.inference.patient import train_apl_model
+
+        if repeats < 1:
+            raise InvalidInputError(f"--repeats {repeats}: at least 1")
+        if threads:
+            torch.set_num_threads(threads)
+        clf = load_model(model)
+        patient_model, _ = train_apl_model(clf, data_root, repeats=repeats, seed=seed, name=name or output.name)
+        card = patient_model.save(output)
+        m = card["metrics"]
+        for key, label in (("auroc_all_patients", "all patients"), ("auroc_unseen_patients", "patients unseen by the cell model")):
+            a = m[key]
+            console.print(f"APL vs AML AUROC, {label}: {a['value']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] "
+                          f"(n={a['n_patients']}, {a['n_apl']} APL)")
+        console.print(f"written to {output}")

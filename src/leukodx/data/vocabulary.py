@@ -19,8 +19,6 @@ from leukodx.errors import InvalidInputError
 
 VOCABULARY_FILE = Path(__file__).with_name("vocabulary.json")
 
-#: classes that enter a white-cell differential (pbc's names; erythroblasts and platelets are not leukocytes)
-LEUKOCYTES = ("basophil", "eosinophil", "ig", "lymphocyte", "monocyte", "neutrophil")
 
 
 @functools.lru_cache(maxsize=1)
@@ -92,3 +90,15 @@ def to_common(index, coarse: bool = False):
     sub.classes = classes
     sub.meta = {**sub.meta, "vocabulary": {"coarse": coarse, "mapping": mapping}}
     return sub
+
+
+def is_leukocyte(name: str) -> bool:
+    """Whether a class (any spelling the vocabulary knows: "ig", "Immature granulocytes") enters a
+    white-cell differential; erythroblasts, platelets, smudge cells and unknown names do not."""
+    entry = vocabulary()["classes"].get(normalize_label(name))
+    return bool(entry and entry["leukocyte"])
+
+
+def leukocyte_classes(classes: list[str]) -> list[str]:
+    """The classes of a model that are leukocytes, in the model's order and spelling."""
+    return [c for c in classes if is_leukocyte(c)]

@@ -18,18 +18,22 @@ from leukodx._progress import track
 from leukodx import _atomic
 from leukodx._versions import provenance, versions
 from leukodx.data.images import list_images, read_image
-from leukodx.data.vocabulary import LEUKOCYTES
+from leukodx.data.vocabulary import is_leukocyte, leukocyte_classes, normalize_label
 from leukodx.errors import InvalidInputError, LeukodxError
-from leukodx.inference.classifier import Classifier, load_model, rows_to_csv
+from leukodx.inference.classifier import DEFAULT_CELL_MODEL, Classifier, load_model, rows_to_csv
 
 KINDS = ("auto", "cells", "fields")
-DEFAULT_MODELS = {"cells": "pbc-celltype", "fields": "all-stage"}
+DEFAULT_MODELS = {"cells": DEFAULT_CELL_MODEL, "fields": "all-stage"}
 #: an image with this many nucleus-sized blobs, or this many cell-sized objects, is a field
 FIELD_NUCLEI = 3
 FIELD_OBJECTS = 22
 #: fields disagreeing this much on the stage get a flag
 FIELD_AGREEMENT = 0.7
 IG_FLAG_PERCENT = 2.0
+#: blasts at or above this share of leukocytes: the WHO threshold for acute leukemia (blood or marrow)
+BLAST_FLAG_PERCENT = 20.0
+#: a patient with an APL probability at or above this gets the APL flag
+APL_FLAG_PROBABILITY = 0.5
 
 
 @dataclass
@@ -73,7 +77,7 @@ def model_kind(clf: Classifier) -> str:
     kind = clf.card.get("input_kind")
     if kind in ("cells", "fields"):
         return kind
-    return "cells" if set(c.lower() for c in clf.classes) & set(LEUKOCYTES) else "fields"
+    return "cells" if any(is_leukocyte(c) for c in clf.classes) else "fields"
 
 
 def _read_case(inputs: list[str | os.PathLike]) -> tuple[list[CaseImage], list[dict]]:
@@ -88,9 +92,11 @@ def _read_case(inputs: list[str | os.PathLike]) -> tuple[list[CaseImage], list[d
 
 
 def _cell_summary(rows: list[dict], classes: list[str]) -> tuple[dict, list[str]]:
+    from leukodx.stats import wilson_interval
+
     confident = [r for r in rows if not r["unsure"]]
     counts = {c: sum(r["top_class"] == c for r in confident) for c in classes}
-    wbc_classes = [c for c in classes if c in LEUKOCYTES]
+    wbc_classes = leukocyte_classes(classes)
     n_wbc = sum(counts[c] for c in wbc_classes)
     differential = {c: round(100.0 * counts[c] / n_wbc, 1) if n_wbc else 0.0 for c in wbc_classes}
     summary = {
@@ -100,14 +106,51 @@ def _cell_summary(rows: list[dict], classes: list[str]) -> tuple[dict, list[str]
         "differential_percent": differential,
     }
     flags = []
-    if "erythroblast" in counts and counts["erythroblast"] and n_wbc:
-        summary["nrbc_per_100_wbc"] = round(100.0 * counts["erythroblast"] / n_wbc, 1)
+    if "blast" in classes:
+        blasts = counts["blast"]
+        lo, hi = wilson_interval(blasts, n_wbc)
+        summary["blast_fraction"] = round(blasts / n_wbc, 4) if n_wbc else None
+        summary["blast_fraction_ci95"] = [round(lo, 4), round(hi, 4)] if n_wbc else None
+        summary["mean_blast_probability"] = round(float(np.mean([r["probabilities"]["blast"] for r in rows])), 4)
+        if n_wbc and differential["blast"] >= BLAST_FLAG_PERCENT:
+            flags.append(f"blasts {differential['blast']}% of leukocytes (>= {BLAST_FLAG_PERCENT:.0f}%, the WHO "
+                         "threshold for acute leukemia): urgent review by a hematologist")
+        elif blasts:
+            flags.append(f"{blasts} cell(s) typed as blasts ({differential['blast']}% of leukocytes): review")
+    nrbc = next((c for c in classes if normalize_label(c) == "erythroblast"), None)
+    if nrbc and counts[nrbc] and n_wbc:
+        summary["nrbc_per_100_wbc"] = round(100.0 * counts[nrbc] / n_wbc, 1)
         flags.append(f"nucleated red cells present: {summary['nrbc_per_100_wbc']} per 100 WBC")
-    if differential.get("ig", 0) >= IG_FLAG_PERCENT:
-        flags.append(f"immature granulocytes {differential['ig']}% of leukocytes (>= {IG_FLAG_PERCENT}%)")
+    ig = next((c for c in wbc_classes if normalize_label(c) == "immature_granulocyte"), None)
+    if ig and differential[ig] >= IG_FLAG_PERCENT:
+        flags.append(f"immature granulocytes {differential[ig]}% of leukocytes (>= {IG_FLAG_PERCENT}%)")
     if n_wbc < 100:
         flags.append(f"only {n_wbc} confidently classified leukocytes: a differential needs at least 100")
     return summary, flags
+
+
+def _apl_call(clf: Classifier, proba: np.ndarray) -> tuple[dict, list[str]]:
+    """The APL-vs-AML patient model over every cell of the case, when one fits this cell model."""
+    from leukodx.inference.patient import DEFAULT_APL_MODEL, PatientModel
+
+    try:
+        model = PatientModel.load(DEFAULT_APL_MODEL)
+        model.check_cell_model(clf.card)
+    except LeukodxError as exc:
+        return {"apl_probability": None, "apl_model": {"name": DEFAULT_APL_MODEL, "used": False,
+                                                       "reason": str(exc)}}, []
+    p = model.probability(proba)
+    entry = {"apl_probability": round(p, 4),
+             "apl_model": {"name": model.card["name"], "used": True, "sha256": model.card.get("sha256"),
+                           "cells": int(len(proba)), "drivers": model.contributions(proba),
+                           "auroc_cv": model.card.get("metrics", {}).get("auroc_unseen_patients"),
+                           "meaning": "probability that this patient's acute myeloid leukemia is APL; "
+                                      "meaningful only for a patient with AML"}}
+    flags = []
+    if p >= APL_FLAG_PROBABILITY:
+        flags.append(f"APL pattern (probability {p:.2f}): APL is an emergency; confirm by PML-RARA / t(15;17) "
+                     "testing now")
+    return entry, flags
 
 
 def _field_summary(rows: list[dict], classes: list[str]) -> tuple[dict, list[str]]:
@@ -164,6 +207,10 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
     proba = clf.predict_arrays(arrays)
     rows = [clf.prediction_row(im.name, p, decimals=4) for im, p in zip(images, proba)]
     summary, flags = (_cell_summary if kind == "cells" else _field_summary)(rows, clf.classes)
+    if kind == "cells":
+        apl, apl_flags = _apl_call(clf, proba)
+        summary.update(apl)
+        flags.extend(apl_flags)
     n_unsure = sum(r["unsure"] for r in rows)
     if n_unsure:
         flags.insert(0, f"{n_unsure} of {len(rows)} images below the model's confidence threshold "

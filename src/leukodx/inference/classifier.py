@@ -1,6 +1,6 @@
 """``Classifier``: a loaded model bundle that predicts calibrated class probabilities.
 
-    clf = leukodx.load_model("pbc-celltype")
+    clf = leukodx.load_model("wbc-multisite")
     result = clf.predict(["cell1.jpg", array])   # paths, folders or (H, W[, C]) arrays
     result.rows[0]["top_class"], result.errors
 
@@ -175,8 +175,12 @@ class Classifier:
                 "probabilities": {c: num(v) for c, v in zip(self.classes, p)}}
 
 
-def load_model(name_or_path: str | os.PathLike, backend: str = "auto") -> Classifier:
-    """A bundled model by name (``pbc-celltype``, ``all-stage``) or a bundle folder."""
+#: the white-cell model used wherever none is named: multi-site, with blasts and smudge cells
+DEFAULT_CELL_MODEL = "wbc-multisite"
+
+
+def load_model(name_or_path: str | os.PathLike = DEFAULT_CELL_MODEL, backend: str = "auto") -> Classifier:
+    """A bundled model by name (``wbc-multisite``, ``pbc-celltype``, ``all-stage``) or a bundle folder."""
     return Classifier.load(name_or_path, backend=backend)
 
 

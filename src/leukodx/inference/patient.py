@@ -14,6 +14,7 @@ fitted on, with that model's weights sha256: a patient model is refused with ano
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,9 +53,7 @@ class PatientModel:
 
     def probability(self, cell_proba: np.ndarray) -> float:
         x, _ = bag_features(cell_proba, self.cell_classes)
-        z = (x - self.arrays["mean"]) / self.arrays["scale"]
-        logit = float(z @ self.arrays["coef"] + self.arrays["intercept"][0])
-        return float(1.0 / (1.0 + np.exp(-logit)))
+        return float(predict_logistic(self.arrays, x[None])[0])
 
     def check_cell_model(self, card: dict) -> None:
         """Refuse to run on cells typed by another model than the one this model was fitted on."""
@@ -97,9 +96,12 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, seed: int = 0) -> dict[str, np.nd
         raise InvalidInputError("a patient model needs at least two patients of each class")
     lr = LogisticRegressionCV(Cs=[0.01, 0.03, 0.1, 0.3, 1.0, 3.0], cv=folds, scoring="roc_auc",
                               max_iter=5000, random_state=seed)
-    lr.fit((x - mean) / scale, y)
+    with warnings.catch_warnings():  # sklearn 1.8's notice about renaming fitted attributes, not news
+        warnings.simplefilter("ignore", FutureWarning)
+        lr.fit((x - mean) / scale, y)
+        chosen = float(np.ravel(lr.C_)[0])
     return {"mean": mean, "scale": scale, "coef": lr.coef_[0].astype(np.float64),
-            "intercept": lr.intercept_.astype(np.float64), "C": np.asarray([lr.C_[0]], dtype=np.float64)}
+            "intercept": lr.intercept_.astype(np.float64), "C": np.asarray([chosen], dtype=np.float64)}
 
 
 def predict_logistic(arrays: dict, x: np.ndarray) -> np.ndarray:
@@ -122,13 +124,22 @@ def cross_validate(x: np.ndarray, y: np.ndarray, repeats: int = 20, n_splits: in
     return {"oof": oof.mean(0), "per_repeat_auroc": per_repeat}
 
 
-def cell_probabilities_by_patient(clf, index, log=print) -> dict[str, np.ndarray]:
-    """Every cell of every patient through ``clf``: patient id -> (cells, classes) probabilities."""
+def cell_probabilities_by_patient(clf, index, cells_per_patient: int | None = None) -> dict[str, np.ndarray]:
+    """Every cell of every patient through ``clf`` (or the first ``cells_per_patient`` of each, for
+    quick checks): patient id -> (cells, classes) probabilities."""
     from leukodx._progress import track
     from leukodx.data.images import read_image
 
     if index.groups is None:
         raise InvalidInputError(f"{index.name}: no patient ids; a patient model needs them")
+    if cells_per_patient:
+        seen: dict[str, int] = {}
+        keep = []
+        for i, g in enumerate(index.groups):
+            seen[g] = seen.get(g, 0) + 1
+            if seen[g] <= cells_per_patient:
+                keep.append(i)
+        index = index.subset(keep)
     out: dict[str, list[np.ndarray]] = {}
     paths = index.abspaths()
     batch = 256
@@ -140,7 +151,7 @@ def cell_probabilities_by_patient(clf, index, log=print) -> dict[str, np.ndarray
     return {g: np.stack(v) for g, v in out.items()}
 
 
-def apl_dataset(clf, data_root=None, log=print) -> dict:
+def apl_dataset(clf, data_root=None, cells_per_patient: int | None = None) -> dict:
     """deepapl's discovery patients as bags: features under ``clf``, labels (APL = 1), and which
     patients were outside ``clf``'s training data (only those give an unbiased figure)."""
     from leukodx.data.registry import load_dataset
@@ -149,7 +160,7 @@ def apl_dataset(clf, data_root=None, log=print) -> dict:
     diagnosis = index.meta.get("diagnosis") or {}
     if not diagnosis:
         raise InvalidInputError(f"{index.root}: patients.csv with each patient's diagnosis is missing")
-    bags = cell_probabilities_by_patient(clf, index, log)
+    bags = cell_probabilities_by_patient(clf, index, cells_per_patient)
     patients = sorted(p for p in bags if diagnosis.get(p) in ("APL", "AML"))
     feats = [bag_features(bags[p], clf.classes) for p in patients]
     trained_on = _cell_model_training_patients(clf.card)
@@ -171,7 +182,7 @@ def _cell_model_training_patients(card: dict) -> set[str]:
 
 
 def train_apl_model(clf, data_root=None, repeats: int = 20, seed: int = 0, name: str = DEFAULT_APL_MODEL,
-                    n_boot: int = 1000, log=print) -> tuple["PatientModel", dict]:
+                    n_boot: int = 1000, cells_per_patient: int | None = None) -> tuple["PatientModel", dict]:
     """Fit the APL-vs-AML patient model on every discovery patient; figures by repeated patient CV."""
     from sklearn.metrics import roc_auc_score
 
@@ -179,7 +190,7 @@ def train_apl_model(clf, data_root=None, repeats: int = 20, seed: int = 0, name:
     from leukodx.models.card import build_card
     from leukodx.stats import bootstrap_estimate
 
-    data = apl_dataset(clf, data_root, log)
+    data = apl_dataset(clf, data_root, cells_per_patient)
     x, y, unseen = data["x"], data["y"], data["unseen"]
     cv = cross_validate(x, y, repeats=repeats, seed=seed)
     oof = cv["oof"]

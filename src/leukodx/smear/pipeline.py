@@ -1,6 +1,6 @@
 """Smear-field analysis: detect every cell, classify each white cell, count, flag.
 
-    analyzer = SmearAnalyzer()                      # bundled detector + pbc cell-type model
+    analyzer = SmearAnalyzer()                      # bundled detector + the default white-cell model
     field = analyzer.analyze(rgb, name="field-1")   # cells, counts, differential, flags
     case = summarize_fields([field, ...])           # per-case differential and flags
 
@@ -17,16 +17,16 @@ import numpy as np
 from PIL import Image
 
 from leukodx.errors import InvalidInputError
-from leukodx.data.vocabulary import LEUKOCYTES
+from leukodx.data.vocabulary import is_leukocyte, leukocyte_classes
 from leukodx.smear.classical import NucleusThreshold, nucleus_mask
 from leukodx.smear.evaluate import counted
 from leukodx.smear.tiling import background_colour
 
 #: crop side / white-cell box side: frames the cell as in the cell-type model's training images
 CROP_FACTOR = 1.8
-#: a white cell the cell-type model cannot place, with a nucleus filling this much of its box,
-#: is called blast-like (large nucleus, scant cytoplasm); a heuristic, not validated on blasts
-BLAST_NUCLEUS_FRACTION = 0.45
+#: a white cell whose blast probability (the cell-type model's own) reaches this is flagged for review,
+#: whatever its top class: a blast missed costs more than a second look
+BLAST_REVIEW_PROBABILITY = 0.3
 DARK_MEAN, BRIGHT_MEAN, GRAY_SPREAD = 40.0, 235.0, 4.0
 #: rescaling the input beyond this many pixels would exhaust memory, whatever the field
 MAX_RESCALED_PIXELS = 150_000_000
@@ -76,18 +76,18 @@ def nucleus_fraction(rgb: np.ndarray, box, pixel_scale: float = 1.0) -> float:
 @dataclass
 class SmearAnalyzer:
     detector: object = None      # CellDetector; the bundled one when None
-    classifier: object = None    # leukodx Classifier of white-cell types; pbc-celltype when None
+    classifier: object = None    # leukodx Classifier of white-cell types; the default cell model when None
     pixel_scale: float = 1.0
     thresholds: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from leukodx.inference.classifier import load_model
+        from leukodx.inference.classifier import DEFAULT_CELL_MODEL, load_model
         from leukodx.smear.detector import load_detector
 
         if not 0.02 <= self.pixel_scale <= 50:
             raise InvalidInputError(f"pixel scale {self.pixel_scale}: expected 0.02..50 (image px per BCCD px)")
         self.detector = self.detector or load_detector()
-        self.classifier = self.classifier or load_model("pbc-celltype")
+        self.classifier = self.classifier or load_model(DEFAULT_CELL_MODEL)
         self.thresholds = {**{c: 0.5 for c in self.detector.classes},
                            **self.detector.card.get("count_thresholds", {}), **self.thresholds}
 
@@ -120,7 +120,16 @@ class SmearAnalyzer:
         if white:
             self._classify_white_cells(rgb, white)
         return {"field": name, "size": [int(rgb.shape[1]), int(rgb.shape[0])], "pixel_scale": self.pixel_scale,
-                "cells": cells, "quality": quality, **_field_summary(cells, self.classifier.abstain_below, quality)}
+                "cells": cells, "quality": quality,
+                **_field_summary(cells, self.classifier.abstain_below, quality, self.leukocyte_types)}
+
+    @property
+    def leukocyte_types(self) -> list[str]:
+        return leukocyte_classes(self.classifier.classes)
+
+    @property
+    def has_blast_class(self) -> bool:
+        return "blast" in self.classifier.classes
 
     def _classify_white_cells(self, rgb: np.ndarray, white: list[dict]) -> None:
         fill = background_colour(rgb)
@@ -133,44 +142,55 @@ class SmearAnalyzer:
             cell["unsure"] = row["unsure"]
             cell["probabilities"] = row["probabilities"]
             cell["nucleus_fraction"] = round(nucleus_fraction(rgb, cell["box"], self.pixel_scale), 3)
-            cell["blast_like"] = bool(row["unsure"] and cell["nucleus_fraction"] >= BLAST_NUCLEUS_FRACTION)
+            if self.has_blast_class:
+                cell["blast_probability"] = row["probabilities"]["blast"]
+                cell["blast_review"] = bool(cell["blast_probability"] >= BLAST_REVIEW_PROBABILITY)
 
 
-def _tally(cells: list[dict]) -> dict:
-    """Counts per kind, white cells per type, the differential over confidently typed leukocytes."""
+def _tally(cells: list[dict], leukocyte_types: list[str]) -> dict:
+    """Counts per kind, white cells per type, the differential over confidently typed leukocytes, and
+    the blasts: typed as blast, and any white cell whose blast probability calls for review."""
     counts = {kind: sum(c["kind"] == kind for c in cells) for kind in ("WBC", "RBC", "Platelets")}
     white = [c for c in cells if c["kind"] == "WBC"]
     typed = [c for c in white if not c.get("unsure", True)]
-    types = {t: sum(c.get("cell_type") == t for c in typed) for t in LEUKOCYTES}
+    types = {t: sum(c.get("cell_type") == t for c in typed) for t in leukocyte_types}
     n_typed = sum(types.values())
     return {"counts": counts, "white_cell_types": types, "white_cells_typed": n_typed,
-            "differential_percent": {t: round(100.0 * types[t] / n_typed, 1) if n_typed else 0.0 for t in LEUKOCYTES},
-            "not_leukocyte": sum(c.get("cell_type") not in LEUKOCYTES for c in typed),
+            "differential_percent": {t: round(100.0 * types[t] / n_typed, 1) if n_typed else 0.0
+                                     for t in leukocyte_types},
+            "not_leukocyte": sum(not is_leukocyte(c.get("cell_type", "")) for c in typed),
             "unsure": sum(c.get("unsure", False) for c in white),
-            "blast_like": sum(c.get("blast_like", False) for c in white)}
+            "blasts": types.get("blast", 0),
+            "blast_review": sum(c.get("blast_review", False) for c in white)}
 
 
-def _field_summary(cells: list[dict], abstain_below: float, quality: list[str]) -> dict:
-    tally = _tally(cells)
+def _field_summary(cells: list[dict], abstain_below: float, quality: list[str], leukocyte_types: list[str]) -> dict:
+    tally = _tally(cells, leukocyte_types)
     flags = list(quality)
     if not cells:
         flags.append("no cells found: empty field, wrong magnification (see pixel scale) or not a smear")
-    if tally["blast_like"]:
-        flags.append(f"{tally['blast_like']} blast-like white cell(s) (unclassifiable, large nucleus): review")
+    if tally["blast_review"]:
+        flags.append(f"{tally['blast_review']} white cell(s) with blast probability >= {BLAST_REVIEW_PROBABILITY}: review")
     if tally["unsure"]:
         flags.append(f"{tally['unsure']} of {tally['counts']['WBC']} white cell(s) below the cell-type model's "
                      f"confidence threshold ({abstain_below:.2f}): review")
     if tally["not_leukocyte"]:
-        flags.append(f"{tally['not_leukocyte']} detected white cell(s) typed as a non-leukocyte (erythroblast or platelet)")
+        flags.append(f"{tally['not_leukocyte']} detected white cell(s) typed as a non-leukocyte "
+                     "(erythroblast, platelet or smudge)")
     return {**tally, "flags": flags}
 
 
 def summarize_fields(fields: list[dict]) -> dict:
     """Per-case totals over fields: counts, differential over every typed white cell, flags."""
-    summary = _tally([c for f in fields for c in f["cells"]])
+    leukocyte_types = list(fields[0]["white_cell_types"]) if fields else []
+    summary = _tally([c for f in fields for c in f["cells"]], leukocyte_types)
     flags = []
-    if summary["blast_like"]:
-        flags.append(f"{summary['blast_like']} blast-like white cell(s) in the case: review")
+    if summary["blasts"]:
+        flags.append(f"{summary['blasts']} white cell(s) typed as blasts "
+                     f"({summary['differential_percent'].get('blast', 0.0)}% of typed leukocytes): review")
+    if summary["blast_review"]:
+        flags.append(f"{summary['blast_review']} white cell(s) in the case with blast probability >= "
+                     f"{BLAST_REVIEW_PROBABILITY}: review")
     if summary["unsure"]:
         flags.append(f"{summary['unsure']} white cell(s) could not be typed confidently: review")
     if summary["white_cells_typed"] < 100:
@@ -197,7 +217,7 @@ def render_overlay(rgb: np.ndarray, result: dict, max_side: int = 4096) -> Image
     for cell in result["cells"]:
         x0, y0, x1, y1 = (v * scale for v in cell["box"])
         colour = colours.get(cell["kind"], (0, 0, 0))
-        if cell.get("blast_like") or cell.get("unsure"):
+        if cell.get("blast_review") or cell.get("unsure"):
             colour = (255, 140, 0)
         draw.rectangle([x0, y0, x1, y1], outline=colour, width=2 if cell["kind"] == "WBC" else 1)
         if cell["kind"] == "WBC":

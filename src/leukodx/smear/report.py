@@ -18,7 +18,7 @@ from leukodx.data.images import collect_images, read_image
 from leukodx.errors import LeukodxError
 
 CELL_COLUMNS = ["field", "kind", "x0", "y0", "x1", "y1", "score", "cell_type", "probability", "unsure",
-                "nucleus_fraction", "blast_like"]
+                "nucleus_fraction", "blast_probability", "blast_review"]
 
 
 def _unique_stem(path: Path, taken: set[str]) -> str:
@@ -43,15 +43,16 @@ def cells_csv(fields: list[dict]) -> str:
 
 
 def analyze_fields(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, detector="bccd-frcnn",
-                   model="pbc-celltype", pixel_scale: float = 1.0, overlay: bool = True, log=print) -> dict:
+                   model=None, pixel_scale: float = 1.0, overlay: bool = True, log=print) -> dict:
     """Analyse every readable field in ``inputs``; unreadable ones are listed and skipped."""
-    from leukodx.inference.classifier import Classifier, load_model
+    from leukodx.inference.classifier import DEFAULT_CELL_MODEL, Classifier, load_model
     from leukodx.smear.detector import CellDetector, load_detector
     from leukodx.smear.pipeline import SmearAnalyzer, render_overlay, summarize_fields
 
     out_dir = Path(out_dir)
     analyzer = SmearAnalyzer(detector if isinstance(detector, CellDetector) else load_detector(detector),
-                             model if isinstance(model, Classifier) else load_model(model), pixel_scale=pixel_scale)
+                             model if isinstance(model, Classifier) else load_model(model or DEFAULT_CELL_MODEL),
+                             pixel_scale=pixel_scale)
     paths, errors = collect_images(inputs)
     for e in errors:
         log(f"error: {e['error']}")

@@ -64,8 +64,22 @@ def test_given_scales_are_checked_and_converted():
 
 
 def test_uncounted_fields_are_named_not_summed():
-    uncounted = {"field": "a", "counted": False, "cells": [], "quality": [],
+    uncounted = {"field": "a", "counted": False, "cells": [], "quality": [], "not_counted_reason": "no red cells",
                  "scale": {"source": "uncertain", "detail": "no red cells", "pixel_scale": None}}
     summary = summarize_fields([uncounted])
     assert summary["counts"] is None and summary["fields_not_counted"] == 1 and summary["fields_counted"] == 0
     assert any("no field could be counted" in f for f in summary["flags"])
+    assert any("not counted (e.g. no red cells)" in f for f in summary["flags"])
+
+
+def test_a_field_with_more_white_than_red_cells_is_not_counted(detector):
+    """all-aria's bluish red cells read as white cells by the BCCD detector, at the right scale."""
+    from leukodx.data.registry import load_dataset
+    from leukodx.data.images import read_image
+    from leukodx.inference.classifier import load_model
+    from leukodx.smear.pipeline import SmearAnalyzer
+
+    index = load_dataset("all-aria")
+    field = read_image(index.root / "Early" / "WBC-Malignant-Early-776.jpg")  # 7 white cells by eye
+    result = SmearAnalyzer(detector, load_model("pbc-celltype"), pixel_scale=0.15).analyze(field, "f")
+    assert result["counted"] is False and "not blood" in result["not_counted_reason"]

@@ -31,6 +31,10 @@ CROP_FACTOR = 1.8
 #: whatever its top class: a blast missed costs more than a second look
 BLAST_REVIEW_PROBABILITY = 0.3
 DARK_MEAN, BRIGHT_MEAN, GRAY_SPREAD = 40.0, 235.0, 4.0
+#: red cells outnumber white cells ~30:1 even at a leukemic count of 200,000/uL; a field where the
+#: detector finds more than one white cell per two red cells (and at least 5) is a misreading, not counted
+PLAUSIBLE_WHITE_PER_RED = 0.5
+MIN_WHITE_FOR_PLAUSIBILITY = 5
 
 
 def image_quality(rgb: np.ndarray) -> list[str]:
@@ -107,10 +111,10 @@ class SmearAnalyzer:
         scale = self.scale_of(rgb)
         size = [int(rgb.shape[1]), int(rgb.shape[0])]
         if scale.uncertain:
+            reason = f"the scale is uncertain ({scale.detail})"
             return {"field": name, "size": size, "scale": scale.as_dict(), "counted": False, "cells": [],
-                    "quality": quality,
-                    "flags": quality + [f"not counted: the scale is uncertain ({scale.detail}); give --um-per-px "
-                                        "if the camera's scale is known"]}
+                    "quality": quality, "not_counted_reason": reason,
+                    "flags": quality + [f"not counted: {reason}; give --um-per-px if the camera's scale is known"]}
         pixel_scale = scale.pixel_scale
         factor = 1.0 / pixel_scale
         if scale.detections is not None:  # the estimate ran the detector at this very scale
@@ -124,6 +128,12 @@ class SmearAnalyzer:
         cells = [{"kind": classes[k], "box": [round(float(v), 1) for v in b], "score": round(float(s), 4)}
                  for b, k, s in zip(boxes, labels, scores)]
         white = [c for c in cells if c["kind"] == "WBC"]
+        n_red = sum(c["kind"] == "RBC" for c in cells)
+        if len(white) >= MIN_WHITE_FOR_PLAUSIBILITY and len(white) > PLAUSIBLE_WHITE_PER_RED * n_red:
+            reason = (f"{len(white)} white cells against {n_red} red cells is not blood at any white count: the "
+                      "detector is likely taking this stain's red cells for white cells")
+            return {"field": name, "size": size, "scale": scale.as_dict(), "counted": False, "cells": [],
+                    "quality": quality, "not_counted_reason": reason, "flags": quality + [f"not counted: {reason}"]}
         if white:
             self._classify_white_cells(rgb, white, pixel_scale)
         return {"field": name, "size": size, "scale": scale.as_dict(), "counted": True,
@@ -196,8 +206,7 @@ def summarize_fields(fields: list[dict]) -> dict:
     summary = _tally([c for f in fields for c in f["cells"]], leukocyte_types)
     flags = []
     if uncounted:
-        flags.append(f"{len(uncounted)} field(s) not counted: their scale is uncertain (e.g. "
-                     f"{uncounted[0]['scale']['detail']})")
+        flags.append(f"{len(uncounted)} field(s) not counted (e.g. {uncounted[0]['not_counted_reason']})")
     if not fields:
         flags.append("no field could be counted: give the camera's scale with --um-per-px, or use fields like "
                      "the detector's training smears")

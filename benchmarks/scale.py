@@ -6,7 +6,7 @@ to counts on fields from another lab.
 2. 20 all-aria fields (5 per class, seeded draw), white cells counted by eye
    (``benchmarks/data/all-aria-hand-counts.csv``): the pipeline's white-cell count per field at the old
    fixed scale (1.0), at the scale once suggested in the README (0.15), and measured per field
-   (uncertain fields are not counted).
+   (uncertain or implausible fields are not counted).
 
 Run: ``python benchmarks/scale.py`` (~5 min on 2 cores).
 """
@@ -99,7 +99,9 @@ def main() -> None:
                  ["fields", "n", "scale", "result"], rows,
                  ["Pixel scale = image px per px at the detector's training magnification (BCCD, ~103 px per red "
                   "cell, ~0.073 um/px). 'Uncertain': the detector found fewer than 3 red cells of its training "
-                  "size at any candidate scale; such fields are not counted and say why.",
+                  "size at any candidate scale. A field is also not counted when the detector finds more than one "
+                  "white cell per two red cells (>= 5): no blood looks like that, so it is misreading the stain. "
+                  "Uncounted fields say why in their flags.",
                   "By-eye counts are of white cells only (red cells are too many to count reliably by eye on "
                   "224 px fields); one person, once, from 2x enlargements; crowded fields are approximate (see "
                   "the CSV's notes)."])

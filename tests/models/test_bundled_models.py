@@ -13,6 +13,9 @@ from leukodx.models.bundle import bundled, read_card, verify_bundle
 from leukodx.models.card import TASKS
 
 CLASSIFIERS = {"pbc-celltype": "pbc", "all-stage": "all-aria"}
+# wbc-multisite's shipped figures on these seeded samples: pbc 0.94, deepapl 0.73 (10 classes), blast AUROC 0.97;
+# deepapl-apl on the 13 test-split patients (3 APL): AUROC 0.77. Floors sit a few points below.
+PBC_FLOOR, DEEPAPL_FLOOR, BLAST_AUROC_FLOOR, APL_AUROC_FLOOR = 0.88, 0.66, 0.92, 0.6
 EXPECTED = {"pbc-celltype": "image-classification", "all-stage": "image-classification",
             "wbc-multisite": "image-classification",
             "bccd-frcnn": "detection", "wbc-seg-unet": "segmentation",
@@ -110,7 +113,7 @@ def test_default_white_cell_model_is_multisite_with_blasts_and_lists_every_site(
     assert "Johns Hopkins" in card["data"]["license"] or "research" in card["data"]["license"].lower()
     assert set(card["metrics"]["test_by_site"]) == set(CELL_SITES)
     loso = card["metrics"]["leave_one_site_out"]
-    assert set(loso["left_out"]) == set(CELL_SITES) and loso["variant"] == "baseline-large"
+    assert set(loso["left_out"]) == set(CELL_SITES) and loso["variant"] == "cell-crop+stain-aug-large"
 
 
 def _site_sample(site: str, n: int, seed: int = 0):

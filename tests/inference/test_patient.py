@@ -44,6 +44,7 @@ def test_apl_model_cross_validates_over_patients_and_saves_as_a_bundle(small_apl
     x, _ = bag_features(bag, clf.classes)
     assert model.probability(bag) == pytest.approx(float(predict_logistic(model.arrays, x[None])[0]))
     assert card["task"] == "patient-classification"
+    assert card["data"]["dataset_fingerprint"] and len(card["data"]["split_sha256"]) == 64
 
 
 def test_apl_model_refuses_cells_typed_by_another_model(small_apl):

@@ -167,7 +167,7 @@ def apl_dataset(clf, data_root=None, cells_per_patient: int | None = None) -> di
     return {"patients": patients, "x": np.stack([f for f, _ in feats]), "feature_names": feats[0][1],
             "y": np.asarray([diagnosis[p] == "APL" for p in patients], dtype=int), "bags": bags,
             "unseen": np.asarray([p not in trained_on for p in patients]),
-            "n_cells": {p: int(len(bags[p])) for p in patients}}
+            "n_cells": {p: int(len(bags[p])) for p in patients}, "fingerprint": index.fingerprint()}
 
 
 def _cell_model_training_patients(card: dict) -> set[str]:
@@ -186,7 +186,9 @@ def train_apl_model(clf, data_root=None, repeats: int = 20, seed: int = 0, name:
     """Fit the APL-vs-AML patient model on every discovery patient; figures by repeated patient CV."""
     from sklearn.metrics import roc_auc_score
 
+    from leukodx._hashing import sha256_file
     from leukodx.data.registry import dataset_info
+    from leukodx.data.splits import bundled_split_path
     from leukodx.models.card import build_card
     from leukodx.stats import bootstrap_estimate
 
@@ -222,9 +224,11 @@ def train_apl_model(clf, data_root=None, repeats: int = 20, seed: int = 0, name:
     card = build_card(
         name, TASK, ["AML", "APL"], data={
             "dataset": "deepapl", "cohort": "discovery", "patients": int(len(y)), "apl": int(y.sum()),
-            "cells": int(sum(data["n_cells"].values())), "dataset_fingerprint": None,
-            "split": "leukodx/data/splits/deepapl.json", "source": info.source, "license": info.license,
-            "citation": info.citation},
+            "cells": int(sum(data["n_cells"].values())), "dataset_fingerprint": data["fingerprint"],
+            "split": "leukodx/data/splits/deepapl.json (names the patients the cell model never saw; the patient "
+                     "model itself is fitted on every discovery patient and judged by patient CV)",
+            "split_sha256": sha256_file(bundled_split_path("deepapl")), "source": info.source,
+            "license": info.license, "citation": info.citation},
         metrics=metrics, training={"repeats": repeats, "seed": seed, "C": float(arrays["C"][0])},
         intended_use="Research use: the probability that an acute myeloid leukemia is APL, from a patient's "
                      "CellaVision-like single-cell images. Not a medical device: APL is confirmed by "

@@ -49,7 +49,8 @@ def test_models_list_shows_every_kind_of_model():
     lines = {line.split("\t")[0]: line.split("\t")[1] for line in proc.stdout.strip().splitlines()}
     assert lines == {"all-stage": "image-classification", "bccd-frcnn": "detection",
                      "ddpr-leukemic-cell": "flow-cell-classification", "golub-all-aml": "expression-classification",
-                     "pbc-celltype": "image-classification", "wbc-seg-unet": "segmentation"}
+                     "pbc-celltype": "image-classification", "wbc-seg-unet": "segmentation",
+                     "wbc-multisite": "image-classification", "deepapl-apl": "patient-classification"}
     proc = run("models", "list", "--task", "detection")
     assert proc.stdout.startswith("bccd-frcnn\tdetection\t3 classes\ttest AP@0.5 RBC 0.840, WBC 0.977")
 

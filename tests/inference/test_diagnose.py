@@ -128,3 +128,11 @@ def test_apl_probability_is_withheld_for_another_cell_model(pbc_folder):
     s = diagnose([pbc_folder], kind="cells", model="pbc-celltype")["summary"]
     assert s["apl_probability"] is None and not s["apl_model"]["used"]
     assert "cannot be used" in s["apl_model"]["reason"]
+
+
+def test_apl_probability_is_withheld_for_a_case_unlike_any_aml_patient(pbc_folder):
+    """Healthy donors' cells, four of each type: no AML patient looks like that (it once scored 1.0)."""
+    result = diagnose([pbc_folder], kind="cells")
+    s = result["summary"]
+    assert s["apl_probability"] is None and "outside" in s["apl_model"]["reason"]
+    assert not any("APL pattern" in f for f in result["flags"])

@@ -139,6 +139,10 @@ def _apl_call(clf: Classifier, proba: np.ndarray) -> tuple[dict, list[str]]:
     except LeukodxError as exc:
         return {"apl_probability": None, "apl_model": {"name": DEFAULT_APL_MODEL, "used": False,
                                                        "reason": str(exc)}}, []
+    outside = model.outside_cohort(proba)
+    if outside:
+        return {"apl_probability": None, "apl_model": {"name": model.card["name"], "used": False,
+                                                       "reason": outside}}, []
     p = model.probability(proba)
     entry = {"apl_probability": round(p, 4),
              "apl_model": {"name": model.card["name"], "used": True, "sha256": model.card.get("sha256"),

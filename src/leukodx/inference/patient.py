@@ -24,6 +24,9 @@ from leukodx.errors import InvalidInputError
 
 TASK = "patient-classification"
 DEFAULT_APL_MODEL = "deepapl-apl"
+#: a bag feature this many standard deviations from the fitting cohort's mean puts the case outside it
+#: (the 82 discovery patients reach 7.5 at most; curated healthy-cell sets 20-40): no probability is given
+MAX_COHORT_Z = 10.0
 
 
 def bag_features(proba: np.ndarray, classes: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -54,6 +57,20 @@ class PatientModel:
     def probability(self, cell_proba: np.ndarray) -> float:
         x, _ = bag_features(cell_proba, self.cell_classes)
         return float(predict_logistic(self.arrays, x[None])[0])
+
+    def outside_cohort(self, cell_proba: np.ndarray) -> str | None:
+        """Why this case's cell mix lies outside the patients the model was fitted on, or None.
+
+        The model was fitted on AML and APL patients only; a probability for a case unlike all of them
+        (a healthy smear, a curated set of cell types) would be an extrapolation, so none is given."""
+        x, names = bag_features(cell_proba, self.cell_classes)
+        z = np.abs((x - self.arrays["mean"]) / self.arrays["scale"])
+        worst = int(np.argmax(z))
+        if z[worst] > MAX_COHORT_Z:
+            return (f"this case's cell mix is outside the {self.card.get('data', {}).get('patients', 'fitting')} "
+                    f"AML/APL patients the model was fitted on ({names[worst]} = {x[worst]:.3f}, "
+                    f"{z[worst]:.0f} SD from their mean); the APL probability applies to AML patients only")
+        return None
 
     def check_cell_model(self, card: dict) -> None:
         """Refuse to run on cells typed by another model than the one this model was fitted on."""

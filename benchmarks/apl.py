@@ -18,10 +18,10 @@ import numpy as np
 
 from _common import ci, write_result
 from leukodx.data.sites import site_sides
-from leukodx.evaluation.metrics import classification_metrics
+from leukodx.data.splits import bundled_split_path, load_split
+from leukodx.evaluation.evaluate import evaluate_index
 from leukodx.inference.classifier import DEFAULT_CELL_MODEL, load_model
-from leukodx.inference.patient import DEFAULT_APL_MODEL, PatientModel, apl_dataset, cross_validate
-from leukodx.stats import bootstrap_estimate
+from leukodx.inference.patient import DEFAULT_APL_MODEL, PatientModel, apl_dataset, cross_validate, patient_auroc
 
 DEEPAPL_PAPER = ("Sidhom et al. 2021 (npj Precision Oncology 5:38): DeepAPL, a multiple-instance CNN trained on the "
                  "same 82-patient discovery cohort (Monte-Carlo CV) and tested on a 24-patient prospective "
@@ -30,37 +30,14 @@ DEEPAPL_PAPER = ("Sidhom et al. 2021 (npj Precision Oncology 5:38): DeepAPL, a m
                  "copy of the paper was available offline to check them.")
 
 
-def _auroc(y: np.ndarray, score: np.ndarray, rows: np.ndarray, n_boot: int = 1000) -> dict:
-    from sklearn.metrics import roc_auc_score
-
-    def stat(idx: np.ndarray) -> float:
-        yy, ss = y[rows][idx], score[rows][idx]
-        return float(roc_auc_score(yy, ss)) if 0 < yy.sum() < len(yy) else float("nan")
-
-    return {**bootstrap_estimate(stat, len(rows), n_boot, 0), "n_patients": int(len(rows))}
-
-
 def blast_cell_level(clf) -> dict:
-    test = site_sides("deepapl")["test"]
-    arrays = np.stack([clf.preprocess(im) for im in _images(test)])
-    proba = clf.predict_arrays(arrays)
-    truth = np.asarray([clf.classes.index(test.classes[y]) if test.classes[y] in clf.classes else -1
-                        for y in test.labels])
-    keep = truth >= 0
-    m = classification_metrics(truth[keep], proba[keep], clf.classes)
+    m = evaluate_index(clf, site_sides("deepapl")["test"])["metrics"]
     blast = m["per_class"]["blast"]
-    return {"n_cells": int(keep.sum()), "n_patients": int(len(set(test.groups))),
+    return {"n_cells": m["n"], "n_patients": len(load_split(bundled_split_path("deepapl"))["patients"]["test"]),
             "blast_auroc": blast["auroc"], "blast_sensitivity": blast["sensitivity"],
             "blast_specificity": blast["specificity"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
             "per_class_f1": {c: {**v["f1"], "support": v["support"]} for c, v in m["per_class"].items()
-                             if v["support"]},
-            "left_out_labels": int((~keep).sum())}
-
-
-def _images(index):
-    from leukodx.data.images import read_image
-
-    return [read_image(p) for p in index.abspaths()]
+                             if v["support"]}}
 
 
 def main() -> None:
@@ -83,11 +60,11 @@ def main() -> None:
     pbc_data = apl_dataset(pbc)
     pbc_cv = cross_validate(pbc_data["x"], pbc_data["y"])
     comparators = {
-        "expert promyelocyte share (labels, no model)": {"all": _auroc(y, share, everyone),
-                                                          "unseen": _auroc(y, share, everyone[unseen])},
+        "expert promyelocyte share (labels, no model)": {"all": patient_auroc(y, share, everyone),
+                                                          "unseen": patient_auroc(y, share, everyone[unseen])},
         f"{clf.name} immature-granulocyte share (no fitting)": {
-            "all": _auroc(y, data["x"][:, ig], everyone), "unseen": _auroc(y, data["x"][:, ig], everyone[unseen])},
-        "bag model over pbc-celltype (never saw deepapl)": {"all": _auroc(y, pbc_cv["oof"], everyone), "unseen": None},
+            "all": patient_auroc(y, data["x"][:, ig], everyone), "unseen": patient_auroc(y, data["x"][:, ig], everyone[unseen])},
+        "bag model over pbc-celltype (never saw deepapl)": {"all": patient_auroc(y, pbc_cv["oof"], everyone), "unseen": None},
     }
     card = apl.card["metrics"]
     rows = [["cell", f"blast vs non-blast AUROC, {clf.name}", ci(cells["blast_auroc"]),

@@ -24,6 +24,9 @@ def test_deepapl_sides_are_patient_grouped_and_carry_leukemic_classes():
     assert {"blast", "smudge", "immature_granulocyte", "neutrophil"} <= set(sides["train"].classes)
     patients = {name: set(side.groups) for name, side in sides.items()}
     assert not patients["train"] & patients["test"] and not patients["val"] & patients["test"]
+    from leukodx.data.registry import load_dataset
+
+    assert sides["test"].meta["dataset_fingerprint"] == load_dataset("deepapl").fingerprint()
     fine = site_sides("deepapl", coarse=False)
     assert "promyelocyte" in fine["train"].classes and "promyelocyte" not in sides["train"].classes
 

@@ -37,12 +37,17 @@ def site_split(site: str) -> tuple[dict, Path]:
 
 
 def site_sides(site: str, data_root=None, coarse: bool = True) -> dict[str, ImageIndex]:
-    """train / val / test of one site relabelled onto the vocabulary (its top level when ``coarse``)."""
+    """train / val / test of one site relabelled onto the vocabulary (its top level when ``coarse``);
+    each side's ``meta["dataset_fingerprint"]`` is the whole set's."""
     index = load_dataset(site, data_root)
     if not isinstance(index, ImageIndex):
         raise InvalidInputError(f"{site}: not a single-cell image set")
     split, _ = site_split(site)
-    return {name: to_common(side, coarse=coarse) for name, side in apply_split(index, split).items()}
+    sides = {name: to_common(side, coarse=coarse) for name, side in apply_split(index, split).items()}
+    fingerprint = index.fingerprint()  # of the whole set as listed on disk, for cards and results
+    for side in sides.values():
+        side.meta = {**side.meta, "dataset_fingerprint": fingerprint}
+    return sides
 
 
 def split_record(site: str) -> dict:

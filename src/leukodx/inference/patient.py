@@ -141,11 +141,26 @@ def cross_validate(x: np.ndarray, y: np.ndarray, repeats: int = 20, n_splits: in
     return {"oof": oof.mean(0), "per_repeat_auroc": per_repeat}
 
 
+def patient_auroc(y: np.ndarray, score: np.ndarray, rows: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
+    """AUROC of ``score`` for ``y`` (1 = APL) over the patients ``rows``, bootstrap CI over patients."""
+    from sklearn.metrics import roc_auc_score
+
+    from leukodx.stats import bootstrap_estimate
+
+    rows = np.asarray(rows)
+
+    def stat(idx: np.ndarray) -> float:
+        yy, ss = y[rows][idx], score[rows][idx]
+        return float(roc_auc_score(yy, ss)) if 0 < yy.sum() < len(yy) else float("nan")
+
+    return {**bootstrap_estimate(stat, len(rows), n_boot, seed), "n_patients": int(len(rows)),
+            "n_apl": int(y[rows].sum())}
+
+
 def cell_probabilities_by_patient(clf, index, cells_per_patient: int | None = None) -> dict[str, np.ndarray]:
     """Every cell of every patient through ``clf`` (or the first ``cells_per_patient`` of each, for
     quick checks): patient id -> (cells, classes) probabilities."""
     from leukodx._progress import track
-    from leukodx.data.images import read_image
 
     if index.groups is None:
         raise InvalidInputError(f"{index.name}: no patient ids; a patient model needs them")
@@ -161,7 +176,9 @@ def cell_probabilities_by_patient(clf, index, cells_per_patient: int | None = No
     paths = index.abspaths()
     batch = 256
     for start in track(range(0, len(paths), batch), "cells", total=(len(paths) + batch - 1) // batch):
-        arrays = np.stack([clf.preprocess(read_image(p)) for p in paths[start:start + batch]])
+        _, arrays, errors = clf.load_inputs(paths[start:start + batch])
+        if errors:  # a bag missing cells would be a different patient: refuse rather than skip
+            raise InvalidInputError(f"{errors[0]['error']} ({len(errors)} unreadable cell image(s))")
         proba = clf.predict_arrays(arrays)
         for g, p in zip(index.groups[start:start + batch], proba):
             out.setdefault(str(g), []).append(p)
@@ -201,35 +218,22 @@ def _cell_model_training_patients(card: dict) -> set[str]:
 def train_apl_model(clf, data_root=None, repeats: int = 20, seed: int = 0, name: str = DEFAULT_APL_MODEL,
                     n_boot: int = 1000, cells_per_patient: int | None = None) -> tuple["PatientModel", dict]:
     """Fit the APL-vs-AML patient model on every discovery patient; figures by repeated patient CV."""
-    from sklearn.metrics import roc_auc_score
-
     from leukodx._hashing import sha256_file
     from leukodx.data.registry import dataset_info
     from leukodx.data.splits import bundled_split_path
     from leukodx.models.card import build_card
-    from leukodx.stats import bootstrap_estimate
 
     data = apl_dataset(clf, data_root, cells_per_patient)
     x, y, unseen = data["x"], data["y"], data["unseen"]
     cv = cross_validate(x, y, repeats=repeats, seed=seed)
     oof = cv["oof"]
 
-    def auroc(rows: np.ndarray) -> dict:
-        rows = np.asarray(rows)
-
-        def stat(idx: np.ndarray) -> float:
-            yy, pp = y[rows][idx], oof[rows][idx]
-            return float(roc_auc_score(yy, pp)) if 0 < yy.sum() < len(yy) else float("nan")
-
-        out = bootstrap_estimate(stat, len(rows), n_boot, seed)
-        return {**out, "n_patients": int(len(rows)), "n_apl": int(y[rows].sum())}
-
     everyone = np.arange(len(y))
     metrics = {
         "protocol": f"{repeats} x stratified 5-fold cross-validation over patients (all of a patient's cells "
                     "in one fold); out-of-fold probabilities averaged over repeats; bootstrap over patients",
-        "auroc_all_patients": auroc(everyone),
-        "auroc_unseen_patients": auroc(everyone[unseen]),
+        "auroc_all_patients": patient_auroc(y, oof, everyone, n_boot, seed),
+        "auroc_unseen_patients": patient_auroc(y, oof, everyone[unseen], n_boot, seed),
         "per_repeat_auroc": {"mean": float(np.mean(cv["per_repeat_auroc"])),
                              "min": float(np.min(cv["per_repeat_auroc"])),
                              "max": float(np.max(cv["per_repeat_auroc"]))},

@@ -35,6 +35,20 @@ def resolve_split(index: ImageIndex, split_path: str | os.PathLike | None, seed:
     return make_split(index, seed=seed), "generated", None
 
 
+def _training_record(config: TrainConfig, result, started: float) -> dict:
+    """The card's ``training`` entry: config, rounds, best round, time, device and threads, history."""
+    return {"config": config.as_dict(), "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+            "seconds": round(result.seconds, 1), "wall_seconds_with_decoding": round(time.time() - started, 1),
+            "device": str(device()), "threads": torch.get_num_threads(), "history": result.history}
+
+
+def _val_summary(labels: np.ndarray, result, classes: list[str]) -> dict:
+    """Calibrated validation figures for the card (the split used to pick the round and the temperature)."""
+    m = classification_metrics(labels, softmax(result.val_logits, result.temperature), classes, n_boot=200,
+                               auroc_boot=0)
+    return {k: m[k] for k in ("accuracy", "macro_f1", "ece", "n")}
+
+
 def train_from_dataset(dataset: str, out_dir: str | os.PathLike, config: TrainConfig, *, name: str | None = None,
                        split_path: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
                        max_per_class: int | None = None, resume: bool = False, show_progress: bool = True,
@@ -66,9 +80,7 @@ def train_from_dataset(dataset: str, out_dir: str | os.PathLike, config: TrainCo
     result = fit(x_tr, train.labels, x_va, val.labels, len(index.classes), config, out_dir / "work",
                  resume=resume, show_progress=show_progress)
     test_proba = softmax(predict_logits(result.net, x_te, config.preprocess), result.temperature)
-    val_proba = softmax(result.val_logits, result.temperature)
     test_metrics = classification_metrics(test.labels, test_proba, index.classes)
-    val_metrics = classification_metrics(val.labels, val_proba, index.classes, n_boot=200, auroc_boot=0)
 
     info = dataset_info(dataset) if dataset in list_datasets() else None
     card = build_card(
@@ -87,14 +99,8 @@ def train_from_dataset(dataset: str, out_dir: str | os.PathLike, config: TrainCo
             "license": info.license if info else None,
             "citation": info.citation if info else None,
         },
-        training={
-            "config": config.as_dict(), "epochs_run": len(result.history), "best_epoch": result.best_epoch,
-            "seconds": round(result.seconds, 1), "wall_seconds_with_decoding": round(time.time() - started, 1),
-            "device": str(device()), "threads": torch.get_num_threads(),
-            "history": result.history,
-        },
-        metrics={"split": "test", "test": test_metrics, "val": {k: val_metrics[k] for k in
-                                                                ("accuracy", "macro_f1", "ece", "n")}},
+        training=_training_record(config, result, started),
+        metrics={"split": "test", "test": test_metrics, "val": _val_summary(val.labels, result, index.classes)},
         intended_use=intended_use or f"Research use: classify images like those of {dataset} into "
                                      f"{', '.join(index.classes)}. Not a medical device.",
         limits=list(info.limits) if info else ["Trained on a user folder; see its provenance."],
@@ -167,17 +173,15 @@ def train_multisite(sites: list[str], out_dir: str | os.PathLike, config: TrainC
         test_by_site[s] = classification_metrics(y_te, proba, classes) if len(set(y_te.tolist())) > 1 else None
         info = dataset_info(s)
         data_sites.append({"dataset": s, "site": info.site, "scanner": info.scanner,
-                           "dataset_fingerprint": load_fingerprint(s, data_root),
+                           "dataset_fingerprint": per_site[s]["train"].meta["dataset_fingerprint"],
                            **split_record(s), "split_groups": "patients" if s == "deepapl" else "near-duplicates",
                            "counts": {side: counts(parts[side][s][1]) for side in ("train", "val", "test")},
                            "source": info.source, "license": info.license, "citation": info.citation})
         acc = test_by_site[s]["accuracy"]["value"] if test_by_site[s] else float("nan")
         log(f"{s} test: accuracy {acc:.3f} (n={len(y_te)})")
     pooled = classification_metrics(np.concatenate(pooled_y), np.concatenate(pooled_p), classes)
-    val_metrics = classification_metrics(y_va, softmax(result.val_logits, result.temperature), classes,
-                                         n_boot=200, auroc_boot=0)
     metrics = {"split": "test", "test": pooled, "test_by_site": test_by_site,
-               "val": {k: val_metrics[k] for k in ("accuracy", "macro_f1", "ece", "n")}}
+               "val": _val_summary(y_va, result, classes)}
     if loso_result:
         metrics["leave_one_site_out"] = _loso_summary(json.loads(Path(loso_result).read_text()), loso_result)
     licences = sorted({d["license"] for d in data_sites if d["license"]})
@@ -188,9 +192,7 @@ def train_multisite(sites: list[str], out_dir: str | os.PathLike, config: TrainC
         data={"dataset": "+".join(sites), "sites": data_sites, "vocabulary": "top level of leukodx's vocabulary",
               "max_per_class_per_site": max_per_class, "min_class_count": min_class_count,
               "classes_left_out": dropped, "license": "; ".join(licences)},
-        training={"config": config.as_dict(), "epochs_run": len(result.history), "best_epoch": result.best_epoch,
-                  "seconds": round(result.seconds, 1), "wall_seconds_with_decoding": round(time.time() - started, 1),
-                  "device": str(device()), "threads": torch.get_num_threads(), "history": result.history},
+        training=_training_record(config, result, started),
         metrics=metrics,
         intended_use=("Research use: type single white cells (CellaVision-like crops, one cell centred) into "
                       f"{', '.join(classes)}. Not a medical device; not validated clinically."),
@@ -203,11 +205,6 @@ def train_multisite(sites: list[str], out_dir: str | os.PathLike, config: TrainC
                    if dropped else [])],
     )
     return save_bundle(out_dir, result.net, card)
-
-
-def load_fingerprint(dataset: str, data_root=None) -> str:
-    """The fingerprint of a registered image set (paths and labels as listed on disk)."""
-    return load_dataset(dataset, data_root).fingerprint()
 
 
 def _loso_summary(result: dict, path) -> dict:

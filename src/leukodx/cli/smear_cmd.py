@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
         lr: float = typer.Option(2e-3),
         input_scale: float = typer.Option(0.5, help="Tiles are resized by this before the network."),
         max_images: Optional[int] = typer.Option(None, help="Use at most this many train / val fields (quick runs)."),
+        augment: str = typer.Option("scale-stain", help="'scale-stain': magnification x0.55-1.8 and stain / hue / grey "
+                                                        "jitter; 'flip': flips and brightness only."),
         seed: int = typer.Option(0),
         name: Optional[str] = typer.Option(None, help="Model name in the card (default: output folder name)."),
         threads: Optional[int] = Threads,
@@ -43,7 +45,7 @@ def register(app: typer.Typer) -> None:
             torch.set_num_threads(threads)
         card = train_detector_bundle(output, DetectorConfig(backbone=backbone, input_scale=input_scale),
                                      DetectorTraining(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                                                      max_images=max_images),
+                                                      max_images=max_images, augment=augment),
                                      dataset=dataset, name=name, data_root=data_root, resume=resume,
                                      show_progress=not quiet)
         test = card["metrics"]["test"]

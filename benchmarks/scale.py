@@ -8,7 +8,7 @@ to counts on fields from another lab.
    fixed scale (1.0), at the scale once suggested in the README (0.15), and measured per field
    (uncertain or implausible fields are not counted).
 
-Run: ``python benchmarks/scale.py`` (~5 min on 2 cores).
+Run: ``python benchmarks/scale.py [DETECTOR ...]`` (default: every bundled detector; ~5 min each on 2 cores).
 """
 
 from __future__ import annotations
@@ -73,30 +73,35 @@ def aria_counts(analyzer_for) -> dict:
     return {"fields": [r["field"] for r in hand], "by_eye": truth.tolist(), "settings": out}
 
 
-def main() -> None:
+def main(names: list[str]) -> None:
+    from leukodx.hub import list_models
     from leukodx.inference.classifier import load_model
     from leukodx.smear.detector import load_detector
 
-    detector, classifier = load_detector(), load_model()
+    names = names or list_models("detection")
+    classifier = load_model()
+    results, rows = {}, []
+    for name in names:
+        detector = load_detector(name)
 
-    def analyzer_for(**kwargs) -> SmearAnalyzer:
-        return SmearAnalyzer(detector, classifier, **kwargs)
+        def analyzer_for(**kwargs) -> SmearAnalyzer:
+            return SmearAnalyzer(detector, classifier, **kwargs)
 
-    bccd = bccd_scales(analyzer_for())
-    aria = aria_counts(analyzer_for)
-    rows = []
-    for factor, r in bccd.items():
-        rows.append([f"BCCD test fields x{factor} (true pixel scale {factor})", f"{r['fields']}",
-                     f"{r['fields'] - r['uncertain']} measured, {r['uncertain']} uncertain",
-                     f"median estimate / truth {r['median_ratio']:.3f}; {r['within_20_percent']} within 20%"
-                     if r["median_ratio"] else "-"])
-    for name, r in aria["settings"].items():
-        mae = f"{r['mae_counted']:.1f}" if r["mae_counted"] is not None else "-"
-        rows.append([f"all-aria, 20 fields counted by eye: {name}", "20", f"{r['fields_counted']} counted",
-                     f"white cells {r['total_counted']} vs {r['total_by_eye_same_fields']} by eye on the counted "
-                     f"fields; MAE {mae} per field; {r['within_2_counted']} fields within 2"])
-    write_result("scale", {"bccd": bccd, "all_aria": aria},
-                 ["fields", "n", "scale", "result"], rows,
+        bccd = bccd_scales(analyzer_for())
+        aria = aria_counts(analyzer_for)
+        results[name] = {"sha256": detector.card.get("sha256"), "bccd": bccd, "all_aria": aria}
+        for factor, r in bccd.items():
+            rows.append([name, f"BCCD test fields x{factor} (true pixel scale {factor})", f"{r['fields']}",
+                         f"{r['fields'] - r['uncertain']} measured, {r['uncertain']} uncertain",
+                         f"median estimate / truth {r['median_ratio']:.3f}; {r['within_20_percent']} within 20%"
+                         if r["median_ratio"] else "-"])
+        for setting, r in aria["settings"].items():
+            mae = f"{r['mae_counted']:.1f}" if r["mae_counted"] is not None else "-"
+            rows.append([name, f"all-aria, 20 fields counted by eye: {setting}", "20", f"{r['fields_counted']} counted",
+                         f"white cells {r['total_counted']} vs {r['total_by_eye_same_fields']} by eye on the counted "
+                         f"fields; MAE {mae} per field; {r['within_2_counted']} fields within 2"])
+    write_result("scale", {"detectors": results},
+                 ["detector", "fields", "n", "scale", "result"], rows,
                  ["Pixel scale = image px per px at the detector's training magnification (BCCD, ~103 px per red "
                   "cell, ~0.073 um/px). 'Uncertain': the detector found fewer than 3 red cells of its training "
                   "size at any candidate scale. A field is also not counted when the detector finds more than one "
@@ -108,4 +113,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])

@@ -73,3 +73,14 @@ def test_grayscale_and_hue_arms():
     assert float((hue - x).abs().mean()) > 0.01
     assert augment_batch(x, Augment(**COLOUR_ONLY, grayscale=0.0, hue=0.0, stain=0.0),
                          torch.Generator().manual_seed(0)).equal(x)
+
+
+def test_stain_shift_is_identity_at_unit_density_and_darkens_nuclei_when_raised():
+    from leukodx.preprocessing.augment import shift_stains
+
+    x = _batch()
+    same = shift_stains(x, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    assert torch.allclose(same, x.clamp(min=1e-3), atol=1e-4)
+    darker = shift_stains(x, (1.5, 1.0, 1.0), (0.0, 0.0, 0.0))
+    # more haematoxylin absorbs more red light: the red channel falls where there is stain
+    assert float(darker[:, 0].mean()) < float(x[:, 0].mean()) - 0.005

@@ -4,7 +4,8 @@ import pytest
 from leukodx.errors import IntegrityError, InvalidInputError
 from leukodx.smear.detector import DetectorConfig, load_detector, save_detector
 from leukodx.smear.evaluate import evaluate_detector
-from leukodx.smear.train_detector import DetectorTraining, choose_count_thresholds, train_detector
+from leukodx.smear.train_detector import (DetectorTraining, augmented_field, choose_count_thresholds, rescaled_field,
+                                          train_detector)
 
 
 def test_count_thresholds_minimise_the_count_error():
@@ -13,6 +14,45 @@ def test_count_thresholds_minimise_the_count_error():
                    {"labels": np.array([1, 1, 1]), "scores": np.array([0.8, 0.7, 0.2])}]
     chosen = choose_count_thresholds(targets, predictions, ["RBC", "WBC"])
     assert 0.3 < chosen["WBC"] <= 0.7
+
+
+def _side(boxes: np.ndarray) -> float:
+    return float(np.median(np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))))
+
+
+def test_rescaled_fields_keep_their_size_and_their_boxes_follow_the_cells(bccd):
+    from leukodx.data.registry import load_fields
+
+    images, targets = load_fields(bccd, bccd.splits["train"][:6])
+    rng = np.random.default_rng(0)
+    h, w = images[0].shape[:2]
+    native = _side(targets[0]["boxes"][targets[0]["labels"] == 0])
+    same, same_boxes, same_labels = rescaled_field(images, targets, 0, 1.0, rng)
+    assert same.shape == images[0].shape and sorted(same_labels) == sorted(targets[0]["labels"])
+    assert _side(same_boxes[same_labels == 0]) == pytest.approx(native)
+    for factor in (0.55, 1.8):
+        rgb, boxes, labels = rescaled_field(images, targets, 0, factor, rng)
+        assert rgb.shape == images[0].shape and len(boxes) == len(labels) > 0
+        assert boxes.min() >= 0 and boxes[:, [0, 2]].max() <= w and boxes[:, [1, 3]].max() <= h
+        assert np.all(boxes[:, 2] > boxes[:, 0]) and np.all(boxes[:, 3] > boxes[:, 1])
+        # red cells (whole or mostly inside) are drawn at the new magnification
+        assert _side(boxes[labels == 0]) == pytest.approx(native * factor, rel=0.3)
+    shrunk, _, _ = rescaled_field(images, targets, 0, 0.55, rng)
+    assert shrunk.reshape(-1, 3).max(axis=1).min() > 0, "a shrunken field is filled with smear, not black padding"
+
+
+def test_detector_augmentation_changes_colour_but_not_the_targets_kind(bccd):
+    import torch
+
+    from leukodx.data.registry import load_fields
+
+    images, targets = load_fields(bccd, bccd.splits["train"][:4])
+    x, boxes, labels = augmented_field(images, targets, 1, "scale-stain", np.random.default_rng(3),
+                                       torch.Generator().manual_seed(3))
+    assert x.shape == (3, *images[1].shape[:2]) and 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert boxes.shape == (len(labels), 4) and set(labels.tolist()) <= {0, 1, 2}
+    with pytest.raises(InvalidInputError, match="expected one of"):
+        train_detector(bccd, DetectorConfig(), DetectorTraining(epochs=1, max_images=2, augment="mosaic"))
 
 
 @pytest.mark.slow

@@ -133,9 +133,17 @@ def augment_batch(x: torch.Tensor, aug: Augment, generator: torch.Generator) -> 
 def _stain_jitter(x: torch.Tensor, sigma: float, generator: torch.Generator) -> torch.Tensor:
     """Scale and shift each image's stain densities in HED space, then back to RGB."""
     n = x.shape[0]
-    od = -torch.log(x.clamp(min=1e-3))                               # optical density per RGB channel
-    hed = torch.einsum("cs,nchw->nshw", _HED_FROM_RGB, od)           # stain densities
     alpha = 1 + (torch.rand(n, 3, 1, 1, generator=generator) * 2 - 1) * sigma
     beta = (torch.rand(n, 3, 1, 1, generator=generator) * 2 - 1) * sigma
+    return shift_stains(x, alpha, beta)
+
+
+def shift_stains(x: torch.Tensor, alpha, beta) -> torch.Tensor:
+    """Each stain's density (haematoxylin, eosin, DAB) times ``alpha`` plus ``beta`` (per image,
+    broadcast as (N, 3, 1, 1) or a 3-sequence): another lab's staining, on x (N, 3, H, W) in [0, 1]."""
+    alpha = torch.as_tensor(alpha, dtype=x.dtype).reshape(-1, 3, 1, 1)
+    beta = torch.as_tensor(beta, dtype=x.dtype).reshape(-1, 3, 1, 1)
+    od = -torch.log(x.clamp(min=1e-3))                               # optical density per RGB channel
+    hed = torch.einsum("cs,nchw->nshw", _HED_FROM_RGB, od)           # stain densities
     od = torch.einsum("sc,nshw->nchw", _RGB_FROM_HED, hed * alpha + beta)
     return torch.exp(-od).clamp(0, 1)

@@ -13,7 +13,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["estimate", "percentile_ci", "bootstrap", "bootstrap_estimate", "finite_or_none", "wilson_interval"]
+__all__ = ["estimate", "percentile_ci", "bootstrap", "bootstrap_estimate", "finite_or_none", "wilson_interval",
+           "binomial_tail"]
 
 
 def finite_or_none(x) -> float | None:
@@ -71,3 +72,12 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p): how surprising k events in n trials are at rate p."""
+    from scipy.stats import binom
+
+    if k <= 0:
+        return 1.0
+    return float(binom.sf(k - 1, n, p))

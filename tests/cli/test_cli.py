@@ -46,9 +46,24 @@ def test_evaluate_on_a_registered_split(tiny_aria_model, tmp_path):
 def test_predict_csv_and_json(tiny_pbc_model, pbc_folder, tmp_path):
     assert main(["predict", "-m", str(tiny_pbc_model), str(pbc_folder / "monocyte"), "-o", str(tmp_path / "p.csv")]) == 0
     lines = (tmp_path / "p.csv").read_text().splitlines()
-    assert lines[0].startswith("input,top_class,probability,unsure,p_basophil") and len(lines) == 5
-    assert main(["predict", "-m", str(tiny_pbc_model), str(pbc_folder / "monocyte"), "-o", str(tmp_path / "p.json")]) == 0
-    assert len(json.loads((tmp_path / "p.json").read_text())["rows"]) == 4
+    assert lines[0].startswith("input,top_class,probability,unsure,ood_score,ood,prediction_set,p_basophil")
+    assert len(lines) == 5
+    assert main(["predict", "-m", str(tiny_pbc_model), str(pbc_folder / "monocyte"), "-o", str(tmp_path / "p.json"),
+                 "--coverage", "0.95"]) == 0
+    result = json.loads((tmp_path / "p.json").read_text())
+    assert len(result["rows"]) == 4 and result["coverage"] == 0.95
+    assert set(result["shift"]) >= {"flagged", "score", "reason"} and isinstance(result["shift"]["flagged"], bool)
+    row = result["rows"][0]
+    assert isinstance(row["ood"], bool) and isinstance(row["ood_score"], float) and isinstance(row["prediction_set"], list)
+
+
+@pytest.mark.parametrize("coverage", ["0", "1", "1.5", "-0.2"])
+def test_predict_refuses_a_coverage_outside_0_1(tiny_pbc_model, pbc_folder, tmp_path, capsys, coverage):
+    assert main(["predict", "-m", str(tiny_pbc_model), str(pbc_folder / "monocyte"), "-o", str(tmp_path / "p.json"),
+                 "--coverage", coverage]) != 0
+    err = capsys.readouterr().err
+    assert "--coverage" in err and "between 0 and 1" in err and "Traceback" not in err
+    assert not (tmp_path / "p.json").exists()
 
 
 def test_diagnose_writes_summary_csv_and_report(tiny_pbc_model, pbc_folder, tmp_path):

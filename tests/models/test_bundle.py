@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 
 import leukodx
 from leukodx.errors import DataNotFoundError, IntegrityError, InvalidInputError, LeukodxError, ModelNotFoundError
-from leukodx.inference.classifier import TASK, _build_classifier
+from leukodx.inference.classifier import TASK
+from leukodx.models.architectures import network_from_card as _build_classifier
 from leukodx.models.architectures import create_network
 from leukodx.models.bundle import load_network, load_tensors, read_card, resolve_bundle, save_bundle, verify_bundle
 from leukodx.models.card import build_card

@@ -110,12 +110,16 @@ def _scores(net, arrays: np.ndarray, labels: np.ndarray, pre: Preprocess, temper
 
 
 def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n_boot: int = 1000,
-             log=print, adapt_k: tuple[int, ...] = ()) -> dict:
+             log=print, adapt_k: tuple[int, ...] = (), reliability: bool = False) -> dict:
     """Every fold of the protocol for one variant: per left-out site, its scores and the in-site ones.
 
     With ``adapt_k``, each fold's model is also fine-tuned on k labelled cells per class of the left-out
     site (its train side; ``leukodx adapt``'s recipe) and scored on that site's test side: the few-shot
     learning curve, k = 0 being the fold's model as trained.
+
+    With ``reliability``, each fold's model also gets its OOD and conformal statistics (fitted on the
+    fold's training and validation cells, as ``leukodx train`` does) and is scored on how well they
+    tell the left-out site from the in-site test cells (``evaluation.reliability``).
     """
     from leukodx.training.trainer import TrainConfig, fit
 
@@ -156,6 +160,9 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
                 "left_out_adabn": _scores(result.net, x_held, y_held, pre, result.temperature, True, n_boot)}),
             "in_site": in_site, "best_epoch": result.best_epoch, "seconds": round(time.perf_counter() - t0, 1),
             **({"learning_curve": curve} if curve else {}),
+            **({"reliability": _reliability(result, pre, variant.seed, (x_tr, y_tr), (x_va, y_va),
+                                            _stack([take(s, "test", variant.test_per_class) for s in train_sites]),
+                                            {held: (x_held, y_held)})} if reliability else {}),
         }
         acc = folds[held]["left_out"]["accuracy"]
         in_text = ", ".join(f"{s} {v['accuracy']['value']:.3f}" for s, v in in_site.items())
@@ -163,6 +170,20 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
     return {"protocol": "leave-one-site-out", "variant": asdict(variant), "sites": list(sites),
             "classes": list(SHARED), "folds": folds, "seconds": round(time.perf_counter() - started, 1),
             "provenance": provenance()}
+
+
+def _reliability(result, pre: Preprocess, seed: int, train: tuple, val: tuple, in_site: tuple,
+                 others: dict[str, tuple]) -> dict:
+    from leukodx.evaluation.reliability import reliability_figures
+    from leukodx.training.calibration import fit_network_reliability, network_outputs, softmax
+
+    rel = fit_network_reliability(result.net, pre, result.temperature, *train, *val, seed=seed)
+
+    def part(x: np.ndarray, y: np.ndarray) -> dict:
+        logits, features = network_outputs(result.net, x, pre)
+        return {"ood": rel.ood_scores(features), "proba": softmax(logits, result.temperature), "labels": y}
+
+    return reliability_figures(rel, part(*in_site), {name: part(*xy) for name, xy in others.items()})
 
 
 def _learning_curve(result, variant: Variant, pre: Preprocess, take, held: str, ks: tuple[int, ...],

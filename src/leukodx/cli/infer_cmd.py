@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from leukodx.cli.options import Backend, DataRoot
+from leukodx.cli.options import Backend, Coverage, DataRoot
 from rich.console import Console
 
 from leukodx import _atomic
@@ -98,17 +98,21 @@ def register(app: typer.Typer) -> None:
         adapt_bn: bool = typer.Option(False, "--adapt-bn", help="Test-time batch-norm adaptation: re-estimate the "
                                                                 "model's normalization statistics on these images "
                                                                 "(one lab's, >= 32) before predicting (LOSO.md)."),
+        coverage: float = Coverage,
         backend: str = Backend,
     ) -> None:
-        """One row per image: top class, its probability, every class probability."""
+        """One row per image: top class, its probability, every class probability, whether it looks like
+        the model's training images (ood), a conformal prediction set; and a shift verdict for the batch."""
         from leukodx.inference.classifier import load_model
         from leukodx.inference.classifier import rows_to_csv
+        from leukodx.models.reliability import check_coverage
 
         fmt = output.suffix.lower()
         if fmt not in (".csv", ".json"):
             raise InvalidInputError(f"{output}: output must end in .csv or .json")
+        check_coverage(coverage)
         clf = load_model(model, backend=backend)
-        result = clf.predict(inputs, adapt_bn=adapt_bn)
+        result = clf.predict(inputs, adapt_bn=adapt_bn, coverage=coverage)
         _report_errors(result.errors)
         if not result.rows:
             raise InvalidInputError(f"no image could be processed ({len(result.errors)} failed)")
@@ -116,8 +120,11 @@ def register(app: typer.Typer) -> None:
             _atomic.write_text(output, rows_to_csv(result.rows, clf.classes))
         else:
             _atomic.write_json(output, {"model": clf.name, "model_sha256": clf.card.get("sha256"),
-                                        "classes": clf.classes, "rows": result.rows, "errors": result.errors})
+                                        "classes": clf.classes, "coverage": coverage, "shift": result.shift,
+                                        "rows": result.rows, "errors": result.errors})
         console.print(f"{len(result.rows)} image(s) predicted, {len(result.errors)} skipped; written to {output}")
+        if result.shift.get("flagged") is not False:
+            console.print(f"shift: {result.shift['reason']}")
 
     @app.command("diagnose")
     def diagnose_cmd(
@@ -134,12 +141,13 @@ def register(app: typer.Typer) -> None:
                                                                          "per pixel, when known (else measured)."),
         pixel_scale: Optional[float] = typer.Option(None, help="Smear fields: px per px at the detector's "
                                                                "magnification (default: measured per field)."),
+        coverage: float = Coverage,
     ) -> None:
         """The main job: per-image results, a case summary with flags, and an HTML report."""
         from leukodx.diagnosis.case import diagnose, write_case_outputs
 
         result = diagnose(inputs, kind=kind, model=model, backend=backend, smear=smear, pixel_scale=pixel_scale,
-                          um_per_px=um_per_px, adapt_bn=adapt_bn)
+                          um_per_px=um_per_px, adapt_bn=adapt_bn, coverage=coverage)
         _report_errors(result["errors"])
         paths = write_case_outputs(result, output)
         s = result["summary"]
@@ -183,6 +191,24 @@ def register(app: typer.Typer) -> None:
         console.print(f"{card['name']} (from {card['parent']['name']}): cross-validated accuracy on the "
                       f"{cv['n']} adaptation images {cv['accuracy']['value']:.3f} (parent: "
                       f"{parent['accuracy']['value']:.3f}); written to {output}")
+
+    reliability_app = typer.Typer(no_args_is_help=True, help="A classifier's out-of-distribution statistics and "
+                                                             "conformal calibration.")
+    app.add_typer(reliability_app, name="reliability")
+
+    @reliability_app.command("fit")
+    def reliability_fit(
+        model: str = typer.Argument(..., help="Bundled image classifier or bundle folder (written in place)."),
+        data_root: Optional[Path] = DataRoot,
+    ) -> None:
+        """Fit the OOD statistics (training images) and conformal scores (validation images) of a bundle
+        made without them, from the data and split its card names; the weights are not touched."""
+        from leukodx.training.recipe import refit_reliability
+
+        card = refit_reliability(model, data_root)
+        r = card["reliability"]
+        console.print(f"{card['name']}: OOD threshold {r['threshold']:.2f} ({r['false_alarm']:.0%} of validation "
+                      f"images above it), {r['n_conformal']} conformal scores; written to its bundle")
 
     @export_app.command("onnx")
     def export_onnx_cmd(

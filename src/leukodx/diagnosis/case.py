@@ -20,7 +20,8 @@ from leukodx._versions import provenance, versions
 from leukodx.data.images import list_images, read_image
 from leukodx.data.vocabulary import is_leukocyte, leukocyte_classes, normalize_label
 from leukodx.errors import InvalidInputError, LeukodxError
-from leukodx.inference.classifier import DEFAULT_CELL_MODEL, Classifier, load_model, rows_to_csv
+from leukodx.inference.classifier import DEFAULT_CELL_MODEL, Classifier, Scored, load_model, rows_to_csv
+from leukodx.models.reliability import DEFAULT_COVERAGE, check_coverage
 
 KINDS = ("auto", "cells", "fields")
 DEFAULT_MODELS = {"cells": DEFAULT_CELL_MODEL, "fields": "all-stage"}
@@ -181,8 +182,12 @@ def _field_summary(rows: list[dict], classes: list[str]) -> tuple[dict, list[str
 def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "auto",
              model: str | os.PathLike | Classifier | None = None, backend: str = "auto",
              smear: bool = True, pixel_scale: float | None = None, um_per_px: float | None = None,
-             adapt_bn: bool = False) -> dict:
-    """Diagnose one case. Returns the summary dict (rows, summary, flags, errors, provenance).
+             adapt_bn: bool = False, coverage: float = DEFAULT_COVERAGE) -> dict:
+    """Diagnose one case. Returns the summary dict (rows, summary, flags, shift, errors, provenance).
+
+    Every image carries ``ood`` and a conformal ``prediction_set`` at ``coverage``; the counts and
+    flags use only the images that are not ``unsure``, and the case gets a ``shift`` verdict
+    (are these images like the model's training images at all?).
 
     For smear fields, ``smear`` also runs the whole-smear pipeline on every field (cells found,
     white cells typed, counts, differential; ``leukodx.smear.pipeline``) beside the field model, at
@@ -190,6 +195,7 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
     """
     if kind not in KINDS:
         raise InvalidInputError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
+    check_coverage(coverage)
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     images, errors = _read_case(list(inputs))
@@ -210,20 +216,21 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
     if model_kind(clf) != kind:
         raise InvalidInputError(f"model {clf.name} classifies {model_kind(clf)}, but the case was given as {kind}")
     arrays = np.stack([clf.preprocess(im.rgb) for im in images])
-    fitted = clf  # the patient model was fitted on this model's probabilities, unadapted
-    if adapt_bn:
-        clf = clf.adapted_to(arrays)
-    proba = clf.predict_arrays(arrays)
-    rows = [clf.prediction_row(im.name, p, decimals=4) for im, p in zip(images, proba)]
+    # the patient model was fitted on this model's probabilities unadapted; OOD is judged unadapted too
+    base = clf.score_arrays(arrays)
+    scored = Scored(clf.adapted_to(arrays).predict_arrays(arrays), base.ood_scores) if adapt_bn else base
+    rows = clf.rows_for([im.name for im in images], scored, coverage, decimals=4)
     summary, flags = (_cell_summary if kind == "cells" else _field_summary)(rows, clf.classes)
     if kind == "cells":
-        apl, apl_flags = _apl_call(fitted, proba if fitted is clf else fitted.predict_arrays(arrays))
+        apl, apl_flags = _apl_call(clf, base.proba)
         summary.update(apl)
         flags.extend(apl_flags)
-    n_unsure = sum(r["unsure"] for r in rows)
-    if n_unsure:
-        flags.insert(0, f"{n_unsure} of {len(rows)} images below the model's confidence threshold "
-                        f"({clf.abstain_below:.2f}): review them")
+    shift = clf.shift_of(base)
+    review = _review_flag(rows, clf, coverage)
+    if review:
+        flags.insert(0, review)
+    if shift.get("flagged"):
+        flags.insert(0, f"shift: {shift['reason']}")
     if errors:
         flags.append(f"{len(errors)} file(s) could not be read and were left out")
     smear_result = _smear_analysis(images, pixel_scale, um_per_px) if (kind == "fields" and smear) else None
@@ -234,14 +241,29 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "kind": kind, "kind_evidence": evidence,
         "model": {"name": clf.name, "sha256": clf.card.get("sha256"), "classes": clf.classes,
-                  "abstain_below": clf.abstain_below, "backend": clf.backend,
-                  "test_time_adaptation": clf.card.get("test_time_adaptation"),
+                  "abstain_below": clf.abstain_below, "backend": clf.backend, "coverage": coverage,
+                  "test_time_adaptation": {"method": "AdaBN", "images": len(arrays)} if adapt_bn else None,
                   "test_accuracy": clf.card.get("metrics", {}).get("test", {}).get("accuracy")},
-        "n_images": len(rows), "summary": summary, "flags": flags, "rows": rows, "errors": errors,
+        "n_images": len(rows), "shift": shift, "summary": summary, "flags": flags, "rows": rows, "errors": errors,
         **({"smear": smear_result} if smear_result else {}),
         "versions": versions(), "provenance": provenance(),
         "_thumbnails": {im.name: _thumbnail(im.rgb) for im in images},
     }
+
+
+def _review_flag(rows: list[dict], clf: Classifier, coverage: float) -> str | None:
+    """How many images were left for review, and why (they are not counted)."""
+    unsure = [r for r in rows if r["unsure"]]
+    if not unsure:
+        return None
+    why = [f"{sum(bool(r.get('ood')) for r in unsure)} unlike the training images (ood)"]
+    if unsure[0].get("prediction_set") is not None:
+        why.append(f"{sum(r['prediction_set'] is not None and len(r['prediction_set']) != 1 for r in unsure)} "
+                   f"without a single class in their {coverage:.0%} conformal set")
+    why.append(f"{sum(r['probability'] < clf.abstain_below for r in unsure)} below the model's confidence "
+               f"threshold ({clf.abstain_below:.2f})")
+    return (f"{len(unsure)} of {len(rows)} images left for review and not counted: " + ", ".join(why)
+            + " (an image may have several reasons)")
 
 
 def _smear_analysis(images: list[CaseImage], pixel_scale: float | None, um_per_px: float | None) -> dict:

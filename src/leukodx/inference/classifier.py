@@ -2,9 +2,12 @@
 
     clf = leukodx.load_model("wbc-multisite")
     result = clf.predict(["cell1.jpg", array])   # paths, folders or (H, W[, C]) arrays
-    result.rows[0]["top_class"], result.errors
+    result.rows[0]["top_class"], result.errors, result.shift
 
-Bad inputs in a batch are reported in ``result.errors`` and the rest are still predicted.
+Every row also says whether the input looks like the model's training images (``ood_score``,
+``ood``) and gives a conformal ``prediction_set``; the batch gets a ``shift`` verdict
+(``leukodx.models.reliability``). Bad inputs in a batch are reported in ``result.errors`` and the
+rest are still predicted.
 """
 
 from __future__ import annotations
@@ -23,17 +26,14 @@ from leukodx._progress import track
 from leukodx.data.cache import cache_dir
 from leukodx.data.images import as_rgb_array, list_images, read_image, split_in_memory
 from leukodx.errors import InvalidInputError, LeukodxError
-from leukodx.models.architectures import create_network
+from leukodx.models.architectures import network_from_card
 from leukodx.models.bundle import load_network
+from leukodx.models.reliability import DEFAULT_COVERAGE, WithFeatures, check_coverage, load_reliability
 from leukodx.preprocessing.transforms import Preprocess, normalize_batch
 from leukodx.training.calibration import softmax
 
 BACKENDS = ("auto", "torch", "onnx")
 TASK = "image-classification"
-
-
-def _build_classifier(card: dict) -> torch.nn.Module:
-    return create_network(card["arch"], num_classes=len(card["classes"]))
 
 
 @dataclass
@@ -43,9 +43,12 @@ class Predictions:
     classes: list[str]
     rows: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
+    #: the batch's shift verdict (``{"flagged", "score", "reason", ...}``; ``flagged`` None when unavailable)
+    shift: dict | None = None
+    coverage: float | None = None
 
     def to_pandas(self):
-        """One row per input: input, top_class, probability, unsure, then ``p_<class>`` columns."""
+        """One row per input: input, top_class, probability, unsure, ood..., then ``p_<class>`` columns."""
         import pandas as pd
 
         return pd.DataFrame([{**{k: v for k, v in r.items() if k != "probabilities"},
@@ -54,6 +57,19 @@ class Predictions:
     @property
     def probabilities(self) -> np.ndarray:
         return np.array([[r["probabilities"][c] for c in self.classes] for r in self.rows]).reshape(-1, len(self.classes))
+
+
+@dataclass
+class Scored:
+    """A batch through the network: calibrated probabilities and, where the bundle has the
+    statistics, each input's OOD score."""
+
+    proba: np.ndarray
+    ood_scores: np.ndarray | None = None
+
+#: said in place of OOD figures for bundles made before leukodx fitted reliability statistics
+NO_RELIABILITY = ("OOD checks and conformal sets are unavailable for this model: its bundle has no reliability "
+                  "statistics (add them with `leukodx reliability fit`)")
 
 
 class Classifier:
@@ -67,12 +83,14 @@ class Classifier:
         self.preprocess = Preprocess.from_dict(card["preprocess"])
         self.temperature = float(card.get("temperature", 1.0))
         self.abstain_below = float(card.get("abstain_below", 0.0))
+        self.reliability = load_reliability(bundle_dir, card)
+        self._with_features = WithFeatures(self.net)
         self._onnx = None
         self.backend = self._choose_backend(backend)
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike, backend: str = "auto") -> "Classifier":
-        net, card, directory = load_network(name_or_path, TASK, _build_classifier)
+        net, card, directory = load_network(name_or_path, TASK, network_from_card)
         return cls(net, card, backend=backend, bundle_dir=directory)
 
     @property
@@ -91,7 +109,7 @@ class Classifier:
         return backend
 
     def onnx_path(self) -> Path:
-        return cache_dir() / "onnx" / f"{self.card.get('sha256', 'unsaved')[:24]}-{self.preprocess.size}.onnx"
+        return cache_dir() / "onnx" / f"{self.card.get('sha256', 'unsaved')[:24]}-{self.preprocess.size}-f.onnx"
 
     def _onnx_session(self):
         from leukodx.inference.onnx_backend import OnnxSession, export_onnx
@@ -99,23 +117,41 @@ class Classifier:
         path = self.onnx_path()
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            export_onnx(self.net, self.preprocess.size, path)
+            export_onnx(self.net, self.preprocess.size, path, features=True)
         try:
             return OnnxSession(path)
         except Exception as exc:  # a stale or damaged cache file: rebuild it once
             if isinstance(exc, LeukodxError):
                 raise
-            export_onnx(self.net, self.preprocess.size, path)
+            export_onnx(self.net, self.preprocess.size, path, features=True)
             return OnnxSession(path)
 
     # --- core ---------------------------------------------------------------------------------
-    def logits(self, batch_uint8: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8, already preprocessed -> (N, K) raw logits."""
+    def forward(self, batch_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, S, S, 3) uint8, already preprocessed -> raw logits (N, K) and penultimate features (N, D)."""
         x = normalize_batch(batch_uint8, self.preprocess)
         if self.backend == "onnx":
-            return self._onnx(x)
+            return self._onnx.outputs(x)
         with torch.inference_mode():
-            return self.net(torch.from_numpy(x)).float().numpy()
+            logits, features = self._with_features(torch.from_numpy(x))
+            return logits.float().numpy(), features.float().numpy()
+
+    def logits(self, batch_uint8: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8, already preprocessed -> (N, K) raw logits."""
+        return self.forward(batch_uint8)[0]
+
+    def score_arrays(self, batch_uint8: np.ndarray, batch_size: int = 64) -> Scored:
+        """Calibrated probabilities and OOD scores (None without reliability statistics)."""
+        logits, features = [], []
+        for s in range(0, len(batch_uint8), batch_size):
+            lo, fe = self.forward(batch_uint8[s:s + batch_size])
+            logits.append(lo)
+            features.append(fe)
+        if not logits:
+            return Scored(np.zeros((0, len(self.classes))), np.zeros(0) if self.reliability else None)
+        proba = self.proba_from_logits(np.concatenate(logits))
+        ood = self.reliability.ood_scores(np.concatenate(features)) if self.reliability else None
+        return Scored(proba, ood)
 
     def proba_from_logits(self, logits: np.ndarray) -> np.ndarray:
         return softmax(logits, self.temperature)
@@ -149,10 +185,13 @@ class Classifier:
 
     def predict_arrays(self, batch_uint8: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Calibrated probabilities (N, K) for preprocessed uint8 arrays."""
-        out = [self.logits(batch_uint8[s:s + batch_size]) for s in range(0, len(batch_uint8), batch_size)]
-        if not out:
-            return np.zeros((0, len(self.classes)))
-        return self.proba_from_logits(np.concatenate(out))
+        return self.score_arrays(batch_uint8, batch_size).proba
+
+    def shift_of(self, scored: Scored) -> dict:
+        """Whether the batch as a whole looks like the training images (``Reliability.shift``)."""
+        if self.reliability is None or scored.ood_scores is None:
+            return {"flagged": None, "score": None, "reason": NO_RELIABILITY}
+        return self.reliability.shift(scored.ood_scores)
 
     def adapted_to(self, arrays: np.ndarray) -> "Classifier":
         """Test-time batch-norm adaptation (AdaBN): a copy whose batch-norm statistics are those of
@@ -168,30 +207,56 @@ class Classifier:
             raise InvalidInputError(f"batch-norm adaptation needs at least {MIN_ADAPT_IMAGES} images of the new "
                                     f"site, got {len(arrays)}")
         card = {**self.card, "test_time_adaptation": {"method": "AdaBN", "images": int(len(arrays))}}
-        return Classifier(adapt_batchnorm(self.net, arrays, self.preprocess), card, backend="torch",
-                          bundle_dir=self.bundle_dir)
+        adapted = Classifier(adapt_batchnorm(self.net, arrays, self.preprocess), card, backend="torch",
+                             bundle_dir=None)
+        adapted.reliability = None  # its features are re-normalized: OOD is judged on the unadapted network
+        return adapted
+
+    def score_inputs(self, arrays: np.ndarray, batch_size: int = 64, adapt_bn: bool = False) -> Scored:
+        """``score_arrays``, with ``adapt_bn`` taking probabilities from the adapted network and OOD
+        scores from the unadapted one (how far the inputs lie from the training images)."""
+        scored = self.score_arrays(arrays, batch_size)
+        if adapt_bn:
+            scored = Scored(self.adapted_to(arrays).predict_arrays(arrays, batch_size), scored.ood_scores)
+        return scored
 
     def predict(self, inputs: Sequence | str | os.PathLike | np.ndarray, batch_size: int = 64,
-                adapt_bn: bool = False) -> Predictions:
-        """Top class, its probability, every class probability and an ``unsure`` flag per input;
-        with ``adapt_bn``, batch-norm statistics re-estimated on these inputs first (one site)."""
+                adapt_bn: bool = False, coverage: float = DEFAULT_COVERAGE) -> Predictions:
+        """Per input: top class, its probability, every class probability, ``ood_score`` / ``ood``,
+        a conformal ``prediction_set`` at ``coverage``, and ``unsure``; per batch: ``shift``.
+        With ``adapt_bn``, batch-norm statistics are re-estimated on these inputs first (one site)."""
+        check_coverage(coverage)
         if (isinstance(inputs, (str, os.PathLike, np.ndarray)) or torch.is_tensor(inputs)
                 or type(inputs).__module__.startswith("PIL.")):
             inputs = [inputs]
         names, arrays, errors = self.load_inputs(inputs)
-        model = self.adapted_to(arrays) if adapt_bn else self
-        proba = model.predict_arrays(arrays, batch_size)
-        rows = [self.prediction_row(name, p) for name, p in zip(names, proba)]
-        return Predictions(classes=self.classes, rows=rows, errors=errors)
+        scored = self.score_inputs(arrays, batch_size, adapt_bn)
+        return Predictions(classes=self.classes, rows=self.rows_for(names, scored, coverage), errors=errors,
+                           shift=self.shift_of(scored), coverage=coverage)
 
-    def prediction_row(self, name: str, p: np.ndarray, decimals: int | None = None) -> dict:
-        """One input's result: top class, its probability, ``unsure`` and every class probability."""
+    def rows_for(self, names: Sequence[str], scored: Scored, coverage: float = DEFAULT_COVERAGE,
+                 decimals: int | None = None) -> list[dict]:
+        """One result row per input (see ``predict``)."""
+        rel = self.reliability
+        sets = rel.prediction_sets(scored.proba, coverage) if rel is not None else [None] * len(scored.proba)
+        ood = scored.ood_scores if scored.ood_scores is not None else [None] * len(scored.proba)
+        return [self.prediction_row(name, p, decimals, ood_score=o, prediction_set=s)
+                for name, p, o, s in zip(names, scored.proba, ood, sets)]
+
+    def prediction_row(self, name: str, p: np.ndarray, decimals: int | None = None, ood_score: float | None = None,
+                       prediction_set: list[int] | None = None) -> dict:
+        """One input's result. ``unsure`` when the top probability is below the card's threshold, the
+        input is out of distribution, or the conformal set holds other than exactly one class."""
         def num(v) -> float:
             return round(float(v), decimals) if decimals is not None else float(v)
 
         top = int(p.argmax())
-        return {"input": name, "top_class": self.classes[top], "probability": num(p[top]),
-                "unsure": bool(p[top] < self.abstain_below),
+        ood = None if ood_score is None else bool(ood_score > self.reliability.threshold)
+        unsure = bool(p[top] < self.abstain_below) or bool(ood) or (
+            prediction_set is not None and len(prediction_set) != 1)
+        return {"input": name, "top_class": self.classes[top], "probability": num(p[top]), "unsure": unsure,
+                "ood_score": None if ood_score is None else round(float(ood_score), 3), "ood": ood,
+                "prediction_set": None if prediction_set is None else [self.classes[k] for k in prediction_set],
                 "probabilities": {c: num(v) for c, v in zip(self.classes, p)}}
 
 
@@ -208,11 +273,16 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_CELL_MODEL, backend: st
 
 
 def rows_to_csv(rows: list[dict], classes: list[str]) -> str:
-    """Prediction rows as CSV text: input, top class, probability, unsure, one column per class."""
+    """Prediction rows as CSV text: input, top class, probability, unsure, ood_score, ood,
+    prediction_set ("|"-separated), one column per class (empty cells where a figure is unavailable)."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["input", "top_class", "probability", "unsure"] + [f"p_{c}" for c in classes])
+    writer.writerow(["input", "top_class", "probability", "unsure", "ood_score", "ood", "prediction_set"]
+                    + [f"p_{c}" for c in classes])
     for r in rows:
-        writer.writerow([r["input"], r["top_class"], f"{r['probability']:.4f}", int(r["unsure"])]
+        ood, pset = r.get("ood"), r.get("prediction_set")
+        writer.writerow([r["input"], r["top_class"], f"{r['probability']:.4f}", int(r["unsure"]),
+                         "" if r.get("ood_score") is None else r["ood_score"], "" if ood is None else int(ood),
+                         "" if pset is None else "|".join(pset)]
                         + [f"{r['probabilities'][c]:.4f}" for c in classes])
     return buf.getvalue()

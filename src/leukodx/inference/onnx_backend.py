@@ -21,23 +21,29 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def export_onnx(net: torch.nn.Module, input_size: int, path: str | os.PathLike, opset: int = 17) -> Path:
-    """Write ``net`` as ONNX with a dynamic batch axis: input ``image`` (N, 3, S, S), output ``logits``."""
+def export_onnx(net: torch.nn.Module, input_size: int, path: str | os.PathLike, opset: int = 17,
+                features: bool = False) -> Path:
+    """Write ``net`` as ONNX with a dynamic batch axis: input ``image`` (N, 3, S, S), output ``logits``
+    (and, with ``features``, ``features``: the last linear layer's input, for the reliability checks)."""
+    from leukodx.models.reliability import WithFeatures
+
     path = Path(path)
-    net = net.eval()
+    net = (WithFeatures(net) if features else net).eval()
+    outputs = ["logits", "features"] if features else ["logits"]
     example = torch.zeros(1, 3, input_size, input_size)
     with _atomic.atomic_path(path) as tmp, warnings.catch_warnings():
         # the TorchScript exporter is deprecated in favour of dynamo, which needs onnxscript;
         # it still produces the same graph for these plain CNNs
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (example,), str(tmp), input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
-                          dynamo=False)
+        torch.onnx.export(net, (example,), str(tmp), input_names=["image"], output_names=outputs,
+                          dynamic_axes={"image": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
+                          opset_version=opset, dynamo=False)
     return path
 
 
 class OnnxSession:
-    """Callable (N, 3, S, S) float32 -> (N, K) logits through ONNX Runtime on CPU."""
+    """Callable (N, 3, S, S) float32 -> (N, K) logits through ONNX Runtime on CPU; ``outputs``
+    gives logits and features where the file has both."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         if not onnxruntime_available():
@@ -49,9 +55,16 @@ class OnnxSession:
         options.log_severity_level = 3
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.output_names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(["logits"], {"image": np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    def outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, features); features None when the file was exported without them."""
+        out = self.session.run(self.output_names, {"image": np.ascontiguousarray(x, dtype=np.float32)})
+        named = dict(zip(self.output_names, out))
+        return named["logits"], named.get("features")
 
 
 PARITY_TOLERANCE = 1e-4

@@ -49,3 +49,8 @@ def load_backbone_weights(net: torch.nn.Module, path: str | os.PathLike) -> None
     if not usable:
         raise InvalidInputError(f"{path}: no tensor matches the {type(net).__name__} architecture")
     net.load_state_dict(usable, strict=False)
+
+
+def network_from_card(card: dict) -> torch.nn.Module:
+    """The untrained network an image-classifier card describes (its ``arch`` and classes)."""
+    return create_network(card["arch"], num_classes=len(card["classes"]))

@@ -151,12 +151,13 @@ class SmearAnalyzer:
     def _classify_white_cells(self, rgb: np.ndarray, white: list[dict], pixel_scale: float) -> None:
         fill = background_colour(rgb)
         crops = [self.classifier.preprocess(square_crop(rgb, c["box"], CROP_FACTOR, fill)) for c in white]
-        proba = self.classifier.predict_arrays(np.stack(crops))
-        for cell, p in zip(white, proba):
-            row = self.classifier.prediction_row("", p, decimals=4)
+        scored = self.classifier.score_arrays(np.stack(crops))
+        for cell, row in zip(white, self.classifier.rows_for([""] * len(white), scored, decimals=4)):
             cell["cell_type"] = row["top_class"]
             cell["probability"] = row["probability"]
             cell["unsure"] = row["unsure"]
+            cell["ood"] = row["ood"]
+            cell["prediction_set"] = row["prediction_set"]
             cell["probabilities"] = row["probabilities"]
             cell["nucleus_fraction"] = round(nucleus_fraction(rgb, cell["box"], pixel_scale), 3)
             if self.has_blast_class:
@@ -189,8 +190,9 @@ def _field_summary(cells: list[dict], abstain_below: float, quality: list[str], 
     if tally["blast_review"]:
         flags.append(f"{tally['blast_review']} white cell(s) with blast probability >= {BLAST_REVIEW_PROBABILITY}: review")
     if tally["unsure"]:
-        flags.append(f"{tally['unsure']} of {tally['counts']['WBC']} white cell(s) below the cell-type model's "
-                     f"confidence threshold ({abstain_below:.2f}): review")
+        flags.append(f"{tally['unsure']} of {tally['counts']['WBC']} white cell(s) unsure (unlike the cell-type "
+                     "model's training cells, more than one type in their conformal set, or below its confidence "
+                     f"threshold {abstain_below:.2f}): review, not counted")
     if tally["not_leukocyte"]:
         flags.append(f"{tally['not_leukocyte']} detected white cell(s) typed as a non-leukocyte "
                      "(erythroblast, platelet or smudge)")

@@ -29,3 +29,40 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+#: training images per class used for the OOD statistics (class means and covariance settle well before)
+RELIABILITY_PER_CLASS = 600
+
+
+def network_outputs(net: torch.nn.Module, arrays: np.ndarray, preprocess, batch_size: int = 256
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and penultimate features of preprocessed uint8 arrays, in eval mode."""
+    from leukodx.models.reliability import WithFeatures
+    from leukodx.preprocessing.transforms import normalize_batch
+
+    wrapped = WithFeatures(net.eval())
+    logits, features = [], []
+    with torch.inference_mode():
+        for s in range(0, len(arrays), batch_size):
+            lo, fe = wrapped(torch.from_numpy(normalize_batch(arrays[s:s + batch_size], preprocess)))
+            logits.append(lo.float().numpy())
+            features.append(fe.float().numpy())
+    return np.concatenate(logits), np.concatenate(features)
+
+
+def fit_network_reliability(net: torch.nn.Module, preprocess, temperature: float, x_train: np.ndarray,
+                            y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, seed: int = 0,
+                            fitted_on: dict | None = None):
+    """The bundle's reliability statistics (``leukodx.models.reliability``): OOD statistics from up to
+    ``RELIABILITY_PER_CLASS`` training images per class, threshold and conformal scores from val."""
+    from leukodx.models.reliability import fit_reliability
+
+    rng = np.random.default_rng(seed)
+    keep = np.concatenate([rng.permutation(np.flatnonzero(y_train == c))[:RELIABILITY_PER_CLASS]
+                           for c in np.unique(y_train)])
+    _, f_train = network_outputs(net, x_train[keep], preprocess)
+    val_logits, f_val = network_outputs(net, x_val, preprocess)
+    record = {"train_images": int(len(keep)), "val_images": int(len(y_val)), "seed": seed, **(fitted_on or {})}
+    return fit_reliability(f_train, np.asarray(y_train)[keep], f_val, np.asarray(y_val),
+                           softmax(val_logits, temperature), fitted_on=record)

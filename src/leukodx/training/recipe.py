@@ -16,9 +16,14 @@ from leukodx.data.splits import apply_split, bundled_split_path, load_split, mak
 from leukodx._hashing import sha256_file
 from leukodx.errors import InvalidInputError
 from leukodx.evaluation.metrics import classification_metrics
-from leukodx.models.bundle import save_bundle
-from leukodx.models.card import build_card
-from leukodx.training.calibration import softmax
+from leukodx import _atomic
+from leukodx._versions import provenance
+from leukodx.models.architectures import network_from_card
+from leukodx.models.bundle import CARD, load_network, save_bundle
+from leukodx.models.card import ModelCard, build_card
+from leukodx.preprocessing.transforms import Preprocess
+from leukodx.models.reliability import save_reliability
+from leukodx.training.calibration import fit_network_reliability, softmax
 from leukodx.training.trainer import TrainConfig, device, fit, predict_logits
 
 DEFAULT_ABSTAIN = 0.6
@@ -105,7 +110,17 @@ def train_from_dataset(dataset: str, out_dir: str | os.PathLike, config: TrainCo
                                      f"{', '.join(index.classes)}. Not a medical device.",
         limits=list(info.limits) if info else ["Trained on a user folder; see its provenance."],
     )
-    return save_bundle(out_dir, result.net, card)
+    return save_classifier(out_dir, result.net, card, config.preprocess, (x_tr, train.labels), (x_va, val.labels),
+                           config.seed)
+
+
+def save_classifier(out_dir: str | os.PathLike, net: torch.nn.Module, card: dict, preprocess, train: tuple,
+                    val: tuple, seed: int = 0) -> dict:
+    """Write an image classifier's bundle with its reliability statistics (OOD and conformal,
+    ``leukodx.models.reliability``) fitted on its training and validation arrays."""
+    rel = fit_network_reliability(net, preprocess, float(card.get("temperature", 1.0)), *train, *val, seed=seed)
+    digest = save_reliability(out_dir, rel)
+    return save_bundle(out_dir, net, {**card, "reliability": rel.card_entry(digest)})
 
 
 def train_multisite(sites: list[str], out_dir: str | os.PathLike, config: TrainConfig, *, name: str | None = None,
@@ -138,18 +153,9 @@ def train_multisite(sites: list[str], out_dir: str | os.PathLike, config: TrainC
     dropped = sorted(c for c, n in totals.items() if 0 < n < min_class_count)
     if len(classes) < 2:
         raise InvalidInputError(f"{', '.join(sites)}: fewer than two classes with {min_class_count} training cells")
-    position = {c: i for i, c in enumerate(classes)}
 
-    def side_arrays(site: str, side: str, cap: int | None) -> tuple[np.ndarray, np.ndarray, ImageIndex]:
-        index = per_site[site][side]
-        keep = [i for i, y in enumerate(index.labels) if index.classes[y] in position]
-        sub = limit_per_class(index.subset(keep), cap, config.seed)
-        labels = np.asarray([position[sub.classes[y]] for y in sub.labels], dtype=int)
-        arrays = cached_arrays(sub, config.preprocess) if len(sub) else np.zeros(
-            (0, config.preprocess.size, config.preprocess.size, 3), np.uint8)
-        return arrays, labels, sub
-
-    parts = {side: {s: side_arrays(s, side, max_per_class if side == "train" else None) for s in sites}
+    parts = {side: {s: site_arrays(per_site[s][side], classes, max_per_class if side == "train" else None,
+                                   config.preprocess, config.seed) for s in sites}
              for side in ("train", "val", "test")}
     x_tr = np.concatenate([a for a, _, _ in parts["train"].values()])
     y_tr = np.concatenate([y for _, y, _ in parts["train"].values()])
@@ -204,7 +210,57 @@ def train_multisite(sites: list[str], out_dir: str | os.PathLike, config: TrainC
                 *( [f"Classes with fewer than {min_class_count} training cells were left out: {', '.join(dropped)}."]
                    if dropped else [])],
     )
-    return save_bundle(out_dir, result.net, card)
+    return save_classifier(out_dir, result.net, card, config.preprocess, (x_tr, y_tr), (x_va, y_va), config.seed)
+
+
+def site_arrays(index: ImageIndex, classes: list[str], cap: int | None, preprocess, seed: int
+                ) -> tuple[np.ndarray, np.ndarray, ImageIndex]:
+    """One site's side restricted to ``classes`` (at most ``cap`` per class): arrays, labels as
+    positions in ``classes``, and the index used."""
+    position = {c: i for i, c in enumerate(classes)}
+    keep = [i for i, y in enumerate(index.labels) if index.classes[y] in position]
+    sub = limit_per_class(index.subset(keep), cap, seed)
+    labels = np.asarray([position[sub.classes[y]] for y in sub.labels], dtype=int)
+    arrays = cached_arrays(sub, preprocess) if len(sub) else np.zeros((0, preprocess.size, preprocess.size, 3), np.uint8)
+    return arrays, labels, sub
+
+
+def refit_reliability(model: str | os.PathLike, data_root: str | os.PathLike | None = None,
+                      show_progress: bool = True) -> dict:
+    """``leukodx reliability fit``: (re)fit a classifier bundle's reliability statistics from the very
+    training and validation images its card names (its sites, or its dataset and saved split, whose
+    sha256 must match), for bundles made before leukodx fitted them. Weights are not touched."""
+    from leukodx.data.sites import site_sides
+
+    net, card, directory = load_network(model, "image-classification", network_from_card)
+    preprocess = Preprocess.from_dict(card["preprocess"])
+    classes = list(card["classes"])
+    data = card.get("data", {})
+    cap = data.get("max_per_class_per_site") or data.get("max_per_class")
+    if data.get("sites"):
+        sides = {s["dataset"]: site_sides(s["dataset"], data_root, coarse=True) for s in data["sites"]}
+        parts = {side: [site_arrays(v[side], classes, cap if side == "train" else None, preprocess, 0)
+                        for v in sides.values()] for side in ("train", "val")}
+        train = (np.concatenate([a for a, _, _ in parts["train"]]), np.concatenate([y for _, y, _ in parts["train"]]))
+        val = (np.concatenate([a for a, _, _ in parts["val"]]), np.concatenate([y for _, y, _ in parts["val"]]))
+    else:
+        dataset = data.get("dataset")
+        if dataset not in list_datasets():
+            raise InvalidInputError(f"{directory}: its card names no registered dataset ({dataset!r}) to refit from")
+        index = load_dataset(dataset, data_root)
+        split_file = bundled_split_path(dataset)
+        if not split_file.exists() or sha256_file(split_file) != data.get("split_sha256"):
+            raise InvalidInputError(f"{directory}: the saved split of {dataset} is not the one its card names "
+                                    f"(sha256 {str(data.get('split_sha256'))[:12]})")
+        split_sides = apply_split(index, load_split(split_file))
+        arr = {side: site_arrays(split_sides[side], classes, cap, preprocess, 0) for side in ("train", "val")}
+        train, val = arr["train"][:2], arr["val"][:2]
+    rel = fit_network_reliability(net, preprocess, float(card.get("temperature", 1.0)), *train, *val,
+                                  fitted_on={"refit": "weights unchanged", "provenance": provenance()})
+    digest = save_reliability(directory, rel)
+    card = ModelCard.from_dict({**card, "reliability": rel.card_entry(digest)}, directory / CARD).to_dict()
+    _atomic.write_json(directory / CARD, card)
+    return card
 
 
 def _loso_summary(result: dict, path) -> dict:

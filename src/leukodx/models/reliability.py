@@ -1,0 +1,239 @@
+"""Knowing when a model does not know: out-of-distribution scores, shift checks, conformal sets.
+
+One home for every image classifier's reliability statistics, fitted once from the model's own
+data and stored in its bundle (``reliability.safetensors``, sha256 in the card):
+
+- **OOD score per input**: the Mahalanobis distance of the input's penultimate features to the
+  nearest class mean under one shared covariance (Lee et al. 2018), fitted on the training
+  images. The threshold is the score's ``1 - false_alarm`` quantile on in-site validation images,
+  so about ``false_alarm`` (default 5%) of images like the training ones are flagged.
+- **Shift check per batch**: with that threshold, the number of flagged inputs of images like the
+  training ones is Binomial(n, false_alarm); a batch with far more (one-sided p below
+  ``SHIFT_P``) is flagged as coming from elsewhere.
+- **Conformal prediction sets** (split conformal, APS: Romano et al. 2020): nonconformity scores
+  of the validation images kept in the bundle, so any coverage can be asked for at run time. The
+  APS tie-break ``u`` is derived from the input's own probabilities, so a set never depends on
+  the other inputs of the batch and is the same on every run.
+
+Which features: the input of the network's last linear layer, taken by a forward hook, so every
+architecture of the zoo gets the same treatment (and the ONNX export returns them as a second
+output).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from leukodx._hashing import sha256_file
+from leukodx.errors import IntegrityError, InvalidInputError
+from leukodx.stats import binomial_tail
+
+RELIABILITY_FILE = "reliability.safetensors"
+DEFAULT_FALSE_ALARM = 0.05
+DEFAULT_COVERAGE = 0.90
+#: a batch is flagged as shifted when this many flagged inputs would happen by chance with p below this
+SHIFT_P = 1e-3
+#: covariance shrinkage towards its mean variance (features are many, training images per class few)
+SHRINKAGE = 1e-3
+
+
+def last_linear(net: nn.Module) -> nn.Linear:
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise InvalidInputError(f"{type(net).__name__}: no linear output layer to take features from")
+    return linears[-1]
+
+
+class WithFeatures(nn.Module):
+    """``net`` returning ``(logits, features)``: the features are its last linear layer's input."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.head = last_linear(net)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        store: dict = {}
+        hook = self.head.register_forward_hook(lambda module, inputs, output: store.__setitem__("f", inputs[0]))
+        try:
+            logits = self.net(x)
+        finally:
+            hook.remove()
+        return logits, store["f"].flatten(1)
+
+
+def aps_tiebreak(proba: np.ndarray) -> np.ndarray:
+    """A number in [0, 1) per row, fixed by the row's probabilities (APS's randomization, made
+    reproducible and independent of the rest of the batch): a splitmix64 hash of the rounded row."""
+    q = np.round(np.asarray(proba, dtype=np.float64) * 1e6).astype(np.uint64)
+    mult = (np.arange(1, q.shape[1] + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        x = (q * mult[None, :]).sum(axis=1, dtype=np.uint64)
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) / 2.0 ** 53
+
+
+def aps_scores(proba: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """APS nonconformity of the true label: the probability mass of the classes ranked above it
+    plus ``u`` times its own."""
+    order = np.argsort(-proba, axis=1, kind="stable")
+    sorted_p = np.take_along_axis(proba, order, axis=1)
+    rank = np.argmax(order == np.asarray(labels)[:, None], axis=1)
+    before = np.cumsum(sorted_p, axis=1) - sorted_p
+    rows = np.arange(len(proba))
+    return before[rows, rank] + aps_tiebreak(proba) * sorted_p[rows, rank]
+
+
+def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
+    """The split-conformal threshold: the ceil((n + 1) * coverage) / n empirical quantile."""
+    check_coverage(coverage)
+    n = len(scores)
+    level = math.ceil((n + 1) * coverage) / n
+    if level > 1:
+        return math.inf
+    return float(np.quantile(scores, level, method="higher"))
+
+
+def check_coverage(coverage: float) -> None:
+    if not (isinstance(coverage, (int, float)) and 0 < coverage < 1):
+        raise InvalidInputError(f"--coverage {coverage}: expected a number strictly between 0 and 1 (e.g. 0.90)")
+
+
+def aps_sets(proba: np.ndarray, qhat: float) -> list[list[int]]:
+    """Each row's APS prediction set at threshold ``qhat``, classes in decreasing probability."""
+    order = np.argsort(-proba, axis=1, kind="stable")
+    sorted_p = np.take_along_axis(proba, order, axis=1)
+    before = np.cumsum(sorted_p, axis=1) - sorted_p
+    scores = before + aps_tiebreak(proba)[:, None] * sorted_p
+    return [order[i][scores[i] <= qhat].tolist() for i in range(len(proba))]
+
+
+@dataclass
+class Reliability:
+    """Fitted statistics of one classifier (see the module doc)."""
+
+    means: np.ndarray              # (K, D) training feature mean per class
+    whitener: np.ndarray           # (D, D) Cholesky factor of the shared precision matrix
+    threshold: float               # OOD score above which an input is flagged
+    reference: np.ndarray          # sorted OOD scores of the validation images
+    conformal: np.ndarray          # sorted APS scores of the validation images
+    false_alarm: float = DEFAULT_FALSE_ALARM
+    fitted_on: dict | None = None
+
+    # --- scoring ---------------------------------------------------------------------------------
+    def ood_scores(self, features: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance to the nearest class mean (larger = less like training)."""
+        z = np.asarray(features, dtype=np.float64) @ self.whitener
+        centres = self.means @ self.whitener
+        d = (z ** 2).sum(1)[:, None] - 2 * z @ centres.T + (centres ** 2).sum(1)[None, :]
+        return np.maximum(d.min(axis=1), 0.0)
+
+    def is_ood(self, scores: np.ndarray) -> np.ndarray:
+        return np.asarray(scores) > self.threshold
+
+    def shift(self, scores: np.ndarray) -> dict:
+        """Whether a batch as a whole departs from the training images, as a plain sentence."""
+        scores = np.asarray(scores, dtype=np.float64)
+        n = len(scores)
+        flagged = int(np.sum(scores > self.threshold))
+        if n == 0:
+            return {"flagged": False, "score": None, "p_value": None, "n": 0, "n_ood": 0,
+                    "reason": "no inputs to judge"}
+        p = binomial_tail(flagged, n, self.false_alarm)
+        share = flagged / n
+        is_shifted = p < SHIFT_P
+        if is_shifted:
+            reason = (f"{flagged} of {n} inputs ({share:.0%}) lie outside the model's training data where about "
+                      f"{self.false_alarm:.0%} would by chance (p = {p:.1e}): the site, stain, scanner or "
+                      "magnification likely differs from the training images; results are unreliable. Check a "
+                      "sample by eye, and consider `leukodx adapt` with a few labelled cells from this lab.")
+        else:
+            reason = (f"{flagged} of {n} inputs ({share:.0%}) lie outside the training data, in line with the "
+                      f"{self.false_alarm:.0%} expected by chance: no sign of a shift")
+        return {"flagged": bool(is_shifted), "score": round(share, 4), "p_value": float(p), "n": n,
+                "n_ood": flagged, "reason": reason}
+
+    def prediction_sets(self, proba: np.ndarray, coverage: float = DEFAULT_COVERAGE) -> list[list[int]]:
+        return aps_sets(np.asarray(proba, dtype=np.float64), conformal_quantile(self.conformal, coverage))
+
+    # --- storage ---------------------------------------------------------------------------------
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"means": self.means, "whitener": self.whitener, "reference": self.reference,
+                "conformal": self.conformal, "threshold": np.array([self.threshold]),
+                "false_alarm": np.array([self.false_alarm])}
+
+    def card_entry(self, digest: str) -> dict:
+        return {"file": RELIABILITY_FILE, "sha256": digest, "ood_score": "mahalanobis-nearest-class",
+                "feature_dim": int(self.means.shape[1]), "threshold": round(self.threshold, 6),
+                "false_alarm": self.false_alarm, "conformal": "APS (split conformal)",
+                "n_reference": int(len(self.reference)), "n_conformal": int(len(self.conformal)),
+                "fitted_on": self.fitted_on or {}}
+
+
+def fit_reliability(features: np.ndarray, labels: np.ndarray, val_features: np.ndarray, val_labels: np.ndarray,
+                    val_proba: np.ndarray, false_alarm: float = DEFAULT_FALSE_ALARM,
+                    fitted_on: dict | None = None) -> Reliability:
+    """Class means and shared covariance from training features; threshold and conformal scores
+    from the validation images (features, labels and calibrated probabilities)."""
+    features = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    k = int(max(labels.max(), val_labels.max() if len(val_labels) else 0)) + 1
+    means = np.zeros((k, features.shape[1]))
+    for c in classes:
+        means[c] = features[labels == c].mean(0)
+    present = np.isin(np.arange(k), classes)
+    centred = features - means[labels]
+    cov = centred.T @ centred / max(1, len(features) - len(classes))
+    cov += SHRINKAGE * np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0])
+    precision = np.linalg.inv(cov)
+    whitener = np.linalg.cholesky((precision + precision.T) / 2)
+    rel = Reliability(means=means[present], whitener=whitener, threshold=0.0, reference=np.zeros(0),
+                      conformal=np.zeros(0), false_alarm=false_alarm, fitted_on=fitted_on)
+    reference = np.sort(rel.ood_scores(val_features))
+    rel.reference = reference
+    rel.threshold = float(np.quantile(reference, 1 - false_alarm, method="higher"))
+    rel.conformal = np.sort(aps_scores(np.asarray(val_proba, dtype=np.float64), val_labels))
+    return rel
+
+
+def save_reliability(directory: str | os.PathLike, rel: Reliability) -> str:
+    """Write ``reliability.safetensors`` into a bundle folder; returns its sha256 for the card."""
+    from leukodx import _atomic
+    from leukodx.models.bundle import _save_tensors
+
+    path = Path(directory) / RELIABILITY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _atomic.atomic_path(path) as tmp:
+        _save_tensors({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in rel.arrays().items()}, tmp,
+                      {"kind": "leukodx reliability"})
+    return sha256_file(path)
+
+
+def load_reliability(directory: str | os.PathLike | None, card: dict) -> Reliability | None:
+    """The bundle's statistics, checked against the card's sha256; None for bundles made without them."""
+    from leukodx.models.bundle import load_tensors
+
+    entry = card.get("reliability")
+    if not entry or directory is None:
+        return None
+    path = Path(directory) / entry.get("file", RELIABILITY_FILE)
+    if not path.is_file():
+        raise IntegrityError(f"{path}: missing, but the model card lists it")
+    if sha256_file(path) != entry.get("sha256"):
+        raise IntegrityError(f"{path}: sha256 does not match the model card")
+    a = load_tensors(path, "np")
+    return Reliability(means=a["means"], whitener=a["whitener"], threshold=float(a["threshold"][0]),
+                       reference=a["reference"], conformal=a["conformal"], false_alarm=float(a["false_alarm"][0]),
+                       fitted_on=entry.get("fitted_on"))

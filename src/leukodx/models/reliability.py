@@ -96,13 +96,14 @@ def aps_scores(proba: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
-    """The split-conformal threshold: the ceil((n + 1) * coverage) / n empirical quantile."""
+    """The split-conformal threshold: the ceil((n + 1) * coverage)-th smallest score (inf when
+    there are too few scores for that coverage: every class is then in the set)."""
     check_coverage(coverage)
     n = len(scores)
-    level = math.ceil((n + 1) * coverage) / n
-    if level > 1:
+    k = math.ceil((n + 1) * coverage)
+    if k > n:
         return math.inf
-    return float(np.quantile(scores, level, method="higher"))
+    return float(np.sort(scores)[k - 1])
 
 
 def check_coverage(coverage: float) -> None:

@@ -237,9 +237,10 @@ def refit_reliability(model: str | os.PathLike, data_root: str | os.PathLike | N
     classes = list(card["classes"])
     data = card.get("data", {})
     cap = data.get("max_per_class_per_site") or data.get("max_per_class")
+    seed = int(card.get("training", {}).get("config", {}).get("seed", 0))  # the draw of the capped cells
     if data.get("sites"):
         sides = {s["dataset"]: site_sides(s["dataset"], data_root, coarse=True) for s in data["sites"]}
-        parts = {side: [site_arrays(v[side], classes, cap if side == "train" else None, preprocess, 0)
+        parts = {side: [site_arrays(v[side], classes, cap if side == "train" else None, preprocess, seed)
                         for v in sides.values()] for side in ("train", "val")}
         train = (np.concatenate([a for a, _, _ in parts["train"]]), np.concatenate([y for _, y, _ in parts["train"]]))
         val = (np.concatenate([a for a, _, _ in parts["val"]]), np.concatenate([y for _, y, _ in parts["val"]]))
@@ -253,9 +254,10 @@ def refit_reliability(model: str | os.PathLike, data_root: str | os.PathLike | N
             raise InvalidInputError(f"{directory}: the saved split of {dataset} is not the one its card names "
                                     f"(sha256 {str(data.get('split_sha256'))[:12]})")
         split_sides = apply_split(index, load_split(split_file))
-        arr = {side: site_arrays(split_sides[side], classes, cap, preprocess, 0) for side in ("train", "val")}
+        caps = {"train": cap, "val": cap and max(2, cap // 3)}  # as train_from_dataset capped them
+        arr = {side: site_arrays(split_sides[side], classes, caps[side], preprocess, seed) for side in ("train", "val")}
         train, val = arr["train"][:2], arr["val"][:2]
-    rel = fit_network_reliability(net, preprocess, float(card.get("temperature", 1.0)), *train, *val,
+    rel = fit_network_reliability(net, preprocess, float(card.get("temperature", 1.0)), *train, *val, seed=seed,
                                   fitted_on={"refit": "weights unchanged", "provenance": provenance()})
     digest = save_reliability(directory, rel)
     card = ModelCard.from_dict({**card, "reliability": rel.card_entry(digest)}, directory / CARD).to_dict()

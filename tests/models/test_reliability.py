@@ -1,0 +1,127 @@
+"""Reliability statistics: OOD scores, shift checks and conformal sets on real cells, and the
+bundle plumbing (stored, verified, refitted, absent in old bundles)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from leukodx.data.cache import cached_arrays
+from leukodx.data.folder import limit_per_class
+from leukodx.data.sites import site_sides
+from leukodx.data.vocabulary import normalize_label
+from leukodx.errors import IntegrityError, InvalidInputError
+from leukodx.inference.classifier import load_model
+from leukodx.models.reliability import (RELIABILITY_FILE, aps_scores, aps_sets, aps_tiebreak, check_coverage,
+                                        conformal_quantile)
+
+
+@pytest.fixture(scope="module")
+def pbc_model():
+    return load_model("pbc-celltype", backend="torch")
+
+
+def _cells(clf, site: str, per_class: int):
+    side = limit_per_class(site_sides(site, coarse=True)["test"], per_class, 0)
+    position = {normalize_label(c): i for i, c in enumerate(clf.classes)}
+    labels = np.asarray([position.get(normalize_label(side.classes[y]), -1) for y in side.labels])
+    return cached_arrays(side, clf.preprocess), labels
+
+
+def test_conformal_quantile_and_sets_follow_the_definition():
+    scores = np.linspace(0.01, 1.0, 100)
+    assert conformal_quantile(scores, 0.9) == pytest.approx(scores[90])  # ceil(101 * 0.9) = 91st smallest
+    assert conformal_quantile(scores[:5], 0.95) == np.inf  # too few scores for this coverage: every class
+    proba = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    assert aps_sets(proba, np.inf) == [[0, 1, 2], [2, 1, 0]]
+    assert all(len(s) <= 1 for s in aps_sets(proba, 0.05))
+    u = aps_tiebreak(proba)
+    assert np.all((u >= 0) & (u < 1)) and np.array_equal(u, aps_tiebreak(proba.copy()))
+    # the true label's score lies between the mass ranked above it and that plus its own probability
+    s = aps_scores(proba, np.array([1, 1]))
+    assert 0.7 <= s[0] <= 0.9 and 0.6 <= s[1] <= 0.9
+    for bad in (0, 1, 1.5, -0.1, float("nan")):
+        with pytest.raises(InvalidInputError, match="coverage"):
+            check_coverage(bad)
+
+
+def test_tiebreak_is_spread_over_the_unit_interval():
+    rng = np.random.default_rng(0)
+    u = aps_tiebreak(rng.dirichlet(np.ones(8), size=4000))
+    counts = np.histogram(u, bins=10, range=(0, 1))[0]
+    assert counts.min() > 300 and counts.max() < 500
+
+
+def test_in_site_cells_pass_and_another_labs_cells_are_flagged(pbc_model):
+    rel = pbc_model.reliability
+    x_in, y_in = _cells(pbc_model, "pbc", 40)
+    x_out, _ = _cells(pbc_model, "wbc-seg-1", 40)
+    s_in, s_out = pbc_model.score_arrays(x_in), pbc_model.score_arrays(x_out)
+    assert np.mean(rel.is_ood(s_in.ood_scores)) < 0.15  # ~5% by construction
+    assert np.mean(rel.is_ood(s_out.ood_scores)) > 0.8
+    assert pbc_model.shift_of(s_in)["flagged"] is False
+    shifted = pbc_model.shift_of(s_out)
+    assert shifted["flagged"] is True and "leukodx adapt" in shifted["reason"]
+    sets = rel.prediction_sets(s_in.proba, 0.9)
+    covered = np.mean([y in s for y, s in zip(y_in, sets)])
+    assert 0.8 <= covered <= 1.0
+    bigger = rel.prediction_sets(s_in.proba, 0.99)
+    assert np.mean([len(s) for s in bigger]) >= np.mean([len(s) for s in sets])
+
+
+def test_not_a_cell_is_flagged_and_never_confident(pbc_model):
+    from leukodx.data.registry import load_dataset, load_fields
+
+    bccd = load_dataset("bccd")
+    fields, _ = load_fields(bccd, bccd.splits["test"][:3])
+    rng = np.random.default_rng(1)
+    junk = [np.zeros((80, 80, 3), np.uint8), np.full((80, 80, 3), 255, np.uint8),
+            rng.integers(0, 256, (80, 80, 3)).astype(np.uint8), np.stack([rng.integers(0, 256, (80, 80))] * 3, 2)
+            .astype(np.uint8), *fields]
+    result = pbc_model.predict(junk)
+    assert len(result.rows) == len(junk)
+    assert all(r["ood"] and r["unsure"] for r in result.rows)
+    assert result.shift["flagged"] is True
+
+
+def test_bundle_without_statistics_still_predicts_and_says_so(tmp_path, pbc_folder):
+    bundle = tmp_path / "old"
+    shutil.copytree(load_model("pbc-celltype").bundle_dir, bundle)
+    (bundle / RELIABILITY_FILE).unlink()
+    card = json.loads((bundle / "card.json").read_text())
+    card.pop("reliability")
+    (bundle / "card.json").write_text(json.dumps(card))
+    result = load_model(bundle).predict(pbc_folder / "monocyte")
+    assert result.rows and all(r["ood"] is None and r["prediction_set"] is None for r in result.rows)
+    assert result.shift["flagged"] is None and "unavailable" in result.shift["reason"]
+
+
+def test_a_changed_statistics_file_is_refused(tmp_path):
+    bundle = tmp_path / "m"
+    shutil.copytree(load_model("pbc-celltype").bundle_dir, bundle)
+    data = bytearray((bundle / RELIABILITY_FILE).read_bytes())
+    data[-8:] = b"\x00" * 8
+    (bundle / RELIABILITY_FILE).write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="sha256"):
+        load_model(bundle)
+    (bundle / RELIABILITY_FILE).unlink()
+    with pytest.raises(IntegrityError, match="missing"):
+        load_model(bundle)
+
+
+@pytest.mark.slow
+def test_refit_writes_statistics_a_trained_model_also_gets(tiny_pbc_model, tmp_path):
+    from leukodx.training.recipe import refit_reliability
+
+    trained = json.loads((tiny_pbc_model / "card.json").read_text())["reliability"]
+    bundle = tmp_path / "copy"
+    shutil.copytree(tiny_pbc_model, bundle)
+    (bundle / RELIABILITY_FILE).unlink()
+    card = refit_reliability(bundle)
+    entry = card["reliability"]
+    assert entry["n_conformal"] == trained["n_conformal"] and entry["feature_dim"] == trained["feature_dim"]
+    assert entry["threshold"] > 0 and (bundle / RELIABILITY_FILE).is_file()
+    assert load_model(bundle).reliability is not None

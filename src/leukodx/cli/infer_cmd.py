@@ -142,12 +142,14 @@ def register(app: typer.Typer) -> None:
         pixel_scale: Optional[float] = typer.Option(None, help="Smear fields: px per px at the detector's "
                                                                "magnification (default: measured per field)."),
         coverage: float = Coverage,
+        explain: bool = typer.Option(False, "--explain", help="Add a Grad-CAM heatmap of each image's top class to "
+                                                              "the report."),
     ) -> None:
         """The main job: per-image results, a case summary with flags, and an HTML report."""
         from leukodx.diagnosis.case import diagnose, write_case_outputs
 
         result = diagnose(inputs, kind=kind, model=model, backend=backend, smear=smear, pixel_scale=pixel_scale,
-                          um_per_px=um_per_px, adapt_bn=adapt_bn, coverage=coverage)
+                          um_per_px=um_per_px, adapt_bn=adapt_bn, coverage=coverage, explain=explain)
         _report_errors(result["errors"])
         paths = write_case_outputs(result, output)
         s = result["summary"]

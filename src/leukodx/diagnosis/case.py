@@ -182,12 +182,13 @@ def _field_summary(rows: list[dict], classes: list[str]) -> tuple[dict, list[str
 def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "auto",
              model: str | os.PathLike | Classifier | None = None, backend: str = "auto",
              smear: bool = True, pixel_scale: float | None = None, um_per_px: float | None = None,
-             adapt_bn: bool = False, coverage: float = DEFAULT_COVERAGE) -> dict:
+             adapt_bn: bool = False, coverage: float = DEFAULT_COVERAGE, explain: bool = False) -> dict:
     """Diagnose one case. Returns the summary dict (rows, summary, flags, shift, errors, provenance).
 
     Every image carries ``ood`` and a conformal ``prediction_set`` at ``coverage``; the counts and
     flags use only the images that are not ``unsure``, and the case gets a ``shift`` verdict
-    (are these images like the model's training images at all?).
+    (are these images like the model's training images at all?). With ``explain``, the report shows
+    a Grad-CAM heatmap of each image's top class (``leukodx.inference.explain``).
 
     For smear fields, ``smear`` also runs the whole-smear pipeline on every field (cells found,
     white cells typed, counts, differential; ``leukodx.smear.pipeline``) beside the field model, at
@@ -248,7 +249,17 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
         **({"smear": smear_result} if smear_result else {}),
         "versions": versions(), "provenance": provenance(),
         "_thumbnails": {im.name: _thumbnail(im.rgb) for im in images},
+        **({"_explanations": _explanations(clf, images, arrays, rows)} if explain else {}),
     }
+
+
+def _explanations(clf: Classifier, images: list[CaseImage], arrays: np.ndarray, rows: list[dict]) -> dict[str, bytes]:
+    """A JPEG of each image with the Grad-CAM heatmap of its top class laid over it."""
+    from leukodx.inference.explain import gradcam, overlay
+
+    targets = np.asarray([clf.classes.index(r["top_class"]) for r in rows])
+    heat = gradcam(clf.net, arrays, clf.preprocess, targets)
+    return {im.name: _jpeg(overlay(a, h)) for im, a, h in zip(images, arrays, heat)}
 
 
 def _review_flag(rows: list[dict], clf: Classifier, coverage: float) -> str | None:
@@ -281,8 +292,12 @@ def _smear_analysis(images: list[CaseImage], pixel_scale: float | None, um_per_p
 def _thumbnail(rgb: np.ndarray, side: int = 96) -> bytes:
     im = Image.fromarray(rgb)
     im.thumbnail((side, side))
+    return _jpeg(np.asarray(im))
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=80)
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=80)
     return buf.getvalue()
 
 

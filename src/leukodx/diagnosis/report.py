@@ -20,7 +20,9 @@ def render_case_html(result: dict) -> str:
         second = f"{probs[1][0]} {probs[1][1]:.2f}" if len(probs) > 1 else ""
         rows.append({**r, "second": second})
     thumbs = {name: base64.b64encode(data).decode() for name, data in result.get("_thumbnails", {}).items()}
+    heatmaps = {name: base64.b64encode(data).decode() for name, data in result.get("_explanations", {}).items()}
     model = result["model"]
     return env.get_template("case.html.j2").render(
         result=result, model=model, acc=model.get("test_accuracy") or None, s=result["summary"],
-        smear=result["smear"]["summary"] if "smear" in result else None, rows=rows, thumbs=thumbs)
+        smear=result["smear"]["summary"] if "smear" in result else None, rows=rows, thumbs=thumbs,
+        heatmaps=heatmaps)

@@ -71,10 +71,20 @@ def predict(
 
     bundle = ExpressionModel.load(model)
     new = read_matrix(matrix, orientation=orientation)
-    proba, missing, extra = bundle.predict_set(new)
+    proba, ood, missing, extra = bundle.score_set(new)
     if missing:
         console.print(f"{matrix}: {len(missing)} of the model's {len(bundle.genes)} genes missing "
                       f"(e.g. {missing[0]}); filled with the training median")
-    write_predictions(output, new.samples, proba, bundle.classes)
+    write_predictions(output, new.samples, proba, bundle.classes, ood, bundle.reliability)
     console.print(f"{len(new.samples)} sample(s) predicted with {bundle.card['name']} ({bundle.method}, "
                   f"{len(extra)} input genes unused); written to {output}")
+    if ood is None:
+        console.print("OOD check unavailable: this bundle has no reliability statistics (retrain it)")
+    else:
+        flagged = int(bundle.reliability.is_ood(ood).sum())
+        if flagged:
+            console.print(f"{flagged} of {len(ood)} sample(s) lie far from the training samples (ood): another "
+                          "platform, normalization or tissue? Their calls are unreliable.")
+        shift = bundle.reliability.shift(ood)
+        if shift["flagged"]:
+            console.print(f"shift: {shift['reason']}")

@@ -203,14 +203,26 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument(..., help="Bundled image classifier or bundle folder (written in place)."),
         data_root: Optional[Path] = DataRoot,
     ) -> None:
-        """Fit the OOD statistics (training images) and conformal scores (validation images) of a bundle
-        made without them, from the data and split its card names; the weights are not touched."""
-        from leukodx.training.recipe import refit_reliability
+        """Fit the OOD statistics (training data) and conformal scores (validation images) of a bundle
+        made without them, from the data and split its card names; the weights are not touched.
+        Image classifiers and expression models."""
+        from leukodx.models.bundle import read_card, resolve_bundle
 
-        card = refit_reliability(model, data_root)
+        task = read_card(resolve_bundle(model))["task"]
+        if task == "image-classification":
+            from leukodx.training.recipe import refit_reliability
+
+            card = refit_reliability(model, data_root)
+        elif task == "expression-classification":
+            from leukodx.omics.bundle import refit_expression_reliability
+
+            card = refit_expression_reliability(model, data_root)
+        else:
+            raise InvalidInputError(f"{model}: a {task} model; reliability statistics are fitted for image "
+                                    "classifiers and expression models (flow read-outs check their own events)")
         r = card["reliability"]
-        console.print(f"{card['name']}: OOD threshold {r['threshold']:.2f} ({r['false_alarm']:.0%} of validation "
-                      f"images above it), {r['n_conformal']} conformal scores; written to its bundle")
+        console.print(f"{card['name']}: OOD threshold {r['threshold']:.2f} ({r['false_alarm']:.0%} of held-out "
+                      f"samples above it), {r['n_conformal']} conformal scores; written to its bundle")
 
     @export_app.command("onnx")
     def export_onnx_cmd(

@@ -238,7 +238,8 @@ class Classifier:
                  decimals: int | None = None) -> list[dict]:
         """One result row per input (see ``predict``)."""
         rel = self.reliability
-        sets = rel.prediction_sets(scored.proba, coverage) if rel is not None else [None] * len(scored.proba)
+        sets = (rel.prediction_sets(scored.proba, coverage) if rel is not None and rel.has_conformal
+                else [None] * len(scored.proba))
         ood = scored.ood_scores if scored.ood_scores is not None else [None] * len(scored.proba)
         return [self.prediction_row(name, p, decimals, ood_score=o, prediction_set=s)
                 for name, p, o, s in zip(names, scored.proba, ood, sets)]

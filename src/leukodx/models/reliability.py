@@ -165,7 +165,14 @@ class Reliability:
         return {"flagged": bool(is_shifted), "score": round(share, 4), "p_value": float(p), "n": n,
                 "n_ood": flagged, "reason": reason}
 
+    @property
+    def has_conformal(self) -> bool:
+        return len(self.conformal) > 0
+
     def prediction_sets(self, proba: np.ndarray, coverage: float = DEFAULT_COVERAGE) -> list[list[int]]:
+        if not self.has_conformal:
+            raise InvalidInputError("this model's bundle has no conformal calibration scores: prediction sets "
+                                    "are unavailable for it")
         return aps_sets(np.asarray(proba, dtype=np.float64), conformal_quantile(self.conformal, coverage))
 
     # --- storage ---------------------------------------------------------------------------------
@@ -177,36 +184,66 @@ class Reliability:
     def card_entry(self, digest: str) -> dict:
         return {"file": RELIABILITY_FILE, "sha256": digest, "ood_score": "mahalanobis-nearest-class",
                 "feature_dim": int(self.means.shape[1]), "threshold": round(self.threshold, 6),
-                "false_alarm": self.false_alarm, "conformal": "APS (split conformal)",
+                "false_alarm": self.false_alarm,
+                "conformal": "APS (split conformal)" if self.has_conformal else None,
                 "n_reference": int(len(self.reference)), "n_conformal": int(len(self.conformal)),
                 "fitted_on": self.fitted_on or {}}
 
 
 def fit_reliability(features: np.ndarray, labels: np.ndarray, val_features: np.ndarray, val_labels: np.ndarray,
                     val_proba: np.ndarray, false_alarm: float = DEFAULT_FALSE_ALARM,
-                    fitted_on: dict | None = None) -> Reliability:
+                    fitted_on: dict | None = None, shrinkage: float = SHRINKAGE) -> Reliability:
     """Class means and shared covariance from training features; threshold and conformal scores
     from the validation images (features, labels and calibrated probabilities)."""
+    rel = _fit_statistics(features, labels, false_alarm, fitted_on, shrinkage)
+    reference = np.sort(rel.ood_scores(val_features))
+    rel.reference = reference
+    rel.threshold = float(np.quantile(reference, 1 - false_alarm, method="higher"))
+    rel.conformal = np.sort(aps_scores(np.asarray(val_proba, dtype=np.float64), val_labels))
+    return rel
+
+
+#: few samples, many features (an expression profile): shrink the covariance hard
+SMALL_SAMPLE_SHRINKAGE = 0.5
+
+
+def fit_ood_crossfit(features: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0,
+                     false_alarm: float = DEFAULT_FALSE_ALARM, fitted_on: dict | None = None,
+                     shrinkage: float = SMALL_SAMPLE_SHRINKAGE) -> Reliability:
+    """OOD statistics for a model with no validation set to spare (tens of samples): each training
+    sample is scored by statistics fitted without it (``folds``-fold), those scores set the
+    threshold, and the final statistics use every sample. No conformal scores (none are stored)."""
+    features, labels = np.asarray(features, dtype=np.float64), np.asarray(labels)
+    fold = np.random.default_rng(seed).permutation(len(labels)) % folds
+    held = np.empty(len(labels))
+    for f in range(folds):
+        part = _fit_statistics(features[fold != f], labels[fold != f], false_alarm, None, shrinkage)
+        held[fold == f] = part.ood_scores(features[fold == f])
+    rel = _fit_statistics(features, labels, false_alarm, fitted_on, shrinkage)
+    rel.reference = np.sort(held)
+    rel.threshold = float(np.quantile(rel.reference, 1 - false_alarm, method="higher"))
+    return rel
+
+
+def _fit_statistics(features: np.ndarray, labels: np.ndarray, false_alarm: float, fitted_on: dict | None,
+                    shrinkage: float) -> Reliability:
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray(labels)
     classes = np.unique(labels)
-    k = int(max(labels.max(), val_labels.max() if len(val_labels) else 0)) + 1
+    k = int(labels.max()) + 1
     means = np.zeros((k, features.shape[1]))
     for c in classes:
         means[c] = features[labels == c].mean(0)
     present = np.isin(np.arange(k), classes)
     centred = features - means[labels]
     cov = centred.T @ centred / max(1, len(features) - len(classes))
-    cov += SHRINKAGE * np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0])
+    mean_var = np.trace(cov) / cov.shape[0]
+    cov = (1 - shrinkage) * cov + shrinkage * mean_var * np.eye(cov.shape[0]) if shrinkage > SHRINKAGE else \
+        cov + shrinkage * mean_var * np.eye(cov.shape[0])
     precision = np.linalg.inv(cov)
     whitener = np.linalg.cholesky((precision + precision.T) / 2)
-    rel = Reliability(means=means[present], whitener=whitener, threshold=0.0, reference=np.zeros(0),
-                      conformal=np.zeros(0), false_alarm=false_alarm, fitted_on=fitted_on)
-    reference = np.sort(rel.ood_scores(val_features))
-    rel.reference = reference
-    rel.threshold = float(np.quantile(reference, 1 - false_alarm, method="higher"))
-    rel.conformal = np.sort(aps_scores(np.asarray(val_proba, dtype=np.float64), val_labels))
-    return rel
+    return Reliability(means=means[present], whitener=whitener, threshold=0.0, reference=np.zeros(0),
+                       conformal=np.zeros(0), false_alarm=false_alarm, fitted_on=fitted_on)
 
 
 def save_reliability(directory: str | os.PathLike, rel: Reliability) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 from leukodx.errors import InvalidInputError
 from leukodx.models.bundle import load_arrays, save_arrays
 from leukodx.models.card import build_card
+from leukodx.models.reliability import Reliability, fit_ood_crossfit, load_reliability, save_reliability
 from leukodx.stats import bootstrap_estimate, wilson_interval
 
 TASK = "expression-classification"
@@ -37,6 +38,8 @@ class ExpressionModel:
     arrays: dict[str, np.ndarray]    # mean, scale, train_median + the classifier's arrays
     params: dict = field(default_factory=dict)
     card: dict = field(default_factory=dict)
+    #: OOD statistics of the model's features (training samples); None for bundles made without them
+    reliability: Reliability | None = None
 
     # -- prediction ----------------------------------------------------------------------------
     def _features(self, values: np.ndarray, library_size: np.ndarray | None = None) -> np.ndarray:
@@ -61,18 +64,37 @@ class ExpressionModel:
     def predict_set(self, data) -> tuple[np.ndarray, list[str], list[str]]:
         """Probabilities for an ``ExpressionSet`` aligned by gene id; missing genes take the training
         median. Returns (probabilities, missing gene ids, genes of the input not used)."""
+        proba, _, missing, extra = self.score_set(data)
+        return proba, missing, extra
+
+    def score_set(self, data) -> tuple[np.ndarray, np.ndarray | None, list[str], list[str]]:
+        """``predict_set`` plus each sample's OOD score (None without statistics in the bundle)."""
         from leukodx.omics.io import align_genes
 
         values, missing, extra = align_genes(data, self.genes)
         if missing:
             values = np.where(np.isnan(values), self.arrays["train_median"], values)
         library = data.values.sum(axis=1) if self.preprocess["kind"] == "counts" else None
-        return self.predict_proba(values, library), missing, extra
+        proba = self.predict_proba(values, library)
+        ood = self.reliability.ood_scores(self._features(values, library)) if self.reliability else None
+        return proba, ood, missing, extra
+
+    def fit_reliability(self, data, labels) -> None:
+        """OOD statistics from the training samples (cross-fitted threshold: there is no validation set)."""
+        from leukodx.omics.io import align_genes
+
+        values, _, _ = align_genes(data, self.genes)
+        library = data.values.sum(axis=1) if self.preprocess["kind"] == "counts" else None
+        codes = np.asarray([self.classes.index(str(c)) for c in labels])
+        self.reliability = fit_ood_crossfit(self._features(values, library), codes,
+                                            fitted_on={"train_samples": int(len(codes)), "threshold": "5-fold cross-fit"})
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> dict:
         card = {**self.card, "task": TASK, "classes": self.classes, "genes": self.genes, "method": self.method,
                 "pipeline": {"preprocess": self.preprocess, "params": self.params}}
+        if self.reliability is not None:
+            card["reliability"] = self.reliability.card_entry(save_reliability(directory, self.reliability))
         self.card = save_arrays(directory, self.arrays, card)
         return self.card
 
@@ -87,7 +109,8 @@ class ExpressionModel:
             raise InvalidInputError(f"{directory}: expression bundle is incomplete "
                                     f"(lacks {', '.join(sorted(needed - set(arrays))) or 'pipeline'})")
         return cls(genes=list(card["genes"]), classes=list(card["classes"]), method=card["method"],
-                   preprocess=pipeline["preprocess"], arrays=arrays, params=pipeline.get("params", {}), card=card)
+                   preprocess=pipeline["preprocess"], arrays=arrays, params=pipeline.get("params", {}), card=card,
+                   reliability=load_reliability(directory, card))
 
 
 # --- classifiers as NumPy forward passes ------------------------------------------------------------
@@ -209,6 +232,7 @@ def train_expression_model(dataset: str = "golub", method: str = "mlp", n_genes:
         loocv = leave_one_out(registry[method], train)
         pipeline = registry[method]().fit(train.values, train.labels)
     model = export_pipeline(pipeline, train.genes, method, train.values)
+    model.fit_reliability(train, train.labels)
     metrics: dict = {"loocv": {"errors": loocv["loocv_errors"], "n": loocv["n"],
                                "misclassified": loocv["loocv_misclassified"]}}
     if test is not None:
@@ -234,6 +258,30 @@ def train_expression_model(dataset: str = "golub", method: str = "mlp", n_genes:
     return model
 
 
+def refit_expression_reliability(model: str | os.PathLike = DEFAULT_MODEL, data_root=None) -> dict:
+    """``leukodx reliability fit`` for an expression bundle: OOD statistics from the training samples
+    of the dataset its card names (weights untouched); returns the new card."""
+    from leukodx import _atomic
+    from leukodx._versions import provenance
+    from leukodx.models.bundle import CARD, resolve_bundle
+    from leukodx.models.card import ModelCard
+    from leukodx.omics.evaluate import EXPRESSION_DATASETS, load_expression_dataset
+
+    bundle = ExpressionModel.load(model)
+    directory = resolve_bundle(model, TASK)
+    dataset = bundle.card.get("data", {}).get("dataset")
+    if dataset not in EXPRESSION_DATASETS:
+        raise InvalidInputError(f"{directory}: its card names no expression dataset ({dataset!r}) to refit from")
+    train, _, _ = load_expression_dataset(dataset, data_root, len(bundle.genes))
+    bundle.fit_reliability(train, train.labels)
+    bundle.reliability.fitted_on = {**(bundle.reliability.fitted_on or {}), "refit": "weights unchanged",
+                                    "provenance": provenance()}
+    card = {**bundle.card, "reliability": bundle.reliability.card_entry(save_reliability(directory, bundle.reliability))}
+    card = ModelCard.from_dict(card, directory / CARD).to_dict()
+    _atomic.write_json(directory / CARD, card)
+    return card
+
+
 def independent_metrics(labels: np.ndarray, proba: np.ndarray, classes: list[str], n_boot: int = 1000) -> dict:
     """Accuracy (Wilson 95% CI) and, for two classes, AUROC (bootstrap 95% CI) on a held-out set."""
     from sklearn.metrics import roc_auc_score
@@ -251,8 +299,10 @@ def independent_metrics(labels: np.ndarray, proba: np.ndarray, classes: list[str
     return out
 
 
-def write_predictions(path: str | os.PathLike, samples: list[str], proba: np.ndarray, classes: list[str]) -> None:
-    """One row per sample: call, its probability, every class probability (CSV, written atomically)."""
+def write_predictions(path: str | os.PathLike, samples: list[str], proba: np.ndarray, classes: list[str],
+                      ood_scores: np.ndarray | None = None, reliability: Reliability | None = None) -> None:
+    """One row per sample: call, its probability, OOD score and flag (empty when the bundle has no
+    statistics), every class probability (CSV, written atomically)."""
     import csv
     import io
 
@@ -260,7 +310,8 @@ def write_predictions(path: str | os.PathLike, samples: list[str], proba: np.nda
 
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["sample", "prediction", "probability"] + [f"p_{c}" for c in classes])
-    for s, p in zip(samples, proba):
-        writer.writerow([s, classes[int(p.argmax())], f"{p.max():.4f}"] + [f"{v:.4f}" for v in p])
+    writer.writerow(["sample", "prediction", "probability", "ood_score", "ood"] + [f"p_{c}" for c in classes])
+    for i, (s, p) in enumerate(zip(samples, proba)):
+        ood = ["", ""] if ood_scores is None else [f"{ood_scores[i]:.3f}", int(reliability.is_ood(ood_scores[i:i + 1])[0])]
+        writer.writerow([s, classes[int(p.argmax())], f"{p.max():.4f}", *ood] + [f"{v:.4f}" for v in p])
     _atomic.write_text(path, buf.getvalue())

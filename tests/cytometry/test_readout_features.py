@@ -22,6 +22,7 @@ def test_leukemic_and_healthy_files_read_out(flow_dir, model):
     assert upn["fraction_leukemic_like"] > 0.8 and upn["flag"].startswith("leukemic-like population above")
     assert healthy["fraction_leukemic_like"] < 0.1 and healthy["flag"].startswith("no leukemic-like")
     assert sum(upn["probability_histogram"]) == 100
+    assert healthy["ood"] is False and healthy["shift"]["flagged"] is False and 0 <= healthy["ood_score"] <= 0.2
 
 
 def test_chunk_size_does_not_change_the_result(flow_dir, model):
@@ -40,6 +41,7 @@ def test_missing_markers_refit_or_refuse(flow_dir, model, data_root):
     assert "cd19" not in result["markers_used"] and "cd45" in result["markers_used"]
     assert any("refit" in w for w in result["warnings"])
     assert "unreliable" in result["flag"]  # CD45 on Y89 sits on another scale than the training In115 channel
+    assert result["ood"] is True and result["shift"]["flagged"] is True and "cd45" in result["shift"]["reason"]
 
 
 def test_file_without_shared_markers_refused(fortessa, model, data_root):

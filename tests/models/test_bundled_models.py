@@ -99,6 +99,20 @@ def test_bundled_expression_model_floor_and_parity_with_its_pipeline():
     assert np.allclose(proba, pipeline.predict_proba(test.values), atol=1e-9)
 
 
+def test_bundled_expression_model_flags_samples_on_another_scale():
+    """Golub's independent samples pass the OOD check; the same samples on another value scale
+    (log2 of the intensities, as another pipeline would deliver them) are flagged, one by one and as a batch."""
+    from leukodx.omics.io import read_golub
+
+    model = leukodx.load("golub-all-aml")
+    _, test = read_golub()
+    _, ood, _, _ = model.score_set(test)
+    assert np.mean(model.reliability.is_ood(ood)) <= 0.15 and not model.reliability.shift(ood)["flagged"]
+    test.values = np.log2(np.clip(test.values, 1, None))
+    _, ood, _, _ = model.score_set(test)
+    assert model.reliability.is_ood(ood).all() and model.reliability.shift(ood)["flagged"]
+
+
 def test_default_white_cell_model_is_multisite_with_blasts_and_lists_every_site():
     from leukodx.data.sites import CELL_SITES, site_split
     from leukodx.inference.classifier import DEFAULT_CELL_MODEL

@@ -127,6 +127,16 @@ def summarize(fcs, model: CellClassifier, total: int, called: int, outside: np.n
     if shifted:
         result["flag"] += f" (unreliable: >{SHIFT_WARNING_FRACTION:.0%} of events outside the training range on " \
                           f"{', '.join(shifted)})"
+    # the same reliability fields as every leukodx model: the sample is out of distribution when a
+    # marker's events leave the training range too often (another panel, instrument or compensation)
+    worst = max(shift.values()) if shift else 0.0
+    result["ood_score"] = round(float(worst), 4)
+    result["ood"] = bool(shifted)
+    result["shift"] = {"flagged": bool(shifted), "score": round(float(worst), 4),
+                       "reason": (f"{', '.join(shifted)}: more than {SHIFT_WARNING_FRACTION:.0%} of events outside the "
+                                  "range of the training cells (another panel, instrument, voltage or compensation?); "
+                                  "the read-out is unreliable" if shifted else
+                                  f"every marker's events lie within the training range (worst {worst:.1%} outside)")}
     if total < 1000:
         result["warnings"].append(f"only {total} events: the fraction's interval is wide")
     return result

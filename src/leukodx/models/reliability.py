@@ -69,6 +69,25 @@ class WithFeatures(nn.Module):
         return logits, store["f"].flatten(1)
 
 
+def shift_verdict(flagged: int, n: int, false_alarm: float = DEFAULT_FALSE_ALARM, unit: str = "inputs") -> dict:
+    """A batch's shift verdict from how many of its ``n`` inputs were flagged OOD: flagged when that
+    many would happen by chance (rate ``false_alarm``) with p below ``SHIFT_P``."""
+    if n == 0:
+        return {"flagged": False, "score": None, "p_value": None, "n": 0, "n_ood": 0, "reason": f"no {unit} to judge"}
+    p = binomial_tail(flagged, n, false_alarm)
+    share = flagged / n
+    if p < SHIFT_P:
+        reason = (f"{flagged} of {n} {unit} ({share:.0%}) lie outside the model's training data where about "
+                  f"{false_alarm:.0%} would by chance (p = {p:.1e}): the site, stain, scanner or magnification "
+                  "likely differs from the training images; results are unreliable. Check a sample by eye, and "
+                  "consider `leukodx adapt` with a few labelled cells from this lab.")
+    else:
+        reason = (f"{flagged} of {n} {unit} ({share:.0%}) lie outside the training data, in line with the "
+                  f"{false_alarm:.0%} expected by chance: no sign of a shift")
+    return {"flagged": bool(p < SHIFT_P), "score": round(share, 4), "p_value": float(p), "n": n, "n_ood": flagged,
+            "reason": reason}
+
+
 def aps_tiebreak(proba: np.ndarray) -> np.ndarray:
     """A number in [0, 1) per row, fixed by the row's probabilities (APS's randomization, made
     reproducible and independent of the rest of the batch): a splitmix64 hash of the rounded row."""
@@ -146,24 +165,7 @@ class Reliability:
     def shift(self, scores: np.ndarray) -> dict:
         """Whether a batch as a whole departs from the training images, as a plain sentence."""
         scores = np.asarray(scores, dtype=np.float64)
-        n = len(scores)
-        flagged = int(np.sum(scores > self.threshold))
-        if n == 0:
-            return {"flagged": False, "score": None, "p_value": None, "n": 0, "n_ood": 0,
-                    "reason": "no inputs to judge"}
-        p = binomial_tail(flagged, n, self.false_alarm)
-        share = flagged / n
-        is_shifted = p < SHIFT_P
-        if is_shifted:
-            reason = (f"{flagged} of {n} inputs ({share:.0%}) lie outside the model's training data where about "
-                      f"{self.false_alarm:.0%} would by chance (p = {p:.1e}): the site, stain, scanner or "
-                      "magnification likely differs from the training images; results are unreliable. Check a "
-                      "sample by eye, and consider `leukodx adapt` with a few labelled cells from this lab.")
-        else:
-            reason = (f"{flagged} of {n} inputs ({share:.0%}) lie outside the training data, in line with the "
-                      f"{self.false_alarm:.0%} expected by chance: no sign of a shift")
-        return {"flagged": bool(is_shifted), "score": round(share, 4), "p_value": float(p), "n": n,
-                "n_ood": flagged, "reason": reason}
+        return shift_verdict(int(np.sum(scores > self.threshold)), len(scores), self.false_alarm)
 
     @property
     def has_conformal(self) -> bool:
@@ -190,16 +192,18 @@ class Reliability:
                 "fitted_on": self.fitted_on or {}}
 
 
-def fit_reliability(features: np.ndarray, labels: np.ndarray, val_features: np.ndarray, val_labels: np.ndarray,
-                    val_proba: np.ndarray, false_alarm: float = DEFAULT_FALSE_ALARM,
+def fit_reliability(features: np.ndarray, labels: np.ndarray, val_features: np.ndarray, val_labels: np.ndarray | None,
+                    val_proba: np.ndarray | None, false_alarm: float = DEFAULT_FALSE_ALARM,
                     fitted_on: dict | None = None, shrinkage: float = SHRINKAGE) -> Reliability:
     """Class means and shared covariance from training features; threshold and conformal scores
-    from the validation images (features, labels and calibrated probabilities)."""
+    from the validation images (features, labels and calibrated probabilities; without
+    probabilities, e.g. a detector's fields, no conformal scores)."""
     rel = _fit_statistics(features, labels, false_alarm, fitted_on, shrinkage)
     reference = np.sort(rel.ood_scores(val_features))
     rel.reference = reference
     rel.threshold = float(np.quantile(reference, 1 - false_alarm, method="higher"))
-    rel.conformal = np.sort(aps_scores(np.asarray(val_proba, dtype=np.float64), val_labels))
+    if val_proba is not None:
+        rel.conformal = np.sort(aps_scores(np.asarray(val_proba, dtype=np.float64), val_labels))
     return rel
 
 

@@ -104,6 +104,8 @@ class CellDetector:
     net: nn.Module
     config: DetectorConfig
     card: dict = field(default_factory=dict)
+    #: per-field OOD statistics of the backbone's deepest features (``leukodx.models.reliability``)
+    reliability: object = None
 
     @property
     def classes(self) -> list[str]:
@@ -114,14 +116,29 @@ class CellDetector:
         return self.card.get("name", "detector")
 
     def detect_tiles(self, tiles: list[np.ndarray]) -> list[dict]:
-        """Boxes (N, 4) xyxy in tile pixels, labels (N,) class indices, scores (N,) per tile."""
+        """Boxes (N, 4) xyxy in tile pixels, labels (N,) class indices, scores (N,) per tile, and
+        ``features``: the backbone's deepest map averaged over the tile (for the OOD check; free,
+        taken from the same pass)."""
         if not tiles:
             return []
         self.net.eval()
-        with torch.inference_mode():
-            out = self.net([tile_tensor(t) for t in tiles])
+        seen: list[torch.Tensor] = []
+        hook = self.net.backbone.body.register_forward_hook(lambda m, i, o: seen.append(o[-1].mean(dim=(2, 3))))
+        try:
+            with torch.inference_mode():
+                out = self.net([tile_tensor(t) for t in tiles])
+        finally:
+            hook.remove()
+        pooled = seen[-1].numpy().astype(np.float64)
         return [{"boxes": o["boxes"].numpy().astype(np.float32), "labels": (o["labels"].numpy() - 1).astype(int),
-                 "scores": o["scores"].numpy().astype(np.float32)} for o in out]
+                 "scores": o["scores"].numpy().astype(np.float32), "features": f} for o, f in zip(out, pooled)]
+
+    def field_ood(self, detections: dict) -> tuple[float | None, bool | None]:
+        """(OOD score, flagged) of a field from its detections' features; (None, None) without statistics."""
+        if self.reliability is None or detections.get("features") is None:
+            return None, None
+        score = float(self.reliability.ood_scores(np.asarray(detections["features"])[None])[0])
+        return score, bool(score > self.reliability.threshold)
 
     def detect(self, rgb: np.ndarray, overlap: int = DEFAULT_OVERLAP, batch: int = 4) -> dict:
         """Every cell in a field of any size: boxes in field pixels, class indices, scores.
@@ -136,7 +153,8 @@ class CellDetector:
         for chunk, tiles in iter_tile_batches(rgb, self.config.tile, overlap, batch):
             origins.extend(chunk)
             per_tile.extend(self.detect_tiles(tiles))
-        return merge_tile_detections(per_tile, origins, rgb.shape[:2], self.config.tile)
+        merged = merge_tile_detections(per_tile, origins, rgb.shape[:2], self.config.tile)
+        return {**merged, "features": np.mean([t["features"] for t in per_tile], axis=0)}
 
     def _detect_whole(self, rgb: np.ndarray) -> dict:
         transform = self.net.transform
@@ -159,6 +177,52 @@ def save_detector(directory: str | os.PathLike, net: nn.Module, config: Detector
 
 def load_detector(name_or_path: str | os.PathLike = "bccd-frcnn") -> CellDetector:
     """A bundled detector by name or a folder; the weights' sha256 is checked against the card."""
-    net, card, _ = load_network(name_or_path, "detection",
-                                lambda card: build_detector(DetectorConfig.from_dict(card["detector"])))
-    return CellDetector(net, DetectorConfig.from_dict(card["detector"]), card)
+    from leukodx.models.reliability import load_reliability
+
+    net, card, directory = load_network(name_or_path, "detection",
+                                        lambda card: build_detector(DetectorConfig.from_dict(card["detector"])))
+    return CellDetector(net, DetectorConfig.from_dict(card["detector"]), card, load_reliability(directory, card))
+
+
+def fit_detector_reliability(detector: CellDetector, train_fields: list[np.ndarray], val_fields: list[np.ndarray],
+                             fitted_on: dict | None = None):
+    """Per-field OOD statistics: mean and covariance of the training fields' pooled backbone
+    features, threshold at the validation fields' 95th percentile (few fields: shrunk covariance)."""
+    from leukodx.models.reliability import SMALL_SAMPLE_SHRINKAGE, fit_reliability
+
+    train = np.stack([detector.detect(f)["features"] for f in train_fields])
+    val = np.stack([detector.detect(f)["features"] for f in val_fields])
+    return fit_reliability(train, np.zeros(len(train), dtype=int), val, None, None,
+                           fitted_on={"train_fields": len(train), "val_fields": len(val), **(fitted_on or {})},
+                           shrinkage=SMALL_SAMPLE_SHRINKAGE)
+
+
+def refit_detector_reliability(name_or_path: str | os.PathLike = "bccd-frcnn", data_root=None,
+                               fitted_on: dict | None = None) -> dict:
+    """``leukodx reliability fit DETECTOR`` (and the end of ``train-detector``): statistics from the
+    train / val fields its card lists, written into its bundle."""
+    from leukodx import _atomic
+    from leukodx._versions import provenance
+    from leukodx.data.registry import load_dataset, load_fields
+    from leukodx.errors import InvalidInputError
+    from leukodx.models.bundle import CARD, resolve_bundle
+    from leukodx.models.card import ModelCard
+    from leukodx.models.reliability import save_reliability
+
+    detector = load_detector(name_or_path)
+    directory = resolve_bundle(name_or_path, "detection")
+    data = detector.card.get("data", {})
+    index = load_dataset(data.get("dataset", "bccd"), data_root)
+    ids = {str(r.get("id", i)): i for i, r in enumerate(index.records)}
+    missing = [t for t in data.get("train_ids", []) + data.get("val_ids", []) if t not in ids]
+    if missing or not data.get("train_ids"):
+        raise InvalidInputError(f"{directory}: its card's training fields are not all in {index.name} "
+                                f"(e.g. {missing[0] if missing else 'no train_ids'})")
+    train, _ = load_fields(index, [ids[t] for t in data["train_ids"]])
+    val, _ = load_fields(index, [ids[t] for t in data["val_ids"]])
+    rel = fit_detector_reliability(detector, train, val,
+                                   fitted_on or {"refit": "weights unchanged", "provenance": provenance()})
+    card = {**detector.card, "reliability": rel.card_entry(save_reliability(directory, rel))}
+    card = ModelCard.from_dict(card, directory / CARD).to_dict()
+    _atomic.write_json(directory / CARD, card)
+    return card

@@ -21,6 +21,7 @@ from PIL import Image
 from leukodx.errors import InvalidInputError
 from leukodx.data.vocabulary import is_leukocyte, leukocyte_classes
 from leukodx.smear.classical import NucleusThreshold, nucleus_mask
+from leukodx.models.reliability import shift_verdict
 from leukodx.smear.evaluate import counted
 from leukodx.smear.scale import Scale, estimate_scale, given_scale, to_detector_scale
 from leukodx.smear.tiling import background_colour
@@ -112,8 +113,9 @@ class SmearAnalyzer:
         size = [int(rgb.shape[1]), int(rgb.shape[0])]
         if scale.uncertain:
             reason = f"the scale is uncertain ({scale.detail})"
+            # no scale at which the detector recognises this field's red cells: unlike its training fields
             return {"field": name, "size": size, "scale": scale.as_dict(), "counted": False, "cells": [],
-                    "quality": quality, "not_counted_reason": reason,
+                    "ood_score": None, "ood": True, "quality": quality, "not_counted_reason": reason,
                     "flags": quality + [f"not counted: {reason}; give --um-per-px if the camera's scale is known"]}
         pixel_scale = scale.pixel_scale
         factor = 1.0 / pixel_scale
@@ -122,6 +124,8 @@ class SmearAnalyzer:
         else:
             detections = self.detector.detect(to_detector_scale(rgb, pixel_scale))
         classes = self.detector.classes
+        ood_score, ood = self.detector.field_ood(detections)
+        ood_fields = {"ood_score": None if ood_score is None else round(ood_score, 3), "ood": ood}
         keep = counted(detections, classes, self.thresholds)
         boxes = detections["boxes"][keep] / factor
         labels, scores = detections["labels"][keep], detections["scores"][keep]
@@ -132,13 +136,16 @@ class SmearAnalyzer:
         if len(white) >= MIN_WHITE_FOR_PLAUSIBILITY and len(white) > PLAUSIBLE_WHITE_PER_RED * n_red:
             reason = (f"{len(white)} white cells against {n_red} red cells is not blood at any white count: the "
                       "detector is likely taking this stain's red cells for white cells")
-            return {"field": name, "size": size, "scale": scale.as_dict(), "counted": False, "cells": [],
+            return {"field": name, "size": size, "scale": scale.as_dict(), "counted": False, "cells": [], **ood_fields,
                     "quality": quality, "not_counted_reason": reason, "flags": quality + [f"not counted: {reason}"]}
         if white:
             self._classify_white_cells(rgb, white, pixel_scale)
-        return {"field": name, "size": size, "scale": scale.as_dict(), "counted": True,
-                "cells": cells, "quality": quality,
-                **_field_summary(cells, self.classifier.abstain_below, quality, self.leukocyte_types)}
+        summary = _field_summary(cells, self.classifier.abstain_below, quality, self.leukocyte_types)
+        if ood:
+            summary["flags"].append("field unlike the detector's training fields (ood): stain, focus or "
+                                    "preparation differ; its counts need checking by eye")
+        return {"field": name, "size": size, "scale": scale.as_dict(), "counted": True, **ood_fields,
+                "cells": cells, "quality": quality, **summary}
 
     @property
     def leukocyte_types(self) -> list[str]:
@@ -229,13 +236,19 @@ def summarize_fields(fields: list[dict]) -> dict:
     if empty:
         flags.append(f"{empty} field(s) with no cell found")
     scales = [f["scale"]["pixel_scale"] for f in fields if f.get("scale")]
+    judged = [f["ood"] for f in fields + uncounted if f.get("ood") is not None]
+    shift = (shift_verdict(int(sum(judged)), len(judged), unit="fields") if judged else
+             {"flagged": None, "score": None, "reason": "OOD check unavailable: the detector's bundle has no "
+                                                        "reliability statistics (leukodx reliability fit)"})
+    if shift["flagged"]:
+        flags.insert(0, f"shift: {shift['reason']}")
     if not fields:
         summary = {**summary, "counts": None, "differential_percent": None, "white_cell_types": None}
     return {**summary, "n_fields": len(fields) + len(uncounted), "fields_counted": len(fields),
             "fields_not_counted": len(uncounted), "per_field_wbc": [f["counts"]["WBC"] for f in fields],
             "pixel_scale_median": round(float(np.median(scales)), 4) if scales else None,
             "scale_sources": sorted({f["scale"]["source"] for f in fields + uncounted if f.get("scale")}),
-            "flags": flags}
+            "shift": shift, "flags": flags}
 
 
 def render_overlay(rgb: np.ndarray, result: dict, max_side: int = 4096) -> Image.Image:

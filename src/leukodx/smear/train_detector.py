@@ -235,7 +235,7 @@ def train_detector_bundle(output: str | Path, config: DetectorConfig, training: 
                           show_progress: bool = True) -> dict:
     """``leukodx train-detector``: train, score the test split, write the bundle; returns its card."""
     from leukodx.data.registry import load_dataset
-    from leukodx.smear.detector import save_detector
+    from leukodx.smear.detector import refit_detector_reliability, save_detector
     from leukodx.smear.evaluate import evaluate_detector
 
     output = Path(output)
@@ -248,4 +248,5 @@ def train_detector_bundle(output: str | Path, config: DetectorConfig, training: 
                                     show_progress=show_progress)
     card["name"] = name or output.name
     card["metrics"]["test"] = evaluate_detector(detector, index, "test", max_images=training.max_images)
-    return save_detector(output, detector.net, config, card)
+    save_detector(output, detector.net, config, card)
+    return refit_detector_reliability(output, data_root, fitted_on={"at": "training"})

@@ -95,3 +95,21 @@ def test_batch_reports_bad_files_and_writes_every_output(tmp_path, bccd_field, a
     rows = (tmp_path / "out" / "cells.csv").read_text().splitlines()
     assert len(rows) - 1 == sum(len(json.loads((tmp_path / "out" / f"{s}.json").read_text())["cells"]) for s in "ab")
     assert not list((tmp_path / "out").glob("*.part"))
+
+
+def test_fields_like_the_detectors_pass_and_another_labs_are_flagged(analyzer, bccd_field):
+    """Per-field OOD: a BCCD field passes; all-aria fields (another lab, stain and camera), at the scale
+    the README once suggested, are flagged one by one and the case as a whole is flagged as shifted."""
+    from leukodx.data.images import read_image
+    from leukodx.data.registry import load_dataset
+
+    rgb, _ = bccd_field
+    own = analyzer.analyze(rgb, "bccd")
+    assert own["ood"] is False and own["ood_score"] < analyzer.detector.reliability.threshold
+    aria = load_dataset("all-aria")
+    other = SmearAnalyzer(analyzer.detector, analyzer.classifier, pixel_scale=0.3)
+    fields = [other.analyze(read_image(aria.abspath(i)), f"aria{i}") for i in range(0, 600, 100)]
+    assert all(f["ood"] is True for f in fields)
+    summary = summarize_fields(fields + [own])
+    assert summary["shift"]["flagged"] is True and summary["flags"][0].startswith("shift:")
+    assert summarize_fields([own])["shift"]["flagged"] is False

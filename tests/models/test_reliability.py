@@ -87,7 +87,9 @@ def test_not_a_cell_is_flagged_and_never_confident(pbc_model):
     assert result.shift["flagged"] is True
 
 
-def test_bundle_without_statistics_still_predicts_and_says_so(tmp_path, pbc_folder):
+def test_bundle_without_statistics_still_predicts_and_says_so(tmp_path, pbc_folder, capsys):
+    from leukodx.cli.app import main
+
     bundle = tmp_path / "old"
     shutil.copytree(load_model("pbc-celltype").bundle_dir, bundle)
     (bundle / RELIABILITY_FILE).unlink()
@@ -97,6 +99,12 @@ def test_bundle_without_statistics_still_predicts_and_says_so(tmp_path, pbc_fold
     result = load_model(bundle).predict(pbc_folder / "monocyte")
     assert result.rows and all(r["ood"] is None and r["prediction_set"] is None for r in result.rows)
     assert result.shift["flagged"] is None and "unavailable" in result.shift["reason"]
+    assert main(["predict", "-m", str(bundle), str(pbc_folder / "monocyte"), "-o", str(tmp_path / "p.json")]) == 0
+    assert "unavailable" in capsys.readouterr().err
+    assert main(["predict", "-m", str(bundle), str(pbc_folder / "monocyte"), "-o", str(tmp_path / "q.json"),
+                 "--coverage", "0.9"]) != 0
+    err = capsys.readouterr().err
+    assert "no conformal calibration" in err and "Traceback" not in err and not (tmp_path / "q.json").exists()
 
 
 def test_a_changed_statistics_file_is_refused(tmp_path):

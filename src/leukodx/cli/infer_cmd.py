@@ -22,6 +22,20 @@ def _report_errors(errors: list[dict]) -> None:
         print(f"skipped: {e['error']}", file=sys.stderr)
 
 
+def _coverage_for(clf, coverage: float | None) -> float:
+    """The coverage to use: the default where none was asked for; an asked-for one must be valid and
+    the model must carry conformal calibration scores."""
+    from leukodx.models.reliability import DEFAULT_COVERAGE, check_coverage
+
+    if coverage is None:
+        return DEFAULT_COVERAGE
+    check_coverage(coverage)
+    if clf.reliability is None or not clf.reliability.has_conformal:
+        raise InvalidInputError(f"--coverage {coverage}: {clf.name} has no conformal calibration in its bundle "
+                                f"(add it with `leukodx reliability fit {clf.name}`, or leave --coverage out)")
+    return coverage
+
+
 def register(app: typer.Typer) -> None:
     models_app = typer.Typer(no_args_is_help=True, help="Bundled models: list and show their cards.")
     export_app = typer.Typer(no_args_is_help=True, help="Export a model for deployment.")
@@ -98,20 +112,19 @@ def register(app: typer.Typer) -> None:
         adapt_bn: bool = typer.Option(False, "--adapt-bn", help="Test-time batch-norm adaptation: re-estimate the "
                                                                 "model's normalization statistics on these images "
                                                                 "(one lab's, >= 32) before predicting (LOSO.md)."),
-        coverage: float = Coverage,
+        coverage: Optional[float] = Coverage,
         backend: str = Backend,
     ) -> None:
         """One row per image: top class, its probability, every class probability, whether it looks like
         the model's training images (ood), a conformal prediction set; and a shift verdict for the batch."""
         from leukodx.inference.classifier import load_model
         from leukodx.inference.classifier import rows_to_csv
-        from leukodx.models.reliability import check_coverage
 
         fmt = output.suffix.lower()
         if fmt not in (".csv", ".json"):
             raise InvalidInputError(f"{output}: output must end in .csv or .json")
-        check_coverage(coverage)
         clf = load_model(model, backend=backend)
+        coverage = _coverage_for(clf, coverage)
         result = clf.predict(inputs, adapt_bn=adapt_bn, coverage=coverage)
         _report_errors(result.errors)
         if not result.rows:
@@ -141,15 +154,24 @@ def register(app: typer.Typer) -> None:
                                                                          "per pixel, when known (else measured)."),
         pixel_scale: Optional[float] = typer.Option(None, help="Smear fields: px per px at the detector's "
                                                                "magnification (default: measured per field)."),
-        coverage: float = Coverage,
+        coverage: Optional[float] = Coverage,
         explain: bool = typer.Option(False, "--explain", help="Add a Grad-CAM heatmap of each image's top class to "
                                                               "the report."),
     ) -> None:
         """The main job: per-image results, a case summary with flags, and an HTML report."""
         from leukodx.diagnosis.case import diagnose, write_case_outputs
 
+        if coverage is not None:
+            from leukodx.models.reliability import check_coverage
+
+            check_coverage(coverage)
+            if model is not None:
+                from leukodx.inference.classifier import load_model
+
+                _coverage_for(load_model(model, backend="torch"), coverage)
         result = diagnose(inputs, kind=kind, model=model, backend=backend, smear=smear, pixel_scale=pixel_scale,
-                          um_per_px=um_per_px, adapt_bn=adapt_bn, coverage=coverage, explain=explain)
+                          um_per_px=um_per_px, adapt_bn=adapt_bn, explain=explain,
+                          **({"coverage": coverage} if coverage is not None else {}))
         _report_errors(result["errors"])
         paths = write_case_outputs(result, output)
         s = result["summary"]

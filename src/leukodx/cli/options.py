@@ -14,5 +14,6 @@ Quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 Resume: bool = typer.Option(False, help="Continue from the last checkpoint in OUTPUT/work.")
 Seed: int = typer.Option(0, help="Random seed (splits, initialization, batches).")
 Backend = typer.Option("auto", help="auto (ONNX Runtime on CPU when installed) | torch | onnx")
-Coverage: float = typer.Option(0.90, "--coverage", help="Conformal prediction sets hold the true class this often "
-                                                         "on images like the model's own (0 < coverage < 1).")
+Coverage: Optional[float] = typer.Option(None, "--coverage", help="Conformal prediction sets hold the true class "
+                                                                  "this often on images like the model's own "
+                                                                  "(0 < coverage < 1; default 0.90).")

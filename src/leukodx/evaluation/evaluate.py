@@ -38,15 +38,22 @@ def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int 
     y_model = np.array([mapping[sub.classes[sub.labels[i]]] for i, p in enumerate(sub.abspaths()) if str(p) in readable])
     if len(y_model) == 0:
         raise InvalidInputError(f"{index.root}: no readable image to evaluate ({len(errors)} unreadable)")
-    if adapt_bn:
-        classifier = classifier.adapted_to(arrays)
-    proba = classifier.predict_arrays(arrays)
+    scored = classifier.score_inputs(arrays, adapt_bn=adapt_bn)
+    proba = scored.proba
     metrics = classification_metrics(y_model, proba, classifier.classes, n_boot=n_boot, seed=seed)
+    selective = None
+    if classifier.reliability is not None:
+        from leukodx.evaluation.reliability import reliability_figures
+
+        # OOD rate, the batch shift verdict, conformal coverage / set size, accuracy of the most confident shares
+        selective = reliability_figures(classifier.reliability, {"ood": scored.ood_scores, "proba": proba,
+                                                                 "labels": y_model}, {})["in_site"]
+        selective["shift_verdict"] = classifier.reliability.shift(scored.ood_scores)
     pred = proba.argmax(1)
     return {
         "model": classifier.name,
         "model_sha256": classifier.card.get("sha256"),
-        "test_time_adaptation": classifier.card.get("test_time_adaptation"),
+        "test_time_adaptation": {"method": "AdaBN", "images": int(len(arrays))} if adapt_bn else None,
         "images": str(index.root),
         "dataset_fingerprint": index.fingerprint(),
         "accuracy": metrics["accuracy"]["value"],
@@ -58,6 +65,7 @@ def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int 
         "classes_in_data": sorted({classifier.classes[v] for v in mapping.values()}),
         "excluded_classes": excluded,
         "reliability": reliability_curve(y_model, proba),
+        "selective": selective,
         "roc_inputs": {"y_true": y_model.tolist(), "proba": np.round(proba, 5).tolist()},
         "errors": errors,
         "misclassified": [

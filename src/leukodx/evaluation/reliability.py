@@ -77,7 +77,8 @@ def reliability_figures(rel: Reliability, in_site: dict, others: dict[str, dict]
                "shift": shift_flag_rate(rel, np.asarray(part["ood"]))}
         lab = labelled(part)
         if lab is not None and len(lab[1]):
-            out["conformal"] = conformal_figures(rel, *lab)
+            if rel.has_conformal:
+                out["conformal"] = conformal_figures(rel, *lab)
             out["risk_coverage"] = risk_coverage(*lab)
         return out
 

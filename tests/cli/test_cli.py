@@ -41,6 +41,10 @@ def test_evaluate_on_a_registered_split(tiny_aria_model, tmp_path):
                  "-o", str(out), "--no-report", "--n-boot", "50"]) == 0
     result = json.loads(out.read_text())
     assert result["n"] == 396 and result["split"] == "val"
+    # the tiny model calibrated on 16 of these images (its capped val side): coverage and OOD rate follow from that
+    selective = result["selective"]
+    assert selective["conformal"]["0.90"]["coverage"] >= 0.9 and selective["ood_rate"] <= 0.06
+    assert selective["risk_coverage"]["n"] == 396 and selective["shift_verdict"]["flagged"] is False
 
 
 def test_predict_csv_and_json(tiny_pbc_model, pbc_folder, tmp_path):

@@ -109,7 +109,7 @@ class Classifier:
         return backend
 
     def onnx_path(self) -> Path:
-        return cache_dir() / "onnx" / f"{self.card.get('sha256', 'unsaved')[:24]}-{self.preprocess.size}-f.onnx"
+        return cache_dir() / "onnx" / f"{self.card.get('sha256', 'unsaved')[:24]}-{self.preprocess.size}-f2.onnx"
 
     def _onnx_session(self):
         from leukodx.inference.onnx_backend import OnnxSession, export_onnx

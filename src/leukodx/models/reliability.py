@@ -3,10 +3,14 @@
 One home for every image classifier's reliability statistics, fitted once from the model's own
 data and stored in its bundle (``reliability.safetensors``, sha256 in the card):
 
-- **OOD score per input**: the Mahalanobis distance of the input's penultimate features to the
-  nearest class mean under one shared covariance (Lee et al. 2018), fitted on the training
-  images. The threshold is the score's ``1 - false_alarm`` quantile on in-site validation images,
-  so about ``false_alarm`` (default 5%) of images like the training ones are flagged.
+- **OOD score per input**: two Mahalanobis distances (Lee et al. 2018, who also combine layers),
+  each to the nearest of its clusters under one shared covariance, fitted on the training images:
+  of the penultimate features to the nearest class (of each training site, for multi-site
+  models), and of an early layer's *style* (per-channel mean and standard deviation at stride 4,
+  the colour and texture a stain and scanner leave) to the nearest training site. Each is divided
+  by its own 95th percentile on the validation images and the larger counts. The threshold is the
+  score's ``1 - false_alarm`` quantile on in-site validation images, so about ``false_alarm``
+  (default 5%) of images like the training ones are flagged.
 - **Shift check per batch**: with that threshold, the number of flagged inputs of images like the
   training ones is Binomial(n, false_alarm); a batch with far more (one-sided p below
   ``SHIFT_P``) is flagged as coming from elsewhere.
@@ -15,9 +19,10 @@ data and stored in its bundle (``reliability.safetensors``, sha256 in the card):
   APS tie-break ``u`` is derived from the input's own probabilities, so a set never depends on
   the other inputs of the batch and is the same on every run.
 
-Which features: the input of the network's last linear layer, taken by a forward hook, so every
-architecture of the zoo gets the same treatment (and the ONNX export returns them as a second
-output).
+Which features: the input of the network's last linear layer and the style of the last layer at
+a quarter of the input's side, taken by forward hooks, so every architecture of the zoo gets the
+same treatment; they travel as one vector (the ONNX export's second output), split at
+``Reliability.pen_dim``.
 """
 
 from __future__ import annotations
@@ -52,21 +57,36 @@ def last_linear(net: nn.Module) -> nn.Linear:
 
 
 class WithFeatures(nn.Module):
-    """``net`` returning ``(logits, features)``: the features are its last linear layer's input."""
+    """``net`` returning ``(logits, features)``: the features are its last linear layer's input
+    followed by the style (per-channel mean and standard deviation) of the last layer output at
+    least a quarter of the input's side (absent when the network has none)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
         self.head = last_linear(net)
+        self.leaves = [m for m in net.modules() if not list(m.children())]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         store: dict = {}
-        hook = self.head.register_forward_hook(lambda module, inputs, output: store.__setitem__("f", inputs[0]))
+        side = max(2, min(x.shape[-2:]) // 4)
+
+        def early(module, inputs, output):
+            if isinstance(output, torch.Tensor) and output.dim() == 4 and min(output.shape[2:]) >= side:
+                store["s"] = output
+
+        hooks = [self.head.register_forward_hook(lambda module, inputs, output: store.__setitem__("f", inputs[0]))]
+        hooks += [m.register_forward_hook(early) for m in self.leaves]
         try:
             logits = self.net(x)
         finally:
-            hook.remove()
-        return logits, store["f"].flatten(1)
+            for h in hooks:
+                h.remove()
+        parts = [store["f"].flatten(1)]
+        if "s" in store:
+            s = store["s"].float()
+            parts += [s.mean(dim=(2, 3)), s.std(dim=(2, 3))]
+        return logits, torch.cat(parts, dim=1)
 
 
 def shift_verdict(flagged: int, n: int, false_alarm: float = DEFAULT_FALSE_ALARM, unit: str = "inputs") -> dict:
@@ -143,21 +163,29 @@ def aps_sets(proba: np.ndarray, qhat: float) -> list[list[int]]:
 class Reliability:
     """Fitted statistics of one classifier (see the module doc)."""
 
-    means: np.ndarray              # (K, D) training feature mean per class
+    means: np.ndarray              # (K, D) training feature mean per cluster (class, or class x site)
     whitener: np.ndarray           # (D, D) Cholesky factor of the shared precision matrix
     threshold: float               # OOD score above which an input is flagged
     reference: np.ndarray          # sorted OOD scores of the validation images
     conformal: np.ndarray          # sorted APS scores of the validation images
     false_alarm: float = DEFAULT_FALSE_ALARM
     fitted_on: dict | None = None
+    #: where the style part of a feature vector starts (None: no style part; every column is scored above)
+    pen_dim: int | None = None
+    style_means: np.ndarray | None = None     # (S, E) style mean per training site
+    style_whitener: np.ndarray | None = None
+    #: each distance is divided by its validation 95th percentile before the larger is taken
+    scales: tuple[float, float] = (1.0, 1.0)
 
     # --- scoring ---------------------------------------------------------------------------------
     def ood_scores(self, features: np.ndarray) -> np.ndarray:
-        """Squared Mahalanobis distance to the nearest class mean (larger = less like training)."""
-        z = np.asarray(features, dtype=np.float64) @ self.whitener
-        centres = self.means @ self.whitener
-        d = (z ** 2).sum(1)[:, None] - 2 * z @ centres.T + (centres ** 2).sum(1)[None, :]
-        return np.maximum(d.min(axis=1), 0.0)
+        """The OOD score per row (larger = less like training; see the module doc)."""
+        f = np.asarray(features, dtype=np.float64)
+        pen = _nearest(f[:, :self.means.shape[1]], self.means, self.whitener) / self.scales[0]
+        if self.style_means is None:
+            return pen
+        style = _nearest(f[:, self.pen_dim:], self.style_means, self.style_whitener) / self.scales[1]
+        return np.maximum(pen, style)
 
     def is_ood(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold
@@ -179,13 +207,21 @@ class Reliability:
 
     # --- storage ---------------------------------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"means": self.means, "whitener": self.whitener, "reference": self.reference,
-                "conformal": self.conformal, "threshold": np.array([self.threshold]),
-                "false_alarm": np.array([self.false_alarm])}
+        out = {"means": self.means, "whitener": self.whitener, "reference": self.reference,
+               "conformal": self.conformal, "threshold": np.array([self.threshold]),
+               "false_alarm": np.array([self.false_alarm]), "scales": np.asarray(self.scales, dtype=np.float64)}
+        if self.style_means is not None:
+            out.update({"style_means": self.style_means, "style_whitener": self.style_whitener,
+                        "pen_dim": np.array([self.pen_dim], dtype=np.float64)})
+        return out
 
     def card_entry(self, digest: str) -> dict:
-        return {"file": RELIABILITY_FILE, "sha256": digest, "ood_score": "mahalanobis-nearest-class",
-                "feature_dim": int(self.means.shape[1]), "threshold": round(self.threshold, 6),
+        return {"file": RELIABILITY_FILE, "sha256": digest,
+                "ood_score": ("max(mahalanobis-nearest-class, mahalanobis-nearest-site style)"
+                              if self.style_means is not None else "mahalanobis-nearest-cluster"),
+                "feature_dim": int(self.means.shape[1]),
+                "style_dim": None if self.style_means is None else int(self.style_means.shape[1]),
+                "clusters": int(len(self.means)), "threshold": round(self.threshold, 6),
                 "false_alarm": self.false_alarm,
                 "conformal": "APS (split conformal)" if self.has_conformal else None,
                 "n_reference": int(len(self.reference)), "n_conformal": int(len(self.conformal)),
@@ -194,17 +230,29 @@ class Reliability:
 
 def fit_reliability(features: np.ndarray, labels: np.ndarray, val_features: np.ndarray, val_labels: np.ndarray | None,
                     val_proba: np.ndarray | None, false_alarm: float = DEFAULT_FALSE_ALARM,
-                    fitted_on: dict | None = None, shrinkage: float = SHRINKAGE) -> Reliability:
-    """Class means and shared covariance from training features; threshold and conformal scores
-    from the validation images (features, labels and calibrated probabilities; without
-    probabilities, e.g. a detector's fields, no conformal scores)."""
-    rel = _fit_statistics(features, labels, false_alarm, fitted_on, shrinkage)
-    reference = np.sort(rel.ood_scores(val_features))
-    rel.reference = reference
-    rel.threshold = float(np.quantile(reference, 1 - false_alarm, method="higher"))
+                    fitted_on: dict | None = None, shrinkage: float = SHRINKAGE, pen_dim: int | None = None,
+                    groups: np.ndarray | None = None) -> Reliability:
+    """Statistics from training features (clusters: ``labels``, times ``groups`` = training sites
+    where given); the scales, threshold and conformal scores from the validation images (features,
+    labels and calibrated probabilities; without probabilities, e.g. a detector's fields, no
+    conformal scores). ``pen_dim``: the features carry a style part from that column on."""
+    rel = _fit_statistics(features, labels, false_alarm, fitted_on, shrinkage, pen_dim, groups)
+    _calibrate(rel, np.asarray(val_features, dtype=np.float64))
     if val_proba is not None:
         rel.conformal = np.sort(aps_scores(np.asarray(val_proba, dtype=np.float64), val_labels))
     return rel
+
+
+def _calibrate(rel: Reliability, val_features: np.ndarray) -> None:
+    """Scale each distance by its validation 95th percentile, then set the threshold on the combination."""
+    rel.scales = (1.0, 1.0)
+    if rel.style_means is not None:
+        f = val_features
+        pen = _nearest(f[:, :rel.pen_dim], rel.means, rel.whitener)
+        style = _nearest(f[:, rel.pen_dim:], rel.style_means, rel.style_whitener)
+        rel.scales = (float(np.quantile(pen, 0.95)) or 1.0, float(np.quantile(style, 0.95)) or 1.0)
+    rel.reference = np.sort(rel.ood_scores(val_features))
+    rel.threshold = float(np.quantile(rel.reference, 1 - rel.false_alarm, method="higher"))
 
 
 #: few samples, many features (an expression profile): shrink the covariance hard
@@ -229,25 +277,42 @@ def fit_ood_crossfit(features: np.ndarray, labels: np.ndarray, folds: int = 5, s
     return rel
 
 
-def _fit_statistics(features: np.ndarray, labels: np.ndarray, false_alarm: float, fitted_on: dict | None,
-                    shrinkage: float) -> Reliability:
-    features = np.asarray(features, dtype=np.float64)
-    labels = np.asarray(labels)
-    classes = np.unique(labels)
-    k = int(labels.max()) + 1
-    means = np.zeros((k, features.shape[1]))
-    for c in classes:
-        means[c] = features[labels == c].mean(0)
-    present = np.isin(np.arange(k), classes)
-    centred = features - means[labels]
-    cov = centred.T @ centred / max(1, len(features) - len(classes))
-    mean_var = np.trace(cov) / cov.shape[0]
-    cov = (1 - shrinkage) * cov + shrinkage * mean_var * np.eye(cov.shape[0]) if shrinkage > SHRINKAGE else \
-        cov + shrinkage * mean_var * np.eye(cov.shape[0])
+def _nearest(features: np.ndarray, means: np.ndarray, whitener: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distance of each row to the nearest of ``means``."""
+    z = features @ whitener
+    centres = means @ whitener
+    d = (z ** 2).sum(1)[:, None] - 2 * z @ centres.T + (centres ** 2).sum(1)[None, :]
+    return np.maximum(d.min(axis=1), 0.0)
+
+
+def _gaussian_clusters(features: np.ndarray, clusters: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster means and the Cholesky factor of the shared (shrunk) precision matrix."""
+    ids, inverse = np.unique(clusters, return_inverse=True)
+    means = np.stack([features[inverse == i].mean(0) for i in range(len(ids))])
+    centred = features - means[inverse]
+    cov = centred.T @ centred / max(1, len(features) - len(ids))
+    mean_var = np.trace(cov) / cov.shape[0] or 1.0
+    if shrinkage > SHRINKAGE:  # few samples: a convex mix with the mean variance
+        cov = (1 - shrinkage) * cov + shrinkage * mean_var * np.eye(cov.shape[0])
+    else:
+        cov = cov + shrinkage * mean_var * np.eye(cov.shape[0])
     precision = np.linalg.inv(cov)
-    whitener = np.linalg.cholesky((precision + precision.T) / 2)
-    return Reliability(means=means[present], whitener=whitener, threshold=0.0, reference=np.zeros(0),
-                       conformal=np.zeros(0), false_alarm=false_alarm, fitted_on=fitted_on)
+    return means, np.linalg.cholesky((precision + precision.T) / 2)
+
+
+def _fit_statistics(features: np.ndarray, labels: np.ndarray, false_alarm: float, fitted_on: dict | None,
+                    shrinkage: float, pen_dim: int | None = None, groups: np.ndarray | None = None) -> Reliability:
+    features = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    groups = np.zeros(len(labels), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+    clusters = groups * (int(labels.max()) + 1) + labels
+    has_style = pen_dim is not None and pen_dim < features.shape[1]
+    means, whitener = _gaussian_clusters(features[:, :pen_dim] if has_style else features, clusters, shrinkage)
+    rel = Reliability(means=means, whitener=whitener, threshold=0.0, reference=np.zeros(0), conformal=np.zeros(0),
+                      false_alarm=false_alarm, fitted_on=fitted_on, pen_dim=pen_dim if has_style else None)
+    if has_style:
+        rel.style_means, rel.style_whitener = _gaussian_clusters(features[:, pen_dim:], groups, shrinkage)
+    return rel
 
 
 def save_reliability(directory: str | os.PathLike, rel: Reliability) -> str:
@@ -278,4 +343,7 @@ def load_reliability(directory: str | os.PathLike | None, card: dict) -> Reliabi
     a = load_tensors(path, "np")
     return Reliability(means=a["means"], whitener=a["whitener"], threshold=float(a["threshold"][0]),
                        reference=a["reference"], conformal=a["conformal"], false_alarm=float(a["false_alarm"][0]),
-                       fitted_on=entry.get("fitted_on"))
+                       fitted_on=entry.get("fitted_on"),
+                       pen_dim=int(a["pen_dim"][0]) if "pen_dim" in a else None,
+                       style_means=a.get("style_means"), style_whitener=a.get("style_whitener"),
+                       scales=tuple(float(v) for v in a["scales"]) if "scales" in a else (1.0, 1.0))

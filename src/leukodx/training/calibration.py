@@ -53,16 +53,20 @@ def network_outputs(net: torch.nn.Module, arrays: np.ndarray, preprocess, batch_
 
 def fit_network_reliability(net: torch.nn.Module, preprocess, temperature: float, x_train: np.ndarray,
                             y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, seed: int = 0,
-                            fitted_on: dict | None = None):
+                            fitted_on: dict | None = None, groups: np.ndarray | None = None):
     """The bundle's reliability statistics (``leukodx.models.reliability``): OOD statistics from up to
-    ``RELIABILITY_PER_CLASS`` training images per class, threshold and conformal scores from val."""
-    from leukodx.models.reliability import fit_reliability
+    ``RELIABILITY_PER_CLASS`` training images per class (per class and site when ``groups`` gives
+    each training image's site), threshold and conformal scores from val."""
+    from leukodx.models.reliability import fit_reliability, last_linear
 
+    y_train = np.asarray(y_train)
+    groups = np.zeros(len(y_train), dtype=int) if groups is None else np.asarray(groups)
     rng = np.random.default_rng(seed)
-    keep = np.concatenate([rng.permutation(np.flatnonzero(y_train == c))[:RELIABILITY_PER_CLASS]
-                           for c in np.unique(y_train)])
+    keep = np.concatenate([rng.permutation(np.flatnonzero((y_train == c) & (groups == g)))[:RELIABILITY_PER_CLASS]
+                           for g in np.unique(groups) for c in np.unique(y_train)])
     _, f_train = network_outputs(net, x_train[keep], preprocess)
     val_logits, f_val = network_outputs(net, x_val, preprocess)
-    record = {"train_images": int(len(keep)), "val_images": int(len(y_val)), "seed": seed, **(fitted_on or {})}
-    return fit_reliability(f_train, np.asarray(y_train)[keep], f_val, np.asarray(y_val),
-                           softmax(val_logits, temperature), fitted_on=record)
+    record = {"train_images": int(len(keep)), "val_images": int(len(y_val)), "sites": int(len(np.unique(groups))),
+              "seed": seed, **(fitted_on or {})}
+    return fit_reliability(f_train, y_train[keep], f_val, np.asarray(y_val), softmax(val_logits, temperature),
+                           fitted_on=record, pen_dim=last_linear(net).in_features, groups=groups[keep])

@@ -10,7 +10,7 @@ prediction of the shipped cell classifiers, and of the shipped recipe under leav
 3. Not-a-cell inputs given to the cell models: all-aria and BCCD smear fields, blanks, saturated
    colours, noise, text, gradients and two photographs (scikit-learn's sample images).
 4. Overhead: ``Classifier.predict`` end to end on 1,000 pbc test images with the reliability
-   statistics on and off (same ONNX file; median of 3 runs).
+   checks, against the same model with a logits-only ONNX file and no statistics (median of 3 runs).
 
 Run: ``python benchmarks/reliability.py`` (~15 min on 2 cores).
 """
@@ -21,6 +21,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from _common import write_result
@@ -100,22 +101,35 @@ def not_a_cell(clf, groups: dict[str, list[np.ndarray]]) -> dict:
 
 
 def overhead(clf, n: int = 1000, repeats: int = 3) -> dict:
+    """``predict`` end to end with the reliability checks against the plain path: the same model with
+    a logits-only ONNX file and no statistics (what predict ran before the checks existed)."""
+    import tempfile
+    from pathlib import Path
+
+    from leukodx.inference.classifier import Classifier
+    from leukodx.inference.onnx_backend import OnnxSession, export_onnx
+
     side = site_sides("pbc", coarse=True)["test"]
     paths = side.abspaths()[:n]
-    rel = clf.reliability
-    clf.predict(paths[:64])  # warm-up (ONNX session, caches)
-    timings = {}
-    for label, statistics in (("without", None), ("with", rel)):
-        clf.reliability = statistics
-        runs = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            clf.predict(paths)
-            runs.append(time.perf_counter() - t0)
-        timings[label] = float(np.median(runs))
-    clf.reliability = rel
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Classifier(clf.net, clf.card, backend="torch")
+        plain.reliability = None
+        if clf.backend == "onnx":
+            plain._onnx = OnnxSession(export_onnx(clf.net, clf.preprocess.size, Path(tmp) / "plain.onnx"))
+            plain._onnx.outputs = lambda x, session=plain._onnx: (session(x), None)
+            plain.backend = "onnx"
+        timings = {}
+        for label, model in (("without", plain), ("with", clf)):
+            model.predict(paths[:64])  # warm-up
+            runs = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model.predict(paths)
+                runs.append(time.perf_counter() - t0)
+            timings[label] = float(np.median(runs))
     return {"images": len(paths), "seconds_without": timings["without"], "seconds_with": timings["with"],
-            "overhead": timings["with"] / timings["without"] - 1.0, "backend": clf.backend}
+            "overhead": timings["with"] / timings["without"] - 1.0, "backend": clf.backend,
+            "threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -185,7 +199,8 @@ def _notes(results: dict) -> list[str]:
             "is in the set (cells of a class the model lacks are left out of coverage and accuracy).",
             "Accuracy 'top 80% / top 50%': keeping only the most confident share of the cells (risk-coverage).",
             f"Overhead of OOD + conformal on `predict` ({o['images']} pbc images, {o['backend']} backend, end to "
-            f"end): {o['seconds_without']:.2f} s without, {o['seconds_with']:.2f} s with ({o['overhead']:+.1%}).",
+            f"end, {o['threads']} thread(s)): {o['seconds_without']:.2f} s without (logits-only ONNX file, no "
+            f"statistics), {o['seconds_with']:.2f} s with ({o['overhead']:+.1%}).",
             f"LOSO at the screening budget ({results['loso']['variant']['epochs']} epochs, "
             f"{results['loso']['variant']['per_class']} cells/class/site, five shared classes)."]
 

@@ -150,7 +150,7 @@ class Classifier:
         if not logits:
             return Scored(np.zeros((0, len(self.classes))), np.zeros(0) if self.reliability else None)
         proba = self.proba_from_logits(np.concatenate(logits))
-        ood = self.reliability.ood_scores(np.concatenate(features)) if self.reliability else None
+        ood = self.reliability.ood_scores(np.concatenate(features)) if self.reliability is not None else None
         return Scored(proba, ood)
 
     def proba_from_logits(self, logits: np.ndarray) -> np.ndarray:

@@ -140,7 +140,9 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
         train_parts = [take(s, "train", variant.per_class) for s in train_sites]
         x_tr, y_tr = _stack(train_parts)
         train_groups = np.concatenate([np.full(len(y), i) for i, (_, y) in enumerate(train_parts)])
-        x_va, y_va = _stack([take(s, "val", variant.val_per_class) for s in train_sites])
+        val_parts = [take(s, "val", variant.val_per_class) for s in train_sites]
+        x_va, y_va = _stack(val_parts)
+        val_groups = np.concatenate([np.full(len(y), i) for i, (_, y) in enumerate(val_parts)])
         config = TrainConfig(arch=variant.arch, epochs=variant.epochs, batch_size=64, lr=variant.lr,
                              patience=variant.epochs, seed=variant.seed, preprocess=pre,
                              augment=augment_preset(variant.augment))
@@ -162,7 +164,8 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
                 "left_out_adabn": _scores(result.net, x_held, y_held, pre, result.temperature, True, n_boot)}),
             "in_site": in_site, "best_epoch": result.best_epoch, "seconds": round(time.perf_counter() - t0, 1),
             **({"learning_curve": curve} if curve else {}),
-            **({"reliability": _reliability(result, pre, variant.seed, (x_tr, y_tr), (x_va, y_va), train_groups,
+            **({"reliability": _reliability(result, pre, variant.seed, (x_tr, y_tr), (x_va, y_va),
+                                            (train_groups, val_groups),
                                             _stack([take(s, "test", variant.test_per_class) for s in train_sites]),
                                             {held: (x_held, y_held)})} if reliability else {}),
         }
@@ -174,12 +177,13 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
             "provenance": provenance()}
 
 
-def _reliability(result, pre: Preprocess, seed: int, train: tuple, val: tuple, groups: np.ndarray, in_site: tuple,
+def _reliability(result, pre: Preprocess, seed: int, train: tuple, val: tuple, groups: tuple, in_site: tuple,
                  others: dict[str, tuple]) -> dict:
     from leukodx.evaluation.reliability import reliability_figures
     from leukodx.training.calibration import fit_network_reliability, network_outputs, softmax
 
-    rel = fit_network_reliability(result.net, pre, result.temperature, *train, *val, seed=seed, groups=groups)
+    rel = fit_network_reliability(result.net, pre, result.temperature, *train, *val, seed=seed, groups=groups[0],
+                                  val_groups=groups[1])
 
     def part(x: np.ndarray, y: np.ndarray) -> dict:
         logits, features = network_outputs(result.net, x, pre)

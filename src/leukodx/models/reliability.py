@@ -174,17 +174,21 @@ class Reliability:
     pen_dim: int | None = None
     style_means: np.ndarray | None = None     # (S, E) style mean per training site
     style_whitener: np.ndarray | None = None
-    #: each distance is divided by its validation 95th percentile before the larger is taken
-    scales: tuple[float, float] = (1.0, 1.0)
+    #: each cluster's distance is divided by the 95th percentile, on its own site's validation images,
+    #: of the distance to that site's nearest cluster (sites differ in spread: a small, varied site
+    #: would otherwise be flagged against a threshold set by the large ones)
+    pen_scale: np.ndarray | None = None       # (K,) per penultimate cluster
+    style_scale: np.ndarray | None = None     # (S,) per style cluster (site)
+    cluster_sites: np.ndarray | None = None   # (K,) the training site of each penultimate cluster
 
     # --- scoring ---------------------------------------------------------------------------------
     def ood_scores(self, features: np.ndarray) -> np.ndarray:
         """The OOD score per row (larger = less like training; see the module doc)."""
         f = np.asarray(features, dtype=np.float64)
-        pen = _nearest(f[:, :self.means.shape[1]], self.means, self.whitener) / self.scales[0]
+        pen = _nearest(f[:, :self.means.shape[1]], self.means, self.whitener, self.pen_scale)
         if self.style_means is None:
             return pen
-        style = _nearest(f[:, self.pen_dim:], self.style_means, self.style_whitener) / self.scales[1]
+        style = _nearest(f[:, self.pen_dim:], self.style_means, self.style_whitener, self.style_scale)
         return np.maximum(pen, style)
 
     def is_ood(self, scores: np.ndarray) -> np.ndarray:
@@ -209,7 +213,10 @@ class Reliability:
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"means": self.means, "whitener": self.whitener, "reference": self.reference,
                "conformal": self.conformal, "threshold": np.array([self.threshold]),
-               "false_alarm": np.array([self.false_alarm]), "scales": np.asarray(self.scales, dtype=np.float64)}
+               "false_alarm": np.array([self.false_alarm])}
+        for key in ("pen_scale", "style_scale", "cluster_sites"):
+            if getattr(self, key) is not None:
+                out[key] = np.asarray(getattr(self, key), dtype=np.float64)
         if self.style_means is not None:
             out.update({"style_means": self.style_means, "style_whitener": self.style_whitener,
                         "pen_dim": np.array([self.pen_dim], dtype=np.float64)})
@@ -231,26 +238,45 @@ class Reliability:
 def fit_reliability(features: np.ndarray, labels: np.ndarray, val_features: np.ndarray, val_labels: np.ndarray | None,
                     val_proba: np.ndarray | None, false_alarm: float = DEFAULT_FALSE_ALARM,
                     fitted_on: dict | None = None, shrinkage: float = SHRINKAGE, pen_dim: int | None = None,
-                    groups: np.ndarray | None = None) -> Reliability:
+                    groups: np.ndarray | None = None, val_groups: np.ndarray | None = None) -> Reliability:
     """Statistics from training features (clusters: ``labels``, times ``groups`` = training sites
-    where given); the scales, threshold and conformal scores from the validation images (features,
-    labels and calibrated probabilities; without probabilities, e.g. a detector's fields, no
-    conformal scores). ``pen_dim``: the features carry a style part from that column on."""
+    where given); the per-site scales, threshold and conformal scores from the validation images
+    (features, labels and calibrated probabilities, ``val_groups`` their sites; without
+    probabilities, e.g. a detector's fields, no conformal scores). ``pen_dim``: the features carry a
+    style part from that column on."""
     rel = _fit_statistics(features, labels, false_alarm, fitted_on, shrinkage, pen_dim, groups)
-    _calibrate(rel, np.asarray(val_features, dtype=np.float64))
+    val_features = np.asarray(val_features, dtype=np.float64)
+    val_groups = np.zeros(len(val_features), dtype=int) if val_groups is None else np.asarray(val_groups, dtype=int)
+    _calibrate(rel, val_features, val_groups)
     if val_proba is not None:
         rel.conformal = np.sort(aps_scores(np.asarray(val_proba, dtype=np.float64), val_labels))
     return rel
 
 
-def _calibrate(rel: Reliability, val_features: np.ndarray) -> None:
-    """Scale each distance by its validation 95th percentile, then set the threshold on the combination."""
-    rel.scales = (1.0, 1.0)
+#: a site needs this many validation images for its own scale (else the pooled one)
+MIN_SITE_VAL = 20
+
+
+def _site_scales(distances: np.ndarray, owner: np.ndarray, val_groups: np.ndarray) -> np.ndarray:
+    """Per cluster: the 95th percentile, over its site's validation images, of their distance to that
+    site's nearest cluster; ``distances`` (n_val, K), ``owner`` (K,) the site of each cluster."""
+    pooled = float(np.quantile(distances.min(axis=1), 0.95)) or 1.0
+    scale = np.full(len(owner), pooled)
+    for g in np.unique(owner):
+        mine = val_groups == g
+        if mine.sum() >= MIN_SITE_VAL:
+            scale[owner == g] = float(np.quantile(distances[mine][:, owner == g].min(axis=1), 0.95)) or pooled
+    return scale
+
+
+def _calibrate(rel: Reliability, val_features: np.ndarray, val_groups: np.ndarray) -> None:
+    """Per-site scales of each distance, then the threshold on the combined score."""
+    f = val_features
+    pen_d = _distances(f[:, :rel.means.shape[1]], rel.means, rel.whitener)
+    rel.pen_scale = _site_scales(pen_d, rel.cluster_sites, val_groups)
     if rel.style_means is not None:
-        f = val_features
-        pen = _nearest(f[:, :rel.pen_dim], rel.means, rel.whitener)
-        style = _nearest(f[:, rel.pen_dim:], rel.style_means, rel.style_whitener)
-        rel.scales = (float(np.quantile(pen, 0.95)) or 1.0, float(np.quantile(style, 0.95)) or 1.0)
+        style_d = _distances(f[:, rel.pen_dim:], rel.style_means, rel.style_whitener)
+        rel.style_scale = _site_scales(style_d, np.arange(len(rel.style_means)), val_groups)
     rel.reference = np.sort(rel.ood_scores(val_features))
     rel.threshold = float(np.quantile(rel.reference, 1 - rel.false_alarm, method="higher"))
 
@@ -277,12 +303,18 @@ def fit_ood_crossfit(features: np.ndarray, labels: np.ndarray, folds: int = 5, s
     return rel
 
 
-def _nearest(features: np.ndarray, means: np.ndarray, whitener: np.ndarray) -> np.ndarray:
-    """Squared Mahalanobis distance of each row to the nearest of ``means``."""
+def _distances(features: np.ndarray, means: np.ndarray, whitener: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distances (n, K) of each row to each of ``means``."""
     z = features @ whitener
     centres = means @ whitener
-    d = (z ** 2).sum(1)[:, None] - 2 * z @ centres.T + (centres ** 2).sum(1)[None, :]
-    return np.maximum(d.min(axis=1), 0.0)
+    return np.maximum((z ** 2).sum(1)[:, None] - 2 * z @ centres.T + (centres ** 2).sum(1)[None, :], 0.0)
+
+
+def _nearest(features: np.ndarray, means: np.ndarray, whitener: np.ndarray, scale: np.ndarray | None = None
+             ) -> np.ndarray:
+    """Distance to the nearest of ``means``, each cluster's distance divided by its ``scale``."""
+    d = _distances(features, means, whitener)
+    return (d if scale is None else d / scale[None, :]).min(axis=1)
 
 
 def _gaussian_clusters(features: np.ndarray, clusters: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
@@ -309,7 +341,8 @@ def _fit_statistics(features: np.ndarray, labels: np.ndarray, false_alarm: float
     has_style = pen_dim is not None and pen_dim < features.shape[1]
     means, whitener = _gaussian_clusters(features[:, :pen_dim] if has_style else features, clusters, shrinkage)
     rel = Reliability(means=means, whitener=whitener, threshold=0.0, reference=np.zeros(0), conformal=np.zeros(0),
-                      false_alarm=false_alarm, fitted_on=fitted_on, pen_dim=pen_dim if has_style else None)
+                      false_alarm=false_alarm, fitted_on=fitted_on, pen_dim=pen_dim if has_style else None,
+                      cluster_sites=np.unique(clusters) // (int(labels.max()) + 1))
     if has_style:
         rel.style_means, rel.style_whitener = _gaussian_clusters(features[:, pen_dim:], groups, shrinkage)
     return rel
@@ -346,4 +379,5 @@ def load_reliability(directory: str | os.PathLike | None, card: dict) -> Reliabi
                        fitted_on=entry.get("fitted_on"),
                        pen_dim=int(a["pen_dim"][0]) if "pen_dim" in a else None,
                        style_means=a.get("style_means"), style_whitener=a.get("style_whitener"),
-                       scales=tuple(float(v) for v in a["scales"]) if "scales" in a else (1.0, 1.0))
+                       pen_scale=a.get("pen_scale"), style_scale=a.get("style_scale"),
+                       cluster_sites=a["cluster_sites"].astype(int) if "cluster_sites" in a else None)

@@ -53,10 +53,12 @@ def network_outputs(net: torch.nn.Module, arrays: np.ndarray, preprocess, batch_
 
 def fit_network_reliability(net: torch.nn.Module, preprocess, temperature: float, x_train: np.ndarray,
                             y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, seed: int = 0,
-                            fitted_on: dict | None = None, groups: np.ndarray | None = None):
+                            fitted_on: dict | None = None, groups: np.ndarray | None = None,
+                            val_groups: np.ndarray | None = None):
     """The bundle's reliability statistics (``leukodx.models.reliability``): OOD statistics from up to
     ``RELIABILITY_PER_CLASS`` training images per class (per class and site when ``groups`` gives
-    each training image's site), threshold and conformal scores from val."""
+    each training image's site; ``val_groups`` the validation images'), threshold and conformal scores
+    from val."""
     from leukodx.models.reliability import fit_reliability, last_linear
 
     y_train = np.asarray(y_train)
@@ -69,4 +71,5 @@ def fit_network_reliability(net: torch.nn.Module, preprocess, temperature: float
     record = {"train_images": int(len(keep)), "val_images": int(len(y_val)), "sites": int(len(np.unique(groups))),
               "seed": seed, **(fitted_on or {})}
     return fit_reliability(f_train, y_train[keep], f_val, np.asarray(y_val), softmax(val_logits, temperature),
-                           fitted_on=record, pen_dim=last_linear(net).in_features, groups=groups[keep])
+                           fitted_on=record, pen_dim=last_linear(net).in_features, groups=groups[keep],
+                           val_groups=val_groups)

@@ -115,12 +115,13 @@ def train_from_dataset(dataset: str, out_dir: str | os.PathLike, config: TrainCo
 
 
 def save_classifier(out_dir: str | os.PathLike, net: torch.nn.Module, card: dict, preprocess, train: tuple,
-                    val: tuple, seed: int = 0, groups: np.ndarray | None = None) -> dict:
+                    val: tuple, seed: int = 0, groups: np.ndarray | None = None,
+                    val_groups: np.ndarray | None = None) -> dict:
     """Write an image classifier's bundle with its reliability statistics (OOD and conformal,
     ``leukodx.models.reliability``) fitted on its training and validation arrays (``groups``: each
     training image's site, for multi-site models)."""
     rel = fit_network_reliability(net, preprocess, float(card.get("temperature", 1.0)), *train, *val, seed=seed,
-                                  groups=groups)
+                                  groups=groups, val_groups=val_groups)
     digest = save_reliability(out_dir, rel)
     return save_bundle(out_dir, net, {**card, "reliability": rel.card_entry(digest)})
 
@@ -212,9 +213,11 @@ def train_multisite(sites: list[str], out_dir: str | os.PathLike, config: TrainC
                 *( [f"Classes with fewer than {min_class_count} training cells were left out: {', '.join(dropped)}."]
                    if dropped else [])],
     )
-    sites_of = np.concatenate([np.full(len(y), i) for i, (_, y, _) in enumerate(parts["train"].values())])
+    def sites_of(side: str) -> np.ndarray:
+        return np.concatenate([np.full(len(y), i) for i, (_, y, _) in enumerate(parts[side].values())])
+
     return save_classifier(out_dir, result.net, card, config.preprocess, (x_tr, y_tr), (x_va, y_va), config.seed,
-                           groups=sites_of)
+                           groups=sites_of("train"), val_groups=sites_of("val"))
 
 
 def site_arrays(index: ImageIndex, classes: list[str], cap: int | None, preprocess, seed: int
@@ -248,7 +251,8 @@ def refit_reliability(model: str | os.PathLike, data_root: str | os.PathLike | N
                         for v in sides.values()] for side in ("train", "val")}
         train = (np.concatenate([a for a, _, _ in parts["train"]]), np.concatenate([y for _, y, _ in parts["train"]]))
         val = (np.concatenate([a for a, _, _ in parts["val"]]), np.concatenate([y for _, y, _ in parts["val"]]))
-        groups = np.concatenate([np.full(len(y), i) for i, (_, y, _) in enumerate(parts["train"])])
+        groups, val_groups = (np.concatenate([np.full(len(y), i) for i, (_, y, _) in enumerate(parts[side])])
+                              for side in ("train", "val"))
     else:
         dataset = data.get("dataset")
         if dataset not in list_datasets():
@@ -262,9 +266,9 @@ def refit_reliability(model: str | os.PathLike, data_root: str | os.PathLike | N
         caps = {"train": cap, "val": cap and max(2, cap // 3)}  # as train_from_dataset capped them
         arr = {side: site_arrays(split_sides[side], classes, caps[side], preprocess, seed) for side in ("train", "val")}
         train, val = arr["train"][:2], arr["val"][:2]
-        groups = None
+        groups = val_groups = None
     rel = fit_network_reliability(net, preprocess, float(card.get("temperature", 1.0)), *train, *val, seed=seed,
-                                  groups=groups,
+                                  groups=groups, val_groups=val_groups,
                                   fitted_on={"refit": "weights unchanged", "provenance": provenance()})
     digest = save_reliability(directory, rel)
     card = ModelCard.from_dict({**card, "reliability": rel.card_entry(digest)}, directory / CARD).to_dict()

@@ -8,12 +8,22 @@ leukodx train -d pbc -o src/leukodx/weights/pbc-celltype --name pbc-celltype \
 leukodx train -d all-aria -o src/leukodx/weights/all-stage --name all-stage \
     --arch regnetx_002 --size 128 --epochs 30 --lr 3e-3 --threads 2
 leukodx flow train -o src/leukodx/weights/flow/ddpr-leukemic-cell
-leukodx train-detector -o src/leukodx/weights/detection/bccd-frcnn --epochs 20 --threads 2
+# bccd-frcnn was trained before --augment existed; its flips and brightness jitter are --augment flip's, but the
+# random draws come in another order now, so this line retrains it without reproducing it bit for bit
+leukodx train-detector -o src/leukodx/weights/detection/bccd-frcnn --epochs 20 --threads 2 --augment flip
+# the same detector trained with magnification (x0.55-1.8) and stain / hue / grey augmentation
+# (benchmarks/results/detector_shift.md); offered with --detector bccd-frcnn-aug, not the default
+leukodx train-detector -o src/leukodx/weights/detection/bccd-frcnn-aug --epochs 20 --threads 2
 leukodx train-segmenter -d wbc-seg-1 -o src/leukodx/weights/segmentation/wbc-seg-unet --steps 600 --threads 1
-# the default white-cell model: four sites (each site's saved split), the recipe that won leave-one-site-out
-# (benchmarks/results/LOSO.md: baseline-large), whose LOSO figures its card lists
+# the default white-cell model: four sites (each site's saved split), the recipe that did best on the worst
+# left-out site (benchmarks/results/LOSO.md: cell-crop+stain-aug-large), whose LOSO figures its card lists
 leukodx train -d pbc -d deepapl -d wbc-seg-1 -d wbc-seg-2 -o src/leukodx/weights/wbc-multisite --name wbc-multisite \
-    --arch regnetx_002 --size 64 --epochs 25 --lr 3e-3 --max-per-class 1000 --threads 2 \
-    --loso benchmarks/results/loso/baseline-large.json
+    --arch regnetx_002 --size 64 --resize cell-crop --augment stain --epochs 25 --lr 3e-3 --max-per-class 1000 \
+    --threads 2 --loso benchmarks/results/loso/cell-crop+stain-aug-large.json
 # APL vs other AML over a patient's cells, typed by wbc-multisite (deepapl discovery cohort, patient CV)
 leukodx train-apl -m wbc-multisite -o src/leukodx/weights/patient/deepapl-apl
+# reliability statistics (OOD, conformal) of bundles trained before leukodx fitted them itself; train and
+# train-detector now write them, so for a fresh training run these lines only refit the same statistics
+for m in pbc-celltype all-stage wbc-multisite bccd-frcnn bccd-frcnn-aug golub-all-aml; do
+    leukodx reliability fit "$m"
+done

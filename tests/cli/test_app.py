@@ -47,7 +47,7 @@ def test_models_list_shows_every_kind_of_model():
     proc = run("models", "list")
     assert proc.returncode == 0
     lines = {line.split("\t")[0]: line.split("\t")[1] for line in proc.stdout.strip().splitlines()}
-    assert lines == {"all-stage": "image-classification", "bccd-frcnn": "detection",
+    assert lines == {"all-stage": "image-classification", "bccd-frcnn": "detection", "bccd-frcnn-aug": "detection",
                      "ddpr-leukemic-cell": "flow-cell-classification", "golub-all-aml": "expression-classification",
                      "pbc-celltype": "image-classification", "wbc-seg-unet": "segmentation",
                      "wbc-multisite": "image-classification", "deepapl-apl": "patient-classification"}

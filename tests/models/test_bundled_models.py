@@ -18,7 +18,7 @@ CLASSIFIERS = {"pbc-celltype": "pbc", "all-stage": "all-aria"}
 PBC_FLOOR, DEEPAPL_FLOOR, BLAST_AUROC_FLOOR, APL_AUROC_FLOOR = 0.88, 0.66, 0.92, 0.6
 EXPECTED = {"pbc-celltype": "image-classification", "all-stage": "image-classification",
             "wbc-multisite": "image-classification",
-            "bccd-frcnn": "detection", "wbc-seg-unet": "segmentation",
+            "bccd-frcnn": "detection", "bccd-frcnn-aug": "detection", "wbc-seg-unet": "segmentation",
             "ddpr-leukemic-cell": "flow-cell-classification", "golub-all-aml": "expression-classification",
             "deepapl-apl": "patient-classification"}
 

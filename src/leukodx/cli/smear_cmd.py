@@ -56,7 +56,9 @@ def register(app: typer.Typer) -> None:
     def detect_cmd(
         inputs: list[Path] = typer.Argument(..., help="Smear-field images or folders of them (any size)."),
         output: Path = typer.Option(..., "--output", "-o", help="Folder for per-field JSON, overlays, cells.csv, summary.json."),
-        detector: str = typer.Option("bccd-frcnn", help="Bundled detector name or bundle folder."),
+        detector: str = typer.Option("bccd-frcnn", help="Bundled detector name or bundle folder (bccd-frcnn-aug: "
+                                                        "trained for other stains and magnifications, see "
+                                                        "detector_shift.md)."),
         model: str = typer.Option("wbc-multisite", help="White-cell type classifier (bundled name or folder)."),
         um_per_px: Optional[float] = typer.Option(None, "--um-per-px", help="The camera's scale in um per pixel, "
                                                                          "when known (else measured per field)."),
@@ -87,7 +89,9 @@ def register(app: typer.Typer) -> None:
         output: Path = typer.Option(..., "--output", "-o", help="JSON result file (written atomically)."),
         dataset: str = typer.Option("bccd", "--dataset", "-d"),
         split: str = typer.Option("test"),
-        detector: str = typer.Option("bccd-frcnn", help="Bundled detector name or bundle folder."),
+        detector: str = typer.Option("bccd-frcnn", help="Bundled detector name or bundle folder (bccd-frcnn-aug: "
+                                                        "trained for other stains and magnifications, see "
+                                                        "detector_shift.md)."),
         method: str = typer.Option("detector", help="detector | classical (white cells only: colour threshold + watershed)."),
         bootstrap: int = typer.Option(0, help="Bootstrap resamples over fields for 95% CIs (0: none)."),
         data_root: Optional[Path] = DataRoot,

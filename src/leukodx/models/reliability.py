@@ -170,7 +170,8 @@ class Reliability:
     conformal: np.ndarray          # sorted APS scores of the validation images
     false_alarm: float = DEFAULT_FALSE_ALARM
     fitted_on: dict | None = None
-    #: where the style part of a feature vector starts (None: no style part; every column is scored above)
+    #: where the style part of a feature vector starts (None: no style part); the penultimate part is
+    #: always the first ``means.shape[1]`` columns
     pen_dim: int | None = None
     style_means: np.ndarray | None = None     # (S, E) style mean per training site
     style_whitener: np.ndarray | None = None

@@ -89,9 +89,13 @@ class WithFeatures(nn.Module):
         return logits, torch.cat(parts, dim=1)
 
 
-def shift_verdict(flagged: int, n: int, false_alarm: float = DEFAULT_FALSE_ALARM, unit: str = "inputs") -> dict:
+ADAPT_ADVICE = "Check a sample by eye, and consider `leukodx adapt` with a few labelled cells from this lab."
+
+
+def shift_verdict(flagged: int, n: int, false_alarm: float = DEFAULT_FALSE_ALARM, unit: str = "inputs",
+                  advice: str = ADAPT_ADVICE) -> dict:
     """A batch's shift verdict from how many of its ``n`` inputs were flagged OOD: flagged when that
-    many would happen by chance (rate ``false_alarm``) with p below ``SHIFT_P``."""
+    many would happen by chance (rate ``false_alarm``) with p below ``SHIFT_P``; ``advice`` ends the sentence."""
     if n == 0:
         return {"flagged": False, "score": None, "p_value": None, "n": 0, "n_ood": 0, "reason": f"no {unit} to judge"}
     p = binomial_tail(flagged, n, false_alarm)
@@ -99,8 +103,7 @@ def shift_verdict(flagged: int, n: int, false_alarm: float = DEFAULT_FALSE_ALARM
     if p < SHIFT_P:
         reason = (f"{flagged} of {n} {unit} ({share:.0%}) lie outside the model's training data where about "
                   f"{false_alarm:.0%} would by chance (p = {p:.1e}): the site, stain, scanner or magnification "
-                  "likely differs from the training images; results are unreliable. Check a sample by eye, and "
-                  "consider `leukodx adapt` with a few labelled cells from this lab.")
+                  f"likely differs from the training images; results are unreliable. {advice}")
     else:
         reason = (f"{flagged} of {n} {unit} ({share:.0%}) lie outside the training data, in line with the "
                   f"{false_alarm:.0%} expected by chance: no sign of a shift")

@@ -237,7 +237,9 @@ def summarize_fields(fields: list[dict]) -> dict:
         flags.append(f"{empty} field(s) with no cell found")
     scales = [f["scale"]["pixel_scale"] for f in fields if f.get("scale")]
     judged = [f["ood"] for f in fields + uncounted if f.get("ood") is not None]
-    shift = (shift_verdict(int(sum(judged)), len(judged), unit="fields") if judged else
+    shift = (shift_verdict(int(sum(judged)), len(judged), unit="fields",
+                           advice="Check the overlays by eye; give the camera's scale with --um-per-px, and for "
+                                  "another stain try --detector bccd-frcnn-aug.") if judged else
              {"flagged": None, "score": None, "reason": "OOD check unavailable: the detector's bundle has no "
                                                         "reliability statistics (leukodx reliability fit)"})
     if shift["flagged"]:

@@ -51,8 +51,9 @@ def test_tiny_segmenter_trains_saves_loads_and_segments(tmp_path):
     (tmp_path / "in").mkdir()
     Image.fromarray(images[0]).save(tmp_path / "in" / "cell.png")
     (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
-    done, errors = segm.segment_files([tmp_path / "in"], tmp_path / "out", loaded)
+    done, errors, shift = segm.segment_files([tmp_path / "in"], tmp_path / "out", loaded)
     assert done == 1 and len(errors) == 1 and "broken.png" in errors[0]["input"]
+    assert shift["flagged"] is None and "unavailable" in shift["reason"]  # saved without reliability statistics
     assert (tmp_path / "out" / "cell.mask.png").exists() and (tmp_path / "out" / "areas.csv").exists()
     # tampered weights are refused
     weights = tmp_path / "seg" / "model.safetensors"

@@ -227,7 +227,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Fit the OOD statistics (training data) and conformal scores (validation images) of a bundle
         made without them, from the data and split its card names; the weights are not touched.
-        Image classifiers, smear detectors (per field) and expression models."""
+        Image classifiers, smear detectors (per field), segmenters and expression models."""
         from leukodx.models.bundle import read_card, resolve_bundle
 
         task = read_card(resolve_bundle(model))["task"]
@@ -243,9 +243,13 @@ def register(app: typer.Typer) -> None:
             from leukodx.smear.detector import refit_detector_reliability
 
             card = refit_detector_reliability(model, data_root)
+        elif task == "segmentation":
+            from leukodx.smear.segmentation import refit_segmenter_reliability
+
+            card = refit_segmenter_reliability(model, data_root)
         else:
             raise InvalidInputError(f"{model}: a {task} model; reliability statistics are fitted for image "
-                                    "classifiers, detectors and expression models (flow read-outs check their own "
+                                    "classifiers, detectors, segmenters and expression models (flow read-outs check their own "
                                     "events against the training range)")
         r = card["reliability"]
         console.print(f"{card['name']}: OOD threshold {r['threshold']:.2f} ({r['false_alarm']:.0%} of held-out "

@@ -160,10 +160,12 @@ def register(app: typer.Typer) -> None:
         """Nucleus and cytoplasm masks of white-cell images; bad files are reported and skipped."""
         from leukodx.smear.segmentation import load_segmenter, segment_files
 
-        done, errors = segment_files(inputs, output, load_segmenter(model))
+        done, errors, shift = segment_files(inputs, output, load_segmenter(model))
         for e in errors:
             err.print(f"error: {e['input']}: {e['error']}" if not e["error"].startswith(e["input"]) else f"error: {e['error']}")
         console.print(f"{done} image(s) segmented, {len(errors)} unreadable; written to {output}")
+        if shift["flagged"] is not False and done:
+            console.print(f"shift: {shift['reason']}")
         if not done:
             raise typer.Exit(2)
 

@@ -84,6 +84,8 @@ class Segmenter:
     net: nn.Module
     config: SegmenterConfig
     card: dict = field(default_factory=dict)
+    #: per-image OOD statistics of the encoder's deepest features (``leukodx.models.reliability``)
+    reliability: object = None
 
     @property
     def name(self) -> str:
@@ -91,17 +93,28 @@ class Segmenter:
 
     def predict(self, images: list[np.ndarray], batch: int = 16) -> list[np.ndarray]:
         """One (H, W) label mask per RGB image, at the image's own size."""
-        out = []
+        return self.predict_with_features(images, batch)[0]
+
+    def predict_with_features(self, images: list[np.ndarray], batch: int = 16) -> tuple[list[np.ndarray], np.ndarray]:
+        """Masks, and each image's encoder features (the deepest map averaged; taken from the same pass)."""
+        out, features = [], []
         self.net.eval()
-        for s in range(0, len(images), batch):
-            chunk = images[s:s + batch]
-            x = torch.from_numpy(np.stack([to_input(im, self.config.size) for im in chunk]))
-            with torch.inference_mode():
-                logits = self.net(x)
-            for im, lg in zip(chunk, logits):
-                up = torch.nn.functional.interpolate(lg[None], size=im.shape[:2], mode="bilinear", align_corners=False)
-                out.append(up[0].argmax(0).numpy().astype(np.uint8))
-        return out
+        seen: list[torch.Tensor] = []
+        hook = self.net.encoder.register_forward_hook(lambda m, i, o: seen.append(o[-1].mean(dim=(2, 3))))
+        try:
+            for s in range(0, len(images), batch):
+                chunk = images[s:s + batch]
+                x = torch.from_numpy(np.stack([to_input(im, self.config.size) for im in chunk]))
+                with torch.inference_mode():
+                    logits = self.net(x)
+                features.append(seen[-1].numpy().astype(np.float64))
+                for im, lg in zip(chunk, logits):
+                    up = torch.nn.functional.interpolate(lg[None], size=im.shape[:2], mode="bilinear",
+                                                         align_corners=False)
+                    out.append(up[0].argmax(0).numpy().astype(np.uint8))
+        finally:
+            hook.remove()
+        return out, (np.concatenate(features) if features else np.zeros((0, 0)))
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -267,9 +280,39 @@ def save_segmenter(directory: str | os.PathLike, seg: Segmenter, card: dict) -> 
 
 def load_segmenter(name_or_path: str | os.PathLike = "wbc-seg-unet") -> Segmenter:
     """A bundled segmenter by name or a folder; the weights' sha256 is checked against the card."""
-    net, card, _ = load_network(name_or_path, "segmentation",
-                                lambda card: build_segmenter(SegmenterConfig.from_dict(card["segmenter"])))
-    return Segmenter(net, SegmenterConfig.from_dict(card["segmenter"]), card)
+    from leukodx.models.reliability import load_reliability
+
+    net, card, directory = load_network(name_or_path, "segmentation",
+                                        lambda card: build_segmenter(SegmenterConfig.from_dict(card["segmenter"])))
+    return Segmenter(net, SegmenterConfig.from_dict(card["segmenter"]), card, load_reliability(directory, card))
+
+
+def refit_segmenter_reliability(name_or_path: str | os.PathLike = "wbc-seg-unet", data_root=None,
+                                fitted_on: dict | None = None) -> dict:
+    """Per-image OOD statistics of a segmenter from the saved train / val splits of the sets its card
+    names (``leukodx reliability fit``, and the end of ``train-segmenter``), written into its bundle."""
+    from leukodx._versions import provenance
+    from leukodx.models.bundle import CARD, resolve_bundle
+    from leukodx.models.card import ModelCard
+    from leukodx.models.reliability import SMALL_SAMPLE_SHRINKAGE, fit_reliability, save_reliability
+
+    seg = load_segmenter(name_or_path)
+    directory = resolve_bundle(name_or_path, "segmentation")
+    datasets = seg.card.get("data", {}).get("datasets") or []
+    if not datasets:
+        raise InvalidInputError(f"{directory}: its card names no training sets to refit from")
+    parts = [split_items(ds, data_root) for ds in datasets]
+    train, _ = load_pairs([it for p in parts for it in p["train"]])
+    val, _ = load_pairs([it for p in parts for it in p["val"]])
+    f_train, f_val = seg.predict_with_features(train)[1], seg.predict_with_features(val)[1]
+    rel = fit_reliability(f_train, np.zeros(len(f_train), dtype=int), f_val, None, None,
+                          fitted_on={"train_images": len(train), "val_images": len(val),
+                                     **(fitted_on or {"refit": "weights unchanged", "provenance": provenance()})},
+                          shrinkage=SMALL_SAMPLE_SHRINKAGE)
+    card = {**seg.card, "reliability": rel.card_entry(save_reliability(directory, rel))}
+    card = ModelCard.from_dict(card, directory / CARD).to_dict()
+    _atomic.write_json(directory / CARD, card)
+    return card
 
 
 # --- evaluation and batch use --------------------------------------------------------------------
@@ -295,8 +338,10 @@ def evaluate_segmenter(seg: Segmenter, dataset: str, split: str = "test", data_r
             "trained_on": trained_on, "within_dataset": dataset in trained_on, **result}
 
 
-def segment_files(inputs, out_dir: str | os.PathLike, seg: Segmenter) -> tuple[int, list[dict]]:
-    """Masks (PNG, wbc-seg's grey levels) and nucleus / cytoplasm areas (areas.csv) for every readable image."""
+def segment_files(inputs, out_dir: str | os.PathLike, seg: Segmenter) -> tuple[int, list[dict], dict]:
+    """Masks (PNG, wbc-seg's grey levels) and nucleus / cytoplasm areas (areas.csv, with each image's
+    OOD score and flag) for every readable image; returns (count, errors, the batch's shift verdict)."""
+    from leukodx.models.reliability import shift_verdict
     import csv
     import io
 
@@ -312,21 +357,32 @@ def segment_files(inputs, out_dir: str | os.PathLike, seg: Segmenter) -> tuple[i
         except LeukodxError as exc:
             errors.append({"input": str(path), "error": str(exc)})
             continue
-        labels = seg.predict([rgb])[0]
+        masks, features = seg.predict_with_features([rgb])
+        labels = masks[0]
+        score = float(seg.reliability.ood_scores(features)[0]) if seg.reliability is not None else None
         grey = np.array([0, 128, 255], dtype=np.uint8)[labels]
         buf = io.BytesIO()
         Image.fromarray(grey).save(buf, format="PNG")
         _atomic.write_bytes(out_dir / f"{Path(path).stem}.mask.png", buf.getvalue())
         nucleus, cytoplasm = int((labels == 2).sum()), int((labels == 1).sum())
         rows.append({"input": str(path), "nucleus_px": nucleus, "cytoplasm_px": cytoplasm,
-                     "nucleus_to_cell": round(nucleus / max(1, nucleus + cytoplasm), 4)})
+                     "nucleus_to_cell": round(nucleus / max(1, nucleus + cytoplasm), 4),
+                     "ood_score": "" if score is None else round(score, 3),
+                     "ood": "" if score is None else int(score > seg.reliability.threshold)})
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=["input", "nucleus_px", "cytoplasm_px", "nucleus_to_cell"])
+    writer = csv.DictWriter(text, fieldnames=["input", "nucleus_px", "cytoplasm_px", "nucleus_to_cell", "ood_score",
+                                              "ood"])
     writer.writeheader()
     writer.writerows(rows)
     if rows:
         _atomic.write_text(out_dir / "areas.csv", text.getvalue())
-    return len(rows), errors
+    if seg.reliability is None:
+        shift = {"flagged": None, "score": None, "reason": "OOD check unavailable: the segmenter's bundle has no "
+                                                          "reliability statistics (leukodx reliability fit)"}
+    else:
+        shift = shift_verdict(sum(r["ood"] for r in rows), len(rows), seg.reliability.false_alarm, unit="images",
+                              advice="Check the masks by eye before using the areas.")
+    return len(rows), errors, shift
 
 
 def train_segmenter_bundle(output: str | os.PathLike, datasets: list[str], config: SegmenterConfig,
@@ -346,4 +402,5 @@ def train_segmenter_bundle(output: str | os.PathLike, datasets: list[str], confi
     card["data"]["datasets"] = list(datasets)
     card["metrics"]["test"] = {ds: evaluate_segmenter(seg, ds, "test", data_root, max_images=max_images)
                                for ds in ("wbc-seg-1", "wbc-seg-2")}
-    return save_segmenter(output, seg, card)
+    save_segmenter(output, seg, card)
+    return refit_segmenter_reliability(output, data_root, fitted_on={"at": "training"})

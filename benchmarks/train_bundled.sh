@@ -24,6 +24,6 @@ leukodx train -d pbc -d deepapl -d wbc-seg-1 -d wbc-seg-2 -o src/leukodx/weights
 leukodx train-apl -m wbc-multisite -o src/leukodx/weights/patient/deepapl-apl
 # reliability statistics (OOD, conformal) of bundles trained before leukodx fitted them itself; train and
 # train-detector now write them, so for a fresh training run these lines only refit the same statistics
-for m in pbc-celltype all-stage wbc-multisite bccd-frcnn bccd-frcnn-aug golub-all-aml; do
+for m in pbc-celltype all-stage wbc-multisite bccd-frcnn bccd-frcnn-aug wbc-seg-unet golub-all-aml; do
     leukodx reliability fit "$m"
 done

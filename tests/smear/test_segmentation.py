@@ -97,3 +97,21 @@ def test_segmenter_training_resumes_where_it_stopped(tmp_path):
     with pytest.raises(ValueError, match="cannot resume with a different configuration"):
         segm.train_segmenter(train, val, training=segm.SegmenterTraining(steps=6, eval_every=2, batch_size=4),
                              workdir=tmp_path / "a", resume=True)
+
+
+def test_bundled_segmenter_flags_images_from_another_lab(tmp_path):
+    """wbc-seg-unet was trained on wbc-seg-1: its own test images pass, wbc-seg-2's (another scanner) are
+    flagged one by one, and a batch of them gets a shift verdict."""
+    seg = segm.load_segmenter()
+    own, _ = segm.load_pairs(segm.split_items("wbc-seg-1")["test"][:30])
+    other, _ = segm.load_pairs(segm.split_items("wbc-seg-2")["test"][:15])
+    rel = seg.reliability
+    assert np.mean(rel.is_ood(rel.ood_scores(seg.predict_with_features(own)[1]))) <= 0.15
+    assert np.mean(rel.is_ood(rel.ood_scores(seg.predict_with_features(other)[1]))) >= 0.8
+    (tmp_path / "in").mkdir()
+    for i, im in enumerate(other[:6]):
+        Image.fromarray(im).save(tmp_path / "in" / f"c{i}.png")
+    done, errors, shift = segm.segment_files([tmp_path / "in"], tmp_path / "out", seg)
+    assert done == 6 and not errors and shift["flagged"] is True
+    header = (tmp_path / "out" / "areas.csv").read_text().splitlines()[0]
+    assert header.endswith("ood_score,ood")

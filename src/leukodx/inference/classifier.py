@@ -128,7 +128,8 @@ class Classifier:
 
     # --- core ---------------------------------------------------------------------------------
     def forward(self, batch_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, S, S, 3) uint8, already preprocessed -> raw logits (N, K) and penultimate features (N, D)."""
+        """(N, S, S, 3) uint8, already preprocessed -> raw logits (N, K) and the reliability features (N, D):
+        penultimate features, then an early layer's style (``models.reliability.WithFeatures``)."""
         x = normalize_batch(batch_uint8, self.preprocess)
         if self.backend == "onnx":
             return self._onnx.outputs(x)
@@ -148,7 +149,7 @@ class Classifier:
             logits.append(lo)
             features.append(fe)
         if not logits:
-            return Scored(np.zeros((0, len(self.classes))), np.zeros(0) if self.reliability else None)
+            return Scored(np.zeros((0, len(self.classes))), np.zeros(0) if self.reliability is not None else None)
         proba = self.proba_from_logits(np.concatenate(logits))
         ood = self.reliability.ood_scores(np.concatenate(features)) if self.reliability is not None else None
         return Scored(proba, ood)

@@ -112,3 +112,32 @@ def test_test_time_batchnorm_adaptation_is_opt_in_and_needs_a_batch(tmp_path):
     np.testing.assert_allclose(clf.predict(paths).probabilities, plain)  # the loaded model is left unchanged
     with pytest.raises(InvalidInputError, match="at least 32 images"):
         clf.predict(paths[:5], adapt_bn=True)
+
+
+def test_a_tampered_onnx_cache_file_is_not_trusted(pbc_folder, caplog):
+    """Found by an attacker's review: a cached ONNX file with one bias raised had turned a neutrophil
+    into a basophil while the output still named the bundle's sha256. The cached export must answer a
+    random probe as the verified network does, else it is rebuilt; the digest of what ran is reported."""
+    import onnx
+    from onnx import numpy_helper
+
+    from leukodx._hashing import sha256_file
+    from leukodx.inference.classifier import load_model
+
+    images = sorted((pbc_folder / "neutrophil").iterdir())
+    clean = load_model("pbc-celltype", backend="onnx")
+    expected = clean.predict(images).probabilities
+    path = clean.onnx_path()
+    assert clean.onnx_sha256 == sha256_file(path)
+    model = onnx.load(str(path))
+    last = [t for t in model.graph.initializer if len(t.dims) == 1][-1]  # the output layer's bias
+    bias = numpy_helper.to_array(last).copy()
+    bias[clean.classes.index("basophil")] += 30.0
+    last.CopyFrom(numpy_helper.from_array(bias, last.name))
+    onnx.save(model, str(path))
+    tampered_digest = sha256_file(path)
+    with caplog.at_level("WARNING"):
+        again = load_model("pbc-celltype", backend="onnx")
+    assert "does not reproduce" in caplog.text
+    assert again.onnx_sha256 == sha256_file(path) != tampered_digest
+    assert np.allclose(again.predict(images).probabilities, expected, atol=1e-5)

@@ -133,6 +133,7 @@ def register(app: typer.Typer) -> None:
             _atomic.write_text(output, rows_to_csv(result.rows, clf.classes))
         else:
             _atomic.write_json(output, {"model": clf.name, "model_sha256": clf.card.get("sha256"),
+                                        "backend": clf.backend, "onnx_sha256": clf.onnx_sha256,
                                         "classes": clf.classes, "coverage": coverage, "shift": result.shift,
                                         "rows": result.rows, "errors": result.errors})
         console.print(f"{len(result.rows)} image(s) predicted, {len(result.errors)} skipped; written to {output}")

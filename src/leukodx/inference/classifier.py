@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ from leukodx.models.bundle import load_network
 from leukodx.models.reliability import DEFAULT_COVERAGE, WithFeatures, check_coverage, load_reliability
 from leukodx.preprocessing.transforms import Preprocess, normalize_batch
 from leukodx.training.calibration import softmax
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnx")
 TASK = "image-classification"
@@ -86,6 +89,7 @@ class Classifier:
         self.reliability = load_reliability(bundle_dir, card)
         self._with_features = WithFeatures(self.net)
         self._onnx = None
+        self.onnx_sha256: str | None = None   # the digest of the ONNX file that runs (onnx backend only)
         self.backend = self._choose_backend(backend)
 
     @classmethod
@@ -112,19 +116,42 @@ class Classifier:
         return cache_dir() / "onnx" / f"{self.card.get('sha256', 'unsaved')[:24]}-{self.preprocess.size}-f2.onnx"
 
     def _onnx_session(self):
+        """The ONNX Runtime session of the cached export, trusted only after it answers a random probe as
+        the verified PyTorch network does (a changed or stale file is rebuilt, once); ``onnx_sha256``
+        records the digest of the file that runs."""
+        from leukodx._hashing import sha256_file
+        from leukodx.errors import IntegrityError
         from leukodx.inference.onnx_backend import OnnxSession, export_onnx
 
         path = self.onnx_path()
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            export_onnx(self.net, self.preprocess.size, path, features=True)
-        try:
-            return OnnxSession(path)
-        except Exception as exc:  # a stale or damaged cache file: rebuild it once
-            if isinstance(exc, LeukodxError):
-                raise
-            export_onnx(self.net, self.preprocess.size, path, features=True)
-            return OnnxSession(path)
+        for attempt in range(2):
+            if attempt or not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                export_onnx(self.net, self.preprocess.size, path, features=True)
+            try:
+                session = OnnxSession(path)
+            except Exception as exc:  # a damaged cache file: rebuild it
+                if isinstance(exc, LeukodxError):
+                    raise
+                continue
+            if self._answers_like_torch(session):
+                self.onnx_sha256 = sha256_file(path)
+                return session
+            log.warning("%s: the cached ONNX file does not reproduce %s's weights; rebuilt from the verified bundle",
+                        path, self.name)
+        raise IntegrityError(f"{path}: the ONNX export of {self.name} does not reproduce its PyTorch network")
+
+    def _answers_like_torch(self, session) -> bool:
+        """Logits and features of two random inputs (a new draw each time) agree with PyTorch's."""
+        size = self.preprocess.size
+        probe = np.random.default_rng(int.from_bytes(os.urandom(8), "little")).integers(
+            0, 256, (2, size, size, 3), dtype=np.uint8)
+        x = normalize_batch(probe, self.preprocess)
+        with torch.inference_mode():
+            want = [t.float().numpy() for t in self._with_features(torch.from_numpy(x))]
+        got = session.outputs(x)
+        return all(g is not None and g.shape == w.shape and np.allclose(g, w, rtol=1e-3, atol=1e-3)
+                   for g, w in zip(got, want))
 
     # --- core ---------------------------------------------------------------------------------
     def forward(self, batch_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -105,3 +105,22 @@ def test_zoo_lists_every_recipe_with_its_paper():
     assert proc.returncode == 0
     for name in list_recipes():
         assert name in proc.stdout
+
+
+def test_an_unexpected_failure_is_one_line_and_a_crash_file(monkeypatch, capsys, tmp_path):
+    """The last-resort handler: no traceback for the user, the traceback kept in a crash file."""
+    import leukodx.hub
+    from leukodx.cli.app import EXIT_INTERNAL_ERROR, main
+
+    def broken(task=None):
+        raise RuntimeError("simulated fault\nsecond line")
+
+    monkeypatch.setenv("LEUKODX_CACHE", str(tmp_path))
+    monkeypatch.delenv("LEUKODX_DEBUG", raising=False)
+    monkeypatch.setattr(leukodx.hub, "list_models", broken)
+    assert main(["models", "list"]) == EXIT_INTERNAL_ERROR
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("internal error: RuntimeError: simulated fault;") and "\n" not in err
+    assert "Traceback" not in err
+    crash = list((tmp_path / "crash").iterdir())
+    assert len(crash) == 1 and "simulated fault" in crash[0].read_text() and "Traceback" in crash[0].read_text()

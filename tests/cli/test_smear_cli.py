@@ -39,6 +39,21 @@ def test_detect_fails_when_nothing_is_readable(tmp_path, capsys):
     assert main(["detect", str(tmp_path / "missing.jpg"), "-o", str(tmp_path / "out")]) == 2
 
 
+def test_detect_refuses_a_model_that_does_not_type_white_cells(field_dir, tmp_path, capsys):
+    """`detect --model all-stage` had typed white cells as "Benign": a smear-field model is refused."""
+    assert main(["detect", str(field_dir), "--model", "all-stage", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "all-stage" in err and "not white cells" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_segment_on_an_empty_folder_says_nothing_was_written(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["segment", str(tmp_path / "empty"), "-o", str(tmp_path / "out")]) == 2
+    out = capsys.readouterr().out
+    assert "nothing written" in out and "written to" not in out
+
+
 @pytest.mark.slow
 def test_evaluate_detection_writes_the_promised_keys(tmp_path):
     out = tmp_path / "r.json"

@@ -124,3 +124,29 @@ def test_image_over_the_pixel_limit_is_refused_before_decoding(cell, tmp_path):
     cell.save(path)
     with pytest.raises(InvalidInputError, match=r"big.png: image is 224x224 px .*over the 0 Mpx limit"):
         read_image(path, max_pixels=10_000)
+
+
+def test_exif_orientation_is_applied(real_jpeg, tmp_path):
+    """A camera stores a portrait field as landscape plus an EXIF tag: it is analysed as it is shown."""
+    from PIL import Image
+
+    with Image.open(real_jpeg) as im:
+        rgb = np.asarray(im.convert("RGB"))
+        exif = im.getexif()
+        exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+        im.convert("RGB").save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    shown = read_image(tmp_path / "rotated.jpg")
+    assert shown.shape == (rgb.shape[1], rgb.shape[0], 3)
+
+
+def test_an_unreadable_file_is_called_unreadable_not_corrupt(real_jpeg, monkeypatch):
+    """A chmod-000 image was reported as "corrupt or truncated". The suite runs as root, where the
+    permission bits do not bind, so the operating system's refusal is injected where the file is opened."""
+    import leukodx.data.images as images
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(images.Image, "open", refuse)
+    with pytest.raises(InvalidInputError, match="permission denied"):
+        read_image(real_jpeg)

@@ -136,3 +136,15 @@ def test_apl_probability_is_withheld_for_a_case_unlike_any_aml_patient(pbc_folde
     s = result["summary"]
     assert s["apl_probability"] is None and "outside" in s["apl_model"]["reason"]
     assert not any("APL pattern" in f for f in result["flags"])
+
+
+def test_a_missing_file_is_reported_and_the_rest_of_the_case_diagnosed(pbc_folder, tmp_path, capsys):
+    """`diagnose good.jpg missing.jpg` aborted the case where every other verb skips the missing file."""
+    from leukodx.cli.app import main
+
+    good = sorted((pbc_folder / "monocyte").iterdir())[:2]
+    out = tmp_path / "case"
+    assert main(["diagnose", *map(str, good), str(tmp_path / "missing.jpg"), "--kind", "cells", "-o", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_images"] == 2 and len(summary["errors"]) == 1
+    assert "missing.jpg" in summary["errors"][0]["error"]

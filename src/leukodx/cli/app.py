@@ -104,8 +104,38 @@ def main(argv: list[str] | None = None) -> int:
         code = _usage_error(exc)
         if code is not None:
             return code
-        raise
+        if os.environ.get("LEUKODX_DEBUG"):
+            raise
+        return _internal_error(exc)
     return 0
+
+
+#: exit status of an unexpected failure (sysexits' EX_SOFTWARE)
+EXIT_INTERNAL_ERROR = 70
+
+
+def _internal_error(exc: BaseException) -> int:
+    """The last-resort handler: one line for the user, the traceback in a crash file. A safety net, not
+    a fix: every such case deserves its own clear error."""
+    import datetime as _dt
+    import traceback
+
+    from leukodx.data.cache import cache_dir
+
+    detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    where = "(no crash file could be written)"
+    try:
+        crash_dir = cache_dir() / "crash"
+        crash_dir.mkdir(parents=True, exist_ok=True)
+        path = crash_dir / f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+        path.write_text(f"leukodx {' '.join(sys.argv[1:])}\n\n{detail}")
+        where = f"details in {path}"
+    except OSError:
+        pass
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    print(f"internal error: {type(exc).__name__}{': ' + first if first else ''}; {where} "
+          "(please report it)", file=sys.stderr)
+    return EXIT_INTERNAL_ERROR
 
 
 def entry() -> None:

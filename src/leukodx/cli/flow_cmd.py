@@ -128,9 +128,6 @@ def features_cmd(
     cofactor: float = typer.Option(5.0, help="arcsinh cofactor (5 mass cytometry, ~150 fluorescence)."),
 ) -> None:
     """Per-sample feature matrix (Adjouadi-style statistics + histograms) for each file."""
-    import csv
-    import io
-
     from leukodx.cytometry.features import features_table
     from leukodx.cytometry.transforms import Transform
 
@@ -140,10 +137,8 @@ def features_cmd(
     if not rows:
         console.print("error: no file could be summarized")
         raise typer.Exit(2)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
-    _atomic.write_text(output, buffer.getvalue())
+    from leukodx._csv import csv_text
+
+    _atomic.write_text(output, csv_text(header, rows))
     console.print(f"{len(rows)} file(s) summarized ({len(wanted)} markers x {(len(header) - 2) // len(wanted)} features), "
                   f"{len(failures)} failed; written to {output}")

@@ -163,11 +163,13 @@ def register(app: typer.Typer) -> None:
         done, errors, shift = segment_files(inputs, output, load_segmenter(model))
         for e in errors:
             err.print(f"error: {e['input']}: {e['error']}" if not e["error"].startswith(e["input"]) else f"error: {e['error']}")
-        console.print(f"{done} image(s) segmented, {len(errors)} unreadable; written to {output}")
-        if shift["flagged"] is not False and done:
-            console.print(f"shift: {shift['reason']}")
         if not done:
+            console.print(f"no image segmented ({len(errors)} unreadable, "
+                          f"{'no image found' if not errors else 'none readable'}); nothing written")
             raise typer.Exit(2)
+        console.print(f"{done} image(s) segmented, {len(errors)} unreadable; written to {output}")
+        if shift["flagged"] is not False:
+            console.print(f"shift: {shift['reason']}")
 
     @app.command("evaluate-segmentation")
     def evaluate_segmentation_cmd(

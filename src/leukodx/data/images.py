@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from leukodx.errors import DataNotFoundError, InvalidInputError
 
@@ -45,7 +45,10 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
             width, height = im.size
             _check_size(str(path), width, height, max_pixels)
             im.load()
-            return to_rgb_array(im)
+            # a camera's EXIF orientation: the image as it is shown, not as the sensor stored it
+            return to_rgb_array(ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) != 1 else im)
+    except PermissionError:
+        raise InvalidInputError(f"{path}: permission denied (the file cannot be read by this user)") from None
     except UnidentifiedImageError:
         raise InvalidInputError(f"{path}: not a readable image (unknown or corrupt format)") from None
     except Image.DecompressionBombError:

@@ -17,7 +17,7 @@ from scipy import ndimage
 from leukodx._progress import track
 from leukodx import _atomic
 from leukodx._versions import provenance, versions
-from leukodx.data.images import list_images, read_image
+from leukodx.data.images import collect_images, read_image
 from leukodx.data.vocabulary import is_leukocyte, leukocyte_classes, normalize_label
 from leukodx.errors import InvalidInputError, LeukodxError
 from leukodx.inference.classifier import DEFAULT_CELL_MODEL, Classifier, Scored, load_model, rows_to_csv
@@ -82,8 +82,9 @@ def model_kind(clf: Classifier) -> str:
 
 
 def _read_case(inputs: list[str | os.PathLike]) -> tuple[list[CaseImage], list[dict]]:
-    paths = list_images(inputs)
-    images, errors = [], []
+    """Every readable image of the case; a missing or unreadable input is an error entry, not an abort."""
+    paths, errors = collect_images(inputs)
+    images = []
     for p in track(paths, "reading the case"):
         try:
             images.append(CaseImage(str(p), read_image(p)))

@@ -12,8 +12,6 @@ rest are still predicted.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from leukodx._csv import csv_text
 from leukodx._progress import track
 from leukodx.data.cache import cache_dir
 from leukodx.data.images import as_rgb_array, list_images, read_image, split_in_memory
@@ -304,14 +303,11 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_CELL_MODEL, backend: st
 def rows_to_csv(rows: list[dict], classes: list[str]) -> str:
     """Prediction rows as CSV text: input, top class, probability, unsure, ood_score, ood,
     prediction_set ("|"-separated), one column per class (empty cells where a figure is unavailable)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["input", "top_class", "probability", "unsure", "ood_score", "ood", "prediction_set"]
-                    + [f"p_{c}" for c in classes])
-    for r in rows:
+    def line(r: dict) -> list:
         ood, pset = r.get("ood"), r.get("prediction_set")
-        writer.writerow([r["input"], r["top_class"], f"{r['probability']:.4f}", int(r["unsure"]),
-                         "" if r.get("ood_score") is None else r["ood_score"], "" if ood is None else int(ood),
-                         "" if pset is None else "|".join(pset)]
-                        + [f"{r['probabilities'][c]:.4f}" for c in classes])
-    return buf.getvalue()
+        return ([r["input"], r["top_class"], f"{r['probability']:.4f}", int(r["unsure"]),
+                 "" if r.get("ood_score") is None else r["ood_score"], "" if ood is None else int(ood),
+                 "" if pset is None else "|".join(pset)] + [f"{r['probabilities'][c]:.4f}" for c in classes])
+
+    return csv_text(["input", "top_class", "probability", "unsure", "ood_score", "ood", "prediction_set"]
+                    + [f"p_{c}" for c in classes], (line(r) for r in rows))

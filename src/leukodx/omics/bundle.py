@@ -303,15 +303,13 @@ def write_predictions(path: str | os.PathLike, samples: list[str], proba: np.nda
                       ood_scores: np.ndarray | None = None, reliability: Reliability | None = None) -> None:
     """One row per sample: call, its probability, OOD score and flag (empty when the bundle has no
     statistics), every class probability (CSV, written atomically)."""
-    import csv
-    import io
-
     from leukodx import _atomic
+    from leukodx._csv import csv_text
 
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["sample", "prediction", "probability", "ood_score", "ood"] + [f"p_{c}" for c in classes])
-    for i, (s, p) in enumerate(zip(samples, proba)):
+    def line(i: int, s: str, p: np.ndarray) -> list:
         ood = ["", ""] if ood_scores is None else [f"{ood_scores[i]:.3f}", int(reliability.is_ood(ood_scores[i:i + 1])[0])]
-        writer.writerow([s, classes[int(p.argmax())], f"{p.max():.4f}", *ood] + [f"{v:.4f}" for v in p])
-    _atomic.write_text(path, buf.getvalue())
+        return [s, classes[int(p.argmax())], f"{p.max():.4f}", *ood] + [f"{v:.4f}" for v in p]
+
+    _atomic.write_text(path, csv_text(["sample", "prediction", "probability", "ood_score", "ood"]
+                                      + [f"p_{c}" for c in classes],
+                                      (line(i, s, p) for i, (s, p) in enumerate(zip(samples, proba)))))

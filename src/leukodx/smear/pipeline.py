@@ -94,6 +94,10 @@ class SmearAnalyzer:
         self.given = given_scale(self.pixel_scale, self.um_per_px)
         self.detector = self.detector or load_detector()
         self.classifier = self.classifier or load_model(DEFAULT_CELL_MODEL)
+        if self.classifier.card.get("input_kind") == "fields" or not leukocyte_classes(self.classifier.classes):
+            raise InvalidInputError(f"{self.classifier.name}: classifies {self.classifier.card.get('input_kind', 'images')}"
+                                    f" ({', '.join(self.classifier.classes)}), not white cells; give a cell-type "
+                                    f"model such as {DEFAULT_CELL_MODEL}")
         self.thresholds = {**{c: 0.5 for c in self.detector.classes},
                            **self.detector.card.get("count_thresholds", {}), **self.thresholds}
 

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import io
 import os
@@ -32,14 +31,10 @@ def _unique_stem(path: Path, taken: set[str]) -> str:
 
 
 def cells_csv(fields: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CELL_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    for f in fields:
-        for c in f["cells"]:
-            x0, y0, x1, y1 = c["box"]
-            writer.writerow({"field": f["field"], "x0": x0, "y0": y0, "x1": x1, "y1": y1, **c})
-    return buf.getvalue()
+    from leukodx._csv import csv_text_dicts
+
+    return csv_text_dicts(CELL_COLUMNS, ({"field": f["field"], "x0": c["box"][0], "y0": c["box"][1], "x1": c["box"][2],
+                                          "y1": c["box"][3], **c} for f in fields for c in f["cells"]))
 
 
 def analyze_fields(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, detector="bccd-frcnn",

@@ -342,9 +342,9 @@ def segment_files(inputs, out_dir: str | os.PathLike, seg: Segmenter) -> tuple[i
     """Masks (PNG, wbc-seg's grey levels) and nucleus / cytoplasm areas (areas.csv, with each image's
     OOD score and flag) for every readable image; returns (count, errors, the batch's shift verdict)."""
     from leukodx.models.reliability import shift_verdict
-    import csv
     import io
 
+    from leukodx._csv import csv_text_dicts
     from leukodx.data.images import collect_images
     from leukodx.errors import LeukodxError
 
@@ -369,13 +369,9 @@ def segment_files(inputs, out_dir: str | os.PathLike, seg: Segmenter) -> tuple[i
                      "nucleus_to_cell": round(nucleus / max(1, nucleus + cytoplasm), 4),
                      "ood_score": "" if score is None else round(score, 3),
                      "ood": "" if score is None else int(score > seg.reliability.threshold)})
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=["input", "nucleus_px", "cytoplasm_px", "nucleus_to_cell", "ood_score",
-                                              "ood"])
-    writer.writeheader()
-    writer.writerows(rows)
     if rows:
-        _atomic.write_text(out_dir / "areas.csv", text.getvalue())
+        _atomic.write_text(out_dir / "areas.csv", csv_text_dicts(
+            ["input", "nucleus_px", "cytoplasm_px", "nucleus_to_cell", "ood_score", "ood"], rows))
     if seg.reliability is None:
         shift = {"flagged": None, "score": None, "reason": "OOD check unavailable: the segmenter's bundle has no "
                                                           "reliability statistics (leukodx reliability fit)"}

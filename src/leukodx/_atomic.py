@@ -74,3 +74,39 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """Refuse, before any work, an output file that cannot be written: a folder in its place, or no
+    writable folder to hold it (one line naming the path)."""
+    from leukodx.errors import InvalidInputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise InvalidInputError(f"{path}: is a folder; give a file name to write")
+    _check_writable(path.parent, path)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Refuse, before any work, an output folder that cannot be written: a file in its place, or a
+    parent that cannot hold it."""
+    from leukodx.errors import InvalidInputError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InvalidInputError(f"{path}: is a file; give a folder to write into")
+    _check_writable(path if path.exists() else path.parent, path)
+    return path
+
+
+def _check_writable(folder: Path, target: Path) -> None:
+    from leukodx.errors import InvalidInputError
+
+    existing = Path(os.path.abspath(folder))
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InvalidInputError(f"{target}: {existing} is a file, so nothing can be written below it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"{target}: cannot write into {existing} (permission denied or read-only)")

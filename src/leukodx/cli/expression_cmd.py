@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from leukodx.cli.options import DataRoot
+from leukodx.cli.options import DataRoot, OutputFile
 from rich.console import Console
 
 from leukodx import _atomic
@@ -61,7 +61,7 @@ def train(
 @app.command("predict")
 def predict(
     matrix: Path = typer.Argument(..., help="Expression table (CSV/TSV/GCT) of new samples."),
-    output: Path = typer.Option(..., "--output", "-o", help="Predictions CSV."),
+    output: Path = OutputFile("Predictions CSV."),
     model: str = typer.Option("golub-all-aml", "--model", "-m", help="Expression bundle name or folder."),
     orientation: str = typer.Option("auto", help="genes-by-samples | samples-by-genes | auto"),
 ) -> None:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from leukodx.cli.options import DataRoot
+from leukodx.cli.options import DataRoot, OutputFile
 from rich.console import Console
 
 from leukodx import _atomic
@@ -95,7 +95,7 @@ def evaluate(
 @app.command("readout")
 def readout_cmd(
     files: list[Path] = typer.Argument(..., help="FCS files."),
-    output: Path = typer.Option(..., "--output", "-o", help="Result JSON (one entry per file)."),
+    output: Path = OutputFile("Result JSON (one entry per file)."),
     model: str = typer.Option("ddpr-leukemic-cell", help="Flow model name or folder."),
     refit_missing: bool = typer.Option(True, help="Refit on the shared markers when a file lacks some (needs the data root)."),
     compensate: bool = typer.Option(True, help="Apply the file's spillover matrix when it has one."),
@@ -123,7 +123,7 @@ def readout_cmd(
 @app.command("features")
 def features_cmd(
     files: list[Path] = typer.Argument(..., help="FCS files."),
-    output: Path = typer.Option(..., "--output", "-o", help="CSV: one row per file, markers x statistics flattened."),
+    output: Path = OutputFile("CSV: one row per file, markers x statistics flattened."),
     markers: str = typer.Option("cd45,cd19,cd34,cd10,cd38,cd123", help="Comma-separated markers, in order."),
     cofactor: float = typer.Option(5.0, help="arcsinh cofactor (5 mass cytometry, ~150 fluorescence)."),
 ) -> None:

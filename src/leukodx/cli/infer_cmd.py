@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from leukodx.cli.options import Backend, Coverage, DataRoot
+from leukodx.cli.options import Backend, Coverage, DataRoot, OutputDir, OutputFile
 from rich.console import Console
 
 from leukodx import _atomic
@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate(
         model: str = typer.Option("wbc-multisite", "--model", "-m", help="Bundled model name or bundle folder."),
-        output: Path = typer.Option(..., "--output", "-o", help="Result JSON to write."),
+        output: Path = OutputFile("Result JSON to write."),
         images: Optional[Path] = typer.Option(None, "--images", help="Folder of class sub-folders."),
         dataset: Optional[str] = typer.Option(None, "--dataset", help="Registered dataset (instead of --images)."),
         split: str = typer.Option("test", help="With --dataset: a side of the model's split (train/val/test) or 'all'."),
@@ -108,7 +108,7 @@ def register(app: typer.Typer) -> None:
     def predict(
         inputs: List[Path] = typer.Argument(..., help="Image files and/or folders."),
         model: str = typer.Option("wbc-multisite", "--model", "-m", help="Bundled model name or bundle folder."),
-        output: Path = typer.Option(..., "--output", "-o", help="FILE.csv or FILE.json"),
+        output: Path = OutputFile("FILE.csv or FILE.json"),
         adapt_bn: bool = typer.Option(False, "--adapt-bn", help="Test-time batch-norm adaptation: re-estimate the "
                                                                 "model's normalization statistics on these images "
                                                                 "(one lab's, >= 32) before predicting (LOSO.md)."),
@@ -143,7 +143,7 @@ def register(app: typer.Typer) -> None:
     @app.command("diagnose")
     def diagnose_cmd(
         inputs: List[Path] = typer.Argument(..., help="A case: a folder (or files) of cell images or smear fields."),
-        output: Path = typer.Option(..., "--output", "-o", help="Folder for summary.json, predictions.csv, report.html."),
+        output: Path = OutputDir("Folder for summary.json, predictions.csv, report.html."),
         kind: str = typer.Option("auto", help="cells | fields | auto (recognised from the images)"),
         model: Optional[str] = typer.Option(None, "--model", "-m", help="Override the model for this kind."),
         backend: str = Backend,
@@ -201,7 +201,7 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option("wbc-multisite", "--model", "-m", help="Bundled cell classifier or bundle folder to adapt."),
         images: Path = typer.Option(..., "--images", help="Folder of class sub-folders: k labelled cells per class "
                                                           "from the lab's own scanner."),
-        output: Path = typer.Option(..., "--output", "-o", help="Folder for the adapted bundle."),
+        output: Path = OutputDir("Folder for the adapted bundle."),
         epochs: int = typer.Option(8, help="Fine-tuning epochs."),
         lr: float = typer.Option(1e-3, help="Peak learning rate of the fine-tuning."),
         seed: int = typer.Option(0),
@@ -259,7 +259,7 @@ def register(app: typer.Typer) -> None:
     @export_app.command("onnx")
     def export_onnx_cmd(
         model: str = typer.Option(..., "--model", "-m"),
-        output: Path = typer.Option(..., "--output", "-o", help="FILE.onnx"),
+        output: Path = OutputFile("FILE.onnx"),
         check: bool = typer.Option(True, help="Compare ONNX Runtime logits with PyTorch on random input."),
     ) -> None:
         """Export to ONNX (dynamic batch) and check parity with PyTorch."""

@@ -17,3 +17,25 @@ Backend = typer.Option("auto", help="auto (ONNX Runtime on CPU when installed) |
 Coverage: Optional[float] = typer.Option(None, "--coverage", help="Conformal prediction sets hold the true class "
                                                                   "this often on images like the model's own "
                                                                   "(0 < coverage < 1; default 0.90).")
+
+
+def _output_file(value):
+    from leukodx._atomic import check_output_file
+
+    return value if value is None else check_output_file(value)
+
+
+def _output_dir(value):
+    from leukodx._atomic import check_output_dir
+
+    return value if value is None else check_output_dir(value)
+
+
+def OutputFile(help: str):  # noqa: N802 - reads like the other option constants
+    """``--output/-o FILE``, refused before any work when it cannot be written."""
+    return typer.Option(..., "--output", "-o", help=help, callback=_output_file)
+
+
+def OutputDir(help: str):  # noqa: N802
+    """``--output/-o DIR``, refused before any work when it cannot be written."""
+    return typer.Option(..., "--output", "-o", help=help, callback=_output_dir)

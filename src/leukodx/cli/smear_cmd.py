@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from leukodx.cli.options import DataRoot, Quiet, Resume, Threads
+from leukodx.cli.options import DataRoot, OutputDir, Quiet, Resume, Threads
 from rich.console import Console
 
 console = Console(soft_wrap=True)
@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
     @app.command("detect")
     def detect_cmd(
         inputs: list[Path] = typer.Argument(..., help="Smear-field images or folders of them (any size)."),
-        output: Path = typer.Option(..., "--output", "-o", help="Folder for per-field JSON, overlays, cells.csv, summary.json."),
+        output: Path = OutputDir("Folder for per-field JSON, overlays, cells.csv, summary.json."),
         detector: str = typer.Option("bccd-frcnn", help="Bundled detector name or bundle folder (bccd-frcnn-aug: "
                                                         "trained for other stains and magnifications, see "
                                                         "detector_shift.md)."),
@@ -154,7 +154,7 @@ def register(app: typer.Typer) -> None:
     @app.command("segment")
     def segment_cmd(
         inputs: list[Path] = typer.Argument(..., help="Single white-cell images or folders of them."),
-        output: Path = typer.Option(..., "--output", "-o", help="Folder for masks (PNG: 0 background, 128 cytoplasm, 255 nucleus) and areas.csv."),
+        output: Path = OutputDir("Folder for masks (PNG: 0 background, 128 cytoplasm, 255 nucleus) and areas.csv."),
         model: str = typer.Option("wbc-seg-unet", help="Bundled segmenter name or bundle folder."),
     ) -> None:
         """Nucleus and cytoplasm masks of white-cell images; bad files are reported and skipped."""

@@ -109,6 +109,13 @@ def test_verify_passes_on_real_data_and_catches_a_changed_file(data_root, tmp_pa
     assert not report.ok
     assert report.mismatched == ["wbc-seg/Dataset-2/images/001.png"]
     assert report.missing == ["wbc-seg/Dataset-2/masks/002.png"]
+    assert report.unlisted == [] and report.unreadable == []
+    # a folder where a file is listed, and a file nobody listed: reported, not a traceback
+    (copy / "wbc-seg" / "Dataset-2" / "masks" / "002.png").mkdir()
+    (copy / "wbc-seg" / "Dataset-2" / "images" / "extra.png").write_bytes(b"new")
+    report = verify_dataset("wbc-seg-2", data_root=copy)
+    assert report.unreadable == ["wbc-seg/Dataset-2/masks/002.png: a folder where a file is listed"]
+    assert report.unlisted == ["wbc-seg/Dataset-2/images/extra.png"] and not report.ok
 
 
 def test_registry_covers_every_set_in_the_shared_data_folder():

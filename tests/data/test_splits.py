@@ -88,3 +88,15 @@ def test_label_map_aligns_pbc_and_wbc_seg_on_five_shared_types():
     assert sorted(mapping.shared) == ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
     assert mapping.source_to_target[pbc.index("neutrophil")] == wbc.index("neutrophil")
     assert pbc.index("platelet") not in mapping.source_to_target
+
+
+@pytest.mark.parametrize("content", ['{"train": 5}', '{"train": ["a.jpg", 3]}', '{"folds": {"a": 1}}', '[1, 2]',
+                                     '{"folds": [["a.jpg"], "b.jpg"]}'])
+def test_a_malformed_split_file_is_one_clear_error(tmp_path, content):
+    """`datasets audit --split` with a malformed JSON raised a TypeError."""
+    from leukodx.data.splits import load_split
+
+    path = tmp_path / "split.json"
+    path.write_text(content)
+    with pytest.raises(InvalidInputError, match="split.json"):
+        load_split(path)

@@ -80,3 +80,13 @@ def test_golub_weighted_voting_reproduces_the_published_difficulty(golub):
     held, _ = train_test(build, train, test)
     assert loo["loocv_errors"] <= 2
     assert held["independent_correct"] >= 31  # Golub et al. 1999 called 29 of 34 (with abstention)
+
+
+@pytest.mark.parametrize("n_genes", ["0", "-3"])
+def test_expression_evaluate_refuses_a_gene_count_below_one(n_genes, tmp_path, capsys):
+    """`expression evaluate --n-genes 0` raised a ValueError; -3 silently ran."""
+    from leukodx.cli.app import main
+
+    assert main(["expression", "evaluate", "-d", "golub", "--n-genes", n_genes, "-o", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--n-genes" in err and "at least 1" in err and not (tmp_path / "r.json").exists()

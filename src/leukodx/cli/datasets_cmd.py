@@ -54,10 +54,15 @@ def verify_cmd(name: str, data_root: Optional[Path] = DataRoot) -> None:
         console.print(f"missing: {rel}")
     for rel in report.mismatched[:20]:
         console.print(f"sha256 mismatch: {rel}")
+    for entry in report.unreadable[:20]:
+        console.print(f"unreadable: {entry}")
+    for rel in report.unlisted[:20]:
+        console.print(f"not in SHA256SUMS (not checked): {rel}")
     if not report.ok:
         raise IntegrityError(f"{name}: {report.checked} files checked, {len(report.missing)} missing, "
-                             f"{len(report.mismatched)} mismatched")
-    console.print(f"{name}: {report.checked} files OK")
+                             f"{len(report.mismatched)} mismatched, {len(report.unreadable)} unreadable")
+    extra = f"; {len(report.unlisted)} file(s) present but not listed" if report.unlisted else ""
+    console.print(f"{name}: {report.checked} files OK{extra}")
 
 
 @app.command("split")

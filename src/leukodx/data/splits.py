@@ -110,8 +110,16 @@ def load_split(path: str | os.PathLike) -> dict:
         split = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise InvalidInputError(f"{path}: not a valid split file ({exc.msg})") from None
-    if not any(k in split for k in (*SPLIT_NAMES, "folds")):
+    if not isinstance(split, dict) or not any(k in split for k in (*SPLIT_NAMES, "folds")):
         raise InvalidInputError(f"{path}: split file has no train/val/test lists or folds")
+    sides = [(k, split[k]) for k in SPLIT_NAMES if k in split]
+    folds = split.get("folds", [])
+    if not isinstance(folds, list):
+        raise InvalidInputError(f"{path}: 'folds' must be a list of file lists")
+    sides += [(f"folds[{i}]", fold) for i, fold in enumerate(folds)]
+    for name, files in sides:
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            raise InvalidInputError(f"{path}: '{name}' must be a list of file names")
     return split
 
 

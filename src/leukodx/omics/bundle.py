@@ -220,8 +220,6 @@ def train_expression_model(dataset: str = "golub", method: str = "mlp", n_genes:
 
     if dataset not in EXPRESSION_DATASETS:
         raise InvalidInputError(f"{dataset}: unknown expression dataset (known: {', '.join(EXPRESSION_DATASETS)})")
-    if n_genes < 1:
-        raise InvalidInputError(f"--n-genes {n_genes}: at least 1")
     train, test, registry = load_expression_dataset(dataset, data_root, n_genes)
     if method not in registry or method not in EXPORTABLE:
         raise InvalidInputError(f"method {method!r}: bundled methods for {dataset} are "

@@ -27,6 +27,8 @@ def load_expression_dataset(dataset: str, data_root: str | os.PathLike | None = 
     """(training set, independent set or None, method registry) of a registered expression dataset."""
     if dataset not in EXPRESSION_DATASETS:
         raise InvalidInputError(f"{dataset}: unknown expression dataset (known: {', '.join(EXPRESSION_DATASETS)})")
+    if not isinstance(n_genes, int) or n_genes < 1:
+        raise InvalidInputError(f"--n-genes {n_genes}: at least 1 gene must be kept")
     if dataset == "golub":
         train, test = read_golub(data_root)
         return train, test, expression_methods(GolubPreprocessor, n_genes, binary=True)

@@ -385,3 +385,24 @@ def load_reliability(directory: str | os.PathLike | None, card: dict) -> Reliabi
                        style_means=a.get("style_means"), style_whitener=a.get("style_whitener"),
                        pen_scale=a.get("pen_scale"), style_scale=a.get("style_scale"),
                        cluster_sites=a["cluster_sites"].astype(int) if "cluster_sites" in a else None)
+
+
+def attach_reliability(directory: str | os.PathLike, card: dict, rel: Reliability) -> dict:
+    """Add ``rel`` to an existing bundle without touching its weights: the statistics file, then the
+    card (validated, written atomically) naming its sha256. Returns the new card."""
+    from leukodx import _atomic
+    from leukodx.models.bundle import CARD
+    from leukodx.models.card import ModelCard
+
+    directory = Path(directory)
+    card = ModelCard.from_dict({**card, "reliability": rel.card_entry(save_reliability(directory, rel))},
+                               directory / CARD).to_dict()
+    _atomic.write_json(directory / CARD, card)
+    return card
+
+
+def fit_unlabelled(train_features: np.ndarray, val_features: np.ndarray, fitted_on: dict | None = None) -> Reliability:
+    """OOD statistics of a model without classes to cluster by (a detector's fields, a segmenter's
+    images): one Gaussian of the training features, shrunk hard (a few hundred images)."""
+    return fit_reliability(train_features, np.zeros(len(train_features), dtype=int), val_features, None, None,
+                           fitted_on=fitted_on, shrinkage=SMALL_SAMPLE_SHRINKAGE)

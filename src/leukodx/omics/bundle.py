@@ -259,10 +259,9 @@ def train_expression_model(dataset: str = "golub", method: str = "mlp", n_genes:
 def refit_expression_reliability(model: str | os.PathLike = DEFAULT_MODEL, data_root=None) -> dict:
     """``leukodx reliability fit`` for an expression bundle: OOD statistics from the training samples
     of the dataset its card names (weights untouched); returns the new card."""
-    from leukodx import _atomic
     from leukodx._versions import provenance
-    from leukodx.models.bundle import CARD, resolve_bundle
-    from leukodx.models.card import ModelCard
+    from leukodx.models.bundle import resolve_bundle
+    from leukodx.models.reliability import attach_reliability
     from leukodx.omics.evaluate import EXPRESSION_DATASETS, load_expression_dataset
 
     bundle = ExpressionModel.load(model)
@@ -274,10 +273,7 @@ def refit_expression_reliability(model: str | os.PathLike = DEFAULT_MODEL, data_
     bundle.fit_reliability(train, train.labels)
     bundle.reliability.fitted_on = {**(bundle.reliability.fitted_on or {}), "refit": "weights unchanged",
                                     "provenance": provenance()}
-    card = {**bundle.card, "reliability": bundle.reliability.card_entry(save_reliability(directory, bundle.reliability))}
-    card = ModelCard.from_dict(card, directory / CARD).to_dict()
-    _atomic.write_json(directory / CARD, card)
-    return card
+    return attach_reliability(directory, bundle.card, bundle.reliability)
 
 
 def independent_metrics(labels: np.ndarray, proba: np.ndarray, classes: list[str], n_boot: int = 1000) -> dict:

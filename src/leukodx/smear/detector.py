@@ -188,26 +188,22 @@ def fit_detector_reliability(detector: CellDetector, train_fields: list[np.ndarr
                              fitted_on: dict | None = None):
     """Per-field OOD statistics: mean and covariance of the training fields' pooled backbone
     features, threshold at the validation fields' 95th percentile (few fields: shrunk covariance)."""
-    from leukodx.models.reliability import SMALL_SAMPLE_SHRINKAGE, fit_reliability
+    from leukodx.models.reliability import fit_unlabelled
 
     train = np.stack([detector.detect(f)["features"] for f in train_fields])
     val = np.stack([detector.detect(f)["features"] for f in val_fields])
-    return fit_reliability(train, np.zeros(len(train), dtype=int), val, None, None,
-                           fitted_on={"train_fields": len(train), "val_fields": len(val), **(fitted_on or {})},
-                           shrinkage=SMALL_SAMPLE_SHRINKAGE)
+    return fit_unlabelled(train, val, {"train_fields": len(train), "val_fields": len(val), **(fitted_on or {})})
 
 
 def refit_detector_reliability(name_or_path: str | os.PathLike = "bccd-frcnn", data_root=None,
                                fitted_on: dict | None = None) -> dict:
     """``leukodx reliability fit DETECTOR`` (and the end of ``train-detector``): statistics from the
     train / val fields its card lists, written into its bundle."""
-    from leukodx import _atomic
     from leukodx._versions import provenance
     from leukodx.data.registry import load_dataset, load_fields
     from leukodx.errors import InvalidInputError
-    from leukodx.models.bundle import CARD, resolve_bundle
-    from leukodx.models.card import ModelCard
-    from leukodx.models.reliability import save_reliability
+    from leukodx.models.bundle import resolve_bundle
+    from leukodx.models.reliability import attach_reliability
 
     detector = load_detector(name_or_path)
     directory = resolve_bundle(name_or_path, "detection")
@@ -222,7 +218,4 @@ def refit_detector_reliability(name_or_path: str | os.PathLike = "bccd-frcnn", d
     val, _ = load_fields(index, [ids[t] for t in data["val_ids"]])
     rel = fit_detector_reliability(detector, train, val,
                                    fitted_on or {"refit": "weights unchanged", "provenance": provenance()})
-    card = {**detector.card, "reliability": rel.card_entry(save_reliability(directory, rel))}
-    card = ModelCard.from_dict(card, directory / CARD).to_dict()
-    _atomic.write_json(directory / CARD, card)
-    return card
+    return attach_reliability(directory, detector.card, rel)

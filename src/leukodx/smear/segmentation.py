@@ -292,9 +292,8 @@ def refit_segmenter_reliability(name_or_path: str | os.PathLike = "wbc-seg-unet"
     """Per-image OOD statistics of a segmenter from the saved train / val splits of the sets its card
     names (``leukodx reliability fit``, and the end of ``train-segmenter``), written into its bundle."""
     from leukodx._versions import provenance
-    from leukodx.models.bundle import CARD, resolve_bundle
-    from leukodx.models.card import ModelCard
-    from leukodx.models.reliability import SMALL_SAMPLE_SHRINKAGE, fit_reliability, save_reliability
+    from leukodx.models.bundle import resolve_bundle
+    from leukodx.models.reliability import attach_reliability, fit_unlabelled
 
     seg = load_segmenter(name_or_path)
     directory = resolve_bundle(name_or_path, "segmentation")
@@ -305,14 +304,9 @@ def refit_segmenter_reliability(name_or_path: str | os.PathLike = "wbc-seg-unet"
     train, _ = load_pairs([it for p in parts for it in p["train"]])
     val, _ = load_pairs([it for p in parts for it in p["val"]])
     f_train, f_val = seg.predict_with_features(train)[1], seg.predict_with_features(val)[1]
-    rel = fit_reliability(f_train, np.zeros(len(f_train), dtype=int), f_val, None, None,
-                          fitted_on={"train_images": len(train), "val_images": len(val),
-                                     **(fitted_on or {"refit": "weights unchanged", "provenance": provenance()})},
-                          shrinkage=SMALL_SAMPLE_SHRINKAGE)
-    card = {**seg.card, "reliability": rel.card_entry(save_reliability(directory, rel))}
-    card = ModelCard.from_dict(card, directory / CARD).to_dict()
-    _atomic.write_json(directory / CARD, card)
-    return card
+    rel = fit_unlabelled(f_train, f_val, {"train_images": len(train), "val_images": len(val),
+                                          **(fitted_on or {"refit": "weights unchanged", "provenance": provenance()})})
+    return attach_reliability(directory, seg.card, rel)
 
 
 # --- evaluation and batch use --------------------------------------------------------------------

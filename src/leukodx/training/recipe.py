@@ -16,13 +16,12 @@ from leukodx.data.splits import apply_split, bundled_split_path, load_split, mak
 from leukodx._hashing import sha256_file
 from leukodx.errors import InvalidInputError
 from leukodx.evaluation.metrics import classification_metrics
-from leukodx import _atomic
 from leukodx._versions import provenance
 from leukodx.models.architectures import network_from_card
-from leukodx.models.bundle import CARD, load_network, save_bundle
-from leukodx.models.card import ModelCard, build_card
+from leukodx.models.bundle import load_network, save_bundle
+from leukodx.models.card import build_card
 from leukodx.preprocessing.transforms import Preprocess
-from leukodx.models.reliability import save_reliability
+from leukodx.models.reliability import attach_reliability, save_reliability
 from leukodx.training.calibration import fit_network_reliability, softmax
 from leukodx.training.trainer import TrainConfig, device, fit, predict_logits
 
@@ -270,10 +269,7 @@ def refit_reliability(model: str | os.PathLike, data_root: str | os.PathLike | N
     rel = fit_network_reliability(net, preprocess, float(card.get("temperature", 1.0)), *train, *val, seed=seed,
                                   groups=groups, val_groups=val_groups,
                                   fitted_on={"refit": "weights unchanged", "provenance": provenance()})
-    digest = save_reliability(directory, rel)
-    card = ModelCard.from_dict({**card, "reliability": rel.card_entry(digest)}, directory / CARD).to_dict()
-    _atomic.write_json(directory / CARD, card)
-    return card
+    return attach_reliability(directory, card, rel)
 
 
 def _loso_summary(result: dict, path) -> dict:

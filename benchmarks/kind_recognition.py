@@ -11,7 +11,7 @@ import numpy as np
 from _common import write_result
 from leukodx.data.images import read_image
 from leukodx.data.registry import load_dataset
-from leukodx.diagnosis.case import CaseImage, recognise_kind
+from leukodx.diagnosis.case import recognise_kind
 
 CASES_PER_CLASS = 20
 CASE_SIZE = 10
@@ -29,7 +29,7 @@ def main() -> None:
             correct = 0
             for _ in range(CASES_PER_CLASS):
                 pick = rng.choice(members, min(CASE_SIZE, len(members)), replace=False)
-                images = [CaseImage(str(index.abspath(i)), read_image(index.abspath(i))) for i in pick]
+                images = [read_image(index.abspath(i)) for i in pick]
                 correct += recognise_kind(images)[0] == truth
             per_class[cls] = correct / CASES_PER_CLASS
             rows.append([name, cls, truth, f"{correct}/{CASES_PER_CLASS}"])

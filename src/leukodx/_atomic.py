@@ -38,6 +38,24 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def save_npy(path: str | os.PathLike, array) -> None:
+    """``numpy.save`` without pickles, atomically."""
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+
+
+def save_npz(path: str | os.PathLike, **arrays) -> None:
+    """``numpy.savez`` (uncompressed), atomically."""
+    import numpy as np
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Strict JSON: NaN and infinities become ``null`` (JSON has no NaN), numpy values plain numbers."""
     write_text(path, dumps(obj, indent=2) + "\n")
@@ -110,3 +128,20 @@ def _check_writable(folder: Path, target: Path) -> None:
         raise InvalidInputError(f"{target}: {existing} is a file, so nothing can be written below it")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InvalidInputError(f"{target}: cannot write into {existing} (permission denied or read-only)")
+
+
+class OutputNames:
+    """File stems for a batch's per-item outputs: unique even when inputs share a stem (good.jpg,
+    good.bmp, a/good.jpg) or differ only by case (on case-insensitive file systems), and never one of
+    the batch's own file stems (``reserved``: a field called summary.jpg must not overwrite summary.json)."""
+
+    def __init__(self, reserved: tuple[str, ...] = ()):
+        self._taken = {r.lower() for r in reserved}
+
+    def stem_for(self, path: str | os.PathLike) -> str:
+        base = Path(path).stem or "item"
+        stem, n = base, 2
+        while stem.lower() in self._taken:
+            stem, n = f"{base}-{n}", n + 1
+        self._taken.add(stem.lower())
+        return stem

@@ -71,5 +71,5 @@ def test_non_numeric_matrix_is_a_one_line_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "leukodx", "expression", "predict", str(tmp_path / "bad.csv"),
                            "-o", str(tmp_path / "p.csv")], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: bad.csv: non-numeric value 'high' at gene 'M27891_at', sample 's2'"
+    assert proc.stderr.strip() == f"error: {tmp_path / 'bad.csv'}: non-numeric value 'high' at gene 'M27891_at', sample 's2'"
     assert not (tmp_path / "p.csv").exists()

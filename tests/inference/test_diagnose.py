@@ -10,14 +10,14 @@ import pytest
 from leukodx.data.images import read_image
 from leukodx.data.registry import load_dataset
 from leukodx.errors import InvalidInputError
-from leukodx.diagnosis.case import CaseImage, diagnose, recognise_kind, write_case_outputs
+from leukodx.diagnosis.case import diagnose, recognise_kind, write_case_outputs
 
 
 def _case(dataset, start, n=10):
     index = load_dataset(dataset)
     rng = np.random.default_rng(start)
     pick = rng.choice(len(index), n, replace=False)
-    return [CaseImage(str(index.abspath(i)), read_image(index.abspath(i))) for i in pick]
+    return [read_image(index.abspath(i)) for i in pick]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from leukodx.cli import benchmark_cmd, datasets_cmd, expression_cmd, flow_cmd, infer_cmd, smear_cmd, train_cmd
-from leukodx.errors import LeukodxError
+from leukodx.errors import Interrupted, LeukodxError
 
 app = typer.Typer(name="leukodx", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Deep-learning leukemia diagnosis: datasets, training, evaluation, inference.")
@@ -85,9 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     from leukodx._versions import set_command
 
     set_command(["leukodx", *(sys.argv[1:] if argv is None else argv)])
+    Interrupted.latest = None
     try:
-        # non-standalone click returns a typer.Exit's code instead of raising it
+        # non-standalone click returns a typer.Exit's code instead of raising it (Ctrl-C included: 130)
         code = app(args=argv, prog_name="leukodx", standalone_mode=False)
+        if code == 130:
+            return _interrupted(Interrupted.latest or KeyboardInterrupt())
         if isinstance(code, int) and code:
             return code
     except LeukodxError as exc:
@@ -97,9 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except typer.Exit as exc:
         return exc.exit_code
-    except (KeyboardInterrupt, typer.Abort):
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, typer.Abort) as exc:
+        return _interrupted(exc)
     except Exception as exc:
         code = _usage_error(exc)
         if code is not None:
@@ -108,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return _internal_error(exc)
     return 0
+
+
+def _interrupted(exc: BaseException) -> int:
+    """Ctrl-C: a batch says how much it kept; anything else was written atomically or not at all."""
+    print(f"error: {exc}" if isinstance(exc, Interrupted) else "error: interrupted; no output written",
+          file=sys.stderr)
+    return 130
 
 
 #: exit status of an unexpected failure (sysexits' EX_SOFTWARE)

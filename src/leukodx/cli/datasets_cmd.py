@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from leukodx.cli.options import DataRoot
+from leukodx.cli.options import DataRoot, OutputFile
 from rich.console import Console
 from rich.table import Table
 
@@ -115,7 +115,7 @@ def split_cmd(
 def audit_cmd(
     name: str,
     split: Optional[Path] = typer.Option(None, help="Split file to audit (default: the bundled split, if any)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report as JSON."),
+    output: Optional[Path] = OutputFile("Write the report as JSON.", required=False),
     max_hamming: int = typer.Option(6, help="pHash Hamming radius for candidates."),
     max_thumb_diff: float = typer.Option(6.0, help="Max mean abs difference of 32x32 thumbnails (0-255)."),
     data_root: Optional[Path] = DataRoot,
@@ -134,3 +134,5 @@ def audit_cmd(
                   f"({report.n_pairs_cross_class} across classes); across split sides: {report.cross_split or 0}")
     for ex in report.examples[:5]:
         console.print(f"  {ex['a']} ~ {ex['b']} (hamming {ex['hamming']}, {ex['side_a'] or '-'}/{ex['side_b'] or '-'})")
+    if report.unreadable:
+        console.print(f"{len(report.unreadable)} unreadable image(s) left out of the audit, e.g. {report.unreadable[0]}")

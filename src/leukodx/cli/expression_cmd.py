@@ -64,6 +64,9 @@ def predict(
     output: Path = OutputFile("Predictions CSV."),
     model: str = typer.Option("golub-all-aml", "--model", "-m", help="Expression bundle name or folder."),
     orientation: str = typer.Option("auto", help="genes-by-samples | samples-by-genes | auto"),
+    min_genes_present: float = typer.Option(0.8, min=0.0, max=1.0, help="Refuse a matrix holding fewer than this "
+                                                                       "share of the model's genes (the rest are "
+                                                                       "filled with training medians)."),
 ) -> None:
     """ALL/AML call for new samples from a trained bundle; genes aligned by probe id, mismatches reported."""
     from leukodx.omics.bundle import ExpressionModel, write_predictions
@@ -71,7 +74,7 @@ def predict(
 
     bundle = ExpressionModel.load(model)
     new = read_matrix(matrix, orientation=orientation)
-    proba, ood, missing, extra = bundle.score_set(new)
+    proba, ood, missing, extra = bundle.score_set(new, min_genes_present)
     if missing:
         console.print(f"{matrix}: {len(missing)} of the model's {len(bundle.genes)} genes missing "
                       f"(e.g. {missing[0]}); filled with the training median")
@@ -85,6 +88,8 @@ def predict(
         if flagged:
             console.print(f"{flagged} of {len(ood)} sample(s) lie far from the training samples (ood): another "
                           "platform, normalization or tissue? Their calls are unreliable.")
-        shift = bundle.reliability.shift(ood)
+        shift = bundle.reliability.shift(ood, unit="samples", causes="the platform, normalization or tissue likely "
+                                         "differs from the training samples",
+                                         advice="Check how the matrix was produced before using the calls.")
         if shift["flagged"]:
             console.print(f"shift: {shift['reason']}")

@@ -12,6 +12,7 @@ from leukodx.cli.options import DataRoot, OutputFile
 from rich.console import Console
 
 from leukodx import _atomic
+from leukodx.errors import Interrupted
 
 app = typer.Typer(no_args_is_help=True, help="Flow / mass cytometry: FCS files, leukemic-cell classifier, MRD-style read-out.")
 console = Console(stderr=True, soft_wrap=True)
@@ -110,8 +111,14 @@ def readout_cmd(
         console.print(f"{entry['file']}: {entry['leukemic_like']}/{entry['events_scored']} leukemic-like "
                       f"({entry['fraction_leukemic_like']:.1%}, 95% CI {lo:.1%}-{hi:.1%}): {entry['flag']}")
 
-    batch = readout_files(files, CellClassifier.load(model), refit_missing=refit_missing, compensate_spillover=compensate,
-                          data_root=data_root, on_result=show, on_error=lambda f, e: console.print(f"error: {e}"))
+    try:
+        batch = readout_files(files, CellClassifier.load(model), refit_missing=refit_missing,
+                              compensate_spillover=compensate, data_root=data_root, on_result=show,
+                              on_error=lambda f, e: console.print(f"error: {e}"))
+    except Interrupted as stop:  # keep what was read
+        _atomic.write_json(output, {**stop.partial, "interrupted": True})
+        stop.written_to = str(output)
+        raise
     for note in batch.pop("notes"):
         console.print(f"warning: {note}")
     _atomic.write_json(output, batch)
@@ -133,12 +140,20 @@ def features_cmd(
 
     wanted = [m.strip() for m in markers.split(",") if m.strip()]
     transform = Transform("asinh", cofactor)  # a bad cofactor is one error, before any file is read
-    header, rows, failures = features_table(files, wanted, transform, on_error=lambda f, e: console.print(f"error: {e}"))
+    from leukodx._csv import csv_text
+
+    try:
+        header, rows, failures = features_table(files, wanted, transform,
+                                                on_error=lambda f, e: console.print(f"error: {e}"))
+    except Interrupted as stop:  # keep the rows finished
+        header, rows, _ = stop.partial
+        if rows:
+            _atomic.write_text(output, csv_text(header, rows))
+            stop.written_to = str(output)
+        raise
     if not rows:
         console.print("error: no file could be summarized")
         raise typer.Exit(2)
-    from leukodx._csv import csv_text
-
     _atomic.write_text(output, csv_text(header, rows))
     console.print(f"{len(rows)} file(s) summarized ({len(wanted)} markers x {(len(header) - 2) // len(wanted)} features), "
                   f"{len(failures)} failed; written to {output}")

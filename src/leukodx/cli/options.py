@@ -31,9 +31,10 @@ def _output_dir(value):
     return value if value is None else check_output_dir(value)
 
 
-def OutputFile(help: str):  # noqa: N802 - reads like the other option constants
-    """``--output/-o FILE``, refused before any work when it cannot be written."""
-    return typer.Option(..., "--output", "-o", help=help, callback=_output_file)
+def OutputFile(help: str, required: bool = True):  # noqa: N802 - reads like the other option constants
+    """``--output/-o FILE``, refused before any work when it cannot be written (``required=False``:
+    an optional output, default none)."""
+    return typer.Option(... if required else None, "--output", "-o", help=help, callback=_output_file)
 
 
 def OutputDir(help: str):  # noqa: N802

@@ -13,6 +13,11 @@ Quirks found in real files are handled and recorded in ``FCSFile.warnings``:
 - duplicate channel names: later copies get a ``#2``, ``#3`` suffix;
 - integer data above its channel's $PnR bit mask (all values out of range = a broken file):
   refused, rather than silently masked into different numbers.
+
+Everything else that would make a read silently wrong is refused with one line naming the keyword:
+a missing $BYTEORD (never guessed), $TOT / $PAR that are not counts, a $TOT that disagrees with the
+DATA segment's length beyond the known off-by-one, an unknown $DATATYPE, $PnB / $PnR that are not
+numbers. A spillover matrix with non-finite values or that cannot be inverted is skipped with a note.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +119,9 @@ class FCSFile:
             raise InvalidInputError(f"chunk_events must be >= 1, got {chunk_events}")
         if self._fallback is not None:
             whole = self._fallback_array()
+            if len(whole) != self.event_count:
+                raise InvalidInputError(f"{self.path}: $TOT says {self.event_count} events but the DATA segment "
+                                        f"holds {len(whole)}")
             for start in range(0, len(whole), chunk_events):
                 block = whole[start:start + chunk_events].copy()
                 yield self._scale(block) if scale else block
@@ -132,7 +141,8 @@ class FCSFile:
                     block = b[..., order[0]] | (b[..., order[1]] << 8) | (b[..., order[2]] << 16)
                 if masks is not None:
                     self._check_mask(block, masks, start)
-                block = block.astype(np.float64)
+                with np.errstate(invalid="ignore"):  # NaN stored in float data: kept, dropped downstream
+                    block = block.astype(np.float64)
                 yield self._scale(block) if scale else block
         finally:
             del mapped
@@ -177,7 +187,8 @@ class FCSFile:
                 except ValueError:
                     pass
             if c.log_decades > 0:
-                block[:, c.index] = 10 ** (c.log_decades * block[:, c.index] / c.range) * c.log_zero
+                with np.errstate(over="ignore"):  # overflow to inf: dropped as non-finite downstream
+                    block[:, c.index] = 10 ** (c.log_decades * block[:, c.index] / c.range) * c.log_zero
             if c.gain not in (0.0, 1.0):
                 block[:, c.index] /= c.gain
         return block
@@ -185,7 +196,17 @@ class FCSFile:
     def _fallback_array(self) -> np.ndarray:
         flow = self._fallback
         if flow is True:  # TEXT parsed only so far: let FlowIO parse the data now
-            flow = _flowio_data(self.path, self.dataset, only_text=False, ignore_offset_error=True)[0]
+            from flowio.exceptions import FlowIOException
+
+            try:
+                flow = _flowio_data(self.path, self.dataset, only_text=False, ignore_offset_error=True)[0]
+            except LeukodxError:
+                raise
+            except (FlowIOException, ValueError, TypeError, IndexError, KeyError, OverflowError, MemoryError,
+                    struct.error) as exc:
+                raise InvalidInputError(f"{self.path}: cannot read the DATA segment ($DATATYPE {self.datatype}, "
+                                        f"$PnB {sorted({c.bits for c in self.channels}, key=str)}): "
+                                        f"{type(exc).__name__}: {exc}") from None
             if flow.events is None:
                 raise InvalidInputError(f"{self.path}: event data layout ($DATATYPE {self.datatype}, "
                                         f"$PnB {sorted({c.bits for c in self.channels}, key=str)}) is not supported")
@@ -254,8 +275,11 @@ def _flowio_data(path: Path, dataset: int, only_text: bool, ignore_offset_error:
                                    ignore_offset_discrepancy=source is not None)
             sets, flows = 1, [flow]
         except MultipleDataSetsError:
-            flows = flowio.read_multiple_data_sets(str(path), only_text=only_text,
-                                                   ignore_offset_error=ignore_offset_error)
+            try:
+                flows = flowio.read_multiple_data_sets(str(path), only_text=only_text,
+                                                       ignore_offset_error=ignore_offset_error)
+            except MultipleDataSetsError as exc:  # e.g. a negative $NEXTDATA
+                raise InvalidInputError(f"{path}: $NEXTDATA does not lead to a valid next data set ({exc})") from None
             sets = len(flows)
     if dataset >= sets or dataset < 0:
         raise InvalidInputError(f"{path}: holds {sets} data set(s); data set {dataset + 1} does not exist")
@@ -288,12 +312,17 @@ def _channels(flow: object, path: Path) -> tuple[list[Channel], list[str]]:
         else:
             seen[label.lower()] = 1
         bits_raw = text.get(f"p{number}b", "").strip()
+        if not (bits_raw.isdigit() or bits_raw == "*"):
+            raise InvalidInputError(f"{path}: $P{number}B {bits_raw!r} is not a bit width (a number or '*')")
+        value_range = float(meta.get("pnr", 0) or 0)
+        if not (np.isfinite(value_range) and value_range >= 0):
+            raise InvalidInputError(f"{path}: $P{number}R {text.get(f'p{number}r', '')!r} is not a finite range")
         kind = _channel_kind(pnn)
         source = pns if pns and pns.lower() != pnn.lower() else pnn
         channels.append(Channel(
             index=number - 1, pnn=pnn, pns=pns, label=label,
             marker="" if kind != "fluorescence" else canonical_marker(source),
-            kind=kind, range=float(meta.get("pnr", 0) or 0), bits=int(bits_raw) if bits_raw.isdigit() else None,
+            kind=kind, range=value_range, bits=int(bits_raw) if bits_raw.isdigit() else None,
             log_decades=float(meta["pne"][0]), log_zero=float(meta["pne"][1]), gain=float(meta.get("png", 1.0)),
         ))
     if sorted(flow.channels) != list(range(1, len(flow.channels) + 1)):
@@ -343,9 +372,12 @@ def open_fcs(path: str | os.PathLike, dataset: int = 0) -> FCSFile:
     if n_sets > 1:
         notes.append(f"file holds {n_sets} data sets; reading data set {dataset + 1}")
     text = dict(flow.text)
-    for key in ("tot", "par", "datatype"):
+    for key in ("tot", "par", "datatype", "byteord"):
         if key not in text:
             raise InvalidInputError(f"{path}: required keyword ${key.upper()} missing from TEXT")
+    for key in ("tot", "par"):
+        if not text[key].strip().isdigit():
+            raise InvalidInputError(f"{path}: ${key.upper()} {text[key]!r} is not a count")
     mode = text.get("mode", "L").strip().upper()
     if mode != "L":
         raise InvalidInputError(f"{path}: $MODE {mode} (histogram data) is not list-mode event data")
@@ -356,10 +388,12 @@ def open_fcs(path: str | os.PathLike, dataset: int = 0) -> FCSFile:
         raise InvalidInputError(f"{path}: $PAR says {par} channels but {len(channels)} $PnN keywords found")
 
     datatype = text["datatype"].strip().upper()
-    byteord = text.get("byteord", "1,2,3,4").replace(" ", "")
+    if datatype not in ("I", "F", "D", "A"):
+        raise InvalidInputError(f"{path}: $DATATYPE {text['datatype']!r} is not one of I, F, D, A")
+    byteord = text["byteord"].replace(" ", "")
     byteorder = ">" if byteord in ("4,3,2,1", "2,1") else "<"
-    if byteord not in ("1,2,3,4", "1,2", "4,3,2,1", "2,1"):
-        notes.append(f"unusual $BYTEORD {byteord}: read as little-endian")
+    if byteord not in ("1,2,3,4", "1,2", "1", "4,3,2,1", "2,1"):
+        raise InvalidInputError(f"{path}: $BYTEORD {byteord!r} is neither little- (1,2,3,4) nor big-endian (4,3,2,1)")
     data_start, data_end = _data_offsets(header, text, path, flow, base)
     bits = {c.bits for c in channels}
     mappable = datatype in ("F", "D") or (datatype == "I" and len(bits) == 1 and bits <= {8, 16, 24, 32})
@@ -376,6 +410,9 @@ def open_fcs(path: str | os.PathLike, dataset: int = 0) -> FCSFile:
         if declared < needed:
             raise InvalidInputError(f"{path}: DATA segment is {declared} bytes but $TOT x $PAR needs {needed}: "
                                     f"wrong offsets or wrong $TOT")
+        if declared - needed >= width:  # more than the off-by-one of some writers: $TOT is wrong
+            raise InvalidInputError(f"{path}: $TOT says {event_count} events but the DATA segment holds "
+                                    f"{declared // (par * width)} ({declared} bytes): wrong $TOT or wrong offsets")
         if declared > needed:
             notes.append(f"DATA segment declares {declared - needed} byte(s) more than the events need "
                          "(end offset off by one is a known FCS 3.1 writer quirk)")
@@ -411,6 +448,12 @@ def _spillover(text: dict, labels: list[str], pnns: list[str], path: Path, notes
             raise ValueError("size")
     except (ValueError, IndexError):
         notes.append("spillover keyword present but not a valid n,names,values matrix: compensation skipped")
+        return None
+    if not np.isfinite(values).all():
+        notes.append("spillover matrix holds non-finite values: compensation skipped")
+        return None
+    if n == 0 or np.linalg.cond(values.reshape(n, n)) > 1e12:
+        notes.append("spillover matrix cannot be inverted: compensation skipped")
         return None
     missing = [name for name in names if name not in pnns]
     if missing:

@@ -151,7 +151,7 @@ def readout_files(files: list[str | os.PathLike], model: CellClassifier, refit_m
     When ``refit_missing``, the DDPR training table is read once so files lacking markers get a
     model refit on the shared markers (a missing table is a note, not an error).
     """
-    from leukodx.errors import LeukodxError
+    from leukodx.errors import Interrupted, LeukodxError, item_error
 
     table = split = None
     notes = []
@@ -164,17 +164,25 @@ def readout_files(files: list[str | os.PathLike], model: CellClassifier, refit_m
         except LeukodxError as exc:
             notes.append(f"no refit for files lacking markers ({exc})")
     results, failures, cache = [], [], {}
-    for path in track(files, "FCS files"):
-        try:
-            entry = readout(path, model, compensate_spillover=compensate_spillover, table=table, split=split,
-                            refit_cache=cache)
-        except LeukodxError as exc:
-            failures.append({"file": str(path), "error": str(exc)})
-            if on_error:
-                on_error(str(path), str(exc))
-            continue
-        results.append(entry)
-        if on_result:
-            on_result(entry)
-    return {"model": model.card.get("name"), "model_sha256": model.card.get("sha256"), "results": results,
-            "failed": failures, "notes": notes}
+
+    def batch() -> dict:
+        return {"model": model.card.get("name"), "model_sha256": model.card.get("sha256"), "results": results,
+                "failed": failures, "notes": notes}
+
+    try:
+        for path in track(files, "FCS files"):
+            try:
+                entry = readout(path, model, compensate_spillover=compensate_spillover, table=table, split=split,
+                                refit_cache=cache)
+            except Exception as exc:  # noqa: BLE001 - one file never costs the batch its other results
+                message = item_error(path, exc)
+                failures.append({"file": str(path), "error": message})
+                if on_error:
+                    on_error(str(path), message)
+                continue
+            results.append(entry)
+            if on_result:
+                on_result(entry)
+    except KeyboardInterrupt:
+        raise Interrupted(len(results), len(files), "files", partial=batch()) from None
+    return batch()

@@ -61,6 +61,20 @@ class ImageIndex:
             h.update(f"{p}\t{self.classes[y]}\n".encode())
         return h.hexdigest()[:16]
 
+    def content_key(self) -> str:
+        """A key for results derived from the pixels (decoded-array and fingerprint caches): the
+        root, the file list and labels, and each file's size, modification and change time. An image
+        replaced under the same name (even with its old modification time kept) changes the key."""
+        h = hashlib.sha256()
+        h.update(f"{self.root.resolve()}\n{self.fingerprint()}\n".encode())
+        for p in self.abspaths():
+            try:
+                st = p.stat()
+                h.update(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}\n".encode())
+            except OSError:
+                h.update(b"missing\n")
+        return h.hexdigest()[:20]
+
 
 def index_image_folder(root: str | os.PathLike, name: str | None = None) -> ImageIndex:
     """Index a folder whose sub-folders are classes (the layout most labs keep)."""

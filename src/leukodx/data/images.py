@@ -6,7 +6,9 @@ Everything downstream receives ``uint8`` RGB arrays of shape (H, W, 3), whatever
 
 from __future__ import annotations
 
+import logging
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +27,21 @@ MIN_SIDE = 8
 # Truncated files must fail, not be silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+log = logging.getLogger(__name__)
+
 
 def is_image_file(path: str | os.PathLike) -> bool:
     name = os.path.basename(str(path))
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Read ``path`` as a (H, W, 3) uint8 RGB array, or raise a one-line ``InvalidInputError``."""
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, max_side: int | None = None) -> np.ndarray:
+    """Read ``path`` as a (H, W, 3) uint8 RGB array, or raise a one-line ``InvalidInputError``.
+
+    ``max_side``: the caller needs no more than this many pixels along the longer side; a larger
+    image is reduced while it is decoded (JPEG: in the DCT, others: PIL's box reduce), so a scan of
+    10,000^2 px never exists in memory at full size. The result keeps the aspect ratio and its longer
+    side is at least ``max_side`` (or the image's own, if smaller)."""
     path = Path(path)
     if not path.exists():
         raise DataNotFoundError(f"{path}: file not found")
@@ -44,6 +53,13 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
         with Image.open(path) as im:
             width, height = im.size
             _check_size(str(path), width, height, max_pixels)
+            if max_side is not None and max(width, height) > max_side:
+                im.draft("RGB", (max(1, width * max_side // max(width, height)),
+                                 max(1, height * max_side // max(width, height))))
+                im.load()
+                factor = max(im.size) // max_side
+                if factor >= 2:
+                    im = im.reduce(factor)
             im.load()
             # a camera's EXIF orientation: the image as it is shown, not as the sensor stored it
             return to_rgb_array(ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) != 1 else im)
@@ -151,17 +167,31 @@ def split_in_memory(item, name: str = "input") -> list[np.ndarray]:
     return [arr]
 
 
-def list_images(inputs: list[str | os.PathLike]) -> list[Path]:
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) as the image is shown (EXIF orientation applied), read from the header only."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
+                width, height = height, width
+            return width, height
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise InvalidInputError(f"{path}: not a readable image ({type(exc).__name__})") from None
+
+
+def list_images(inputs: list[str | os.PathLike], errors: list[dict] | None = None) -> list[Path]:
     """Expand files and folders (recursively) into a sorted list of image paths.
 
     A named file is kept whatever its extension, so that a bad file is reported rather than
-    silently skipped; inside folders only image extensions are taken.
+    silently skipped; inside folders only image extensions are taken, and the other files are
+    mentioned (one log line per folder given). A sub-folder that cannot be read is an entry in
+    ``errors`` when a list is given, else an ``InvalidInputError``.
     """
     found: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found.extend(sorted(q for q in p.rglob("*") if q.is_file() and is_image_file(q)))
+            found.extend(_walk_images(p, errors))
         elif p.exists():
             found.append(p)
         else:
@@ -169,12 +199,44 @@ def list_images(inputs: list[str | os.PathLike]) -> list[Path]:
     return found
 
 
+def _walk_images(folder: Path, errors: list[dict] | None) -> list[Path]:
+    images: list[Path] = []
+    other: Counter = Counter()
+
+    def unreadable(exc: OSError) -> None:
+        where = exc.filename or folder
+        reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or type(exc).__name__)
+        message = f"{where}: folder cannot be read ({reason}); its images are left out"
+        if errors is None:
+            raise InvalidInputError(message)
+        errors.append({"input": str(where), "error": message})
+
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a symbolic link back up the tree: walked once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        for name in files:
+            q = Path(root) / name
+            if is_image_file(q):
+                images.append(q)
+            elif not name.startswith("."):
+                other[os.path.splitext(name)[1].lower() or "(no extension)"] += 1
+    if other:
+        kinds = ", ".join(f"{ext} x{n}" for ext, n in other.most_common())
+        log.warning("%s: %d file(s) that are not images skipped (%s)", folder, sum(other.values()), kinds)
+    return sorted(images)
+
+
 def collect_images(inputs: list[str | os.PathLike]) -> tuple[list[Path], list[dict]]:
     """Like ``list_images``, but a missing input becomes an error entry and the rest are still listed."""
     found, errors = [], []
     for item in inputs:
         try:
-            found.extend(list_images([item]))
+            found.extend(list_images([item], errors))
         except DataNotFoundError as exc:
             errors.append({"input": str(item), "error": str(exc)})
     return found, errors

@@ -7,8 +7,6 @@ because centred single-cell images share much of their low-frequency structure.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -16,50 +14,55 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from leukodx.data.cache import cache_dir
+from leukodx import _atomic
+from leukodx.data.cache import cache_dir, writable_cache_dir
 from leukodx.data.folder import ImageIndex
 from leukodx.data.images import read_image
-from leukodx.errors import InvalidInputError
+from leukodx.errors import LeukodxError
 
 
 @dataclass
 class Fingerprints:
     hashes: np.ndarray  # (N,) uint64 pHash
     thumbs: np.ndarray  # (N, 32, 32) uint8 grayscale
+    readable: np.ndarray | None = None  # (N,) bool: False where the file could not be read (never paired)
 
 
 def fingerprints(index: ImageIndex, workers: int = 2) -> Fingerprints:
     """pHash and thumbnail of every image (cached beside the array cache)."""
-    key = hashlib.sha256((str(index.root.resolve()) + index.fingerprint()).encode()).hexdigest()[:20]
-    path = cache_dir() / f"fingerprints-{index.name}-{key}.npz"
+    name = f"fingerprints-{index.name}-{index.content_key()}.npz"
+    path = cache_dir() / name
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
-            return Fingerprints(z["hashes"], z["thumbs"])
+            if "readable" in z:
+                return Fingerprints(z["hashes"], z["thumbs"], z["readable"])
     hashes = np.zeros(len(index), dtype=np.uint64)
     thumbs = np.zeros((len(index), 32, 32), dtype=np.uint8)
+    readable = np.zeros(len(index), dtype=bool)
 
     def work(i: int) -> None:
         try:
             im = Image.fromarray(read_image(index.abspath(i)))
-        except InvalidInputError:
-            return  # unreadable files cannot leak; training reports them
+        except LeukodxError:
+            return  # unreadable files cannot leak; the audit lists them
         bits = imagehash.phash(im, hash_size=8).hash.flatten()
         hashes[i] = np.uint64(int("".join("1" if b else "0" for b in bits), 2))
         thumbs[i] = np.asarray(im.convert("L").resize((32, 32), Image.Resampling.BILINEAR))
+        readable[i] = True
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(work, range(len(index))))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part.npz")
-    np.savez(tmp, hashes=hashes, thumbs=thumbs)
-    os.replace(tmp, path)
-    return Fingerprints(hashes, thumbs)
+    folder = writable_cache_dir()
+    if folder is not None:
+        _atomic.save_npz(folder / name, hashes=hashes, thumbs=thumbs, readable=readable)
+    return Fingerprints(hashes, thumbs, readable)
 
 
 def near_duplicate_pairs(fp: Fingerprints, max_hamming: int = 6, max_thumb_diff: float = 6.0,
                          chunk: int = 1024) -> np.ndarray:
     """All pairs (i, j), i < j, of near-duplicates: (P, 2) int array."""
     h = fp.hashes
+    readable = np.ones(len(h), dtype=bool) if fp.readable is None else fp.readable
     thumbs = fp.thumbs.reshape(len(h), -1).astype(np.int16)
     found = []
     for start in range(0, len(h), chunk):
@@ -67,7 +70,7 @@ def near_duplicate_pairs(fp: Fingerprints, max_hamming: int = 6, max_thumb_diff:
         dist = np.bitwise_count(block[:, None] ^ h[None, :])
         ii, jj = np.nonzero(dist <= max_hamming)
         ii = ii + start
-        keep = jj > ii
+        keep = (jj > ii) & readable[ii] & readable[jj]
         ii, jj = ii[keep], jj[keep]
         if len(ii):
             diff = np.abs(thumbs[ii] - thumbs[jj]).mean(axis=1)
@@ -102,6 +105,7 @@ class LeakageReport:
     cross_split: dict[str, int] = field(default_factory=dict)
     examples: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    unreadable: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
@@ -138,6 +142,7 @@ def audit(index: ImageIndex, split: dict | None = None, max_hamming: int = 6, ma
         n_pairs_cross_class=int(sum(index.labels[a] != index.labels[b] for a, b in pairs)),
         cross_split=cross, examples=examples,
         settings={"hash": "pHash 64-bit", "max_hamming": max_hamming, "max_thumb_mad": max_thumb_diff},
+        unreadable=[index.paths[i] for i in np.flatnonzero(~fp.readable)] if fp.readable is not None else [],
     )
 
 

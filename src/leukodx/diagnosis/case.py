@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import os
-from dataclasses import dataclass
+from typing import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +37,6 @@ BLAST_FLAG_PERCENT = 20.0
 APL_FLAG_PROBABILITY = 0.5
 
 
-@dataclass
-class CaseImage:
-    name: str
-    rgb: np.ndarray
-
 
 def image_looks_like_field(rgb: np.ndarray) -> bool:
     """True for a low-magnification smear field, False for a single-cell image.
@@ -66,11 +61,15 @@ def _blobs(mask: np.ndarray, min_size: int) -> int:
     return int((ndimage.sum(mask, labels, range(1, n + 1)) >= min_size).sum())
 
 
-def recognise_kind(images: list[CaseImage]) -> tuple[str, str]:
-    """'cells' or 'fields' for a whole case by majority of per-image votes, and the evidence."""
-    votes = sum(image_looks_like_field(im.rgb) for im in images)
-    kind = "fields" if votes * 2 > len(images) else "cells"
-    return kind, f"{votes} of {len(images)} images look like smear fields"
+def recognise_kind(images: Iterable[np.ndarray]) -> tuple[str, str]:
+    """'cells' or 'fields' for a whole case by majority of per-image votes, and the evidence.
+    ``images`` may be a generator: one image is held at a time."""
+    votes = n = 0
+    for rgb in images:
+        votes += image_looks_like_field(rgb)
+        n += 1
+    kind = "fields" if votes * 2 > n else "cells"
+    return kind, f"{votes} of {n} images look like smear fields"
 
 
 def model_kind(clf: Classifier) -> str:
@@ -81,16 +80,17 @@ def model_kind(clf: Classifier) -> str:
     return "cells" if any(is_leukocyte(c) for c in clf.classes) else "fields"
 
 
-def _read_case(inputs: list[str | os.PathLike]) -> tuple[list[CaseImage], list[dict]]:
-    """Every readable image of the case; a missing or unreadable input is an error entry, not an abort."""
-    paths, errors = collect_images(inputs)
-    images = []
-    for p in track(paths, "reading the case"):
+def _stream_case(paths: list[Path], errors: list[dict], what: str) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, RGB) of each readable image, one decoded image in memory at a time (a case of whole-slide
+    sized fields would not fit otherwise); an unreadable file becomes an error entry, not an abort."""
+    for p in track(paths, what):
         try:
-            images.append(CaseImage(str(p), read_image(p)))
+            rgb = read_image(p)
         except LeukodxError as exc:
             errors.append({"input": str(p), "error": str(exc)})
-    return images, errors
+            continue
+        yield str(p), rgb
+        del rgb
 
 
 def _cell_summary(rows: list[dict], classes: list[str]) -> tuple[dict, list[str]]:
@@ -200,11 +200,15 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
     check_coverage(coverage)
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    images, errors = _read_case(list(inputs))
-    if not images:
+    paths, errors = collect_images(list(inputs))
+
+    def nothing_readable() -> InvalidInputError:
         where = ", ".join(str(i) for i in inputs)
         detail = f"; {len(errors)} unreadable, e.g. {errors[0]['error']}" if errors else ""
-        raise InvalidInputError(f"{where}: no readable image in this case{detail}")
+        return InvalidInputError(f"{where}: no readable image in this case{detail}")
+
+    if not paths:
+        raise nothing_readable()
     clf = None
     if model is not None:
         clf = model if isinstance(model, Classifier) else load_model(model, backend=backend)
@@ -212,16 +216,31 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
         evidence = "given by --kind"
     elif clf is not None:
         kind, evidence = model_kind(clf), "the model's input kind"
-    else:
-        kind, evidence = recognise_kind(images)
+    else:  # a first pass that keeps one vote per image, not the images
+        failed = len(errors)
+        kind, evidence = recognise_kind(rgb for _, rgb in _stream_case(paths, errors, "recognising the case"))
+        unreadable = {e["input"] for e in errors[failed:]}
+        paths = [p for p in paths if str(p) not in unreadable]
     clf = clf or load_model(DEFAULT_MODELS[kind], backend=backend)
     if model_kind(clf) != kind:
         raise InvalidInputError(f"model {clf.name} classifies {model_kind(clf)}, but the case was given as {kind}")
-    arrays = np.stack([clf.preprocess(im.rgb) for im in images])
+    # one streaming pass: each image is decoded, reduced to what the case keeps (the model's input,
+    # a thumbnail, the smear pipeline's per-field result) and released before the next
+    analyzer = _smear_analyzer(pixel_scale, um_per_px) if (kind == "fields" and smear) else None
+    names, inputs_small, thumbnails, fields = [], [], {}, []
+    for name, rgb in _stream_case(paths, errors, "reading the case"):
+        names.append(name)
+        inputs_small.append(clf.preprocess(rgb))
+        thumbnails[name] = _thumbnail(rgb)
+        if analyzer is not None:
+            fields.append(analyzer.analyze(rgb, name))
+    if not names:
+        raise nothing_readable()
+    arrays = np.stack(inputs_small)
     # the patient model was fitted on this model's probabilities unadapted; OOD is judged unadapted too
     base = clf.score_arrays(arrays)
     scored = Scored(clf.adapted_to(arrays).predict_arrays(arrays), base.ood_scores) if adapt_bn else base
-    rows = clf.rows_for([im.name for im in images], scored, coverage, decimals=4)
+    rows = clf.rows_for(names, scored, coverage, decimals=4)
     summary, flags = (_cell_summary if kind == "cells" else _field_summary)(rows, clf.classes)
     if kind == "cells":
         apl, apl_flags = _apl_call(clf, base.proba)
@@ -235,7 +254,7 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
         flags.insert(0, f"shift: {shift['reason']}")
     if errors:
         flags.append(f"{len(errors)} file(s) could not be read and were left out")
-    smear_result = _smear_analysis(images, pixel_scale, um_per_px) if (kind == "fields" and smear) else None
+    smear_result = _smear_summary(analyzer, fields, pixel_scale, um_per_px) if analyzer is not None else None
     if smear_result:
         flags.extend(f"smear: {f}" for f in smear_result["summary"]["flags"])
     return {
@@ -250,18 +269,18 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
         "n_images": len(rows), "shift": shift, "summary": summary, "flags": flags, "rows": rows, "errors": errors,
         **({"smear": smear_result} if smear_result else {}),
         "versions": versions(), "provenance": provenance(),
-        "_thumbnails": {im.name: _thumbnail(im.rgb) for im in images},
-        **({"_explanations": _explanations(clf, images, arrays, rows)} if explain else {}),
+        "_thumbnails": thumbnails,
+        **({"_explanations": _explanations(clf, names, arrays, rows)} if explain else {}),
     }
 
 
-def _explanations(clf: Classifier, images: list[CaseImage], arrays: np.ndarray, rows: list[dict]) -> dict[str, bytes]:
+def _explanations(clf: Classifier, names: list[str], arrays: np.ndarray, rows: list[dict]) -> dict[str, bytes]:
     """A JPEG of each image with the Grad-CAM heatmap of its top class laid over it."""
     from leukodx.inference.explain import gradcam, overlay
 
     targets = np.asarray([clf.classes.index(r["top_class"]) for r in rows])
     heat = gradcam(clf.net, arrays, clf.preprocess, targets)
-    return {im.name: _jpeg(overlay(a, h)) for im, a, h in zip(images, arrays, heat)}
+    return {name: _jpeg(overlay(a, h)) for name, a, h in zip(names, arrays, heat)}
 
 
 def _review_flag(rows: list[dict], clf: Classifier, coverage: float) -> str | None:
@@ -279,12 +298,16 @@ def _review_flag(rows: list[dict], clf: Classifier, coverage: float) -> str | No
             + " (an image may have several reasons)")
 
 
-def _smear_analysis(images: list[CaseImage], pixel_scale: float | None, um_per_px: float | None) -> dict:
-    """Cells, counts and differential per field and for the case (the detector and cell-type model)."""
-    from leukodx.smear.pipeline import SmearAnalyzer, summarize_fields
+def _smear_analyzer(pixel_scale: float | None, um_per_px: float | None):
+    from leukodx.smear.pipeline import SmearAnalyzer
 
-    analyzer = SmearAnalyzer(pixel_scale=pixel_scale, um_per_px=um_per_px)
-    fields = [analyzer.analyze(im.rgb, im.name) for im in track(images, "smear fields")]
+    return SmearAnalyzer(pixel_scale=pixel_scale, um_per_px=um_per_px)
+
+
+def _smear_summary(analyzer, fields: list[dict], pixel_scale: float | None, um_per_px: float | None) -> dict:
+    """Cells, counts and differential per field and for the case (the detector and cell-type model)."""
+    from leukodx.smear.pipeline import summarize_fields
+
     return {"detector": {"name": analyzer.detector.name, "sha256": analyzer.detector.card.get("sha256")},
             "scale_given": {"pixel_scale": pixel_scale, "um_per_px": um_per_px},
             "summary": summarize_fields(fields),

@@ -23,7 +23,7 @@ import torch
 
 from leukodx._csv import csv_text
 from leukodx._progress import track
-from leukodx.data.cache import cache_dir
+from leukodx.data.cache import writable_cache_dir
 from leukodx.data.images import as_rgb_array, list_images, read_image, split_in_memory
 from leukodx.errors import InvalidInputError, LeukodxError
 from leukodx.models.architectures import network_from_card
@@ -112,7 +112,15 @@ class Classifier:
         return backend
 
     def onnx_path(self) -> Path:
-        return cache_dir() / "onnx" / f"{self.card.get('sha256', 'unsaved')[:24]}-{self.preprocess.size}-f2.onnx"
+        """Where the ONNX export is kept: the cache, or a private temporary folder when the cache cannot
+        be written (the export is then made again by the next process)."""
+        name = f"{self.card.get('sha256', 'unsaved')[:24]}-{self.preprocess.size}-f2.onnx"
+        folder = writable_cache_dir("onnx")
+        if folder is None:
+            import tempfile
+
+            folder = Path(tempfile.mkdtemp(prefix="leukodx-onnx-"))
+        return folder / name
 
     def _onnx_session(self):
         """The ONNX Runtime session of the cached export, trusted only after it answers a random probe as
@@ -190,7 +198,7 @@ class Classifier:
         for item in inputs:
             if isinstance(item, (str, os.PathLike)):
                 try:
-                    items.extend(list_images([item]))
+                    items.extend(list_images([item], errors))
                 except LeukodxError as exc:
                     errors.append({"input": str(item), "error": str(exc)})
             else:

@@ -92,8 +92,12 @@ class WithFeatures(nn.Module):
 ADAPT_ADVICE = "Check a sample by eye, and consider `leukodx adapt` with a few labelled cells from this lab."
 
 
+#: what a shift of image inputs usually means
+IMAGE_CAUSES = "the site, stain, scanner or magnification likely differs from the training images"
+
+
 def shift_verdict(flagged: int, n: int, false_alarm: float = DEFAULT_FALSE_ALARM, unit: str = "inputs",
-                  advice: str = ADAPT_ADVICE) -> dict:
+                  advice: str = ADAPT_ADVICE, causes: str = IMAGE_CAUSES) -> dict:
     """A batch's shift verdict from how many of its ``n`` inputs were flagged OOD: flagged when that
     many would happen by chance (rate ``false_alarm``) with p below ``SHIFT_P``; ``advice`` ends the sentence."""
     if n == 0:
@@ -102,8 +106,7 @@ def shift_verdict(flagged: int, n: int, false_alarm: float = DEFAULT_FALSE_ALARM
     share = flagged / n
     if p < SHIFT_P:
         reason = (f"{flagged} of {n} {unit} ({share:.0%}) lie outside the model's training data where about "
-                  f"{false_alarm:.0%} would by chance (p = {p:.1e}): the site, stain, scanner or magnification "
-                  f"likely differs from the training images; results are unreliable. {advice}")
+                  f"{false_alarm:.0%} would by chance (p = {p:.1e}): {causes}; results are unreliable. {advice}")
     else:
         reason = (f"{flagged} of {n} {unit} ({share:.0%}) lie outside the training data, in line with the "
                   f"{false_alarm:.0%} expected by chance: no sign of a shift")
@@ -198,10 +201,11 @@ class Reliability:
     def is_ood(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold
 
-    def shift(self, scores: np.ndarray) -> dict:
-        """Whether a batch as a whole departs from the training images, as a plain sentence."""
+    def shift(self, scores: np.ndarray, **wording) -> dict:
+        """Whether a batch as a whole departs from the training data, as a plain sentence (``wording``:
+        ``shift_verdict``'s unit, causes, advice)."""
         scores = np.asarray(scores, dtype=np.float64)
-        return shift_verdict(int(np.sum(scores > self.threshold)), len(scores), self.false_alarm)
+        return shift_verdict(int(np.sum(scores > self.threshold)), len(scores), self.false_alarm, **wording)
 
     @property
     def has_conformal(self) -> bool:

@@ -27,6 +27,12 @@ DEFAULT_MODEL = "golub-all-aml"
 EXPORTABLE = ("mlp", "pnn", "weighted-voting", "elastic-net")
 
 
+#: the share of the model's genes an input must have (the rest are filled with training medians)
+MIN_GENES_PRESENT = 0.8
+#: a matrix whose typical gene is more than this many decades off its training median is refused
+MAX_SCALE_OFFSET_DECADES = 0.7
+
+
 @dataclass
 class ExpressionModel:
     """Class probabilities for samples x ``genes`` expression values (raw scale, as in training)."""
@@ -67,17 +73,51 @@ class ExpressionModel:
         proba, _, missing, extra = self.score_set(data)
         return proba, missing, extra
 
-    def score_set(self, data) -> tuple[np.ndarray, np.ndarray | None, list[str], list[str]]:
-        """``predict_set`` plus each sample's OOD score (None without statistics in the bundle)."""
+    def score_set(self, data, min_genes_present: float = MIN_GENES_PRESENT) -> tuple[np.ndarray, np.ndarray | None,
+                                                                                    list[str], list[str]]:
+        """``predict_set`` plus each sample's OOD score (None without statistics in the bundle).
+
+        Refused, rather than guessed: fewer than ``min_genes_present`` of the model's genes in the input
+        (the rest would be training medians, and the call would be the training set's, not the sample's),
+        and values on another scale than training (log-transformed, rescaled)."""
         from leukodx.omics.io import align_genes
 
+        source = data.meta.get("source", "input")
         values, missing, extra = align_genes(data, self.genes)
+        present = len(self.genes) - len(missing)
+        if present < min_genes_present * len(self.genes):
+            raise InvalidInputError(
+                f"{source}: shares {present} of the model's {len(self.genes)} genes; at least "
+                f"{int(np.ceil(min_genes_present * len(self.genes)))} are needed (same platform and probe ids as "
+                f"training?)")
+        self._check_scale(values, data, source)
         if missing:
             values = np.where(np.isnan(values), self.arrays["train_median"], values)
         library = data.values.sum(axis=1) if self.preprocess["kind"] == "counts" else None
         proba = self.predict_proba(values, library)
         ood = self.reliability.ood_scores(self._features(values, library)) if self.reliability else None
         return proba, ood, missing, extra
+
+    def _check_scale(self, values: np.ndarray, data, source: str) -> None:
+        """Values must be on the training scale: a microarray sample's typical gene, relative to the
+        training median of that gene, within x5 (training samples lie within x2.5); counts must be
+        non-negative raw counts, not log values."""
+        if self.preprocess["kind"] == "microarray":
+            present = ~np.isnan(values)
+            ratio = np.log10(np.maximum(values, 1.0)) - np.log10(np.maximum(self.arrays["train_median"], 1.0))
+            per_sample = np.array([np.median(r[m]) for r, m in zip(ratio, present)])
+            offset = float(np.median(per_sample))
+            if abs(offset) > MAX_SCALE_OFFSET_DECADES:
+                raise InvalidInputError(
+                    f"{source}: values are on another scale than training (the typical gene is x{10 ** offset:.3g} "
+                    f"its training median): log-transformed or rescaled? The model needs the raw scale it was "
+                    f"trained on ({self.card.get('data', {}).get('dataset', 'training')} values)")
+        else:
+            if (data.values < 0).any():
+                raise InvalidInputError(f"{source}: negative values; a counts model needs raw read counts")
+            if data.values.max() < 50:
+                raise InvalidInputError(f"{source}: the largest value is {data.values.max():.3g}: log-transformed? "
+                                        "A counts model needs raw read counts")
 
     def fit_reliability(self, data, labels) -> None:
         """OOD statistics from the training samples (cross-fitted threshold: there is no validation set)."""

@@ -46,7 +46,11 @@ def _check_values(frame: pd.DataFrame, name: str) -> np.ndarray:
     if numeric.isna().to_numpy().any():
         r, c = np.argwhere(numeric.isna().to_numpy())[0]
         raise InvalidInputError(f"{name}: missing value (NaN) at gene {frame.index[r]!r}, sample {frame.columns[c]!r}")
-    return numeric.to_numpy(dtype=np.float64)
+    values = numeric.to_numpy(dtype=np.float64)
+    if not np.isfinite(values).all():
+        r, c = np.argwhere(~np.isfinite(values))[0]
+        raise InvalidInputError(f"{name}: infinite value at gene {frame.index[r]!r}, sample {frame.columns[c]!r}")
+    return values
 
 
 def _unique_genes(genes: list[str], name: str) -> None:
@@ -59,17 +63,20 @@ def _unique_genes(genes: list[str], name: str) -> None:
         raise InvalidInputError(f"{name}: duplicate gene id {dupes[0]!r} ({len(dupes)} duplicates); ids must be unique")
 
 
-def _read_golub_table(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+GOLUB_ID_COLUMN = "Gene Accession Number"
+
+
+def _read_golub_table(path: Path, raw: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """Values and P/A/M calls (genes x samples) of one Golub CSV, whose sample columns are out of order."""
     if not path.exists():
         raise DataNotFoundError(f"{path}: file not found")
-    raw = pd.read_csv(path)
+    raw = pd.read_csv(path) if raw is None else raw
     genes = raw["Gene Accession Number"].astype(str)
     sample_cols = [c for c in raw.columns if not c.startswith("call") and c not in ("Gene Description", "Gene Accession Number")]
     call_cols = [raw.columns[raw.columns.get_loc(c) + 1] for c in sample_cols]  # each sample's call follows it
     values = raw[sample_cols].copy()
     values.index = genes
-    values.columns = [str(int(c)) for c in sample_cols]
+    values.columns = [str(c).strip() for c in sample_cols]
     calls = raw[call_cols].copy()
     calls.index, calls.columns = genes, values.columns
     return values, calls, raw["Gene Description"].astype(str).tolist()
@@ -130,19 +137,26 @@ def read_matrix(path: str | os.PathLike, labels: str | os.PathLike | None = None
             names = None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"{path}: not a readable expression table ({str(exc).splitlines()[0]})") from None
+    if GOLUB_ID_COLUMN in frame.columns:  # Golub's own layout: description, id, then sample / call pairs
+        values, _, names = _read_golub_table(path, frame.reset_index())
+        frame, orientation = values, "genes-by-samples"
+        if values.shape[1] == 0:
+            raise InvalidInputError(f"{path}: Golub-style table without sample columns")
+    if frame.shape[1] == 0:
+        raise InvalidInputError(f"{path}: no sample columns (only the gene ids); expected genes x samples values")
     if frame.empty:
         raise InvalidInputError(f"{path}: no data rows")
     if orientation == "auto":
         orientation = "genes-by-samples" if frame.shape[0] >= frame.shape[1] else "samples-by-genes"
     if orientation == "genes-by-samples":
         genes, samples = [str(g) for g in frame.index], [str(s) for s in frame.columns]
-        values = _check_values(frame, path.name).T
+        values = _check_values(frame, str(path)).T
     elif orientation == "samples-by-genes":
         genes, samples = [str(g) for g in frame.columns], [str(s) for s in frame.index]
-        values = _check_values(frame.T, path.name).T
+        values = _check_values(frame.T, str(path)).T
     else:
         raise InvalidInputError(f"orientation {orientation!r}: expected genes-by-samples, samples-by-genes or auto")
-    _unique_genes(genes, path.name)
+    _unique_genes(genes, str(path))
     y = None
     if labels is not None:
         table = pd.read_csv(labels, header=None, index_col=0, sep=None, engine="python").iloc[:, 0]

@@ -109,12 +109,35 @@ class Segmenter:
                     logits = self.net(x)
                 features.append(seen[-1].numpy().astype(np.float64))
                 for im, lg in zip(chunk, logits):
-                    up = torch.nn.functional.interpolate(lg[None], size=im.shape[:2], mode="bilinear",
-                                                         align_corners=False)
-                    out.append(up[0].argmax(0).numpy().astype(np.uint8))
+                    out.append(_upsampled_labels(lg, im.shape[:2]))
         finally:
             hook.remove()
         return out, (np.concatenate(features) if features else np.zeros((0, 0)))
+
+
+#: masks are interpolated from the logits up to this side; beyond it the label map is enlarged by
+#: nearest neighbour (the network saw ``size`` px: no detail is lost, and a 10,000^2 image does not
+#: need 3 x 4 bytes of logits per pixel)
+UPSAMPLE_CAP = 1024
+
+
+def _upsampled_labels(logits: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
+    h, w = shape
+    scale = min(1.0, UPSAMPLE_CAP / max(h, w))
+    inner = (max(1, round(h * scale)), max(1, round(w * scale)))
+    up = torch.nn.functional.interpolate(logits[None], size=inner, mode="bilinear", align_corners=False)
+    labels = up[0].argmax(0).numpy().astype(np.uint8)
+    if inner != (h, w):
+        labels = np.asarray(Image.fromarray(labels).resize((w, h), Image.Resampling.NEAREST))
+    return labels
+
+
+def _mask_png(labels: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.array([0, 128, 255], dtype=np.uint8)[labels]).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -332,40 +355,58 @@ def evaluate_segmenter(seg: Segmenter, dataset: str, split: str = "test", data_r
             "trained_on": trained_on, "within_dataset": dataset in trained_on, **result}
 
 
-def segment_files(inputs, out_dir: str | os.PathLike, seg: Segmenter) -> tuple[int, list[dict], dict]:
-    """Masks (PNG, wbc-seg's grey levels) and nucleus / cytoplasm areas (areas.csv, with each image's
-    OOD score and flag) for every readable image; returns (count, errors, the batch's shift verdict)."""
-    from leukodx.models.reliability import shift_verdict
-    import io
+AREA_COLUMNS = ["input", "mask", "nucleus_px", "cytoplasm_px", "nucleus_to_cell", "ood_score", "ood"]
 
+
+def segment_files(inputs, out_dir: str | os.PathLike, seg: Segmenter) -> tuple[int, list[dict], dict]:
+    """Masks (PNG, wbc-seg's grey levels, at each image's own size) and nucleus / cytoplasm areas
+    (areas.csv: each image's mask file, areas, OOD score and flag) for every readable image; returns
+    (count, errors, the batch's shift verdict).
+
+    Inputs sharing a stem (good.jpg, good.bmp) get distinct masks (good.mask.png, good-2.mask.png).
+    An image is decoded at no more than a few times the network's input size (a 10,000^2 scan costs
+    megabytes, not gigabytes); areas are counted on the reduced mask and scaled to the full image.
+    If interrupted, areas.csv holds the images finished so far."""
     from leukodx._csv import csv_text_dicts
-    from leukodx.data.images import collect_images
-    from leukodx.errors import LeukodxError
+    from leukodx.data.images import collect_images, image_size
+    from leukodx.errors import Interrupted, LeukodxError
+    from leukodx.models.reliability import shift_verdict
 
     out_dir = Path(out_dir)
     paths, errors = collect_images(inputs)
-    rows = []
-    for path in track(paths, "segmenting"):
-        try:
-            rgb = read_image(path)
-        except LeukodxError as exc:
-            errors.append({"input": str(path), "error": str(exc)})
-            continue
-        masks, features = seg.predict_with_features([rgb])
-        labels = masks[0]
-        score = float(seg.reliability.ood_scores(features)[0]) if seg.reliability is not None else None
-        grey = np.array([0, 128, 255], dtype=np.uint8)[labels]
-        buf = io.BytesIO()
-        Image.fromarray(grey).save(buf, format="PNG")
-        _atomic.write_bytes(out_dir / f"{Path(path).stem}.mask.png", buf.getvalue())
-        nucleus, cytoplasm = int((labels == 2).sum()), int((labels == 1).sum())
-        rows.append({"input": str(path), "nucleus_px": nucleus, "cytoplasm_px": cytoplasm,
-                     "nucleus_to_cell": round(nucleus / max(1, nucleus + cytoplasm), 4),
-                     "ood_score": "" if score is None else round(score, 3),
-                     "ood": "" if score is None else int(score > seg.reliability.threshold)})
-    if rows:
-        _atomic.write_text(out_dir / "areas.csv", csv_text_dicts(
-            ["input", "nucleus_px", "cytoplasm_px", "nucleus_to_cell", "ood_score", "ood"], rows))
+    rows, names = [], _atomic.OutputNames(reserved=("areas",))
+
+    def write_areas() -> None:
+        if rows:
+            _atomic.write_text(out_dir / "areas.csv", csv_text_dicts(AREA_COLUMNS, rows))
+
+    try:
+        for path in track(paths, "segmenting"):
+            try:
+                width, height = image_size(path)
+                rgb = read_image(path, max_side=4 * seg.config.size)
+            except LeukodxError as exc:
+                errors.append({"input": str(path), "error": str(exc)})
+                continue
+            masks, features = seg.predict_with_features([rgb])
+            small = masks[0]
+            score = float(seg.reliability.ood_scores(features)[0]) if seg.reliability is not None else None
+            area_scale = (width * height) / small.size
+            nucleus = int(round((small == 2).sum() * area_scale))
+            cytoplasm = int(round((small == 1).sum() * area_scale))
+            labels = small if small.shape == (height, width) else \
+                np.asarray(Image.fromarray(small).resize((width, height), Image.Resampling.NEAREST))
+            mask_name = f"{names.stem_for(path)}.mask.png"
+            _atomic.write_bytes(out_dir / mask_name, _mask_png(labels))
+            del labels, rgb
+            rows.append({"input": str(path), "mask": mask_name, "nucleus_px": nucleus, "cytoplasm_px": cytoplasm,
+                         "nucleus_to_cell": round(nucleus / max(1, nucleus + cytoplasm), 4),
+                         "ood_score": "" if score is None else round(score, 3),
+                         "ood": "" if score is None else int(score > seg.reliability.threshold)})
+    except KeyboardInterrupt:
+        write_areas()
+        raise Interrupted(len(rows), len(paths), "images", written_to=str(out_dir)) from None
+    write_areas()
     if seg.reliability is None:
         shift = {"flagged": None, "score": None, "reason": "OOD check unavailable: the segmenter's bundle has no "
                                                           "reliability statistics (leukodx reliability fit)"}

@@ -1,0 +1,305 @@
+"""Issue 13, items 4-6 and 8-10, each from its reproduction: outputs never collide or go stale, caches
+follow content, expression inputs are checked, interrupts keep what was finished, memory stays bounded."""
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from leukodx.cli.app import main
+from leukodx.data.images import list_images, read_image
+
+
+def _leukodx(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "leukodx", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def wbc_cell(data_root):
+    from leukodx.smear.segmentation import wbc_seg_items
+
+    return wbc_seg_items("wbc-seg-1", data_root)[0]["image"]
+
+
+# --- item 5: name collisions and stale batch files ---------------------------------------------------
+
+def test_segment_keeps_one_mask_per_input_when_stems_collide(wbc_cell, tmp_path, capsys):
+    rgb = read_image(wbc_cell)
+    src = tmp_path / "in"
+    src.mkdir()
+    for ext in ("jpg", "bmp", "webp", "png"):
+        Image.fromarray(rgb).save(src / f"good.{ext}")
+    assert main(["segment", str(src), "-o", str(tmp_path / "out")]) == 0
+    areas = pd.read_csv(tmp_path / "out" / "areas.csv")
+    masks = sorted(p.name for p in (tmp_path / "out").glob("*.mask.png"))
+    assert len(areas) == 4 and len(masks) == 4 and sorted(areas["mask"]) == masks
+    assert len(set(areas["mask"])) == 4
+
+
+def test_detect_field_named_summary_does_not_overwrite_the_batch_summary(tmp_path, capsys):
+    from leukodx.data.registry import load_dataset
+
+    bccd = load_dataset("bccd")
+    rec = bccd.records[bccd.splits["test"][0]]
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(bccd.root / rec["path"], src / "summary.jpg")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "cells.csv").write_text("stale,from,an,old,run\n")
+    (out / "summary.json").write_text('{"stale": true}')
+    assert main(["detect", str(src), "-o", str(out), "--no-overlay"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_fields"] == 1 and summary["complete"] is True and "stale" not in summary
+    field = json.loads((out / "summary-2.json").read_text())
+    assert field["outputs"]["json"] == "summary-2.json" and field["field"] == str(src / "summary.jpg")
+    assert summary["summary"]["counts"] is not None  # the field was counted, so cells.csv is this run's
+    assert (out / "cells.csv").read_text().startswith("field,kind,")
+
+
+def test_interrupted_detect_writes_the_summary_of_what_it_finished(tmp_path, capsys, monkeypatch):
+    from leukodx.data.registry import load_dataset
+    from leukodx.smear.pipeline import SmearAnalyzer
+
+    bccd = load_dataset("bccd")
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in bccd.splits["test"][:3]:
+        shutil.copy(bccd.root / bccd.records[i]["path"], src / Path(bccd.records[i]["path"]).name)
+    real, calls = SmearAnalyzer.analyze, []
+
+    def stop_on_second(self, rgb, name=""):
+        calls.append(name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, rgb, name)
+
+    monkeypatch.setattr(SmearAnalyzer, "analyze", stop_on_second)
+    out = tmp_path / "out"
+    assert main(["detect", str(src), "-o", str(out), "--no-overlay"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == f"error: interrupted; 1 of 3 fields written to {out}"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is False and summary["n_fields"] == 1
+
+
+# --- item 9: folders with unreadable sub-folders or other files --------------------------------------
+
+def test_unreadable_subfolder_is_reported_and_other_files_mentioned(real_jpeg, tmp_path, monkeypatch, caplog):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "locked").mkdir()
+    shutil.copy(real_jpeg, tmp_path / "a" / "x.jpg")
+    shutil.copy(real_jpeg, tmp_path / "locked" / "y.jpg")
+    (tmp_path / "notes.txt").write_text("x")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    errors = []
+    with caplog.at_level(logging.WARNING, logger="leukodx"):
+        found = list_images([tmp_path], errors)
+    assert found == [tmp_path / "a" / "x.jpg"]
+    assert errors == [{"input": str(tmp_path / "locked"),
+                       "error": f"{tmp_path / 'locked'}: folder cannot be read (permission denied); its images "
+                                "are left out"}]
+    assert "1 file(s) that are not images skipped (.txt x1)" in caplog.text
+
+
+def test_symlink_loop_in_a_folder_is_walked_once(real_jpeg, tmp_path):
+    (tmp_path / "sub").mkdir()
+    shutil.copy(real_jpeg, tmp_path / "sub" / "x.jpg")
+    os.symlink(tmp_path, tmp_path / "sub" / "loop")
+    assert list_images([tmp_path]) == [tmp_path / "sub" / "x.jpg"]
+
+
+# --- item 6: caches keyed by content -----------------------------------------------------------------
+
+def test_array_cache_and_audit_follow_an_image_replaced_under_the_same_name(pbc_folder, tmp_path):
+    from leukodx.data.cache import cached_arrays
+    from leukodx.data.folder import index_image_folder
+    from leukodx.data.leakage import audit
+    from leukodx.preprocessing.transforms import Preprocess
+
+    root = tmp_path / "ds"
+    shutil.copytree(pbc_folder, root)
+    index = index_image_folder(root)
+    pre = Preprocess(size=32)
+    first = cached_arrays(index, pre).copy()
+    pairs_before = audit(index).n_pairs
+    # replace image 0 by a copy of image 1 (same name, same mtime kept): the cache must not answer
+    target, donor = index.abspath(0), index.abspath(1)
+    stamp = target.stat()
+    shutil.copy(donor, target)
+    os.utime(target, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    again = cached_arrays(index_image_folder(root), pre)
+    assert np.array_equal(again[0], again[1]) and not np.array_equal(again[0], first[0])
+    assert audit(index_image_folder(root)).n_pairs == pairs_before + 1
+
+
+def test_unreadable_images_are_never_paired_in_the_audit(pbc_folder, tmp_path):
+    from leukodx.data.folder import index_image_folder
+    from leukodx.data.leakage import audit
+
+    root = tmp_path / "ds"
+    shutil.copytree(pbc_folder, root)
+    index = index_image_folder(root)
+    pairs_before = audit(index).n_pairs
+    for i in (0, 5, 9):  # three unreadable files used to hash to 0 and pair with each other
+        index.abspath(i).write_bytes(b"not an image")
+    report = audit(index_image_folder(root))
+    assert report.n_pairs <= pairs_before and sorted(report.unreadable) == sorted(index.paths[i] for i in (0, 5, 9))
+
+
+# --- item 4: a cache folder that cannot be written ---------------------------------------------------
+
+def test_unwritable_cache_folder_is_a_warning_not_a_failure(real_jpeg, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder would be")
+    out = tmp_path / "p.csv"
+    proc = _leukodx("predict", real_jpeg, "-o", out, "--backend", "onnx", env={"LEUKODX_CACHE": str(blocker / "c")})
+    assert proc.returncode == 0, proc.stderr
+    assert "cache folder cannot be written" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(pd.read_csv(out)) == 1
+
+
+# --- item 8: expression inputs -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def golub_matrix(data_root, tmp_path_factory):
+    """Golub's independent set as a plain genes x samples CSV."""
+    raw = pd.read_csv(data_root / "golub" / "data_set_ALL_AML_independent.csv")
+    cols = [c for c in raw.columns if not c.startswith("call") and c != "Gene Description"]
+    return raw[cols].set_index("Gene Accession Number").astype(float)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("log2", "values are on another scale than training"),
+    ("x1000", "values are on another scale than training"),
+    ("inf", "infinite value at gene"),
+    ("no samples", "no sample columns"),
+    ("30 of 50 genes", "shares 30 of the model's 50 genes; at least 40 are needed"),
+])
+def test_expression_matrix_problems_are_refused(golub_matrix, tmp_path, case, expected):
+    from leukodx.omics.bundle import ExpressionModel
+
+    m = golub_matrix.copy()
+    if case == "log2":
+        m = np.log2(m.clip(lower=1))
+    elif case == "x1000":
+        m = m * 1000
+    elif case == "inf":
+        m.iloc[3, 2] = np.inf
+    elif case == "no samples":
+        m = m.iloc[:, :0]
+    else:
+        m = m.drop(index=ExpressionModel.load().genes[:20])
+    m.to_csv(tmp_path / "m.csv")
+    proc = _leukodx("expression", "predict", tmp_path / "m.csv", "-o", tmp_path / "p.csv")
+    assert proc.returncode == 2 and expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_golubs_own_independent_csv_is_read(data_root, tmp_path):
+    proc = _leukodx("expression", "predict", data_root / "golub" / "data_set_ALL_AML_independent.csv",
+                    "-o", tmp_path / "p.csv")
+    assert proc.returncode == 0, proc.stderr
+    pred = pd.read_csv(tmp_path / "p.csv", dtype={"sample": str})
+    labels = pd.read_csv(data_root / "golub" / "actual.csv", dtype={"patient": str}).set_index("patient")["cancer"]
+    assert len(pred) == 34 and (pred["prediction"] == labels.loc[pred["sample"]].to_numpy()).mean() > 0.85
+
+
+# --- item 10: memory of diagnose --kind fields and of segment on very large images -------------------
+
+def test_diagnose_fields_holds_one_decoded_field_at_a_time(aria_folder, tmp_path):
+    from leukodx.diagnosis.case import diagnose
+
+    src = next(Path(aria_folder).rglob("*.jpg"))
+    big = read_image(src)
+    big = np.asarray(Image.fromarray(big).resize((3200, 3200)))  # 30 MB decoded
+    for i in range(8):
+        Image.fromarray(big).save(tmp_path / f"f{i}.png")
+    one_field = big.nbytes
+    tracemalloc.start()
+    try:
+        result = diagnose([tmp_path], kind="fields", smear=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result["n_images"] == 8
+    assert peak < 4 * one_field  # the eight decoded fields together would be 8x; one plus transients < 4x
+
+
+def test_segment_reads_a_huge_image_reduced_and_writes_a_full_size_mask(wbc_cell, tmp_path):
+    from leukodx.smear.segmentation import load_segmenter, segment_files
+
+    rgb = read_image(wbc_cell)
+    side = 6000
+    Image.fromarray(rgb).resize((side, side)).save(tmp_path / "huge.jpg", quality=90)
+    tracemalloc.start()
+    try:
+        done, errors, _ = segment_files([tmp_path / "huge.jpg"], tmp_path / "out", load_segmenter("wbc-seg-unet"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert done == 1 and not errors
+    assert peak < side * side * 3  # less than one full-size RGB copy (the old path held several)
+    with Image.open(tmp_path / "out" / "huge.mask.png") as mask:
+        assert mask.size == (side, side)
+    areas = pd.read_csv(tmp_path / "out" / "areas.csv")
+    assert 0 < areas["nucleus_px"][0] < side * side
+
+
+def test_interrupted_segment_keeps_the_areas_of_finished_images(wbc_cell, tmp_path, capsys, monkeypatch):
+    from leukodx.smear.segmentation import Segmenter
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        shutil.copy(wbc_cell, src / f"c{i}{wbc_cell.suffix}")
+    real, calls = Segmenter.predict_with_features, []
+
+    def stop_on_third(self, images, batch=16):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, images, batch)
+
+    monkeypatch.setattr(Segmenter, "predict_with_features", stop_on_third)
+    out = tmp_path / "out"
+    assert main(["segment", str(src), "-o", str(out)]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: interrupted; 2 of 3 images written to {out}"
+    assert len(pd.read_csv(out / "areas.csv")) == 2 and len(list(out.glob("*.mask.png"))) == 2
+
+
+def test_interrupted_flow_readout_writes_the_files_read(data_root, tmp_path, capsys, monkeypatch):
+    import leukodx.cytometry.readout as ro
+
+    upn = data_root / "flow" / "tidytof" / "ddpr" / "UPN1_Basal.fcs"
+    real, calls = ro.readout, []
+
+    def stop_on_second(path, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(ro, "readout", stop_on_second)
+    out = tmp_path / "r.json"
+    assert main(["flow", "readout", str(upn), str(upn), str(upn), "-o", str(out), "--no-refit-missing"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: interrupted; 1 of 3 files written to {out}"
+    result = json.loads(out.read_text())
+    assert result["interrupted"] is True and len(result["results"]) == 1

@@ -40,6 +40,10 @@ def estimate(value, samples: Sequence[float] | np.ndarray | None = None, alpha: 
     return {"value": finite_or_none(value), "ci95": None if samples is None else percentile_ci(samples, alpha)}
 
 
+#: more resamples than this add nothing to a 95% interval and can take hours
+MAX_BOOT = 100_000
+
+
 def bootstrap(statistic: Callable[[np.ndarray], float | np.ndarray], n: int, n_boot: int = 1000,
               seed: int = 0) -> np.ndarray:
     """``statistic(idx)`` on ``n_boot`` resamples ``idx`` of ``range(n)`` drawn with replacement.
@@ -47,6 +51,10 @@ def bootstrap(statistic: Callable[[np.ndarray], float | np.ndarray], n: int, n_b
     Returns an array (n_boot, ...) of the statistic's values; the resamples are drawn from one
     seeded generator in order, so the same call gives the same samples.
     """
+    if int(n_boot) > MAX_BOOT:
+        from leukodx.errors import InvalidInputError
+
+        raise InvalidInputError(f"{n_boot} bootstrap resamples: at most {MAX_BOOT} (1,000 is plenty for a 95% CI)")
     rng = np.random.default_rng(seed)
     out = []
     with warnings.catch_warnings():  # an all-NaN resample (a class absent) is expected, not news

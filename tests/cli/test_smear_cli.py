@@ -50,8 +50,8 @@ def test_detect_refuses_a_model_that_does_not_type_white_cells(field_dir, tmp_pa
 def test_segment_on_an_empty_folder_says_nothing_was_written(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["segment", str(tmp_path / "empty"), "-o", str(tmp_path / "out")]) == 2
-    out = capsys.readouterr().out
-    assert "nothing written" in out and "written to" not in out
+    err = capsys.readouterr().err
+    assert "error: no image segmented" in err and "nothing written" in err and "written to" not in err
 
 
 @pytest.mark.slow

@@ -150,3 +150,28 @@ def test_an_unreadable_file_is_called_unreadable_not_corrupt(real_jpeg, monkeypa
     monkeypatch.setattr(images.Image, "open", refuse)
     with pytest.raises(InvalidInputError, match="permission denied"):
         read_image(real_jpeg)
+
+
+def test_reduced_read_keeps_the_exif_orientation_and_the_aspect(real_jpeg, tmp_path):
+    rgb = read_image(real_jpeg)
+    wide = Image.fromarray(rgb).resize((1200, 600))
+    exif = wide.getexif()
+    exif[0x0112] = 6  # shown rotated by 90 degrees
+    wide.save(tmp_path / "rotated.jpg", exif=exif)
+    full = read_image(tmp_path / "rotated.jpg")
+    small = read_image(tmp_path / "rotated.jpg", max_side=200)
+    assert full.shape == (1200, 600, 3)
+    assert small.shape[0] == 2 * small.shape[1] and 200 <= small.shape[0] < 400
+
+
+def test_damaged_tiff_metadata_is_read_without_a_warning(real_jpeg, tmp_path, recwarn):
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(read_image(real_jpeg)).save(buf, format="TIFF")
+    raw = bytearray(buf.getvalue())
+    entry = 10 + 12 * 3  # the 4th tag of the first directory (compression): its count made to run past the end
+    raw[entry + 4:entry + 8] = (100_000).to_bytes(4, "little")
+    (tmp_path / "damaged.tif").write_bytes(bytes(raw))
+    assert read_image(tmp_path / "damaged.tif").shape == read_image(real_jpeg).shape
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]  # PIL warned "Tag data larger than file"

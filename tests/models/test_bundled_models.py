@@ -99,16 +99,26 @@ def test_bundled_expression_model_floor_and_parity_with_its_pipeline():
     assert np.allclose(proba, pipeline.predict_proba(test.values), atol=1e-9)
 
 
-def test_bundled_expression_model_flags_samples_on_another_scale():
-    """Golub's independent samples pass the OOD check; the same samples on another value scale
-    (log2 of the intensities, as another pipeline would deliver them) are flagged, one by one and as a batch."""
+def test_bundled_expression_model_refuses_another_scale_and_flags_another_profile():
+    """Golub's independent samples pass the OOD check; the same samples on another value scale (log2 of
+    the intensities, as another pipeline would deliver them) are refused before scoring; on the right
+    scale but with the model's genes' values shuffled among them (another profile), every sample is
+    flagged, one by one and as a batch."""
+    from leukodx.errors import InvalidInputError
     from leukodx.omics.io import read_golub
 
     model = leukodx.load("golub-all-aml")
     _, test = read_golub()
     _, ood, _, _ = model.score_set(test)
     assert np.mean(model.reliability.is_ood(ood)) <= 0.15 and not model.reliability.shift(ood)["flagged"]
-    test.values = np.log2(np.clip(test.values, 1, None))
+    raw = test.values
+    test.values = np.log2(np.clip(raw, 1, None))
+    with pytest.raises(InvalidInputError, match="another scale than training"):
+        model.score_set(test)
+    idx = np.array([test.genes.index(g) for g in model.genes])
+    shuffled = raw.copy()
+    shuffled[:, idx] = raw[:, idx[np.random.default_rng(0).permutation(len(idx))]]
+    test.values = shuffled
     _, ood, _, _ = model.score_set(test)
     assert model.reliability.is_ood(ood).all() and model.reliability.shift(ood)["flagged"]
 

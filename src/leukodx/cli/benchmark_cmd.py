@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from leukodx.cli.options import DataRoot
+from leukodx.cli.options import DataRoot, Seed
 from rich.console import Console
 
 console = Console(stderr=True, soft_wrap=True)
@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
                                                              "benchmarks/results/zoo or .../loso)."),
         leaderboard: Optional[Path] = typer.Option(None, help="Leaderboard Markdown (default: beside output-dir)."),
         force: bool = typer.Option(False, help="Rerun even when a result with the same configuration exists."),
-        seed: int = typer.Option(0),
+        seed: int = Seed,
         data_root: Optional[Path] = DataRoot,
     ) -> None:
         """Every recipe of the suite on one dataset: k-fold CV on train+val, held-out test, cross-dataset."""

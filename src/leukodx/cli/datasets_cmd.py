@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from leukodx.cli.options import DataRoot, OutputFile
+from leukodx.cli.options import DataRoot, OutputFile, Seed
 from rich.console import Console
 from rich.table import Table
 
@@ -72,7 +72,7 @@ def split_cmd(
     val: float = typer.Option(0.15, help="Validation fraction."),
     test: float = typer.Option(0.15, help="Test fraction."),
     folds: int = typer.Option(0, help="Write a k-fold split instead (k >= 2)."),
-    seed: int = typer.Option(0),
+    seed: int = Seed,
     group: str = typer.Option("near-duplicates", help="Keep together: 'near-duplicates', 'patient' (patient ids, "
                                                       "split at the patient level), 'dataset' (the index's own group "
                                                       "key) or 'none'."),

@@ -8,11 +8,11 @@ from typing import Optional
 
 import typer
 
-from leukodx.cli.options import DataRoot, OutputFile
+from leukodx.cli.options import DataRoot, OutputFile, Seed
 from rich.console import Console
 
 from leukodx import _atomic
-from leukodx.errors import Interrupted
+from leukodx.errors import Interrupted, InvalidInputError
 
 app = typer.Typer(no_args_is_help=True, help="Flow / mass cytometry: FCS files, leukemic-cell classifier, MRD-style read-out.")
 console = Console(stderr=True, soft_wrap=True)
@@ -54,7 +54,7 @@ def info(
 @app.command("train")
 def train(
     output: Path = typer.Option(..., "--output", "-o", help="Model folder (model.safetensors + card.json)."),
-    seed: int = typer.Option(0),
+    seed: int = Seed,
     data_root: Optional[Path] = DataRoot,
 ) -> None:
     """Train the leukemic-cell classifier on the DDPR training cells (saved split), score the held-out cells."""
@@ -139,6 +139,10 @@ def features_cmd(
     from leukodx.cytometry.transforms import Transform
 
     wanted = [m.strip() for m in markers.split(",") if m.strip()]
+    if not wanted:
+        raise InvalidInputError(f"--markers {markers!r}: name at least one marker (comma-separated, e.g. cd45,cd19)")
+    if len(set(wanted)) != len(wanted):
+        raise InvalidInputError(f"--markers {markers!r}: a marker is named twice")
     transform = Transform("asinh", cofactor)  # a bad cofactor is one error, before any file is read
     from leukodx._csv import csv_text
 

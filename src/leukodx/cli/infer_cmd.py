@@ -8,11 +8,12 @@ from typing import List, Optional
 
 import typer
 
-from leukodx.cli.options import Backend, Coverage, DataRoot, OutputDir, OutputFile
+from leukodx.cli.options import Backend, Coverage, DataRoot, OutputDir, OutputFile, Seed
 from rich.console import Console
 
 from leukodx import _atomic
 from leukodx.errors import InvalidInputError
+from leukodx.stats import MAX_BOOT
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -72,8 +73,8 @@ def register(app: typer.Typer) -> None:
         split_file: Optional[Path] = typer.Option(None, help="With --dataset: split file (default: the bundled one)."),
         report: Optional[Path] = typer.Option(None, help="Folder for report.md/report.html with plots (default: beside OUTPUT)."),
         no_report: bool = typer.Option(False, "--no-report", help="Write only the JSON result."),
-        n_boot: int = typer.Option(1000, help="Bootstrap resamples for the 95% CIs."),
-        seed: int = typer.Option(0),
+        n_boot: int = typer.Option(1000, min=1, max=MAX_BOOT, help="Bootstrap resamples for the 95% CIs."),
+        seed: int = Seed,
         adapt_bn: bool = typer.Option(False, "--adapt-bn", help="Test-time batch-norm adaptation: re-estimate the "
                                                                 "model's normalization statistics on these images "
                                                                 "(one lab's, >= 32) before predicting (LOSO.md)."),
@@ -87,8 +88,6 @@ def register(app: typer.Typer) -> None:
 
         if (images is None) == (dataset is None):
             raise InvalidInputError("give exactly one of --images DIR or --dataset NAME")
-        if n_boot < 1:
-            raise InvalidInputError(f"--n-boot {n_boot}: at least 1 bootstrap resample")
         clf = load_model(model, backend=backend)
         if images is not None:
             result = evaluate_folder(clf, images, n_boot=n_boot, seed=seed, adapt_bn=adapt_bn)
@@ -204,7 +203,7 @@ def register(app: typer.Typer) -> None:
         output: Path = OutputDir("Folder for the adapted bundle."),
         epochs: int = typer.Option(8, help="Fine-tuning epochs."),
         lr: float = typer.Option(1e-3, help="Peak learning rate of the fine-tuning."),
-        seed: int = typer.Option(0),
+        seed: int = Seed,
         name: Optional[str] = typer.Option(None, help="Name in the new card (default: the output folder name)."),
         data_root: Optional[Path] = DataRoot,
     ) -> None:

@@ -12,7 +12,7 @@ DataRoot: Optional[Path] = typer.Option(None, "--data-root",
 Threads: Optional[int] = typer.Option(None, help="CPU threads for torch.")
 Quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 Resume: bool = typer.Option(False, help="Continue from the last checkpoint in OUTPUT/work.")
-Seed: int = typer.Option(0, help="Random seed (splits, initialization, batches).")
+Seed: int = typer.Option(0, min=0, max=2 ** 32 - 1, help="Random seed (splits, initialization, batches, resamples).")
 Backend = typer.Option("auto", help="auto (ONNX Runtime on CPU when installed) | torch | onnx")
 Coverage: Optional[float] = typer.Option(None, "--coverage", help="Conformal prediction sets hold the true class "
                                                                   "this often on images like the model's own "

@@ -8,8 +8,10 @@ from typing import Optional
 
 import typer
 
-from leukodx.cli.options import DataRoot, OutputDir, Quiet, Resume, Threads
+from leukodx.cli.options import DataRoot, OutputDir, Quiet, Resume, Seed, Threads
 from rich.console import Console
+
+from leukodx.stats import MAX_BOOT
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -28,7 +30,7 @@ def register(app: typer.Typer) -> None:
         max_images: Optional[int] = typer.Option(None, help="Use at most this many train / val fields (quick runs)."),
         augment: str = typer.Option("scale-stain", help="'scale-stain': magnification x0.55-1.8 and stain / hue / grey "
                                                         "jitter; 'flip': flips and brightness only."),
-        seed: int = typer.Option(0),
+        seed: int = Seed,
         name: Optional[str] = typer.Option(None, help="Model name in the card (default: output folder name)."),
         threads: Optional[int] = Threads,
         resume: bool = Resume,
@@ -72,6 +74,10 @@ def register(app: typer.Typer) -> None:
         summary = analyze_fields(inputs, output, detector=detector, model=model, pixel_scale=pixel_scale,
                                  um_per_px=um_per_px,
                                  overlay=overlay, log=lambda m: err.print(m))
+        if not summary["n_fields"]:
+            err.print(f"error: no readable field ({len(summary['errors'])} unreadable); only summary.json written to "
+                      f"{output}")
+            raise typer.Exit(2)
         counts = summary["summary"]["counts"]
         if counts is None:
             console.print(f"{summary['n_fields']} field(s), none counted; {len(summary['errors'])} unreadable; "
@@ -81,8 +87,6 @@ def register(app: typer.Typer) -> None:
                           f"{counts['Platelets']}; {len(summary['errors'])} unreadable; written to {output}")
         for flag in summary["summary"].get("flags", []):
             console.print(f"flag: {flag}")
-        if not summary["n_fields"]:
-            raise typer.Exit(2)
 
     @app.command("evaluate-detection")
     def evaluate_detection_cmd(
@@ -93,7 +97,7 @@ def register(app: typer.Typer) -> None:
                                                         "trained for other stains and magnifications, see "
                                                         "detector_shift.md)."),
         method: str = typer.Option("detector", help="detector | classical (white cells only: colour threshold + watershed)."),
-        bootstrap: int = typer.Option(0, help="Bootstrap resamples over fields for 95% CIs (0: none)."),
+        bootstrap: int = typer.Option(0, min=0, max=MAX_BOOT, help="Bootstrap resamples over fields for 95% CIs (0: none)."),
         data_root: Optional[Path] = DataRoot,
     ) -> None:
         """AP@0.5 and AP@[0.5:0.95] per class and the per-field WBC count error on one split."""
@@ -129,7 +133,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(16),
         lr: float = typer.Option(3e-3),
         max_images: Optional[int] = typer.Option(None, help="Use at most this many train / val images per set (quick runs)."),
-        seed: int = typer.Option(0),
+        seed: int = Seed,
         name: Optional[str] = typer.Option(None),
         threads: Optional[int] = Threads,
         resume: bool = Resume,
@@ -164,8 +168,8 @@ def register(app: typer.Typer) -> None:
         for e in errors:
             err.print(f"error: {e['input']}: {e['error']}" if not e["error"].startswith(e["input"]) else f"error: {e['error']}")
         if not done:
-            console.print(f"no image segmented ({len(errors)} unreadable, "
-                          f"{'no image found' if not errors else 'none readable'}); nothing written")
+            err.print(f"error: no image segmented ({len(errors)} unreadable, "
+                      f"{'no image found' if not errors else 'none readable'}); nothing written")
             raise typer.Exit(2)
         console.print(f"{done} image(s) segmented, {len(errors)} unreadable; written to {output}")
         if shift["flagged"] is not False:
@@ -177,7 +181,7 @@ def register(app: typer.Typer) -> None:
         dataset: str = typer.Option("wbc-seg-1", "--dataset", "-d", help="wbc-seg-1 or wbc-seg-2."),
         split: str = typer.Option("test", help="train | val | test | all"),
         model: str = typer.Option("wbc-seg-unet", help="Bundled segmenter name or bundle folder."),
-        bootstrap: int = typer.Option(0, help="Bootstrap resamples for 95% CIs (0: none)."),
+        bootstrap: int = typer.Option(0, min=0, max=MAX_BOOT, help="Bootstrap resamples for 95% CIs (0: none)."),
         data_root: Optional[Path] = DataRoot,
     ) -> None:
         """Dice and IoU per structure (nucleus, cytoplasm, whole cell) on one split of one set."""

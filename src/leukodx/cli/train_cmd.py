@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from leukodx.cli.options import DataRoot, Quiet, Resume, Threads
+from leukodx.cli.options import DataRoot, Quiet, Resume, Seed, Threads
 from rich.console import Console
 
 console = Console(soft_wrap=True)
@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         label_smoothing: float = typer.Option(0.1),
         imbalance: str = typer.Option("weights", help="weights | sampler | none"),
         patience: int = typer.Option(6, help="Early-stopping patience in epochs."),
-        seed: int = typer.Option(0),
+        seed: int = Seed,
         split: Optional[Path] = typer.Option(None, help="Split file (default: the bundled split, else a new one)."),
         stain: str = typer.Option("none", help="Colour normalization: none | reinhard | macenko."),
         resize: str = typer.Option("resize", help="resize | center-crop | pad | cell-crop"),
@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
                                                                          "each patient's bag."),
         repeats: int = typer.Option(20, help="Repeats of the patient-level 5-fold cross-validation."),
         name: Optional[str] = typer.Option(None, help="Model name in the card (default: output folder name)."),
-        seed: int = typer.Option(0),
+        seed: int = Seed,
         threads: Optional[int] = Threads,
         data_root: Optional[Path] = DataRoot,
     ) -> None:

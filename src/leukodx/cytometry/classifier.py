@@ -19,7 +19,7 @@ import numpy as np
 from leukodx.cytometry.cells import CellTable
 from leukodx.cytometry.transforms import Transform
 from leukodx.errors import InvalidInputError
-from leukodx.models.bundle import load_arrays, save_arrays
+from leukodx.models.bundle import interpreting, load_arrays, save_arrays
 from leukodx.models.card import build_card
 
 TASK = "flow-cell-classification"
@@ -74,16 +74,18 @@ class CellClassifier:
     @classmethod
     def load(cls, name_or_path: str | os.PathLike = DEFAULT_MODEL) -> "CellClassifier":
         card, tensors, directory = load_arrays(name_or_path, TASK)
-        try:
+        with interpreting(directory):
             n = int(card["layers"])
-            return cls(markers=list(card["markers"]), transform=Transform.from_dict(card["transform"]),
-                       mean=tensors["mean"], scale=tensors["scale"],
-                       weights=[tensors[f"layer{i}.weight"] for i in range(n)],
-                       biases=[tensors[f"layer{i}.bias"] for i in range(n)],
-                       train_low=tensors["train_low"], train_high=tensors["train_high"],
-                       threshold=float(card["threshold"]), card=card)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidInputError(f"{directory}: flow model bundle is incomplete ({exc})") from None
+            model = cls(markers=list(card["markers"]), transform=Transform.from_dict(card["transform"]),
+                        mean=tensors["mean"], scale=tensors["scale"],
+                        weights=[tensors[f"layer{i}.weight"] for i in range(n)],
+                        biases=[tensors[f"layer{i}.bias"] for i in range(n)],
+                        train_low=tensors["train_low"], train_high=tensors["train_high"],
+                        threshold=float(card["threshold"]), card=card)
+            # one forward pass: array shapes that do not chain fail here, not on a user's file
+            model.predict_proba(np.zeros((1, len(model.markers))))
+            model.outside_training_range(np.zeros((1, len(model.markers))))
+            return model
 
 
 def _mlp(hidden: tuple[int, ...], alpha: float, seed: int):

@@ -339,6 +339,8 @@ def open_fcs(path: str | os.PathLike, dataset: int = 0) -> FCSFile:
     from flowio.exceptions import DataOffsetDiscrepancyError, FCSParsingError
 
     path = Path(path)
+    if path.is_dir():
+        raise InvalidInputError(f"{path}: is a folder, not an FCS file")
     if not path.is_file():
         raise DataNotFoundError(f"{path}: no such file")
     size = path.stat().st_size
@@ -367,8 +369,11 @@ def open_fcs(path: str | os.PathLike, dataset: int = 0) -> FCSFile:
         if "greater than file size" in message:
             raise InvalidInputError(f"{path}: truncated FCS file: its DATA segment runs past the end of the file") from None
         raise InvalidInputError(f"{path}: cannot parse FCS: {message}") from None
-    except (ValueError, KeyError, IndexError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"{path}: corrupt FCS TEXT segment ({type(exc).__name__}: {exc})") from None
+    except PermissionError:
+        raise InvalidInputError(f"{path}: permission denied (the file cannot be read by this user)") from None
+    except Exception as exc:  # noqa: BLE001 - FlowIO parsing untrusted bytes: whatever it raises, the file is unusable
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise InvalidInputError(f"{path}: corrupt FCS TEXT segment ({type(exc).__name__}: {first})") from None
     if n_sets > 1:
         notes.append(f"file holds {n_sets} data sets; reading data set {dataset + 1}")
     text = dict(flow.text)

@@ -6,13 +6,15 @@ Everything downstream receives ``uint8`` RGB arrays of shape (H, W, 3), whatever
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import warnings
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from leukodx.errors import DataNotFoundError, InvalidInputError
 
@@ -50,19 +52,8 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, max_side: 
     if path.stat().st_size == 0:
         raise InvalidInputError(f"{path}: empty file")
     try:
-        with Image.open(path) as im:
-            width, height = im.size
-            _check_size(str(path), width, height, max_pixels)
-            if max_side is not None and max(width, height) > max_side:
-                im.draft("RGB", (max(1, width * max_side // max(width, height)),
-                                 max(1, height * max_side // max(width, height))))
-                im.load()
-                factor = max(im.size) // max_side
-                if factor >= 2:
-                    im = im.reduce(factor)
-            im.load()
-            # a camera's EXIF orientation: the image as it is shown, not as the sensor stored it
-            return to_rgb_array(ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) != 1 else im)
+        with _quiet_pil():
+            return _decode(path, max_pixels, max_side)
     except PermissionError:
         raise InvalidInputError(f"{path}: permission denied (the file cannot be read by this user)") from None
     except UnidentifiedImageError:
@@ -76,6 +67,39 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, max_side: 
             raise
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InvalidInputError(f"{path}: corrupt or truncated image ({reason})") from None
+
+
+@contextlib.contextmanager
+def _quiet_pil():
+    """PIL's warnings are not the user's: damaged metadata it can skip (a TIFF tag past the end) leaves the
+    pixels to decide, and image size is checked here against ``MAX_PIXELS``, not PIL's lower bomb limit."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+def _decode(path: Path, max_pixels: int, max_side: int | None) -> np.ndarray:
+    with Image.open(path) as im:
+        width, height = im.size
+        _check_size(str(path), width, height, max_pixels)
+        orientation = im.getexif().get(0x0112, 1)
+        if max_side is not None and max(width, height) > max_side:
+            im.draft("RGB", (max(1, width * max_side // max(width, height)),
+                             max(1, height * max_side // max(width, height))))
+            im.load()
+            factor = max(im.size) // max_side
+            if factor >= 2:
+                im = im.reduce(factor)
+        im.load()
+        # a camera's EXIF orientation: the image as it is shown, not as the sensor stored it
+        turn = _EXIF_TURNS.get(orientation)
+        return to_rgb_array(im.transpose(turn) if turn is not None else im)
+
+
+_EXIF_TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_90}
 
 
 def _check_size(name: str, width: int, height: int, max_pixels: int) -> None:
@@ -170,7 +194,7 @@ def split_in_memory(item, name: str = "input") -> list[np.ndarray]:
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) as the image is shown (EXIF orientation applied), read from the header only."""
     try:
-        with Image.open(path) as im:
+        with _quiet_pil(), Image.open(path) as im:
             width, height = im.size
             if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
                 width, height = height, width

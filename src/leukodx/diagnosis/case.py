@@ -35,6 +35,9 @@ IG_FLAG_PERCENT = 2.0
 BLAST_FLAG_PERCENT = 20.0
 #: a patient with an APL probability at or above this gets the APL flag
 APL_FLAG_PROBABILITY = 0.5
+#: images larger than this (px, longer side) are decoded reduced where only the image models look at
+#: them: far above any model input, so every image of the shipped data sets is read as before
+CASE_READ_SIDE = 4096
 
 
 
@@ -80,12 +83,14 @@ def model_kind(clf: Classifier) -> str:
     return "cells" if any(is_leukocyte(c) for c in clf.classes) else "fields"
 
 
-def _stream_case(paths: list[Path], errors: list[dict], what: str) -> Iterator[tuple[str, np.ndarray]]:
+def _stream_case(paths: list[Path], errors: list[dict], what: str,
+                 max_side: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """(name, RGB) of each readable image, one decoded image in memory at a time (a case of whole-slide
-    sized fields would not fit otherwise); an unreadable file becomes an error entry, not an abort."""
+    sized fields would not fit otherwise); an unreadable file becomes an error entry, not an abort.
+    ``max_side``: images larger than this are decoded reduced (``read_image``)."""
     for p in track(paths, what):
         try:
-            rgb = read_image(p)
+            rgb = read_image(p, max_side=max_side)
         except LeukodxError as exc:
             errors.append({"input": str(p), "error": str(exc)})
             continue
@@ -218,7 +223,8 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
         kind, evidence = model_kind(clf), "the model's input kind"
     else:  # a first pass that keeps one vote per image, not the images
         failed = len(errors)
-        kind, evidence = recognise_kind(rgb for _, rgb in _stream_case(paths, errors, "recognising the case"))
+        kind, evidence = recognise_kind(rgb for _, rgb in _stream_case(paths, errors, "recognising the case",
+                                                                        max_side=CASE_READ_SIDE))
         unreadable = {e["input"] for e in errors[failed:]}
         paths = [p for p in paths if str(p) not in unreadable]
     clf = clf or load_model(DEFAULT_MODELS[kind], backend=backend)
@@ -228,7 +234,8 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
     # a thumbnail, the smear pipeline's per-field result) and released before the next
     analyzer = _smear_analyzer(pixel_scale, um_per_px) if (kind == "fields" and smear) else None
     names, inputs_small, thumbnails, fields = [], [], {}, []
-    for name, rgb in _stream_case(paths, errors, "reading the case"):
+    # the smear pipeline finds cells at full resolution; the image models see a few hundred px at most
+    for name, rgb in _stream_case(paths, errors, "reading the case", None if analyzer else CASE_READ_SIDE):
         names.append(name)
         inputs_small.append(clf.preprocess(rgb))
         thumbnails[name] = _thumbnail(rgb)

@@ -27,7 +27,7 @@ from leukodx.data.cache import writable_cache_dir
 from leukodx.data.images import as_rgb_array, list_images, read_image, split_in_memory
 from leukodx.errors import InvalidInputError, LeukodxError
 from leukodx.models.architectures import network_from_card
-from leukodx.models.bundle import load_network
+from leukodx.models.bundle import interpreting, load_network
 from leukodx.models.reliability import DEFAULT_COVERAGE, WithFeatures, check_coverage, load_reliability
 from leukodx.preprocessing.transforms import Preprocess, normalize_batch
 from leukodx.training.calibration import softmax
@@ -94,7 +94,17 @@ class Classifier:
     @classmethod
     def load(cls, name_or_path: str | os.PathLike, backend: str = "auto") -> "Classifier":
         net, card, directory = load_network(name_or_path, TASK, network_from_card)
-        return cls(net, card, backend=backend, bundle_dir=directory)
+        with interpreting(directory):
+            clf = cls(net, card, backend=backend, bundle_dir=directory)
+            # one blank image through every step a prediction takes: a card whose classes, calibration or
+            # reliability statistics do not fit the network fails here, not on a user's images
+            size = clf.preprocess.size
+            scored = clf.score_arrays(np.full((1, size, size, 3), 255, dtype=np.uint8))
+            if scored.proba.shape[1] != len(clf.classes):
+                raise InvalidInputError(f"{directory}: the card names {len(clf.classes)} classes but the network "
+                                        f"has {scored.proba.shape[1]} outputs")
+            clf.rows_for(["self-test"], scored, DEFAULT_COVERAGE)
+            return clf
 
     @property
     def name(self) -> str:

@@ -92,12 +92,16 @@ class PatientModel:
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike = DEFAULT_APL_MODEL) -> "PatientModel":
-        from leukodx.models.bundle import load_arrays
+        from leukodx.models.bundle import interpreting, load_arrays
 
-        card, arrays, _ = load_arrays(name_or_path, TASK)
-        return cls(classes=list(card["classes"]), cell_model=card["cell_model"],
-                   cell_model_sha256=card["cell_model_sha256"], cell_classes=list(card["cell_classes"]),
-                   arrays=arrays, card=card)
+        card, arrays, directory = load_arrays(name_or_path, TASK)
+        with interpreting(directory):
+            model = cls(classes=list(card["classes"]), cell_model=card["cell_model"],
+                        cell_model_sha256=card["cell_model_sha256"], cell_classes=list(card["cell_classes"]),
+                        arrays=arrays, card=card)
+            uniform = np.full((2, len(model.cell_classes)), 1.0 / max(1, len(model.cell_classes)))
+            model.probability(uniform)  # arrays that do not fit together fail here
+            return model
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:

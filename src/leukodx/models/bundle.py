@@ -8,14 +8,15 @@ is used; nothing is ever unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 from leukodx import _atomic
 from leukodx._hashing import sha256_file
-from leukodx.errors import DataNotFoundError, IntegrityError, InvalidInputError, ModelNotFoundError
+from leukodx.errors import DataNotFoundError, IntegrityError, InvalidInputError, LeukodxError, ModelNotFoundError
 from leukodx.models.card import TASKS, ModelCard
 
 WEIGHTS = "model.safetensors"
@@ -128,6 +129,21 @@ def load_arrays(name_or_path: str | os.PathLike, task: str) -> tuple[dict, dict,
     return card, load_tensors(weights, "np"), directory
 
 
+@contextlib.contextmanager
+def interpreting(directory: str | os.PathLike) -> Iterator[None]:
+    """Building a model from a verified bundle. The card and arrays are data from disk like any input:
+    a field or array that is missing, of the wrong type or inconsistent with the others becomes one
+    error naming the bundle, never a KeyError or TypeError from deep inside the model."""
+    try:
+        yield
+    except LeukodxError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OverflowError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise InvalidInputError(f"{directory}: model bundle is incomplete or inconsistent ({type(exc).__name__}: "
+                                f"{first})") from None
+
+
 def load_network(name_or_path: str | os.PathLike, task: str, build: Callable[[dict], object]):
     """A network bundle of ``task``: resolved by name or folder, verified, rebuilt by ``build(card)``
     and loaded in eval mode. Returns ``(net, card, directory)``."""
@@ -135,8 +151,12 @@ def load_network(name_or_path: str | os.PathLike, task: str, build: Callable[[di
     card, weights = verify_bundle(directory, task=task)
     try:
         net = build(card)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidInputError(f"{directory / CARD}: cannot rebuild the network from its card ({exc})") from None
+    except LeukodxError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise InvalidInputError(f"{directory / CARD}: cannot rebuild the network from its card "
+                                f"({type(exc).__name__}: {first})") from None
     try:
         net.load_state_dict(load_tensors(weights))
     except RuntimeError as exc:  # tensors of another architecture

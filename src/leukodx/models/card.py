@@ -36,6 +36,14 @@ LEGACY_TASKS = {
 }
 
 
+#: JSON types of the common card fields (a task's own fields are checked by the code that reads them)
+FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "name": str, "task": str, "classes": list, "data": dict, "metrics": dict, "training": dict, "provenance": dict,
+    "intended_use": str, "limits": (list, str), "weights": str, "sha256": str, "size_bytes": int, "schema": int,
+    "kind": str, "structures": list,
+}
+
+
 @dataclass
 class ModelCard:
     """The common fields of every card; ``spec`` holds the task-specific ones (stored flat in JSON)."""
@@ -60,6 +68,11 @@ class ModelCard:
         """Validate a card read from JSON; one ``InvalidInputError`` line naming ``source`` if it is unusable."""
         if not isinstance(card, dict):
             raise InvalidInputError(f"{source}: model card is not a JSON object")
+        for key, types in FIELD_TYPES.items():
+            if card.get(key) is not None and not isinstance(card[key], types):
+                wanted = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+                raise InvalidInputError(f"{source}: card field {key!r} must be {wanted}, "
+                                        f"not {type(card[key]).__name__}")
         card = normalize(card)
         task = card.get("task")
         if task not in TASKS:

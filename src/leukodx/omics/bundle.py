@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from leukodx.errors import InvalidInputError
-from leukodx.models.bundle import load_arrays, save_arrays
+from leukodx.models.bundle import interpreting, load_arrays, save_arrays
 from leukodx.models.card import build_card
 from leukodx.models.reliability import Reliability, fit_ood_crossfit, load_reliability, save_reliability
 from leukodx.stats import bootstrap_estimate, wilson_interval
@@ -141,6 +141,15 @@ class ExpressionModel:
     @classmethod
     def load(cls, name_or_path: str | os.PathLike = DEFAULT_MODEL) -> "ExpressionModel":
         card, arrays, directory = load_arrays(name_or_path, TASK)
+        with interpreting(directory):
+            model = cls._from_bundle(card, arrays, directory)
+            # one forward pass on the training medians: arrays that do not fit together fail here
+            model.predict_proba(model.arrays["train_median"][None, :],
+                                None if model.preprocess["kind"] != "counts" else np.array([1e6]))
+            return model
+
+    @classmethod
+    def _from_bundle(cls, card: dict, arrays: dict, directory) -> "ExpressionModel":
         pipeline = card["pipeline"]
         if card["method"] not in _CLASSIFIERS:
             raise InvalidInputError(f"{directory}: unknown expression method {card['method']!r}")

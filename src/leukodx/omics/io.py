@@ -117,19 +117,28 @@ def read_ball_rnaseq(data_root: str | os.PathLike | None = None) -> ExpressionSe
                          meta={"source": str(folder), "kind": "counts"})
 
 
+ORIENTATIONS = ("auto", "genes-by-samples", "samples-by-genes")
+
+
 def read_matrix(path: str | os.PathLike, labels: str | os.PathLike | None = None,
                 orientation: str = "auto") -> ExpressionSet:
     """Any expression table: CSV, TSV or GCT; ``orientation`` 'genes-by-samples', 'samples-by-genes' or 'auto'
     (auto: more rows than columns means genes are rows). Labels: a two-column file sample,label."""
+    if orientation not in ORIENTATIONS:
+        raise InvalidInputError(f"orientation {orientation!r}: expected {', '.join(ORIENTATIONS)}")
     path = Path(path)
     if not path.exists():
         raise DataNotFoundError(f"{path}: file not found")
+    if path.is_dir():
+        raise InvalidInputError(f"{path}: is a folder, not an expression table")
     if path.stat().st_size == 0:
         raise InvalidInputError(f"{path}: empty file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".gct":
             frame = pd.read_csv(path, sep="\t", skiprows=2, index_col=0)
+            if frame.shape[1] == 0:
+                raise InvalidInputError(f"{path}: GCT table without a Description column or samples")
             names = frame.pop(frame.columns[0]).astype(str).tolist()  # Description column
             orientation = "genes-by-samples"
         else:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from leukodx.models.bundle import load_network, save_bundle
+from leukodx.models.bundle import interpreting, load_network, save_bundle
 from leukodx.smear.tiling import DEFAULT_OVERLAP, iter_tile_batches, merge_tile_detections
 
 DETECTION_CLASSES = ("RBC", "WBC", "Platelets")
@@ -181,7 +181,8 @@ def load_detector(name_or_path: str | os.PathLike = "bccd-frcnn") -> CellDetecto
 
     net, card, directory = load_network(name_or_path, "detection",
                                         lambda card: build_detector(DetectorConfig.from_dict(card["detector"])))
-    return CellDetector(net, DetectorConfig.from_dict(card["detector"]), card, load_reliability(directory, card))
+    with interpreting(directory):
+        return CellDetector(net, DetectorConfig.from_dict(card["detector"]), card, load_reliability(directory, card))
 
 
 def fit_detector_reliability(detector: CellDetector, train_fields: list[np.ndarray], val_fields: list[np.ndarray],

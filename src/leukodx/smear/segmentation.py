@@ -23,7 +23,7 @@ from leukodx._hashing import sha256_file
 from leukodx.data.images import read_image
 from leukodx.errors import InvalidInputError
 from leukodx.models.card import build_card
-from leukodx.models.bundle import load_network, save_bundle
+from leukodx.models.bundle import interpreting, load_network, save_bundle
 from leukodx.smear.metrics import dice_iou
 
 STRUCTURES = ("background", "cytoplasm", "nucleus")
@@ -307,7 +307,8 @@ def load_segmenter(name_or_path: str | os.PathLike = "wbc-seg-unet") -> Segmente
 
     net, card, directory = load_network(name_or_path, "segmentation",
                                         lambda card: build_segmenter(SegmenterConfig.from_dict(card["segmenter"])))
-    return Segmenter(net, SegmenterConfig.from_dict(card["segmenter"]), card, load_reliability(directory, card))
+    with interpreting(directory):
+        return Segmenter(net, SegmenterConfig.from_dict(card["segmenter"]), card, load_reliability(directory, card))
 
 
 def refit_segmenter_reliability(name_or_path: str | os.PathLike = "wbc-seg-unet", data_root=None,

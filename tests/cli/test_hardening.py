@@ -303,3 +303,10 @@ def test_interrupted_flow_readout_writes_the_files_read(data_root, tmp_path, cap
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: interrupted; 1 of 3 files written to {out}"
     result = json.loads(out.read_text())
     assert result["interrupted"] is True and len(result["results"]) == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "200000"])
+def test_bootstrap_count_outside_its_range_is_refused_before_any_work(value, tmp_path):
+    proc = _leukodx("evaluate", "--dataset", "all-aria", "--n-boot", value, "-o", tmp_path / "e.json")
+    assert proc.returncode == 2 and "--n-boot" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "e.json").exists()

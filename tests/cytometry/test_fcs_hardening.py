@@ -12,7 +12,7 @@ from fcs_mutate import FCSParts
 from leukodx.cytometry.classifier import CellClassifier
 from leukodx.cytometry.fcs import open_fcs
 from leukodx.cytometry.readout import readout_files
-from leukodx.errors import InvalidInputError, Interrupted
+from leukodx.errors import InvalidInputError
 
 
 @pytest.fixture(scope="module")
@@ -93,25 +93,6 @@ def test_bad_file_mid_batch_keeps_the_good_results(upn, flow_dir, tmp_path, monk
     batch = readout_files([upn, bad, healthy], CellClassifier.load(), refit_missing=False)
     assert len(batch["results"]) == 2
     assert batch["failed"][0]["error"] == f"{bad}: internal error (ZeroDivisionError: boom); please report it"
-
-
-def test_interrupted_readout_keeps_the_files_read(upn, flow_dir, monkeypatch):
-    import leukodx.cytometry.readout as ro
-
-    real, calls = ro.readout, []
-
-    def stop_on_second(path, *a, **k):
-        calls.append(path)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(path, *a, **k)
-
-    monkeypatch.setattr(ro, "readout", stop_on_second)
-    with pytest.raises(Interrupted) as stop:
-        readout_files([upn, upn, upn], CellClassifier.load(), refit_missing=False)
-    assert (stop.value.done, stop.value.total) == (1, 3)
-    assert len(stop.value.partial["results"]) == 1
-    assert str(stop.value) == "interrupted; 1 of 3 files finished (not written)"
 
 
 def test_readout_cli_writes_good_results_around_a_corrupted_file(upn, flow_dir, tmp_path):

@@ -82,28 +82,26 @@ def features_table(files: list, markers: list[str], transform: Transform, on_err
     """One row per readable FCS file (file, events, markers x features flattened); bad files reported."""
     from leukodx.cytometry.fcs import open_fcs
     from leukodx.cytometry.markers import align_markers
-    from leukodx.errors import Interrupted, item_error
+    from leukodx._batch import run_batch
+    from leukodx.errors import Interrupted
 
-    rows, header, failures = [], [], []
+    header: list[str] = []
+
+    def row(path) -> list:
+        fcs = open_fcs(path)
+        columns, missing = align_markers(fcs.marker_sources, markers, source=str(path))
+        if missing:
+            raise InvalidInputError(f"{path}: lacks marker(s) {', '.join(missing)}")
+        acc = SampleFeatureAccumulator(markers, transform, source=str(path))
+        for block in fcs.iter_events():
+            acc.update(block[:, columns])
+        matrix, names = acc.matrix()
+        header[:] = ["file", "events"] + [f"{m}:{n}" for m in markers for n in names]
+        return [str(path), fcs.event_count] + [f"{v:.6g}" for v in matrix.ravel()]
+
     try:
-        for path in files:
-            try:
-                fcs = open_fcs(path)
-                columns, missing = align_markers(fcs.marker_sources, markers, source=str(path))
-                if missing:
-                    raise InvalidInputError(f"{path}: lacks marker(s) {', '.join(missing)}")
-                acc = SampleFeatureAccumulator(markers, transform, source=str(path))
-                for block in fcs.iter_events():
-                    acc.update(block[:, columns])
-                matrix, names = acc.matrix()
-            except Exception as exc:  # noqa: BLE001 - one file never costs the batch its other rows
-                message = item_error(path, exc)
-                failures.append({"file": str(path), "error": message})
-                if on_error:
-                    on_error(str(path), message)
-                continue
-            header = ["file", "events"] + [f"{m}:{n}" for m in markers for n in names]
-            rows.append([str(path), fcs.event_count] + [f"{v:.6g}" for v in matrix.ravel()])
-    except KeyboardInterrupt:
-        raise Interrupted(len(rows), len(files), "files", partial=(header, rows, failures)) from None
+        rows, failures = run_batch(files, row, "files", on_error=on_error)
+    except Interrupted as stop:
+        stop.partial = (header, *stop.partial)
+        raise
     return header, rows, failures

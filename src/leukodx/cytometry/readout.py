@@ -14,7 +14,6 @@ import os
 
 import numpy as np
 
-from leukodx._progress import track
 from leukodx.cytometry.cells import CellTable
 from leukodx.cytometry.classifier import CellClassifier, train_cell_classifier
 from leukodx.cytometry.fcs import DEFAULT_CHUNK_EVENTS, open_fcs
@@ -151,7 +150,8 @@ def readout_files(files: list[str | os.PathLike], model: CellClassifier, refit_m
     When ``refit_missing``, the DDPR training table is read once so files lacking markers get a
     model refit on the shared markers (a missing table is a note, not an error).
     """
-    from leukodx.errors import Interrupted, LeukodxError, item_error
+    from leukodx._batch import run_batch
+    from leukodx.errors import Interrupted, LeukodxError
 
     table = split = None
     notes = []
@@ -163,26 +163,17 @@ def readout_files(files: list[str | os.PathLike], model: CellClassifier, refit_m
             split = load_cell_split(table)
         except LeukodxError as exc:
             notes.append(f"no refit for files lacking markers ({exc})")
-    results, failures, cache = [], [], {}
+    cache: dict = {}
 
-    def batch() -> dict:
+    def batch(results: list, failures: list) -> dict:
         return {"model": model.card.get("name"), "model_sha256": model.card.get("sha256"), "results": results,
                 "failed": failures, "notes": notes}
 
     try:
-        for path in track(files, "FCS files"):
-            try:
-                entry = readout(path, model, compensate_spillover=compensate_spillover, table=table, split=split,
-                                refit_cache=cache)
-            except Exception as exc:  # noqa: BLE001 - one file never costs the batch its other results
-                message = item_error(path, exc)
-                failures.append({"file": str(path), "error": message})
-                if on_error:
-                    on_error(str(path), message)
-                continue
-            results.append(entry)
-            if on_result:
-                on_result(entry)
-    except KeyboardInterrupt:
-        raise Interrupted(len(results), len(files), "files", partial=batch()) from None
-    return batch()
+        results, failures = run_batch(files, lambda path: readout(path, model, compensate_spillover=compensate_spillover,
+                                                                  table=table, split=split, refit_cache=cache),
+                                      "files", on_result=on_result, on_error=on_error)
+    except Interrupted as stop:
+        stop.partial = batch(*stop.partial)
+        raise
+    return batch(results, failures)

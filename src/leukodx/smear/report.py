@@ -10,11 +10,11 @@ import io
 import os
 from pathlib import Path
 
-from leukodx._progress import track
+from leukodx._batch import run_batch
 from leukodx import _atomic
 from leukodx._versions import versions
 from leukodx.data.images import collect_images, read_image
-from leukodx.errors import Interrupted, LeukodxError
+from leukodx.errors import Interrupted
 
 CELL_COLUMNS = ["field", "kind", "x0", "y0", "x1", "y1", "score", "cell_type", "probability", "unsure",
                 "nucleus_fraction", "blast_probability", "blast_review"]
@@ -52,34 +52,35 @@ def analyze_fields(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
         log(f"error: {e['error']}")
     for name in BATCH_FILES:
         (out_dir / name).unlink(missing_ok=True)
-    fields, names = [], _atomic.OutputNames(reserved=tuple(Path(n).stem for n in BATCH_FILES))
+    names = _atomic.OutputNames(reserved=tuple(Path(n).stem for n in BATCH_FILES))
+
+    def one(path) -> dict:
+        rgb = read_image(path)
+        result = analyzer.analyze(rgb, name=str(path))
+        stem = names.stem_for(path)
+        result["outputs"] = {"json": f"{stem}.json", "overlay": f"{stem}.overlay.jpg" if overlay else None}
+        _atomic.write_json(out_dir / f"{stem}.json", result)
+        if overlay:
+            buf = io.BytesIO()
+            render_overlay(rgb, result).save(buf, format="JPEG", quality=85)
+            _atomic.write_bytes(out_dir / f"{stem}.overlay.jpg", buf.getvalue())
+        scale = result["scale"]
+        if result["counted"]:
+            log(f"{path}: WBC {result['counts']['WBC']}, RBC {result['counts']['RBC']}, platelets "
+                f"{result['counts']['Platelets']} (scale {scale['um_per_px']:.3f} um/px, {scale['source']})")
+        else:
+            log(f"{path}: not counted, scale uncertain: {scale['detail']}")
+        return result
+
     try:
-        for path in track(paths, "smear fields"):
-            try:
-                rgb = read_image(path)
-                result = analyzer.analyze(rgb, name=str(path))
-            except LeukodxError as exc:
-                errors.append({"input": str(path), "error": str(exc)})
-                log(f"error: {exc}")
-                continue
-            stem = names.stem_for(path)
-            result["outputs"] = {"json": f"{stem}.json", "overlay": f"{stem}.overlay.jpg" if overlay else None}
-            _atomic.write_json(out_dir / f"{stem}.json", result)
-            if overlay:
-                buf = io.BytesIO()
-                render_overlay(rgb, result).save(buf, format="JPEG", quality=85)
-                _atomic.write_bytes(out_dir / f"{stem}.overlay.jpg", buf.getvalue())
-            del rgb
-            fields.append(result)
-            scale = result["scale"]
-            if result["counted"]:
-                log(f"{path}: WBC {result['counts']['WBC']}, RBC {result['counts']['RBC']}, platelets "
-                    f"{result['counts']['Platelets']} (scale {scale['um_per_px']:.3f} um/px, {scale['source']})")
-            else:
-                log(f"{path}: not counted, scale uncertain: {scale['detail']}")
-    except KeyboardInterrupt:
-        _write_batch(out_dir, _summary(inputs, fields, errors, analyzer, pixel_scale, um_per_px, complete=False), fields)
-        raise Interrupted(len(fields), len(paths), "fields", written_to=str(out_dir)) from None
+        fields, failed = run_batch(paths, one, "fields", key="input", on_error=lambda _, m: log(f"error: {m}"))
+    except Interrupted as stop:
+        fields, failed = stop.partial
+        _write_batch(out_dir, _summary(inputs, fields, errors + failed, analyzer, pixel_scale, um_per_px,
+                                       complete=False), fields)
+        stop.written_to = str(out_dir)
+        raise
+    errors += failed
     summary = _summary(inputs, fields, errors, analyzer, pixel_scale, um_per_px, complete=True)
     _write_batch(out_dir, summary, fields)
     return summary

@@ -17,7 +17,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from leukodx._progress import track
 from leukodx import _atomic, stats
 from leukodx._hashing import sha256_file
 from leukodx.data.images import read_image
@@ -368,46 +367,46 @@ def segment_files(inputs, out_dir: str | os.PathLike, seg: Segmenter) -> tuple[i
     An image is decoded at no more than a few times the network's input size (a 10,000^2 scan costs
     megabytes, not gigabytes); areas are counted on the reduced mask and scaled to the full image.
     If interrupted, areas.csv holds the images finished so far."""
+    from leukodx._batch import run_batch
     from leukodx._csv import csv_text_dicts
     from leukodx.data.images import collect_images, image_size
-    from leukodx.errors import Interrupted, LeukodxError
+    from leukodx.errors import Interrupted
     from leukodx.models.reliability import shift_verdict
 
     out_dir = Path(out_dir)
     paths, errors = collect_images(inputs)
-    rows, names = [], _atomic.OutputNames(reserved=("areas",))
+    names = _atomic.OutputNames(reserved=("areas",))
 
-    def write_areas() -> None:
+    def one(path) -> dict:
+        width, height = image_size(path)
+        rgb = read_image(path, max_side=4 * seg.config.size)
+        masks, features = seg.predict_with_features([rgb])
+        small = masks[0]
+        score = float(seg.reliability.ood_scores(features)[0]) if seg.reliability is not None else None
+        area_scale = (width * height) / small.size
+        nucleus = int(round((small == 2).sum() * area_scale))
+        cytoplasm = int(round((small == 1).sum() * area_scale))
+        labels = small if small.shape == (height, width) else \
+            np.asarray(Image.fromarray(small).resize((width, height), Image.Resampling.NEAREST))
+        mask_name = f"{names.stem_for(path)}.mask.png"
+        _atomic.write_bytes(out_dir / mask_name, _mask_png(labels))
+        return {"input": str(path), "mask": mask_name, "nucleus_px": nucleus, "cytoplasm_px": cytoplasm,
+                "nucleus_to_cell": round(nucleus / max(1, nucleus + cytoplasm), 4),
+                "ood_score": "" if score is None else round(score, 3),
+                "ood": "" if score is None else int(score > seg.reliability.threshold)}
+
+    def write_areas(rows: list[dict]) -> None:
         if rows:
             _atomic.write_text(out_dir / "areas.csv", csv_text_dicts(AREA_COLUMNS, rows))
 
     try:
-        for path in track(paths, "segmenting"):
-            try:
-                width, height = image_size(path)
-                rgb = read_image(path, max_side=4 * seg.config.size)
-            except LeukodxError as exc:
-                errors.append({"input": str(path), "error": str(exc)})
-                continue
-            masks, features = seg.predict_with_features([rgb])
-            small = masks[0]
-            score = float(seg.reliability.ood_scores(features)[0]) if seg.reliability is not None else None
-            area_scale = (width * height) / small.size
-            nucleus = int(round((small == 2).sum() * area_scale))
-            cytoplasm = int(round((small == 1).sum() * area_scale))
-            labels = small if small.shape == (height, width) else \
-                np.asarray(Image.fromarray(small).resize((width, height), Image.Resampling.NEAREST))
-            mask_name = f"{names.stem_for(path)}.mask.png"
-            _atomic.write_bytes(out_dir / mask_name, _mask_png(labels))
-            del labels, rgb
-            rows.append({"input": str(path), "mask": mask_name, "nucleus_px": nucleus, "cytoplasm_px": cytoplasm,
-                         "nucleus_to_cell": round(nucleus / max(1, nucleus + cytoplasm), 4),
-                         "ood_score": "" if score is None else round(score, 3),
-                         "ood": "" if score is None else int(score > seg.reliability.threshold)})
-    except KeyboardInterrupt:
-        write_areas()
-        raise Interrupted(len(rows), len(paths), "images", written_to=str(out_dir)) from None
-    write_areas()
+        rows, failed = run_batch(paths, one, "images", key="input")
+    except Interrupted as stop:
+        write_areas(stop.partial[0])
+        stop.written_to = str(out_dir)
+        raise
+    errors += failed
+    write_areas(rows)
     if seg.reliability is None:
         shift = {"flagged": None, "score": None, "reason": "OOD check unavailable: the segmenter's bundle has no "
                                                           "reliability statistics (leukodx reliability fit)"}

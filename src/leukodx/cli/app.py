@@ -13,7 +13,8 @@ from typing import Optional
 
 import typer
 
-from leukodx.cli import benchmark_cmd, datasets_cmd, expression_cmd, flow_cmd, infer_cmd, smear_cmd, train_cmd
+from leukodx.cli import (benchmark_cmd, datasets_cmd, expression_cmd, flow_cmd, infer_cmd, service_cmd, smear_cmd,
+                         train_cmd)
 from leukodx.errors import Interrupted, LeukodxError
 
 app = typer.Typer(name="leukodx", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -25,6 +26,7 @@ train_cmd.register(app)
 infer_cmd.register(app)
 benchmark_cmd.register(app)
 smear_cmd.register(app)
+service_cmd.register(app)
 
 EXIT_USER_ERROR = 2
 

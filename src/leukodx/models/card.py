@@ -44,6 +44,10 @@ FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
+_JSON_NAMES = {list: "a list", str: "a string", dict: "an object", int: "an integer", float: "a number",
+               bool: "true or false", type(None): "null"}
+
+
 @dataclass
 class ModelCard:
     """The common fields of every card; ``spec`` holds the task-specific ones (stored flat in JSON)."""
@@ -70,9 +74,9 @@ class ModelCard:
             raise InvalidInputError(f"{source}: model card is not a JSON object")
         for key, types in FIELD_TYPES.items():
             if card.get(key) is not None and not isinstance(card[key], types):
-                wanted = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+                wanted = " or ".join(_JSON_NAMES[t] for t in (types if isinstance(types, tuple) else (types,)))
                 raise InvalidInputError(f"{source}: card field {key!r} must be {wanted}, "
-                                        f"not {type(card[key]).__name__}")
+                                        f"not {_JSON_NAMES.get(type(card[key]), type(card[key]).__name__)}")
         card = normalize(card)
         task = card.get("task")
         if task not in TASKS:

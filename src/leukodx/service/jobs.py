@@ -1,0 +1,178 @@
+"""Analyses as jobs in the database, run by workers on this or other machines.
+
+A worker claims the oldest queued job with a compare-and-set update (on PostgreSQL the candidate row
+is also locked ``FOR UPDATE SKIP LOCKED``), so two workers never take the same job; it beats a
+heartbeat while it runs; a job whose heartbeat stops (its worker died) is queued again, at most
+``MAX_ATTEMPTS`` times. A job's result is stored with the model's name, sha256 and library versions,
+once: the results table allows one row per job.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import socket
+import threading
+import time
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from leukodx.service.db import Case, Cell, Job, Result, StoredFile, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+STALE_SECONDS = 120
+HEARTBEAT_SECONDS = 10
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+def claim(session: Session, worker: str) -> Job | None:
+    """The oldest queued job, now ``running`` for ``worker``; None when there is none."""
+    query = select(Job.id).where(Job.status == "queued").order_by(Job.id).limit(1)
+    if session.bind.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    job_id = session.scalar(query)
+    if job_id is None:
+        session.rollback()
+        return None
+    taken = session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(
+        status="running", worker=worker, attempts=Job.attempts + 1, heartbeat=utcnow()))
+    session.commit()
+    if taken.rowcount != 1:  # another worker was quicker
+        return None
+    return session.get(Job, job_id)
+
+
+def requeue_stale(session: Session, stale_seconds: float = STALE_SECONDS) -> int:
+    """Jobs whose worker stopped beating: queued again, or failed after ``MAX_ATTEMPTS``."""
+    limit = utcnow() - _dt.timedelta(seconds=stale_seconds)
+    stale = session.scalars(select(Job).where(Job.status == "running", Job.heartbeat < limit)).all()
+    for job in stale:
+        if job.attempts >= MAX_ATTEMPTS:
+            job.status, job.error, job.finished = "failed", f"its worker stopped {job.attempts} times", utcnow()
+        else:
+            job.status, job.worker = "queued", None
+    session.commit()
+    return len(stale)
+
+
+def run_one(factory: sessionmaker, settings, worker: str | None = None) -> int | None:
+    """Claim and run one job; returns its id, or None when the queue is empty."""
+    worker = worker or worker_name()
+    with factory() as session:
+        requeue_stale(session)
+        job = claim(session, worker)
+        if job is None:
+            return None
+        job_id, kind, case_id = job.id, job.kind, job.case_id
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(factory, job_id, stop), daemon=True)
+    beat.start()
+    try:
+        outcome = analyse(factory, settings, case_id, kind)
+        error = None
+    except Exception as exc:  # noqa: BLE001 - a failed analysis is the job's state, not the worker's end
+        from leukodx.errors import item_error
+
+        outcome, error = None, item_error(f"job {job_id}", exc)
+    finally:
+        stop.set()
+        beat.join()
+    with factory() as session:
+        job = session.get(Job, job_id)
+        if job.worker != worker or job.status != "running":
+            return job_id  # declared dead and retaken meanwhile: the other run's result counts
+        if error is None:
+            _store(session, job, outcome)
+            job.status = "done"
+        else:
+            job.status, job.error = "failed", error
+        job.finished = utcnow()
+        session.commit()
+    return job_id
+
+
+def _heartbeat(factory: sessionmaker, job_id: int, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_SECONDS):
+        with factory() as session:
+            session.execute(update(Job).where(Job.id == job_id).values(heartbeat=utcnow()))
+            session.commit()
+
+
+def analyse(factory: sessionmaker, settings, case_id: int, kind: str) -> dict:
+    """Run the analysis of ``kind`` on the case's stored files; returns what ``_store`` keeps."""
+    from leukodx._versions import versions
+
+    with factory() as session:
+        files = session.scalars(select(StoredFile).where(StoredFile.case_id == case_id).order_by(StoredFile.id)).all()
+        paths = {str(settings.uploads / f.stored_name): f.id for f in files
+                 if f.kind == {"cells": "image", "fields": "image", "fcs": "fcs", "expression": "table"}[kind]}
+    if not paths:
+        from leukodx.errors import InvalidInputError
+
+        raise InvalidInputError(f"case {case_id}: no uploaded file fits a {kind} analysis")
+    if kind in ("cells", "fields"):
+        from leukodx.diagnosis.case import diagnose
+
+        result = diagnose(list(paths), kind=kind, smear=False)
+        return {"kind": kind, "model": result["model"]["name"], "sha256": result["model"]["sha256"],
+                "versions": versions(), "summary": {k: result[k] for k in ("summary", "flags", "shift", "errors",
+                                                                           "n_images")},
+                "classes": result["model"]["classes"],
+                "cells": [{**row, "file_id": paths[row["input"]]} for row in result["rows"]]}
+    if kind == "fcs":
+        from leukodx.cytometry.classifier import CellClassifier
+        from leukodx.cytometry.readout import readout_files
+
+        model = CellClassifier.load()
+        batch = readout_files(list(paths), model, refit_missing=False)
+        return {"kind": kind, "model": batch["model"], "sha256": batch["model_sha256"], "versions": versions(),
+                "summary": {"results": batch["results"], "failed": batch["failed"]}, "cells": []}
+    from leukodx.omics.bundle import ExpressionModel
+    from leukodx.omics.io import read_matrix
+
+    model = ExpressionModel.load()
+    rows = []
+    for path in paths:
+        data = read_matrix(path)
+        proba, _, missing, _ = model.score_set(data)
+        rows += [{"sample": s, "call": model.classes[int(p.argmax())], "probability": float(p.max())}
+                 for s, p in zip(data.samples, proba)]
+    return {"kind": kind, "model": model.card["name"], "sha256": model.card.get("sha256"), "versions": versions(),
+            "summary": {"samples": rows}, "cells": []}
+
+
+def _store(session: Session, job: Job, outcome: dict) -> None:
+    result = Result(case_id=job.case_id, job_id=job.id, kind=outcome["kind"], model_name=outcome["model"],
+                    model_sha256=outcome["sha256"], versions=outcome["versions"], summary=outcome["summary"])
+    session.add(result)
+    session.flush()
+    for row in outcome["cells"]:
+        session.add(Cell(case_id=job.case_id, result_id=result.id, file_id=row["file_id"],
+                         model_label=row["top_class"], label=row["top_class"], probability=row["probability"],
+                         unsure=bool(row.get("unsure")), ood=row.get("ood"), prediction_set=row.get("prediction_set"),
+                         probabilities=row["probabilities"]))
+    case = session.get(Case, job.case_id)
+    if case.status == "open":
+        case.status = "analysed"
+
+
+def run_forever(factory: sessionmaker, settings, stop: threading.Event, idle_seconds: float = 1.0) -> None:
+    """A worker loop: run jobs until ``stop`` is set."""
+    worker = worker_name()
+    log.info("worker %s started", worker)
+    while not stop.is_set():
+        try:
+            ran = run_one(factory, settings, worker)
+        except Exception as exc:  # noqa: BLE001 - the database away for a moment: try again
+            log.warning("worker: %s", exc)
+            ran = None
+        if ran is None:
+            stop.wait(idle_seconds)
+    time.sleep(0)

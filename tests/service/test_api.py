@@ -1,0 +1,109 @@
+"""The REST API on both databases: auth and roles, cases, uploads checked by content, a cells analysis
+run by a worker, reclassification with the differential recounted, sign-off, amendment, the audit trail."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from conftest import login
+from leukodx.data.registry import load_dataset
+from leukodx.service.jobs import run_one
+
+
+@pytest.fixture(scope="module")
+def cell_files():
+    pbc = load_dataset("pbc")
+    picks = [next(i for i, y in enumerate(pbc.labels) if y == c) for c in range(3)]
+    return [pbc.abspath(i) for i in picks]
+
+
+def test_health_is_open_and_everything_else_needs_a_token(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    for method, url in (("get", "/api/cases"), ("post", "/api/cases"), ("get", "/api/jobs/1"),
+                        ("patch", "/api/cells/1"), ("get", "/api/users")):
+        assert getattr(client, method)(url).status_code == 401
+    assert client.get("/api/cases", headers={"Authorization": "Bearer forged"}).status_code == 401
+
+
+def test_wrong_password_then_rate_limit(client, users):
+    for _ in range(5):
+        assert client.post("/api/token", data={"username": "rev", "password": "wrong-password"}).status_code == 401
+    r = client.post("/api/token", data={"username": "rev", "password": "wrong-password"})
+    assert r.status_code == 429 and "too many" in r.json()["detail"]
+
+
+def test_roles_are_enforced(client, users):
+    assert client.get("/api/users", headers=login(client, "rev")).status_code == 403
+    names = [u["name"] for u in client.get("/api/users", headers=login(client, "ada")).json()]
+    assert names == ["ada", "rev"]
+
+
+def test_uploads_are_checked_by_content_and_stored_under_generated_names(client, settings, cell_files):
+    auth = login(client, "rev")
+    case = client.post("/api/cases", json={"label": "<script>alert(1)</script>"}, headers=auth).json()["id"]
+    files = [("files", ("../../etc/evil.jpg", cell_files[0].read_bytes(), "image/jpeg")),
+             ("files", ("notes.jpg", b"just text, not an image", "image/jpeg")),
+             ("files", ("empty.jpg", b"", "image/jpeg")),
+             ("files", ("cut.jpg", cell_files[1].read_bytes()[:500], "image/jpeg"))]
+    r = client.post(f"/api/cases/{case}/files", files=files, headers=auth)
+    assert r.status_code == 201
+    body = r.json()
+    assert [s["name"] for s in body["stored"]] == ["evil.jpg"]
+    reasons = {x["name"]: x["error"] for x in body["rejected"]}
+    assert "not an image, an FCS file or an expression table" in reasons["notes.jpg"]
+    assert "empty file" in reasons["empty.jpg"] and "cut.jpg" in reasons
+    stored = list(settings.uploads.iterdir())
+    assert len(stored) == 1 and stored[0].parent == settings.uploads and "evil" not in stored[0].name
+    assert client.get(f"/api/cases/{case}", headers=auth).json()["label"] == "<script>alert(1)</script>"
+    only_bad = client.post(f"/api/cases/{case}/files", files=files[1:2], headers=auth)
+    assert only_bad.status_code == 422
+
+
+def test_review_flow_analysis_reclassify_signoff_amend(client, settings, factory, cell_files):
+    auth = login(client, "rev")
+    case = client.post("/api/cases", json={"label": "patient 7"}, headers=auth).json()["id"]
+    client.post(f"/api/cases/{case}/files", headers=auth,
+                files=[("files", (p.name, p.read_bytes(), "image/jpeg")) for p in cell_files])
+    job = client.post(f"/api/cases/{case}/analyses", json={"kind": "cells"}, headers=auth).json()["job_id"]
+    assert client.get(f"/api/jobs/{job}", headers=auth).json()["status"] == "queued"
+    assert run_one(factory, settings) == job
+    assert run_one(factory, settings) is None
+    assert client.get(f"/api/jobs/{job}", headers=auth).json()["status"] == "done"
+
+    results = client.get(f"/api/cases/{case}/results", headers=auth).json()
+    assert len(results["cells"]) == 3 and results["case"]["status"] == "analysed"
+    analysis = results["analyses"][0]
+    assert analysis["model"] == "wbc-multisite" and len(analysis["model_sha256"]) == 64 and analysis["versions"]
+    cell = results["cells"][0]
+    other = next(c for c in cell["probabilities"] if c != cell["label"] and c in results["differential_percent"])
+    before = results["counts"][other]
+
+    r = client.patch(f"/api/cells/{cell['id']}", json={"label": other}, headers=auth)
+    assert r.status_code == 200 and r.json()["label"] == other and r.json()["model_label"] == cell["label"]
+    after = client.get(f"/api/cases/{case}/results", headers=auth).json()
+    assert after["counts"][other] == before + 1 and after["differential_percent"] != results["differential_percent"]
+    assert client.patch(f"/api/cells/{cell['id']}", json={"label": "unicorn"}, headers=auth).status_code == 422
+
+    assert client.post(f"/api/cases/{case}/signoff", headers=auth).status_code == 200
+    assert client.patch(f"/api/cells/{cell['id']}", json={"label": cell["label"]}, headers=auth).status_code == 409
+    assert client.post(f"/api/cases/{case}/analyses", json={"kind": "cells"}, headers=auth).status_code == 409
+    assert client.post(f"/api/cases/{case}/amend", json={"reason": "wrong cell"}, headers=auth).status_code == 200
+    assert client.patch(f"/api/cells/{cell['id']}", json={"label": cell["label"]}, headers=auth).status_code == 200
+
+    trail = client.get(f"/api/cases/{case}/audit", headers=auth).json()
+    assert [(e["action"], e["before"], e["after"], e["user"]) for e in trail] == [
+        ("reclassify", cell["label"], other, "rev"), ("signoff", "analysed", "signed", "rev"),
+        ("amend", "signed", "wrong cell", "rev"), ("reclassify", other, cell["label"], "rev")]
+
+
+def test_an_analysis_with_nothing_to_analyse_fails_with_a_reason(client, settings, factory):
+    auth = login(client, "rev")
+    case = client.post("/api/cases", json={"label": "empty"}, headers=auth).json()["id"]
+    job = client.post(f"/api/cases/{case}/analyses", json={"kind": "fcs"}, headers=auth).json()["job_id"]
+    run_one(factory, settings)
+    state = client.get(f"/api/jobs/{job}", headers=auth).json()
+    assert state["status"] == "failed" and "no uploaded file fits a fcs analysis" in state["error"]
+    assert client.post(f"/api/cases/{case}/analyses", json={"kind": "dna"}, headers=auth).status_code == 422
+    assert client.get("/api/cases/999999", headers=auth).status_code == 404

@@ -56,6 +56,9 @@ def test_uploads_are_checked_by_content_and_stored_under_generated_names(client,
     assert "empty file" in reasons["empty.jpg"] and "cut.jpg" in reasons
     stored = list(settings.uploads.iterdir())
     assert len(stored) == 1 and stored[0].parent == settings.uploads and "evil" not in stored[0].name
+    served = client.get(f"/api/files/{body['stored'][0]['id']}", headers=auth)
+    assert served.status_code == 200 and served.content == cell_files[0].read_bytes()
+    assert client.get(f"/api/files/{body['stored'][0]['id']}").status_code == 401
     assert client.get(f"/api/cases/{case}", headers=auth).json()["label"] == "<script>alert(1)</script>"
     only_bad = client.post(f"/api/cases/{case}/files", files=files[1:2], headers=auth)
     assert only_bad.status_code == 422

@@ -171,6 +171,18 @@ def create_app(settings: Settings, embedded_worker: bool = False) -> FastAPI:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, {"stored": [], "rejected": rejected})
         return {"stored": stored, "rejected": rejected}
 
+    @app.get("/api/files/{file_id}")
+    def file_content(file_id: int, db: DB, _: Me):
+        """An uploaded file's bytes (the gallery's full-resolution view), under its stored name only."""
+        from fastapi.responses import FileResponse
+
+        row = db.get(StoredFile, file_id)
+        if row is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no file {file_id}")
+        media = {"image": "application/octet-stream", "fcs": "application/vnd.isac.fcs", "table": "text/csv"}
+        return FileResponse(settings.uploads / row.stored_name, media_type=media[row.kind],
+                            headers={"X-Content-Type-Options": "nosniff"})
+
     @app.post("/api/cases/{case_id}/analyses", status_code=status.HTTP_202_ACCEPTED)
     def analyse(case_id: int, body: AnalysisIn, db: DB, _: Me) -> dict:
         case = get_case(db, case_id)

@@ -60,8 +60,11 @@ class Case:
 def run_case(case: Case) -> dict:
     env = {**os.environ, **case.env}
     started = time.perf_counter()
+    # Ctrl-C as a user gives it: SIGINT at its default in the child even when this script runs in the
+    # background (a shell starts background jobs with SIGINT ignored, and exec keeps ignored signals)
     proc = subprocess.Popen([sys.executable, "-m", "leukodx", *case.argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     out_chunks, err_chunks = [], []
 
     def pump(stream, sink):

@@ -30,13 +30,19 @@ class ModelNotFoundError(LeukodxError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (``limit`` characters at most), '' when it has none."""
+    line = (str(exc).strip().splitlines() or [""])[0]
+    return line if limit is None else line[:limit]
+
+
 def item_error(item: object, exc: BaseException) -> str:
     """The one line a batch records for an item that failed: the error's own message for a
     ``LeukodxError``; otherwise (a bug, caught so that the batch keeps its other results) the
     exception named as an internal error, to be reported."""
     if isinstance(exc, LeukodxError):
         return str(exc)
-    first = (str(exc).strip().splitlines() or [""])[0]
+    first = first_line(exc)
     return f"{item}: internal error ({type(exc).__name__}{': ' + first if first else ''}); please report it"
 
 

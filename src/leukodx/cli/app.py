@@ -15,7 +15,7 @@ import typer
 
 from leukodx.cli import (benchmark_cmd, datasets_cmd, expression_cmd, flow_cmd, infer_cmd, service_cmd, smear_cmd,
                          train_cmd)
-from leukodx.errors import Interrupted, LeukodxError
+from leukodx.errors import Interrupted, LeukodxError, first_line
 
 app = typer.Typer(name="leukodx", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Deep-learning leukemia diagnosis: datasets, training, evaluation, inference.")
@@ -143,7 +143,7 @@ def _internal_error(exc: BaseException) -> int:
         where = f"details in {path}"
     except OSError:
         pass
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    first = first_line(exc)
     print(f"internal error: {type(exc).__name__}{': ' + first if first else ''}; {where} "
           "(please report it)", file=sys.stderr)
     return EXIT_INTERNAL_ERROR

@@ -34,7 +34,7 @@ from typing import Iterator
 import numpy as np
 
 from leukodx.cytometry.markers import canonical_marker
-from leukodx.errors import DataNotFoundError, InvalidInputError, LeukodxError
+from leukodx.errors import DataNotFoundError, InvalidInputError, LeukodxError, first_line
 
 HEADER_BYTES = 58
 SUPPORTED_VERSIONS = ("2.0", "3.0", "3.1")
@@ -372,8 +372,7 @@ def open_fcs(path: str | os.PathLike, dataset: int = 0) -> FCSFile:
     except PermissionError:
         raise InvalidInputError(f"{path}: permission denied (the file cannot be read by this user)") from None
     except Exception as exc:  # noqa: BLE001 - FlowIO parsing untrusted bytes: whatever it raises, the file is unusable
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise InvalidInputError(f"{path}: corrupt FCS TEXT segment ({type(exc).__name__}: {first})") from None
+        raise InvalidInputError(f"{path}: corrupt FCS TEXT segment ({type(exc).__name__}: {first_line(exc, 200)})") from None
     if n_sets > 1:
         notes.append(f"file holds {n_sets} data sets; reading data set {dataset + 1}")
     text = dict(flow.text)

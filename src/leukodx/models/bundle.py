@@ -16,7 +16,8 @@ from typing import Callable, Iterator, Mapping
 
 from leukodx import _atomic
 from leukodx._hashing import sha256_file
-from leukodx.errors import DataNotFoundError, IntegrityError, InvalidInputError, LeukodxError, ModelNotFoundError
+from leukodx.errors import (DataNotFoundError, IntegrityError, InvalidInputError, LeukodxError, ModelNotFoundError,
+                            first_line)
 from leukodx.models.card import TASKS, ModelCard
 
 WEIGHTS = "model.safetensors"
@@ -130,18 +131,18 @@ def load_arrays(name_or_path: str | os.PathLike, task: str) -> tuple[dict, dict,
 
 
 @contextlib.contextmanager
-def interpreting(directory: str | os.PathLike) -> Iterator[None]:
+def interpreting(directory: str | os.PathLike,
+                 what: str = "model bundle is incomplete or inconsistent") -> Iterator[None]:
     """Building a model from a verified bundle. The card and arrays are data from disk like any input:
     a field or array that is missing, of the wrong type or inconsistent with the others becomes one
-    error naming the bundle, never a KeyError or TypeError from deep inside the model."""
+    error naming the bundle (``directory: what (Type: detail)``), never a KeyError or TypeError from
+    deep inside the model."""
     try:
         yield
     except LeukodxError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OverflowError) as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise InvalidInputError(f"{directory}: model bundle is incomplete or inconsistent ({type(exc).__name__}: "
-                                f"{first})") from None
+        raise InvalidInputError(f"{directory}: {what} ({type(exc).__name__}: {first_line(exc, 200)})") from None
 
 
 def load_network(name_or_path: str | os.PathLike, task: str, build: Callable[[dict], object]):
@@ -149,14 +150,8 @@ def load_network(name_or_path: str | os.PathLike, task: str, build: Callable[[di
     and loaded in eval mode. Returns ``(net, card, directory)``."""
     directory = resolve_bundle(name_or_path, task=task)
     card, weights = verify_bundle(directory, task=task)
-    try:
+    with interpreting(directory / CARD, "cannot rebuild the network from its card"):
         net = build(card)
-    except LeukodxError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise InvalidInputError(f"{directory / CARD}: cannot rebuild the network from its card "
-                                f"({type(exc).__name__}: {first})") from None
     try:
         net.load_state_dict(load_tensors(weights))
     except RuntimeError as exc:  # tensors of another architecture

@@ -14,7 +14,6 @@ import logging
 import os
 import socket
 import threading
-import time
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -141,7 +140,7 @@ def analyse(factory: sessionmaker, settings, case_id: int, kind: str) -> dict:
     rows = []
     for path in paths:
         data = read_matrix(path)
-        proba, _, missing, _ = model.score_set(data)
+        proba = model.score_set(data)[0]
         rows += [{"sample": s, "call": model.classes[int(p.argmax())], "probability": float(p.max())}
                  for s, p in zip(data.samples, proba)]
     return {"kind": kind, "model": model.card["name"], "sha256": model.card.get("sha256"), "versions": versions(),
@@ -175,4 +174,3 @@ def run_forever(factory: sessionmaker, settings, stop: threading.Event, idle_sec
             ran = None
         if ran is None:
             stop.wait(idle_seconds)
-    time.sleep(0)

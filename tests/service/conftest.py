@@ -63,10 +63,9 @@ def postgres_server():
 _databases = iter(range(10 ** 6))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def settings(request, tmp_path) -> Settings:
-    """Fresh service settings with the schema migrated, on each database."""
-    if request.param == "sqlite":
+def make_settings(request, tmp_path, database: str) -> Settings:
+    """Fresh service settings on ``database`` (sqlite | postgresql), the schema migrated."""
+    if database == "sqlite":
         url = f"sqlite:///{tmp_path / 'service.db'}"
     else:
         import psycopg
@@ -79,6 +78,12 @@ def settings(request, tmp_path) -> Settings:
     settings = Settings.resolve(tmp_path / "data", url).prepare()
     upgrade(settings.database_url)
     return settings
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def settings(request, tmp_path) -> Settings:
+    """Fresh service settings with the schema migrated, on each database."""
+    return make_settings(request, tmp_path, request.param)
 
 
 @pytest.fixture

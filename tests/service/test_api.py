@@ -84,7 +84,8 @@ def test_review_flow_analysis_reclassify_signoff_amend(client, settings, factory
     before = results["counts"][other]
 
     r = client.patch(f"/api/cells/{cell['id']}", json={"label": other}, headers=auth)
-    assert r.status_code == 200 and r.json()["label"] == other and r.json()["model_label"] == cell["label"]
+    assert r.status_code == 200 and r.json()["cell"]["label"] == other and r.json()["cell"]["model_label"] == cell["label"]
+    assert r.json()["counts"][other] == before + 1
     after = client.get(f"/api/cases/{case}/results", headers=auth).json()
     assert after["counts"][other] == before + 1 and after["differential_percent"] != results["differential_percent"]
     assert client.patch(f"/api/cells/{cell['id']}", json={"label": "unicorn"}, headers=auth).status_code == 422

@@ -7,6 +7,7 @@ Everything downstream receives ``uint8`` RGB arrays of shape (H, W, 3), whatever
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import warnings
@@ -132,6 +133,20 @@ def to_rgb_array(im: Image.Image) -> np.ndarray:
         im = im.convert("RGB")
     # one copy out of PIL, not two: a 10,000 x 10,000 scan is 300 MB per copy
     return np.array(im, dtype=np.uint8)
+
+
+def jpeg_bytes(rgb: np.ndarray, quality: int = 80) -> bytes:
+    """An RGB array as JPEG bytes (thumbnails, overlays, previews)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def thumbnail_jpeg(rgb: np.ndarray, side: int = 96) -> bytes:
+    """A JPEG of ``rgb`` reduced to fit ``side`` x ``side`` (aspect kept)."""
+    im = Image.fromarray(np.ascontiguousarray(rgb))
+    im.thumbnail((side, side))
+    return jpeg_bytes(np.asarray(im))
 
 
 def as_rgb_array(image: np.ndarray, name: str = "array") -> np.ndarray:

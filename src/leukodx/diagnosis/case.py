@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import os
 from typing import Iterable, Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from scipy import ndimage
 from leukodx._progress import track
 from leukodx import _atomic
 from leukodx._versions import provenance, versions
-from leukodx.data.images import collect_images, read_image
+from leukodx.data.images import collect_images, jpeg_bytes, read_image, thumbnail_jpeg
 from leukodx.data.vocabulary import is_leukocyte, leukocyte_classes, normalize_label
 from leukodx.errors import InvalidInputError, LeukodxError
 from leukodx.inference.classifier import DEFAULT_CELL_MODEL, Classifier, Scored, load_model, rows_to_csv
@@ -238,7 +237,7 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
     for name, rgb in _stream_case(paths, errors, "reading the case", None if analyzer else CASE_READ_SIDE):
         names.append(name)
         inputs_small.append(clf.preprocess(rgb))
-        thumbnails[name] = _thumbnail(rgb)
+        thumbnails[name] = thumbnail_jpeg(rgb)
         if analyzer is not None:
             fields.append(analyzer.analyze(rgb, name))
     if not names:
@@ -277,6 +276,7 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
         **({"smear": smear_result} if smear_result else {}),
         "versions": versions(), "provenance": provenance(),
         "_thumbnails": thumbnails,
+        **({"_fields": fields} if analyzer is not None else {}),  # every field's cells, with their boxes
         **({"_explanations": _explanations(clf, names, arrays, rows)} if explain else {}),
     }
 
@@ -287,7 +287,7 @@ def _explanations(clf: Classifier, names: list[str], arrays: np.ndarray, rows: l
 
     targets = np.asarray([clf.classes.index(r["top_class"]) for r in rows])
     heat = gradcam(clf.net, arrays, clf.preprocess, targets)
-    return {name: _jpeg(overlay(a, h)) for name, a, h in zip(names, arrays, heat)}
+    return {name: jpeg_bytes(overlay(a, h)) for name, a, h in zip(names, arrays, heat)}
 
 
 def _review_flag(rows: list[dict], clf: Classifier, coverage: float) -> str | None:
@@ -321,16 +321,6 @@ def _smear_summary(analyzer, fields: list[dict], pixel_scale: float | None, um_p
             "fields": [{k: v for k, v in f.items() if k != "cells"} | {"cells": len(f["cells"])} for f in fields]}
 
 
-def _thumbnail(rgb: np.ndarray, side: int = 96) -> bytes:
-    im = Image.fromarray(rgb)
-    im.thumbnail((side, side))
-    return _jpeg(np.asarray(im))
-
-
-def _jpeg(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=80)
-    return buf.getvalue()
 
 
 def write_case_outputs(result: dict, out_dir: str | os.PathLike) -> dict[str, Path]:

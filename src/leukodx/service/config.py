@@ -19,6 +19,9 @@ class Settings:
     data_dir: Path
     database_url: str
     max_upload_bytes: int = MAX_UPLOAD_BYTES
+    #: browser session cookies only over HTTPS (browsers treat http://localhost as secure too); turn off
+    #: only behind a proxy that terminates TLS and forwards plain HTTP on another host name
+    secure_cookies: bool = True
 
     @classmethod
     def resolve(cls, data_dir: str | os.PathLike | None = None, database_url: str | None = None) -> "Settings":

@@ -7,7 +7,8 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, create_engine,
+                        event)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
@@ -95,7 +96,8 @@ class Result(Base):
 
 
 class Cell(Base):
-    """One classified image of a case: the model's call stays; ``label`` is the current (reviewed) one."""
+    """One classified cell of a case: a cell image, or a white cell found in a smear field (``box`` in
+    the field's pixels). The model's call stays; ``label`` is the current (reviewed) one."""
     __tablename__ = "cells"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
@@ -108,6 +110,8 @@ class Cell(Base):
     ood: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     prediction_set: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     probabilities: Mapped[dict[str, Any]] = mapped_column(JSON)
+    box: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    thumbnail: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
 
 
 class AuditEvent(Base):

@@ -119,12 +119,21 @@ def analyse(factory: sessionmaker, settings, case_id: int, kind: str) -> dict:
     if kind in ("cells", "fields"):
         from leukodx.diagnosis.case import diagnose
 
-        result = diagnose(list(paths), kind=kind, smear=False)
-        return {"kind": kind, "model": result["model"]["name"], "sha256": result["model"]["sha256"],
-                "versions": versions(), "summary": {k: result[k] for k in ("summary", "flags", "shift", "errors",
-                                                                           "n_images")},
-                "classes": result["model"]["classes"],
-                "cells": [{**row, "file_id": paths[row["input"]]} for row in result["rows"]]}
+        result = diagnose(list(paths), kind=kind, smear=kind == "fields")
+        outcome = {"kind": kind, "model": result["model"]["name"], "sha256": result["model"]["sha256"],
+                   "versions": versions(), "classes": result["model"]["classes"],
+                   "summary": {k: result[k] for k in ("summary", "flags", "shift", "errors", "n_images")}}
+        if kind == "cells":
+            outcome["cells"] = [{**row, "file_id": paths[row["input"]], "thumbnail": result["_thumbnails"][row["input"]]}
+                                for row in result["rows"]]
+            return outcome
+        # smear fields: the field model's call per field, and every cell the detector found (its box, for
+        # the overlay); the white cells, typed by the cell model, go to the review gallery
+        outcome["summary"]["smear"] = result["smear"]["summary"]
+        outcome["summary"]["detector"] = result["smear"]["detector"]
+        outcome["summary"]["fields"] = [_field_json(f, paths[f["field"]]) for f in result["_fields"]]
+        outcome["cells"] = [cell for f in result["_fields"] for cell in _field_cells(f, paths[f["field"]])]
+        return outcome
     if kind == "fcs":
         from leukodx.cytometry.classifier import CellClassifier
         from leukodx.cytometry.readout import readout_files
@@ -147,6 +156,29 @@ def analyse(factory: sessionmaker, settings, case_id: int, kind: str) -> dict:
             "summary": {"samples": rows}, "cells": []}
 
 
+def _field_json(field: dict, file_id: int) -> dict:
+    """A field for the overlay: its size, whether it was counted (and why not), and every box."""
+    return {"file_id": file_id, "size": field["size"], "counted": field["counted"], "ood": field.get("ood"),
+            "flags": field.get("flags", []),
+            "boxes": [{"kind": c["kind"], "box": c["box"], "score": c["score"], "cell_type": c.get("cell_type"),
+                       "review": bool(c.get("unsure") or c.get("blast_review"))}
+                      for c in field["cells"]]}
+
+
+def _field_cells(field: dict, file_id: int) -> list[dict]:
+    """The typed white cells of one field as gallery rows, each with a thumbnail cut from the field."""
+    white = [c for c in field["cells"] if c["kind"] == "WBC" and "cell_type" in c]
+    if not white:
+        return []
+    from leukodx.data.images import read_image
+    from leukodx.service.images import cell_thumbnail
+
+    image = read_image(field["field"])
+    return [{"top_class": c["cell_type"], "probability": c["probability"], "unsure": c["unsure"],
+                 "ood": c["ood"], "prediction_set": c["prediction_set"], "probabilities": c["probabilities"],
+             "box": c["box"], "file_id": file_id, "thumbnail": cell_thumbnail(image, c["box"])} for c in white]
+
+
 def _store(session: Session, job: Job, outcome: dict) -> None:
     result = Result(case_id=job.case_id, job_id=job.id, kind=outcome["kind"], model_name=outcome["model"],
                     model_sha256=outcome["sha256"], versions=outcome["versions"], summary=outcome["summary"])
@@ -156,7 +188,7 @@ def _store(session: Session, job: Job, outcome: dict) -> None:
         session.add(Cell(case_id=job.case_id, result_id=result.id, file_id=row["file_id"],
                          model_label=row["top_class"], label=row["top_class"], probability=row["probability"],
                          unsure=bool(row.get("unsure")), ood=row.get("ood"), prediction_set=row.get("prediction_set"),
-                         probabilities=row["probabilities"]))
+                         probabilities=row["probabilities"], box=row.get("box"), thumbnail=row.get("thumbnail")))
     case = session.get(Case, job.case_id)
     if case.status == "open":
         case.status = "analysed"

@@ -72,3 +72,11 @@ def user_for_token(session: Session, token: str) -> User | None:
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def revoke_token(session: Session, token: str) -> None:
+    """Log a session out: its token stops working at once."""
+    row = session.scalar(select(Token).where(Token.digest == _digest(token)))
+    if row is not None:
+        session.delete(row)
+        session.commit()

@@ -111,3 +111,57 @@ def test_an_analysis_with_nothing_to_analyse_fails_with_a_reason(client, setting
     assert state["status"] == "failed" and "no uploaded file fits a fcs analysis" in state["error"]
     assert client.post(f"/api/cases/{case}/analyses", json={"kind": "dna"}, headers=auth).status_code == 422
     assert client.get("/api/cases/999999", headers=auth).status_code == 404
+
+
+def test_request_size_limit_declared_type_and_names(settings, users, cell_files):
+    import dataclasses
+
+    from fastapi.testclient import TestClient
+
+    from leukodx.service.app import create_app
+
+    small = dataclasses.replace(settings, max_request_bytes=50_000)
+    image = cell_files[0].read_bytes()
+    assert len(image) < 20_000
+    with TestClient(create_app(small)) as client:
+        auth = login(client, "rev")
+        case = client.post("/api/cases", json={"label": "limits"}, headers=auth).json()["id"]
+        too_big = client.post(f"/api/cases/{case}/files", headers=auth,
+                              files=[("files", (f"c{i}.jpg", image, "image/jpeg")) for i in range(60_000 // len(image) + 1)])
+        assert too_big.status_code == 413 and "50,000" not in too_big.text and "limit" in too_big.json()["detail"]
+
+        def chunks():  # a body that does not declare its length
+            yield b"x" * 30_000
+            yield b"x" * 30_000
+
+        chunked = client.post(f"/api/cases/{case}/files", headers={**auth, "Content-Type": "multipart/form-data; "
+                                                                   "boundary=b"}, content=chunks())
+        assert chunked.status_code == 413
+        r = client.post(f"/api/cases/{case}/files", headers=auth, files=[
+            ("files", ("scan.jpg", image, "application/pdf")),
+            ("files", ("blut Ünïcödé 血液.jpg", image, "application/octet-stream")),
+            ("files", ("..\\..\\windows\\x.jpg", image, "image/jpeg"))])
+        assert r.status_code == 201
+        assert r.json()["rejected"] == [{"name": "scan.jpg",
+                                         "error": "scan.jpg: sent as application/pdf, but its content is an image"}]
+        assert [s["name"] for s in r.json()["stored"]] == ["blut Ünïcödé 血液.jpg", "x.jpg"]
+        assert client.get("/health").status_code == 200
+    assert sorted(p.parent for p in settings.uploads.iterdir()) == [settings.uploads] * 2
+    from leukodx.service.storage import display_name
+
+    assert display_name("../a\x07b\n.jpg") == "ab.jpg" and display_name("..") == "upload"
+
+
+def test_partial_uploads_left_by_a_killed_server_are_swept_at_start(settings, users):
+    import os
+
+    from fastapi.testclient import TestClient
+
+    from leukodx.service.app import create_app
+
+    old, fresh = settings.uploads / ".upload-dead.part", settings.uploads / ".upload-live.part"
+    old.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    os.utime(old, (0, 0))
+    with TestClient(create_app(settings)):
+        assert not old.exists() and fresh.exists()

@@ -65,7 +65,7 @@ def test_a_job_whose_worker_died_is_retried_then_failed(factory):
             job.heartbeat = utcnow() - _dt.timedelta(hours=1)  # its worker stopped beating
             s.merge(job)
             s.commit()
-            assert requeue_stale(s) == 1
+            assert requeue_stale(s, 120) == 1
     with factory() as s:
         job = s.scalar(select(Job))
         assert job.status == "failed" and "stopped 3 times" in job.error

@@ -19,7 +19,12 @@ DatabaseUrl: Optional[str] = typer.Option(None, "--database-url", help="sqlite:/
                                                                        "else SQLite in the data folder).")
 
 
-def _settings(data_dir, database_url):
+StaleAfter: float = typer.Option(120.0, "--stale-after", min=15.0,
+                                 help="Seconds without a heartbeat after which a running job's worker is taken "
+                                      "to be dead and the job is run again (at most 3 attempts).")
+
+
+def _settings(data_dir, database_url, **options):
     """The service's settings, after checking its optional dependencies are installed."""
     import importlib.util
 
@@ -29,7 +34,7 @@ def _settings(data_dir, database_url):
     missing = [m for m in ("fastapi", "sqlalchemy", "alembic", "uvicorn", "argon2") if importlib.util.find_spec(m) is None]
     if missing:
         raise InvalidInputError(f"the review service needs {', '.join(missing)}: pip install 'leukodx[service]'")
-    return Settings.resolve(data_dir, database_url).prepare()
+    return Settings.resolve(data_dir, database_url, **options).prepare()
 
 
 def register(app: typer.Typer) -> None:
@@ -74,20 +79,22 @@ def register(app: typer.Typer) -> None:
     def serve(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
               port: int = typer.Option(8000, min=1, max=65535),
               data_dir: Optional[Path] = DataDir, database_url: Optional[str] = DatabaseUrl,
-              worker: bool = typer.Option(True, help="Run an embedded worker (one command on one machine).")) -> None:
+              worker: bool = typer.Option(True, help="Run an embedded worker (one command on one machine)."),
+              stale_after: float = StaleAfter) -> None:
         """The review service: the REST API (and OpenAPI at /openapi.json) under uvicorn."""
         import uvicorn
 
         from leukodx.service.app import create_app
         from leukodx.service.migrate import upgrade
 
-        settings = _settings(data_dir, database_url)
+        settings = _settings(data_dir, database_url, stale_seconds=stale_after)
         upgrade(settings.database_url)
         uvicorn.run(create_app(settings, embedded_worker=worker), host=host, port=port, log_level="warning")
 
     @app.command("worker")
     def worker_cmd(data_dir: Optional[Path] = DataDir, database_url: Optional[str] = DatabaseUrl,
-                   once: bool = typer.Option(False, "--once", help="Run the queued jobs, then exit.")) -> None:
+                   once: bool = typer.Option(False, "--once", help="Run the queued jobs, then exit."),
+                   stale_after: float = StaleAfter) -> None:
         """Run analysis jobs from the database (any number of workers, on any machine reaching it)."""
         import threading
 
@@ -95,7 +102,7 @@ def register(app: typer.Typer) -> None:
         from leukodx.service.jobs import run_forever, run_one
         from leukodx.service.migrate import upgrade
 
-        settings = _settings(data_dir, database_url)
+        settings = _settings(data_dir, database_url, stale_seconds=stale_after)
         upgrade(settings.database_url)
         factory = session_factory(make_engine(settings.database_url))
         if once:

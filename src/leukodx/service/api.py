@@ -128,7 +128,7 @@ def upload(request: Request, case_id: ID, files: Annotated[list[UploadFile], Fil
     for upload_file in files:
         try:
             meta = store_upload(upload_file.file, upload_file.filename or "upload", settings.uploads,
-                                settings.max_upload_bytes)
+                                settings.max_upload_bytes, upload_file.content_type)
         except LeukodxError as exc:
             rejected.append({"name": upload_file.filename, "error": str(exc)})
             continue

@@ -23,8 +23,7 @@ from leukodx.service.db import Case, Cell, Job, Result, StoredFile, utcnow
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
-STALE_SECONDS = 120
-HEARTBEAT_SECONDS = 10
+HEARTBEAT_SECONDS = 5
 
 
 def worker_name() -> str:
@@ -48,7 +47,7 @@ def claim(session: Session, worker: str) -> Job | None:
     return session.get(Job, job_id)
 
 
-def requeue_stale(session: Session, stale_seconds: float = STALE_SECONDS) -> int:
+def requeue_stale(session: Session, stale_seconds: float) -> int:
     """Jobs whose worker stopped beating: queued again, or failed after ``MAX_ATTEMPTS``."""
     limit = utcnow() - _dt.timedelta(seconds=stale_seconds)
     stale = session.scalars(select(Job).where(Job.status == "running", Job.heartbeat < limit)).all()
@@ -65,7 +64,7 @@ def run_one(factory: sessionmaker, settings, worker: str | None = None) -> int |
     """Claim and run one job; returns its id, or None when the queue is empty."""
     worker = worker or worker_name()
     with factory() as session:
-        requeue_stale(session)
+        requeue_stale(session, settings.stale_seconds)
         job = claim(session, worker)
         if job is None:
             return None

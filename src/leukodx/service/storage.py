@@ -41,10 +41,28 @@ EXTENSION_KIND = {**{e: "image" for e in (".jpg", ".jpeg", ".png", ".bmp", ".tif
                   ".fcs": "fcs", ".lmd": "fcs", **{e: "table" for e in (".csv", ".tsv", ".txt", ".gct")}}
 
 
-def store_upload(stream: BinaryIO, original_name: str, folder: Path, max_bytes: int) -> dict:
+#: declared content types that say nothing about the content (browsers send these for unknown extensions)
+GENERIC_TYPES = {"", "application/octet-stream", "binary/octet-stream", "application/x-download"}
+#: declared types that fit each kind; any other specific type contradicts the content and is refused
+DECLARED_FITS = {"image": ("image/",), "fcs": ("application/vnd.isac.fcs", "application/fcs"),
+                 "table": ("text/", "application/csv", "application/vnd.ms-excel", "application/tab-separated-values")}
+#: a partial upload older than this was left by a server that died mid-write: removed at start-up
+STALE_PARTIAL_SECONDS = 3600
+
+
+def display_name(original_name: str) -> str:
+    """The user's file name as data: its last path component, control characters dropped, <= 255 chars."""
+    name = os.path.basename(original_name.replace("\\", "/"))
+    name = "".join(c for c in name if c.isprintable()).strip()
+    return name[:255] if name.strip(".") else "upload"
+
+
+def store_upload(stream: BinaryIO, original_name: str, folder: Path, max_bytes: int,
+                 declared_type: str | None = None) -> dict:
     """Copy ``stream`` into ``folder`` under a generated name after checking what it is; returns
-    ``{"stored_name", "kind", "size", "sha256", "original_name"}`` or raises one ``InvalidInputError``."""
-    name = os.path.basename(original_name.replace("\\", "/")) or "upload"
+    ``{"stored_name", "kind", "size", "sha256", "original_name"}`` or raises one ``InvalidInputError``.
+    ``declared_type`` (the client's Content-Type) may be generic, but may not contradict the content."""
+    name = display_name(original_name)
     folder.mkdir(parents=True, exist_ok=True)
     digest, size = hashlib.sha256(), 0
     fd, tmp = tempfile.mkstemp(prefix=".upload-", suffix=".part", dir=folder)
@@ -71,12 +89,16 @@ def store_upload(stream: BinaryIO, original_name: str, folder: Path, max_bytes: 
         if promised is not None and promised != kind:
             raise InvalidInputError(f"{name}: named as {'an' if promised == 'image' else 'a'} {promised} file, but "
                                     f"its content is {'an' if kind == 'image' else 'a'} {kind}")
+        declared = (declared_type or "").split(";")[0].strip().lower()
+        if declared not in GENERIC_TYPES and not declared.startswith(DECLARED_FITS[kind]):
+            raise InvalidInputError(f"{name}: sent as {declared}, but its content is "
+                                    f"{'an' if kind == 'image' else 'a'} {kind}")
         if kind == "image":
             _check_image(Path(tmp), name)
         stored = f"{secrets.token_hex(16)}{KIND_EXTENSION[kind]}"
         os.replace(tmp, folder / stored)
         return {"stored_name": stored, "kind": kind, "size": size, "sha256": digest.hexdigest(),
-                "original_name": name[:255]}
+                "original_name": name}
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -90,3 +112,18 @@ def _check_image(path: Path, name: str) -> None:
         read_image(path)
     except InvalidInputError as exc:
         raise InvalidInputError(f"{name}: {str(exc).split(': ', 1)[-1]}") from None
+
+
+def sweep_partials(folder: Path, older_than: float = STALE_PARTIAL_SECONDS) -> int:
+    """Remove partial uploads left by a server that was killed mid-write; returns how many."""
+    import time
+
+    removed = 0
+    for part in folder.glob(".upload-*.part"):
+        try:
+            if time.time() - part.stat().st_mtime > older_than:
+                part.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed

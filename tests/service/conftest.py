@@ -1,16 +1,10 @@
 """The service's tests run against both databases it supports: an embedded SQLite file and a real
-PostgreSQL server, started here from the system's PostgreSQL binaries in a private folder on a free
-port (Debian's ``postgresql`` package; ``.ci/run`` installs it when missing)."""
+PostgreSQL server (``leukodx.service.testing.TemporaryPostgres``: the system's PostgreSQL binaries in a
+private folder on a free port; Debian's ``postgresql`` package, which ``.ci/run`` installs when missing)."""
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
-import socket
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
 
@@ -22,42 +16,13 @@ from leukodx.service.security import add_user
 PASSWORD = "correct horse battery"
 
 
-def _pg_bin() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    assert found, "PostgreSQL server binaries not found: apt-get install postgresql (see README)"
-    return Path(found[-1]).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def postgres_server():
-    """A throwaway PostgreSQL server (trust auth, TCP on localhost); yields its base URL."""
-    import tempfile
+    """A throwaway PostgreSQL server for the session (``leukodx.service.testing``)."""
+    from leukodx.service.testing import TemporaryPostgres
 
-    # not under pytest's folder: that is private to this user, and the server may run as another
-    bin_dir, root = _pg_bin(), Path(tempfile.mkdtemp(prefix="leukodx-pg-"))
-    data = root / "data"
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root: run the server as the postgres system user
-        shutil.chown(root, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
-                   check=True, capture_output=True)
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+    with TemporaryPostgres() as pg:
+        yield pg
 
 
 _databases = iter(range(10 ** 6))
@@ -68,13 +33,7 @@ def make_settings(request, tmp_path, database: str) -> Settings:
     if database == "sqlite":
         url = f"sqlite:///{tmp_path / 'service.db'}"
     else:
-        import psycopg
-
-        base = request.getfixturevalue("postgres_server")
-        name = f"t{next(_databases)}_{os.getpid()}"
-        with psycopg.connect(base.replace("postgresql+psycopg", "postgresql") + "/postgres", autocommit=True) as c:
-            c.execute(f'CREATE DATABASE "{name}"')
-        url = f"{base}/{name}"
+        url = request.getfixturevalue("postgres_server").create_database(f"t{next(_databases)}_{os.getpid()}")
     settings = Settings.resolve(tmp_path / "data", url).prepare()
     upgrade(settings.database_url)
     return settings

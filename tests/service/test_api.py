@@ -3,7 +3,6 @@ run by a worker, reclassification with the differential recounted, sign-off, ame
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
 

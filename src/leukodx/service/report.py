@@ -21,7 +21,7 @@ def report_data(db: Session, case: Case) -> dict:
     runs = db.scalars(select(Result).where(Result.case_id == case.id).order_by(Result.id)).all()
     signer = db.get(User, case.signed_by) if case.signed_by else None
     recount = differential(cells)
-    trail = audit_rows(db, case.id)
+    trail = [{**e, "at": e["at"][:19].replace("T", " ")} for e in audit_rows(db, case.id)]
     return {"case": {"id": case.id, "label": case.label, "status": case.status},
             "signed": case.status == "signed",
             "signed_by": signer.name if signer else None,

@@ -15,6 +15,7 @@ from leukodx.errors import InvalidInputError
 
 CHUNK = 1 << 20
 KIND_EXTENSION = {"image": ".img", "fcs": ".fcs", "table": ".csv"}
+KIND_WORDS = {"image": "an image", "fcs": "an FCS file", "table": "an expression table"}
 
 
 def sniff(head: bytes) -> str | None:
@@ -87,12 +88,10 @@ def store_upload(stream: BinaryIO, original_name: str, folder: Path, max_bytes: 
             raise InvalidInputError(f"{name}: not an image, an FCS file or an expression table (by its content)")
         promised = EXTENSION_KIND.get(os.path.splitext(name)[1].lower())
         if promised is not None and promised != kind:
-            raise InvalidInputError(f"{name}: named as {'an' if promised == 'image' else 'a'} {promised} file, but "
-                                    f"its content is {'an' if kind == 'image' else 'a'} {kind}")
+            raise InvalidInputError(f"{name}: named as {KIND_WORDS[promised]}, but its content is {KIND_WORDS[kind]}")
         declared = (declared_type or "").split(";")[0].strip().lower()
         if declared not in GENERIC_TYPES and not declared.startswith(DECLARED_FITS[kind]):
-            raise InvalidInputError(f"{name}: sent as {declared}, but its content is "
-                                    f"{'an' if kind == 'image' else 'a'} {kind}")
+            raise InvalidInputError(f"{name}: sent as {declared}, but its content is {KIND_WORDS[kind]}")
         if kind == "image":
             _check_image(Path(tmp), name)
         stored = f"{secrets.token_hex(16)}{KIND_EXTENSION[kind]}"

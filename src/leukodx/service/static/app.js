@@ -121,7 +121,7 @@ async function casePage() {
 
   function cellFlags(c) {
     const flags = [];
-    if (c.reviewed) flags.push(["reviewed", `model: ${c.model_label}`]);
+    if (c.reviewed) flags.push(["reviewed", "reviewed"]);
     if (c.ood) flags.push(["ood", "ood"]);
     if (c.unsure) flags.push(["unsure", "unsure"]);
     if (c.prediction_set && c.prediction_set.length > 1) flags.push(["set", `set: ${c.prediction_set.join("/")}`]);
@@ -142,7 +142,7 @@ async function casePage() {
     tile.classList.toggle("flagged", c.unsure || !!c.ood);
     tile.classList.toggle("reviewed", c.reviewed);
     tile.querySelector("figcaption").replaceChildren(
-      el("span", {class: "p", text: `${c.model_label} ${c.probability.toFixed(2)}`}),
+      el("span", {class: "p", text: `${c.reviewed ? "model: " : ""}${c.model_label} ${c.probability.toFixed(2)}`}),
       ...cellFlags(c).map(([k, t]) => el("span", {class: `badge ${k}`, text: t})));
   }
 

@@ -24,6 +24,8 @@ from PIL import Image
 from _common import write_result
 from _service import Service, cell_images, database_checks, prepare, token, uploads_agree
 
+from leukodx.data.root import resolve_data_root
+
 GIB = 2 ** 30
 
 
@@ -97,7 +99,7 @@ def main() -> None:
             auth = token(service.base)
             case = httpx.post(f"{service.base}/api/cases", json={"label": "bad uploads"}, headers=auth).json()["id"]
             jpeg = cell_images(1)[0].read_bytes()
-            fcs = next((Path(__file__).resolve().parent.parent.parent / "shared" / "data").rglob("*.fcs"), None)
+            fcs = next(resolve_data_root().rglob("*.fcs"))
             png = io.BytesIO()
             Image.new("RGB", (64, 64), (200, 120, 150)).save(png, format="PNG")
             cases = [  # name, (filename, bytes, content type), expected status, expected words
@@ -106,7 +108,7 @@ def main() -> None:
                  "decompression bomb"),
                 ("zero bytes", ("empty.jpg", b"", "image/jpeg"), 422, "empty file"),
                 ("truncated JPEG", ("cut.jpg", jpeg[: len(jpeg) // 3], "image/jpeg"), 422, "cut.jpg"),
-                ("FCS content named .jpg", ("flow.jpg", fcs.read_bytes()[:200_000] if fcs else b"FCS3.0    ", "image/jpeg"),
+                ("FCS content named .jpg", ("flow.jpg", fcs.read_bytes()[:200_000], "image/jpeg"),
                  422, "content is an FCS file"),
                 ("HTML named .csv", ("table.csv", b"<html><body><script>alert(1)</script></body></html>\n", "text/csv"),
                  422, "not an image"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as _dt
 import threading
 
+import pytest
+
 from sqlalchemy import select
 
 from leukodx.service.db import Case, Job, User, utcnow
@@ -69,3 +71,22 @@ def test_a_job_whose_worker_died_is_retried_then_failed(factory):
     with factory() as s:
         job = s.scalar(select(Job))
         assert job.status == "failed" and "stopped 3 times" in job.error
+
+
+def test_the_audit_trail_refuses_updates_and_deletes_in_the_database(factory):
+    from sqlalchemy import delete, update
+    from sqlalchemy.exc import DBAPIError
+
+    from leukodx.service.db import AuditEvent
+
+    case = _case(factory)
+    with factory() as s:
+        user = s.scalar(select(Case)).created_by
+        s.add(AuditEvent(case_id=case, user_id=user, action="signoff", before="analysed", after="signed"))
+        s.commit()
+    for statement in (update(AuditEvent).values(after="tampered"), delete(AuditEvent)):
+        with factory() as s:
+            with pytest.raises(DBAPIError, match="append-only"):
+                s.execute(statement)
+    with factory() as s:
+        assert [(e.action, e.after) for e in s.scalars(select(AuditEvent))] == [("signoff", "signed")]

@@ -37,3 +37,14 @@ def csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
 def csv_text_dicts(fieldnames: Sequence[str], rows: Iterable[dict]) -> str:
     """The CSV text of dict rows (keys beyond ``fieldnames`` ignored, missing ones empty)."""
     return csv_text(fieldnames, ([row.get(k, "") for k in fieldnames] for row in rows))
+
+
+def write_csv(fh, header: Sequence[str], rows: Iterable[Sequence]) -> int:
+    """Stream ``header`` and ``rows`` to the text file ``fh`` (cells made safe); returns the row count."""
+    writer = csv.writer(fh)
+    writer.writerow(header)
+    n = 0
+    for row in rows:
+        writer.writerow([safe_cell(v) for v in row])
+        n += 1
+    return n

@@ -153,7 +153,7 @@ def test_unknown_model_and_bad_output_suffix(pbc_folder, tmp_path):
     proc = run("predict", "-m", "nope", str(pbc_folder), "-o", str(tmp_path / "p.csv"))
     assert proc.returncode == 2 and proc.stderr.startswith("error: nope: no such image-classification model (bundled: all-stage, pbc-celltype, wbc-multisite;")
     proc = run("predict", "-m", "nope", str(pbc_folder), "-o", str(tmp_path / "p.txt"))
-    assert proc.returncode == 2 and "must end in .csv or .json" in proc.stderr
+    assert proc.returncode == 2 and "must end in .csv, .jsonl, .json, .parquet" in proc.stderr
 
 
 def test_datasets_audit_writes_its_report(tmp_path):

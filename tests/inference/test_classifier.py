@@ -13,17 +13,22 @@ from leukodx.preprocessing.transforms import normalize_batch
 
 
 def test_predict_files_folders_and_arrays(tiny_aria_model, aria_folder):
+    from leukodx.inference.classifier import DECODE_FACTOR
+
     clf = leukodx.load_model(tiny_aria_model)
     files = sorted((aria_folder / "early").iterdir())[:2]
-    arr = read_image(files[0])
-    result = clf.predict([*files, aria_folder / "pro", arr])
-    assert len(result.rows) == 2 + 6 + 1 and not result.errors
+    # a path is decoded reduced (JPEG draft mode) to about DECODE_FACTOR x the model's input side
+    arr = read_image(files[0], max_side=clf.preprocess.size * DECODE_FACTOR)
+    full = read_image(files[0])
+    result = clf.predict([*files, aria_folder / "pro", arr, full])
+    assert len(result.rows) == 2 + 6 + 2 and not result.errors
     row = result.rows[0]
     assert row["top_class"] in clf.classes
     assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
     assert row["probability"] == max(row["probabilities"].values())
-    # the same image as a path and as an array gives the same probabilities
-    assert result.probabilities[0] == pytest.approx(result.probabilities[-1], abs=1e-6)
+    # the same pixels as a path and as an array give the same probabilities; the full-size decode nearly so
+    assert result.probabilities[0] == pytest.approx(result.probabilities[-2], abs=1e-6)
+    assert result.probabilities[0] == pytest.approx(result.probabilities[-1], abs=0.02)
 
 
 def test_bad_files_in_a_batch_are_reported_and_the_rest_predicted(tiny_aria_model, aria_folder, tmp_path):

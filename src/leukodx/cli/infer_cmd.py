@@ -107,37 +107,73 @@ def register(app: typer.Typer) -> None:
     def predict(
         inputs: List[Path] = typer.Argument(..., help="Image files and/or folders."),
         model: str = typer.Option("wbc-multisite", "--model", "-m", help="Bundled model name or bundle folder."),
-        output: Path = OutputFile("FILE.csv or FILE.json"),
+        output: Path = OutputFile("FILE.csv, FILE.jsonl, FILE.json or FILE.parquet"),
         adapt_bn: bool = typer.Option(False, "--adapt-bn", help="Test-time batch-norm adaptation: re-estimate the "
                                                                 "model's normalization statistics on these images "
-                                                                "(one lab's, >= 32) before predicting (LOSO.md)."),
+                                                                "(one lab's, >= 32) before predicting (LOSO.md). "
+                                                                "Reads every image first (not streamed)."),
         coverage: Optional[float] = Coverage,
+        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of the same model over the "
+                                                            "same inputs (OUTPUT.partial.jsonl): finished inputs are "
+                                                            "not redone."),
         backend: str = Backend,
     ) -> None:
         """One row per image: top class, its probability, every class probability, whether it looks like
-        the model's training images (ood), a conformal prediction set; and a shift verdict for the batch."""
-        from leukodx.inference.classifier import load_model
-        from leukodx.inference.classifier import rows_to_csv
+        the model's training images (ood), a conformal prediction set; and a shift verdict for the batch.
+        Streamed: rows are written as they are produced (OUTPUT.partial.jsonl) and the output is written
+        when every input is done; memory does not grow with the number of inputs."""
+        from leukodx._rowfile import RowFile, check_output, inputs_digest
+        from leukodx.errors import Interrupted
+        from leukodx.inference.classifier import expand_inputs, load_model, row_cells, row_columns
 
-        fmt = output.suffix.lower()
-        if fmt not in (".csv", ".json"):
-            raise InvalidInputError(f"{output}: output must end in .csv or .json")
+        check_output(output)
         clf = load_model(model, backend=backend)
         coverage = _coverage_for(clf, coverage)
-        result = clf.predict(inputs, adapt_bn=adapt_bn, coverage=coverage)
-        _report_errors(result.errors)
-        if not result.rows:
-            raise InvalidInputError(f"no image could be processed ({len(result.errors)} failed)")
-        if fmt == ".csv":
-            _atomic.write_text(output, rows_to_csv(result.rows, clf.classes))
-        else:
-            _atomic.write_json(output, {"model": clf.name, "model_sha256": clf.card.get("sha256"),
-                                        "backend": clf.backend, "onnx_sha256": clf.onnx_sha256,
-                                        "classes": clf.classes, "coverage": coverage, "shift": result.shift,
-                                        "rows": result.rows, "errors": result.errors})
-        console.print(f"{len(result.rows)} image(s) predicted, {len(result.errors)} skipped; written to {output}")
-        if result.shift.get("flagged") is not False:
-            console.print(f"shift: {result.shift['reason']}")
+        items, list_errors = expand_inputs(inputs)
+        _report_errors(list_errors)
+        if not items:
+            raise InvalidInputError(f"no image found in {', '.join(map(str, inputs))}")
+        rowfile = RowFile(output, {"model": clf.name, "model_sha256": clf.card.get("sha256"),
+                                   "inputs_sha256": inputs_digest(n for n, _ in items), "n_inputs": len(items),
+                                   "coverage": coverage, "adapt_bn": adapt_bn}, resume=resume)
+        done = rowfile.start()
+        todo = [it for it in items if it[0] not in done]
+        n_rows, n_errors = len(done), 0
+        try:
+            if adapt_bn and todo:
+                result = clf.predict([item for _, item in todo], adapt_bn=True, coverage=coverage)
+                names = [n for n, _ in todo]  # in-memory arrays are named by position: keep the input's name
+                rows = [{**r, "input": names[int(r["input"][6:-1])]} if r["input"].startswith("array[") else r
+                        for r in result.rows]
+                rowfile.append(rows, result.errors, [{"ood_score": r["ood_score"]} for r in rows])
+                n_rows, n_errors = n_rows + len(rows), len(result.errors)
+            else:
+                from leukodx._progress import track
+                from leukodx.inference.classifier import CHUNK
+
+                chunks = clf.stream(todo, coverage)
+                for part in track(chunks, "predicting", total=-(-len(todo) // CHUNK)):
+                    scores = part.ood_scores if part.ood_scores is not None else [None] * len(part.rows)
+                    rowfile.append(part.rows, part.errors, [{"ood_score": s} for s in scores])
+                    _report_errors(part.errors)
+                    n_rows, n_errors = n_rows + len(part.rows), n_errors + len(part.errors)
+        except KeyboardInterrupt:
+            rowfile.close()
+            raise Interrupted(n_rows, len(items), "images", f"{rowfile.partial} (rerun with --resume to finish)") from None
+        if not n_rows:
+            rowfile.close()
+            rowfile.partial.unlink(missing_ok=True)
+            raise InvalidInputError(f"no image could be processed ({n_errors} failed)")
+        # the unrounded scores kept beside the rows (the rows show 3 decimals)
+        scores = list(rowfile.entries("ood_score")) if clf.reliability is not None else None
+        shift = clf.shift_from(scores)
+        header = {"model": clf.name, "model_sha256": clf.card.get("sha256"), "backend": clf.backend,
+                  "onnx_sha256": clf.onnx_sha256, "classes": clf.classes, "coverage": coverage, "shift": shift}
+        rowfile.finish(header, row_columns(clf.classes), lambda r: row_cells(r, clf.classes))
+        resumed = f" ({rowfile.resumed} from the interrupted run)" if rowfile.resumed else ""
+        console.print(f"{n_rows} image(s) predicted{resumed}, {n_errors + len(list_errors)} skipped; written to {output}")
+        if shift.get("flagged") is not False:
+            console.print(f"shift: {shift['reason']}")
 
     @app.command("diagnose")
     def diagnose_cmd(

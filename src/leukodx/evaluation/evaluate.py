@@ -21,6 +21,22 @@ def match_classes(folder_classes: list[str], model_classes: list[str]) -> dict[s
     return {folder_classes[i]: j for i, j in mapping.source_to_target.items()}
 
 
+def _streamed(classifier, paths) -> tuple[list[str], object, list[dict]]:
+    """Names, ``Scored`` (probabilities, OOD scores) and errors of ``paths``, a chunk at a time."""
+    from types import SimpleNamespace
+
+    items = [(str(p), str(p)) for p in paths]
+    names, proba, ood, errors = [], [], [], []
+    for part in classifier.stream(items):
+        names += [r["input"] for r in part.rows]
+        proba += [[r["probabilities"][c] for c in classifier.classes] for r in part.rows]
+        ood.append(part.ood_scores)
+        errors += part.errors
+    scores = np.concatenate([np.zeros(0)] + ood) if classifier.reliability is not None else None
+    return names, SimpleNamespace(proba=np.asarray(proba, dtype=float).reshape(-1, len(classifier.classes)),
+                                  ood_scores=scores), errors
+
+
 def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int = 0, adapt_bn: bool = False) -> dict:
     """Metrics of ``classifier`` on ``index`` (labels in the index's own class list); with
     ``adapt_bn``, the classifier's batch-norm statistics are first re-estimated on the index's images."""
@@ -33,12 +49,16 @@ def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int 
     excluded = [c for c in index.classes if c not in mapping]
     keep = [i for i, y in enumerate(index.labels) if index.classes[y] in mapping]
     sub = index.subset(keep)
-    names, arrays, errors = classifier.load_inputs(sub.abspaths())
-    readable = {n: i for i, n in enumerate(names)}
+    if adapt_bn:  # the adaptation needs every image of the site at once
+        names, arrays, errors = classifier.load_inputs(sub.abspaths())
+        scored = classifier.score_inputs(arrays, adapt_bn=adapt_bn) if len(arrays) else None
+        n_adapted = len(arrays)
+    else:  # streamed: memory holds the probabilities, not the images
+        names, scored, errors = _streamed(classifier, sub.abspaths())
+    readable = set(names)
     y_model = np.array([mapping[sub.classes[sub.labels[i]]] for i, p in enumerate(sub.abspaths()) if str(p) in readable])
     if len(y_model) == 0:
         raise InvalidInputError(f"{index.root}: no readable image to evaluate ({len(errors)} unreadable)")
-    scored = classifier.score_inputs(arrays, adapt_bn=adapt_bn)
     proba = scored.proba
     metrics = classification_metrics(y_model, proba, classifier.classes, n_boot=n_boot, seed=seed)
     selective = None
@@ -53,7 +73,7 @@ def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int 
     return {
         "model": classifier.name,
         "model_sha256": classifier.card.get("sha256"),
-        "test_time_adaptation": {"method": "AdaBN", "images": int(len(arrays))} if adapt_bn else None,
+        "test_time_adaptation": {"method": "AdaBN", "images": int(n_adapted)} if adapt_bn else None,
         "images": str(index.root),
         "dataset_fingerprint": index.fingerprint(),
         "accuracy": metrics["accuracy"]["value"],

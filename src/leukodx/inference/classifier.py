@@ -16,19 +16,18 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-import torch
 
+from leukodx import _atomic
 from leukodx._csv import csv_text
 from leukodx._progress import track
 from leukodx.data.cache import writable_cache_dir
 from leukodx.data.images import as_rgb_array, list_images, read_image, split_in_memory
 from leukodx.errors import InvalidInputError, LeukodxError
-from leukodx.models.architectures import network_from_card
-from leukodx.models.bundle import interpreting, load_network
-from leukodx.models.reliability import DEFAULT_COVERAGE, WithFeatures, check_coverage, load_reliability
+from leukodx.models.bundle import interpreting, resolve_bundle, verify_bundle
+from leukodx.models.reliability import DEFAULT_COVERAGE, check_coverage, load_reliability
 from leukodx.preprocessing.transforms import Preprocess, normalize_batch
 from leukodx.training.calibration import softmax
 
@@ -36,6 +35,11 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnx")
 TASK = "image-classification"
+
+#: images are decoded at about this multiple of the model's input side (a JPEG reduced in its DCT)
+DECODE_FACTOR = 2
+#: inputs per streamed chunk (two chunks are in memory at once: the one inferred, the one decoded)
+CHUNK = 256
 
 
 @dataclass
@@ -75,10 +79,15 @@ NO_RELIABILITY = ("OOD checks and conformal sets are unavailable for this model:
 
 
 class Classifier:
-    def __init__(self, net: torch.nn.Module, card: dict, backend: str = "auto", bundle_dir: Path | None = None):
+    def __init__(self, net, card: dict, backend: str = "auto", bundle_dir: Path | None = None):
+        """``net``: the PyTorch network, or None to build it from ``bundle_dir`` only when something needs
+        it (the torch backend, adaptation, explanations, an ONNX export): an ONNX run whose verified
+        export is cached never imports PyTorch."""
         if backend not in BACKENDS:
             raise InvalidInputError(f"backend {backend!r}: expected one of {BACKENDS}")
-        self.net = net.eval()
+        if net is None and bundle_dir is None:
+            raise InvalidInputError("a Classifier needs a network or a bundle folder to build it from")
+        self._net = net.eval() if net is not None else None
         self.card = card
         self.bundle_dir = bundle_dir
         self.classes: list[str] = list(card["classes"])
@@ -86,16 +95,17 @@ class Classifier:
         self.temperature = float(card.get("temperature", 1.0))
         self.abstain_below = float(card.get("abstain_below", 0.0))
         self.reliability = load_reliability(bundle_dir, card)
-        self._with_features = WithFeatures(self.net)
+        self._features_net = None
         self._onnx = None
         self.onnx_sha256: str | None = None   # the digest of the ONNX file that runs (onnx backend only)
         self.backend = self._choose_backend(backend)
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike, backend: str = "auto") -> "Classifier":
-        net, card, directory = load_network(name_or_path, TASK, network_from_card)
+        directory = resolve_bundle(name_or_path, task=TASK)
+        card, _ = verify_bundle(directory, task=TASK)
         with interpreting(directory):
-            clf = cls(net, card, backend=backend, bundle_dir=directory)
+            clf = cls(None, card, backend=backend, bundle_dir=directory)
             # one blank image through every step a prediction takes: a card whose classes, calibration or
             # reliability statistics do not fit the network fails here, not on a user's images
             size = clf.preprocess.size
@@ -107,6 +117,24 @@ class Classifier:
             return clf
 
     @property
+    def net(self):
+        """The PyTorch network (built from the verified bundle on first use)."""
+        if self._net is None:
+            from leukodx.models.architectures import network_from_card
+            from leukodx.models.bundle import load_network
+
+            self._net, _, _ = load_network(self.bundle_dir, TASK, network_from_card)
+        return self._net
+
+    @property
+    def _with_features(self):
+        if self._features_net is None:
+            from leukodx.models.features import WithFeatures
+
+            self._features_net = WithFeatures(self.net)
+        return self._features_net
+
+    @property
     def name(self) -> str:
         return self.card.get("name", "model")
 
@@ -116,7 +144,7 @@ class Classifier:
 
         if backend == "auto":
             # ONNX Runtime is the faster CPU path (benchmarks/results/inference_throughput.json)
-            backend = "onnx" if (not torch.cuda.is_available() and onnxruntime_available()) else "torch"
+            backend = "onnx" if (not cuda_present() and onnxruntime_available()) else "torch"
         if backend == "onnx":
             self._onnx = self._onnx_session()
         return backend
@@ -133,14 +161,19 @@ class Classifier:
         return folder / name
 
     def _onnx_session(self):
-        """The ONNX Runtime session of the cached export, trusted only after it answers a random probe as
-        the verified PyTorch network does (a changed or stale file is rebuilt, once); ``onnx_sha256``
-        records the digest of the file that runs."""
+        """The ONNX Runtime session of the cached export. A new export is trusted only after it answers
+        a random probe as the verified PyTorch network does; then a stamp beside it records the bundle's
+        and the file's sha256, and later runs that find both digests unchanged start without PyTorch.
+        A changed or stale file is rebuilt, once; ``onnx_sha256`` records the digest of the file that runs."""
         from leukodx._hashing import sha256_file
         from leukodx.errors import IntegrityError
         from leukodx.inference.onnx_backend import OnnxSession, export_onnx
 
         path = self.onnx_path()
+        stamp = path.with_name(path.name + ".verified.json")
+        session = self._stamped_session(path, stamp)
+        if session is not None:
+            return session
         for attempt in range(2):
             if attempt or not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,19 +186,53 @@ class Classifier:
                 continue
             if self._answers_like_torch(session):
                 self.onnx_sha256 = sha256_file(path)
+                try:
+                    _atomic.write_json(stamp, {"bundle_sha256": self.card.get("sha256"), "onnx_sha256": self.onnx_sha256,
+                                               "checked": "logits and features of a random probe match PyTorch's"})
+                except OSError:
+                    pass  # no stamp: the next run checks against PyTorch again
                 return session
             log.warning("%s: the cached ONNX file does not reproduce %s's weights; rebuilt from the verified bundle",
                         path, self.name)
         raise IntegrityError(f"{path}: the ONNX export of {self.name} does not reproduce its PyTorch network")
 
+    def _stamped_session(self, path: Path, stamp: Path):
+        """The cached export's session when its stamp vouches for this bundle and this very file."""
+        import json
+
+        from leukodx._hashing import sha256_file
+        from leukodx.inference.onnx_backend import OnnxSession
+
+        if not (path.exists() and stamp.exists()):
+            return None
+        try:
+            record = json.loads(stamp.read_text())
+            if record.get("bundle_sha256") != self.card.get("sha256"):
+                return None
+            digest = sha256_file(path)
+            if digest != record.get("onnx_sha256"):
+                return None
+            session = OnnxSession(path)
+        except (OSError, ValueError, AttributeError):
+            return None
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime cannot read it: rebuilt by the caller
+            if isinstance(exc, LeukodxError):
+                raise
+            return None
+        self.onnx_sha256 = digest
+        return session
+
     def _answers_like_torch(self, session) -> bool:
         """Logits and features of two random inputs (a new draw each time) agree with PyTorch's."""
+        import torch
+
         size = self.preprocess.size
         probe = np.random.default_rng(int.from_bytes(os.urandom(8), "little")).integers(
             0, 256, (2, size, size, 3), dtype=np.uint8)
         x = normalize_batch(probe, self.preprocess)
+        wrapped = self._with_features
         with torch.inference_mode():
-            want = [t.float().numpy() for t in self._with_features(torch.from_numpy(x))]
+            want = [t.float().numpy() for t in wrapped(torch.from_numpy(x))]
         got = session.outputs(x)
         return all(g is not None and g.shape == w.shape and np.allclose(g, w, rtol=1e-3, atol=1e-3)
                    for g, w in zip(got, want))
@@ -177,8 +244,11 @@ class Classifier:
         x = normalize_batch(batch_uint8, self.preprocess)
         if self.backend == "onnx":
             return self._onnx.outputs(x)
+        import torch
+
+        wrapped = self._with_features  # built (if needed) outside inference mode: its weights stay ordinary tensors
         with torch.inference_mode():
-            logits, features = self._with_features(torch.from_numpy(x))
+            logits, features = wrapped(torch.from_numpy(x))
             return logits.float().numpy(), features.float().numpy()
 
     def logits(self, batch_uint8: np.ndarray) -> np.ndarray:
@@ -201,26 +271,23 @@ class Classifier:
     def proba_from_logits(self, logits: np.ndarray) -> np.ndarray:
         return softmax(logits, self.temperature)
 
+    def decode(self, item) -> np.ndarray:
+        """One input (a path, or an array) read and preprocessed to the model's uint8 input. A JPEG is
+        decoded reduced in its DCT to about ``DECODE_FACTOR`` times the model's input side."""
+        if isinstance(item, (str, os.PathLike)):
+            rgb = read_image(item, max_side=self.preprocess.size * DECODE_FACTOR)
+        else:
+            rgb = as_rgb_array(item, "array")
+        return self.preprocess(rgb)
+
     def load_inputs(self, inputs: Iterable) -> tuple[list[str], np.ndarray, list[dict]]:
-        """Read and preprocess paths / folders / arrays; returns names, stacked arrays, errors."""
-        names, arrays, errors = [], [], []
-        items: list = []
-        for item in inputs:
-            if isinstance(item, (str, os.PathLike)):
-                try:
-                    items.extend(list_images([item], errors))
-                except LeukodxError as exc:
-                    errors.append({"input": str(item), "error": str(exc)})
-            else:
-                try:
-                    items.extend(split_in_memory(item, f"input[{len(items)}]"))
-                except LeukodxError as exc:
-                    errors.append({"input": f"input[{len(items)}]", "error": str(exc)})
-        for i, item in enumerate(track(items, "decoding images")):
-            name = str(item) if isinstance(item, Path) else f"array[{i}]"
+        """Read and preprocess paths / folders / arrays, all at once; returns names, stacked arrays,
+        errors. (``stream`` does the same a chunk at a time, in bounded memory.)"""
+        items, errors = expand_inputs(inputs)
+        names, arrays = [], []
+        for name, item in track(items, "decoding images"):
             try:
-                rgb = read_image(item) if isinstance(item, Path) else as_rgb_array(item, name)
-                arrays.append(self.preprocess(rgb))
+                arrays.append(self.decode(item))
                 names.append(name)
             except LeukodxError as exc:
                 errors.append({"input": name, "error": str(exc)})
@@ -228,15 +295,53 @@ class Classifier:
         stacked = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), dtype=np.uint8)
         return names, stacked, errors
 
+    def stream(self, items: Sequence[tuple[str, object]], coverage: float = DEFAULT_COVERAGE, batch_size: int = 64,
+               chunk: int = CHUNK, threads: int | None = None, decimals: int | None = None) -> Iterator[Chunk]:
+        """Rows for ``items`` (``(name, path or array)``, as ``expand_inputs`` gives), one ``Chunk`` at a
+        time: images are decoded in a thread pool, the next chunk while this one is inferred; memory
+        holds two chunks, whatever the number of inputs. A bad input is an error row of its chunk."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from leukodx.errors import item_error
+
+        check_coverage(coverage)
+        pool = ThreadPoolExecutor(threads or min(4, os.cpu_count() or 1), thread_name_prefix="leukodx-decode")
+
+        def submit(start: int) -> list:
+            return [(name, pool.submit(self.decode, item)) for name, item in items[start:start + chunk]]
+
+        try:
+            pending = submit(0)
+            for start in range(0, len(items), chunk):
+                current, pending = pending, submit(start + chunk)
+                names, arrays, errors = [], [], []
+                for name, future in current:
+                    try:
+                        arrays.append(future.result())
+                        names.append(name)
+                    except Exception as exc:  # noqa: BLE001 - one input's failure is its error row
+                        errors.append({"input": name, "error": str(exc) if isinstance(exc, LeukodxError)
+                                       else item_error(name, exc)})
+                size = self.preprocess.size
+                scored = self.score_arrays(np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8),
+                                           batch_size)
+                yield Chunk(self.rows_for(names, scored, coverage, decimals), errors, scored.ood_scores)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
     def predict_arrays(self, batch_uint8: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Calibrated probabilities (N, K) for preprocessed uint8 arrays."""
         return self.score_arrays(batch_uint8, batch_size).proba
 
     def shift_of(self, scored: Scored) -> dict:
         """Whether the batch as a whole looks like the training images (``Reliability.shift``)."""
-        if self.reliability is None or scored.ood_scores is None:
+        return self.shift_from(scored.ood_scores)
+
+    def shift_from(self, ood_scores: np.ndarray | None) -> dict:
+        """``shift_of`` from the OOD scores alone (a streamed run keeps only these)."""
+        if self.reliability is None or ood_scores is None:
             return {"flagged": None, "score": None, "reason": NO_RELIABILITY}
-        return self.reliability.shift(scored.ood_scores)
+        return self.reliability.shift(np.asarray(ood_scores, dtype=float))
 
     def adapted_to(self, arrays: np.ndarray) -> "Classifier":
         """Test-time batch-norm adaptation (AdaBN): a copy whose batch-norm statistics are those of
@@ -271,13 +376,23 @@ class Classifier:
         a conformal ``prediction_set`` at ``coverage``, and ``unsure``; per batch: ``shift``.
         With ``adapt_bn``, batch-norm statistics are re-estimated on these inputs first (one site)."""
         check_coverage(coverage)
-        if (isinstance(inputs, (str, os.PathLike, np.ndarray)) or torch.is_tensor(inputs)
+        if (isinstance(inputs, (str, os.PathLike, np.ndarray)) or type(inputs).__module__.startswith("torch")
                 or type(inputs).__module__.startswith("PIL.")):
             inputs = [inputs]
-        names, arrays, errors = self.load_inputs(inputs)
-        scored = self.score_inputs(arrays, batch_size, adapt_bn)
-        return Predictions(classes=self.classes, rows=self.rows_for(names, scored, coverage), errors=errors,
-                           shift=self.shift_of(scored), coverage=coverage)
+        if adapt_bn:  # the adaptation needs every image of the site at once
+            names, arrays, errors = self.load_inputs(inputs)
+            scored = self.score_inputs(arrays, batch_size, adapt_bn)
+            return Predictions(classes=self.classes, rows=self.rows_for(names, scored, coverage), errors=errors,
+                               shift=self.shift_of(scored), coverage=coverage)
+        items, errors = expand_inputs(inputs)
+        rows, scores = [], []
+        for part in self.stream(items, coverage, batch_size):
+            rows += part.rows
+            errors += part.errors
+            scores.append(part.ood_scores)
+        ood = None if self.reliability is None else np.concatenate([np.zeros(0)] + scores)
+        return Predictions(classes=self.classes, rows=rows, errors=errors, shift=self.shift_from(ood),
+                           coverage=coverage)
 
     def rows_for(self, names: Sequence[str], scored: Scored, coverage: float = DEFAULT_COVERAGE,
                  decimals: int | None = None) -> list[dict]:
@@ -306,6 +421,33 @@ class Classifier:
                 "probabilities": {c: num(v) for c, v in zip(self.classes, p)}}
 
 
+@dataclass
+class Chunk:
+    """One streamed chunk's result rows, its inputs that failed, and its OOD scores (or None)."""
+    rows: list[dict]
+    errors: list[dict]
+    ood_scores: np.ndarray | None
+
+
+def expand_inputs(inputs: Iterable) -> tuple[list[tuple[str, object]], list[dict]]:
+    """Paths, folders (walked, sorted) and in-memory images -> ``(name, path or array)`` in order, and
+    the inputs that could not be listed."""
+    items: list[tuple[str, object]] = []
+    errors: list[dict] = []
+    for item in inputs:
+        if isinstance(item, (str, os.PathLike)):
+            try:
+                items.extend((str(p), str(p)) for p in list_images([item], errors))
+            except LeukodxError as exc:
+                errors.append({"input": str(item), "error": str(exc)})
+        else:
+            try:
+                items.extend((f"array[{len(items) + k}]", a) for k, a in enumerate(split_in_memory(item, f"input[{len(items)}]")))
+            except LeukodxError as exc:
+                errors.append({"input": f"input[{len(items)}]", "error": str(exc)})
+    return items, errors
+
+
 #: fewer images than this give unstable batch statistics: test-time adaptation refuses them
 MIN_ADAPT_IMAGES = 32
 
@@ -313,19 +455,36 @@ MIN_ADAPT_IMAGES = 32
 DEFAULT_CELL_MODEL = "wbc-multisite"
 
 
+def cuda_present() -> bool:
+    """A CUDA device PyTorch can use; PyTorch is imported only where an NVIDIA driver is installed."""
+    if not os.path.exists("/proc/driver/nvidia/version"):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def load_model(name_or_path: str | os.PathLike = DEFAULT_CELL_MODEL, backend: str = "auto") -> Classifier:
     """A bundled model by name (``wbc-multisite``, ``pbc-celltype``, ``all-stage``) or a bundle folder."""
     return Classifier.load(name_or_path, backend=backend)
 
 
-def rows_to_csv(rows: list[dict], classes: list[str]) -> str:
-    """Prediction rows as CSV text: input, top class, probability, unsure, ood_score, ood,
-    prediction_set ("|"-separated), one column per class (empty cells where a figure is unavailable)."""
-    def line(r: dict) -> list:
-        ood, pset = r.get("ood"), r.get("prediction_set")
-        return ([r["input"], r["top_class"], f"{r['probability']:.4f}", int(r["unsure"]),
-                 "" if r.get("ood_score") is None else r["ood_score"], "" if ood is None else int(ood),
-                 "" if pset is None else "|".join(pset)] + [f"{r['probabilities'][c]:.4f}" for c in classes])
+def row_columns(classes: Sequence[str]) -> list[str]:
+    """The flat columns of a prediction row (CSV, Parquet)."""
+    return ["input", "top_class", "probability", "unsure", "ood_score", "ood", "prediction_set"] + [
+        f"p_{c}" for c in classes]
 
-    return csv_text(["input", "top_class", "probability", "unsure", "ood_score", "ood", "prediction_set"]
-                    + [f"p_{c}" for c in classes], (line(r) for r in rows))
+
+def row_cells(r: dict, classes: Sequence[str]) -> list:
+    """A prediction row's typed flat values: the prediction set "|"-separated, None where unavailable."""
+    pset = r.get("prediction_set")
+    return ([r["input"], r["top_class"], float(r["probability"]), bool(r["unsure"]), r.get("ood_score"), r.get("ood"),
+             None if pset is None else "|".join(pset)] + [float(r["probabilities"][c]) for c in classes])
+
+
+def rows_to_csv(rows: list[dict], classes: list[str]) -> str:
+    """Prediction rows as CSV text (``row_columns``): fractions to 4 decimals, booleans 0/1, empty cells
+    where a figure is unavailable."""
+    from leukodx._rowfile import text_cell
+
+    return csv_text(row_columns(classes), ([text_cell(v) for v in row_cells(r, classes)] for r in rows))

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from leukodx import _atomic
 from leukodx.errors import LeukodxError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def onnxruntime_available() -> bool:
@@ -25,7 +28,9 @@ def export_onnx(net: torch.nn.Module, input_size: int, path: str | os.PathLike, 
                 features: bool = False) -> Path:
     """Write ``net`` as ONNX with a dynamic batch axis: input ``image`` (N, 3, S, S), output ``logits``
     (and, with ``features``, ``features``: the last linear layer's input, for the reliability checks)."""
-    from leukodx.models.reliability import WithFeatures
+    import torch
+
+    from leukodx.models.features import WithFeatures
 
     path = Path(path)
     net = (WithFeatures(net) if features else net).eval()
@@ -51,7 +56,7 @@ class OnnxSession:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = threads or (os.cpu_count() or 1)
         options.log_severity_level = 3
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -76,6 +81,8 @@ def export_checked(classifier, path: str | os.PathLike, check: bool = True, seed
     Returns the largest absolute logit difference (None without the check)."""
     from leukodx.errors import InvalidInputError
     from leukodx.preprocessing.transforms import normalize_batch
+
+    import torch
 
     path = Path(path)
     export_onnx(classifier.net, classifier.preprocess.size, path)

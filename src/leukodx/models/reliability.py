@@ -33,8 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from leukodx._hashing import sha256_file
 from leukodx.errors import IntegrityError, InvalidInputError
@@ -47,46 +45,6 @@ DEFAULT_COVERAGE = 0.90
 SHIFT_P = 1e-3
 #: covariance shrinkage towards its mean variance (features are many, training images per class few)
 SHRINKAGE = 1e-3
-
-
-def last_linear(net: nn.Module) -> nn.Linear:
-    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise InvalidInputError(f"{type(net).__name__}: no linear output layer to take features from")
-    return linears[-1]
-
-
-class WithFeatures(nn.Module):
-    """``net`` returning ``(logits, features)``: the features are its last linear layer's input
-    followed by the style (per-channel mean and standard deviation) of the last layer output at
-    least a quarter of the input's side (absent when the network has none)."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-        self.head = last_linear(net)
-        self.leaves = [m for m in net.modules() if not list(m.children())]
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        store: dict = {}
-        side = max(2, min(x.shape[-2:]) // 4)
-
-        def early(module, inputs, output):
-            if isinstance(output, torch.Tensor) and output.dim() == 4 and min(output.shape[2:]) >= side:
-                store["s"] = output
-
-        hooks = [self.head.register_forward_hook(lambda module, inputs, output: store.__setitem__("f", inputs[0]))]
-        hooks += [m.register_forward_hook(early) for m in self.leaves]
-        try:
-            logits = self.net(x)
-        finally:
-            for h in hooks:
-                h.remove()
-        parts = [store["f"].flatten(1)]
-        if "s" in store:
-            s = store["s"].float()
-            parts += [s.mean(dim=(2, 3)), s.std(dim=(2, 3))]
-        return logits, torch.cat(parts, dim=1)
 
 
 ADAPT_ADVICE = "Check a sample by eye, and consider `leukodx adapt` with a few labelled cells from this lab."

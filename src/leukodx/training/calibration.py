@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200) -> float:
     """The T > 0 minimizing the NLL of softmax(logits / T) on held-out data."""
+    import torch
+
     z = torch.as_tensor(logits, dtype=torch.float64)
     y = torch.as_tensor(labels, dtype=torch.long)
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
@@ -38,7 +44,9 @@ RELIABILITY_PER_CLASS = 600
 def network_outputs(net: torch.nn.Module, arrays: np.ndarray, preprocess, batch_size: int = 256
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Logits and penultimate features of preprocessed uint8 arrays, in eval mode."""
-    from leukodx.models.reliability import WithFeatures
+    import torch
+
+    from leukodx.models.features import WithFeatures
     from leukodx.preprocessing.transforms import normalize_batch
 
     wrapped = WithFeatures(net.eval())
@@ -59,7 +67,8 @@ def fit_network_reliability(net: torch.nn.Module, preprocess, temperature: float
     ``RELIABILITY_PER_CLASS`` training images per class (per class and site when ``groups`` gives
     each training image's site; ``val_groups`` the validation images'), threshold and conformal scores
     from val."""
-    from leukodx.models.reliability import fit_reliability, last_linear
+    from leukodx.models.features import last_linear
+    from leukodx.models.reliability import fit_reliability
 
     y_train = np.asarray(y_train)
     groups = np.zeros(len(y_train), dtype=int) if groups is None else np.asarray(groups)

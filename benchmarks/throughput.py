@@ -1,0 +1,176 @@
+"""Throughput of ``leukodx predict`` with the bundled cell classifier, end to end (decode +
+preprocess + infer + write), beside a plain eager-PyTorch loop over the same files in the same run
+(the timm network of the same bundle, PIL decode and resize, batch 64); the accuracy of each path on
+those held-back images; start-up (predict on one image); peak RSS for 1,000 / 10,000 / 100,000 inputs
+(copies, as symlinks, of the real cells); ``leukodx detect`` on 640x480 smear fields.
+
+Inputs: 1,000 images of the pbc test side of the model's split (seeded sample; never trained on).
+Each leukodx figure is a separate process, as a user runs it; 2 CPU cores.
+
+Run: ``python benchmarks/throughput.py [--sizes 1000,10000,100000] [--precisions fp32]``.
+Writes results/throughput.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import write_result
+
+from leukodx.data.registry import load_dataset
+from leukodx.data.splits import apply_split, bundled_split_path, load_split
+from leukodx.data.vocabulary import normalize_label
+
+MODEL = "wbc-multisite"
+N = 1000
+SEED = 0
+
+
+def held_back(n: int = N) -> tuple[list[Path], list[str]]:
+    pbc = load_dataset("pbc")
+    test = apply_split(pbc, load_split(bundled_split_path("pbc")))["test"]
+    pick = np.sort(np.random.default_rng(SEED).choice(len(test.labels), size=n, replace=False))
+    return [test.abspath(int(i)) for i in pick], [normalize_label(test.classes[test.labels[int(i)]]) for i in pick]
+
+
+def run(argv: list[str]) -> dict:
+    """A leukodx process: wall seconds and its own peak RSS (VmHWM), polled."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "leukodx", *argv], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/status") as fh:
+                peak = max([peak] + [int(line.split()[1]) for line in fh if line.startswith("VmHWM:")])
+        except OSError:
+            pass
+        time.sleep(0.02)
+    err = proc.stderr.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"leukodx {' '.join(argv)} failed: {err[-800:]}")
+    return {"seconds": time.perf_counter() - t0, "peak_mb": round(peak / 1024, 1), "stderr": err}
+
+
+def accuracy(csv_path: Path, names: dict[str, str]) -> float:
+    rows = list(csv.DictReader(csv_path.open()))
+    return float(np.mean([r["top_class"] == names[r["input"]] for r in rows]))
+
+
+def eager_torch(paths: list[Path], labels: list[str]) -> dict:
+    """The plain loop: PIL decode, resize to the input size, normalize, timm network, batch 64."""
+    import torch
+    from PIL import Image
+
+    from leukodx.models.architectures import network_from_card
+    from leukodx.models.bundle import load_network
+
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    net, card, _ = load_network(MODEL, "image-classification", network_from_card)
+    net.eval()
+    size, pre = card["input_size"], card["preprocess"]
+    mean = np.asarray(pre["mean"], np.float32)[:, None, None]
+    std = np.asarray(pre["std"], np.float32)[:, None, None]
+    ready = time.perf_counter()
+    preds = []
+    with torch.inference_mode():
+        for s in range(0, len(paths), 64):
+            batch = [np.asarray(Image.open(p).convert("RGB").resize((size, size)), np.float32).transpose(2, 0, 1) / 255
+                     for p in paths[s:s + 64]]
+            x = torch.from_numpy((np.stack(batch) - mean) / std)
+            preds += net(x).argmax(1).tolist()
+    done = time.perf_counter()
+    acc = float(np.mean([card["classes"][p] == y for p, y in zip(preds, labels)]))
+    return {"cells_per_s": len(paths) / (done - ready), "cells_per_s_with_startup": len(paths) / (done - t0),
+            "accuracy": acc, "note": "plain resize (no cell crop), as a minimal loop does"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1000,10000,100000", help="input counts for the peak-RSS test")
+    ap.add_argument("--backends", default="onnx,torch")
+    args = ap.parse_args()
+    paths, labels = held_back()
+    out: dict = {"model": MODEL, "n": N, "inputs": "pbc test side, seeded sample"}
+    with tempfile.TemporaryDirectory(prefix="leukodx-throughput-") as tmp:
+        tmp = Path(tmp)
+        cells = tmp / "cells"
+        cells.mkdir()
+        names = {}
+        for i, (p, y) in enumerate(zip(paths, labels)):
+            link = cells / f"{i:06d}{p.suffix}"
+            os.symlink(p, link)
+            names[str(link)] = y
+        one = tmp / "one"
+        one.mkdir()
+        os.symlink(paths[0], one / f"cell{paths[0].suffix}")
+
+        run(["predict", str(one), "-o", str(tmp / "warm.csv"), "-m", MODEL])  # the ONNX export is cached once
+        starts = [run(["predict", str(one), "-o", str(tmp / "one.csv"), "-m", MODEL])["seconds"] for _ in range(3)]
+        out["startup_s"] = round(statistics.median(starts), 2)
+
+        out["predict"] = {}
+        for backend in args.backends.split(","):
+            r = run(["predict", str(cells), "-o", str(tmp / f"{backend}.csv"), "-m", MODEL, "--backend", backend])
+            out["predict"][backend] = {
+                "seconds": round(r["seconds"], 2), "cells_per_s": round(N / r["seconds"], 1),
+                "cells_per_s_after_startup": round(N / max(1e-9, r["seconds"] - out["startup_s"]), 1),
+                "accuracy": round(accuracy(tmp / f"{backend}.csv", names), 4), "peak_mb": r["peak_mb"]}
+        out["eager_torch"] = {k: round(v, 4) if isinstance(v, float) else v
+                              for k, v in eager_torch(paths, labels).items()}
+
+        out["peak_rss"] = {}
+        for n in [int(s) for s in args.sizes.split(",")]:
+            folder = tmp / f"many-{n}"
+            folder.mkdir()
+            for i in range(n):
+                os.symlink(paths[i % N], folder / f"{i:07d}.jpg")
+            r = run(["predict", str(folder), "-o", str(tmp / f"many-{n}.csv"), "-m", MODEL])
+            out["peak_rss"][n] = {"peak_mb": r["peak_mb"], "seconds": round(r["seconds"], 1),
+                                  "cells_per_s": round(n / r["seconds"], 1)}
+
+        bccd = load_dataset("bccd")
+        fields = tmp / "fields"
+        fields.mkdir()
+        for i in bccd.splits["test"][:60]:
+            src = bccd.root / bccd.records[i]["path"]
+            os.symlink(src, fields / src.name)
+        run(["detect", str(fields / sorted(os.listdir(fields))[0]), "-o", str(tmp / "warm-detect")])
+        r = run(["detect", str(fields), "-o", str(tmp / "detect")])
+        out["detect"] = {"fields": 60, "seconds": round(r["seconds"], 2), "fields_per_s": round(60 / r["seconds"], 2),
+                         "peak_mb": r["peak_mb"], "field_size": "640x480"}
+
+    fast = out["predict"]["onnx"] if "onnx" in out["predict"] else next(iter(out["predict"].values()))
+    eager = out["eager_torch"]
+    rss = out["peak_rss"]
+    flat = (max(v["peak_mb"] for v in rss.values()) / min(v["peak_mb"] for v in rss.values()) - 1) if rss else None
+    out["peak_rss_spread"] = None if flat is None else round(flat, 3)
+    rows = [[f"predict {N} cells, {b}", v["cells_per_s"], v["cells_per_s_after_startup"], f"{v['accuracy']:.4f}",
+             v["peak_mb"]] for b, v in out["predict"].items()]
+    rows.append([f"plain eager PyTorch loop ({eager['note']})", round(eager["cells_per_s_with_startup"], 1),
+                 round(eager["cells_per_s"], 1), f"{eager['accuracy']:.4f}", "-"])
+    rows += [[f"predict {n:,} inputs (peak RSS)", v["cells_per_s"], "-", "-", v["peak_mb"]] for n, v in rss.items()]
+    rows.append([f"detect {out['detect']['fields']} fields {out['detect']['field_size']}", "-",
+                 f"{out['detect']['fields_per_s']} fields/s", "-", out["detect"]["peak_mb"]])
+    notes = [f"start-up (predict on one image, wall, median of 3): {out['startup_s']} s (target <= 2 s)",
+             f"fast path / plain eager loop: {fast['cells_per_s'] / eager['cells_per_s_with_startup']:.2f}x end to end "
+             f"(target >= 1,000 cells/s end to end)",
+             f"peak RSS spread over {', '.join(f'{n:,}' for n in rss)} inputs: "
+             f"{100 * out['peak_rss_spread']:.1f}% (target flat within 10%)" if rss else "peak RSS not measured"]
+    write_result("throughput", out, ["run", "cells/s end to end", "cells/s after start-up", "accuracy", "peak RSS (MB)"],
+                 rows, notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from leukodx.cli.options import Backend, Coverage, DataRoot, OutputDir, OutputFile, Seed
+from leukodx.cli.options import Backend, Coverage, DataRoot, OutputDir, OutputFile, Precision, Seed
 from rich.console import Console
 
 from leukodx import _atomic
@@ -79,6 +79,7 @@ def register(app: typer.Typer) -> None:
                                                                 "model's normalization statistics on these images "
                                                                 "(one lab's, >= 32) before predicting (LOSO.md)."),
         backend: str = Backend,
+        precision: str = Precision,
         data_root: Optional[Path] = DataRoot,
     ) -> None:
         """Accuracy, balanced accuracy, F1, per-class sensitivity/specificity/PPV/NPV, AUROC, ECE with 95% CIs."""
@@ -88,7 +89,7 @@ def register(app: typer.Typer) -> None:
 
         if (images is None) == (dataset is None):
             raise InvalidInputError("give exactly one of --images DIR or --dataset NAME")
-        clf = load_model(model, backend=backend)
+        clf = load_model(model, backend=backend, precision=precision)
         if images is not None:
             result = evaluate_folder(clf, images, n_boot=n_boot, seed=seed, adapt_bn=adapt_bn)
         else:
@@ -117,6 +118,7 @@ def register(app: typer.Typer) -> None:
                                                             "same inputs (OUTPUT.partial.jsonl): finished inputs are "
                                                             "not redone."),
         backend: str = Backend,
+        precision: str = Precision,
     ) -> None:
         """One row per image: top class, its probability, every class probability, whether it looks like
         the model's training images (ood), a conformal prediction set; and a shift verdict for the batch.
@@ -127,7 +129,7 @@ def register(app: typer.Typer) -> None:
         from leukodx.inference.classifier import expand_inputs, load_model, row_cells, row_columns
 
         check_output(output)
-        clf = load_model(model, backend=backend)
+        clf = load_model(model, backend=backend, precision=precision)
         coverage = _coverage_for(clf, coverage)
         items, list_errors = expand_inputs(inputs)
         _report_errors(list_errors)
@@ -135,7 +137,8 @@ def register(app: typer.Typer) -> None:
             raise InvalidInputError(f"no image found in {', '.join(map(str, inputs))}")
         rowfile = RowFile(output, {"model": clf.name, "model_sha256": clf.card.get("sha256"),
                                    "inputs_sha256": inputs_digest(n for n, _ in items), "n_inputs": len(items),
-                                   "coverage": coverage, "adapt_bn": adapt_bn}, resume=resume)
+                                   "coverage": coverage, "adapt_bn": adapt_bn, "precision": clf.precision},
+                          resume=resume)
         done = rowfile.start()
         todo = [it for it in items if it[0] not in done]
         n_rows, n_errors = len(done), 0
@@ -168,6 +171,7 @@ def register(app: typer.Typer) -> None:
         scores = list(rowfile.entries("ood_score")) if clf.reliability is not None else None
         shift = clf.shift_from(scores)
         header = {"model": clf.name, "model_sha256": clf.card.get("sha256"), "backend": clf.backend,
+                  "precision": clf.precision,
                   "onnx_sha256": clf.onnx_sha256, "classes": clf.classes, "coverage": coverage, "shift": shift}
         rowfile.finish(header, row_columns(clf.classes), lambda r: row_cells(r, clf.classes))
         resumed = f" ({rowfile.resumed} from the interrupted run)" if rowfile.resumed else ""
@@ -294,11 +298,34 @@ def register(app: typer.Typer) -> None:
     @export_app.command("onnx")
     def export_onnx_cmd(
         model: str = typer.Option(..., "--model", "-m"),
-        output: Path = OutputFile("FILE.onnx"),
+        output: Optional[Path] = OutputFile("FILE.onnx (with --int8: a copy of the int8 file)", required=False),
         check: bool = typer.Option(True, help="Compare ONNX Runtime logits with PyTorch on random input."),
+        int8: bool = typer.Option(False, "--int8", help="Quantize to int8 into the bundle (model.int8.onnx), calibrated "
+                                                        "on its training images, and record in its card the test "
+                                                        "accuracy of both precisions; int8 becomes the model's CPU "
+                                                        "default where it loses at most 0.5 point."),
+        data_root: Optional[Path] = DataRoot,
     ) -> None:
-        """Export to ONNX (dynamic batch) and check parity with PyTorch."""
+        """Export to ONNX (dynamic batch) and check parity with PyTorch; or, with --int8, quantize."""
         from leukodx.inference.classifier import load_model
+
+        if int8:
+            import shutil
+
+            from leukodx.inference.quantize import INT8_FILE, quantize_bundle
+            from leukodx.models.bundle import resolve_bundle
+
+            record = quantize_bundle(model, data_root)
+            t = record["test"]
+            console.print(f"{model}: int8 test accuracy {t['accuracy_int8']:.4f} vs fp32 {t['accuracy_fp32']:.4f} "
+                          f"({t['drop_points']:+.2f} points lost, n={t['n']}); CPU default: "
+                          f"{'int8' if record['default_on_cpu'] else 'fp32'}")
+            if output is not None:
+                shutil.copyfile(resolve_bundle(model) / INT8_FILE, output)
+                console.print(f"written to {output}")
+            return
+        if output is None:
+            raise InvalidInputError("--output FILE.onnx is needed (or --int8 to quantize into the bundle)")
         from leukodx.inference.onnx_backend import export_checked
 
         diff = export_checked(load_model(model, backend="torch"), output, check=check)

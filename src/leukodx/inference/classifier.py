@@ -34,6 +34,8 @@ from leukodx.training.calibration import softmax
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnx")
+#: auto: the bundle's int8 file where its card says it is within 0.5 point of fp32 (ONNX Runtime only)
+PRECISIONS = ("auto", "fp32", "int8")
 TASK = "image-classification"
 
 #: images are decoded at about this multiple of the model's input side (a JPEG reduced in its DCT)
@@ -79,12 +81,15 @@ NO_RELIABILITY = ("OOD checks and conformal sets are unavailable for this model:
 
 
 class Classifier:
-    def __init__(self, net, card: dict, backend: str = "auto", bundle_dir: Path | None = None):
+    def __init__(self, net, card: dict, backend: str = "auto", bundle_dir: Path | None = None,
+                 precision: str = "fp32"):
         """``net``: the PyTorch network, or None to build it from ``bundle_dir`` only when something needs
         it (the torch backend, adaptation, explanations, an ONNX export): an ONNX run whose verified
         export is cached never imports PyTorch."""
         if backend not in BACKENDS:
             raise InvalidInputError(f"backend {backend!r}: expected one of {BACKENDS}")
+        if precision not in PRECISIONS:
+            raise InvalidInputError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
         if net is None and bundle_dir is None:
             raise InvalidInputError("a Classifier needs a network or a bundle folder to build it from")
         self._net = net.eval() if net is not None else None
@@ -98,14 +103,15 @@ class Classifier:
         self._features_net = None
         self._onnx = None
         self.onnx_sha256: str | None = None   # the digest of the ONNX file that runs (onnx backend only)
-        self.backend = self._choose_backend(backend)
+        self.precision = "fp32"
+        self.backend = self._choose_backend(backend, precision)
 
     @classmethod
-    def load(cls, name_or_path: str | os.PathLike, backend: str = "auto") -> "Classifier":
+    def load(cls, name_or_path: str | os.PathLike, backend: str = "auto", precision: str = "auto") -> "Classifier":
         directory = resolve_bundle(name_or_path, task=TASK)
         card, _ = verify_bundle(directory, task=TASK)
         with interpreting(directory):
-            clf = cls(None, card, backend=backend, bundle_dir=directory)
+            clf = cls(None, card, backend=backend, bundle_dir=directory, precision=precision)
             # one blank image through every step a prediction takes: a card whose classes, calibration or
             # reliability statistics do not fit the network fails here, not on a user's images
             size = clf.preprocess.size
@@ -139,13 +145,23 @@ class Classifier:
         return self.card.get("name", "model")
 
     # --- backends ---------------------------------------------------------------------------
-    def _choose_backend(self, backend: str) -> str:
+    def _choose_backend(self, backend: str, precision: str) -> str:
         from leukodx.inference.onnx_backend import onnxruntime_available
 
         if backend == "auto":
-            # ONNX Runtime is the faster CPU path (benchmarks/results/inference_throughput.json)
+            # ONNX Runtime is the faster CPU path (benchmarks/results/throughput.json)
             backend = "onnx" if (not cuda_present() and onnxruntime_available()) else "torch"
-        if backend == "onnx":
+        if precision == "int8" and backend != "onnx":
+            raise InvalidInputError(f"--precision int8 runs on ONNX Runtime, not {backend}: use --backend onnx or auto")
+        int8 = self.card.get("int8") or {}
+        if backend == "onnx" and (precision == "int8" or (precision == "auto" and int8.get("default_on_cpu"))):
+            from leukodx.inference.quantize import int8_session
+
+            self._onnx, self.precision, self.onnx_sha256 = int8_session(self), "int8", int8.get("sha256")
+            # the int8 network's features have their own out-of-distribution statistics
+            self.reliability = load_reliability(self.bundle_dir, {"reliability": int8["reliability"]}) if (
+                self.reliability is not None and int8.get("reliability")) else None
+        elif backend == "onnx":
             self._onnx = self._onnx_session()
         return backend
 
@@ -464,9 +480,12 @@ def cuda_present() -> bool:
     return torch.cuda.is_available()
 
 
-def load_model(name_or_path: str | os.PathLike = DEFAULT_CELL_MODEL, backend: str = "auto") -> Classifier:
-    """A bundled model by name (``wbc-multisite``, ``pbc-celltype``, ``all-stage``) or a bundle folder."""
-    return Classifier.load(name_or_path, backend=backend)
+def load_model(name_or_path: str | os.PathLike = DEFAULT_CELL_MODEL, backend: str = "auto",
+               precision: str = "auto") -> Classifier:
+    """A bundled model by name (``wbc-multisite``, ``pbc-celltype``, ``all-stage``) or a bundle folder.
+    ``precision``: fp32, int8 (the bundle's quantized file, ONNX Runtime), or auto: int8 where the card
+    measured it within 0.5 point of fp32."""
+    return Classifier.load(name_or_path, backend=backend, precision=precision)
 
 
 def row_columns(classes: Sequence[str]) -> list[str]:

@@ -314,12 +314,12 @@ def _fit_statistics(features: np.ndarray, labels: np.ndarray, false_alarm: float
     return rel
 
 
-def save_reliability(directory: str | os.PathLike, rel: Reliability) -> str:
-    """Write ``reliability.safetensors`` into a bundle folder; returns its sha256 for the card."""
+def save_reliability(directory: str | os.PathLike, rel: Reliability, name: str = RELIABILITY_FILE) -> str:
+    """Write ``name`` (``reliability.safetensors``) into a bundle folder; returns its sha256 for the card."""
     from leukodx import _atomic
     from leukodx.models.bundle import _save_tensors
 
-    path = Path(directory) / RELIABILITY_FILE
+    path = Path(directory) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     with _atomic.atomic_path(path) as tmp:
         _save_tensors({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in rel.arrays().items()}, tmp,

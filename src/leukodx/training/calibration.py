@@ -68,6 +68,16 @@ def fit_network_reliability(net: torch.nn.Module, preprocess, temperature: float
     each training image's site; ``val_groups`` the validation images'), threshold and conformal scores
     from val."""
     from leukodx.models.features import last_linear
+
+    return fit_outputs_reliability(lambda arrays: network_outputs(net, arrays, preprocess), last_linear(net).in_features,
+                                   temperature, x_train, y_train, x_val, y_val, seed, fitted_on, groups, val_groups)
+
+
+def fit_outputs_reliability(outputs, pen_dim: int, temperature: float, x_train: np.ndarray, y_train: np.ndarray,
+                            x_val: np.ndarray, y_val: np.ndarray, seed: int = 0, fitted_on: dict | None = None,
+                            groups: np.ndarray | None = None, val_groups: np.ndarray | None = None):
+    """``fit_network_reliability`` for any runtime: ``outputs(arrays) -> (logits, features)`` (e.g. an
+    int8 ONNX Runtime session, whose features differ from the fp32 network's and need their own statistics)."""
     from leukodx.models.reliability import fit_reliability
 
     y_train = np.asarray(y_train)
@@ -75,10 +85,9 @@ def fit_network_reliability(net: torch.nn.Module, preprocess, temperature: float
     rng = np.random.default_rng(seed)
     keep = np.concatenate([rng.permutation(np.flatnonzero((y_train == c) & (groups == g)))[:RELIABILITY_PER_CLASS]
                            for g in np.unique(groups) for c in np.unique(y_train)])
-    _, f_train = network_outputs(net, x_train[keep], preprocess)
-    val_logits, f_val = network_outputs(net, x_val, preprocess)
+    _, f_train = outputs(x_train[keep])
+    val_logits, f_val = outputs(x_val)
     record = {"train_images": int(len(keep)), "val_images": int(len(y_val)), "sites": int(len(np.unique(groups))),
               "seed": seed, **(fitted_on or {})}
     return fit_reliability(f_train, y_train[keep], f_val, np.asarray(y_val), softmax(val_logits, temperature),
-                           fitted_on=record, pen_dim=last_linear(net).in_features, groups=groups[keep],
-                           val_groups=val_groups)
+                           fitted_on=record, pen_dim=pen_dim, groups=groups[keep], val_groups=val_groups)

@@ -231,41 +231,54 @@ def site_arrays(index: ImageIndex, classes: list[str], cap: int | None, preproce
     return arrays, labels, sub
 
 
-def refit_reliability(model: str | os.PathLike, data_root: str | os.PathLike | None = None,
-                      show_progress: bool = True) -> dict:
-    """``leukodx reliability fit``: (re)fit a classifier bundle's reliability statistics from the very
-    training and validation images its card names (its sites, or its dataset and saved split, whose
-    sha256 must match), for bundles made before leukodx fitted them. Weights are not touched."""
+def card_images(card: dict, directory, sides=("train", "val", "test"), data_root: str | os.PathLike | None = None
+                ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """The very images a classifier's card names, per side: preprocessed uint8 arrays, labels (the
+    card's class positions) and, for a multi-site model, each image's site (else None). Training
+    sides are capped as training capped them (same seed); test sides are whole."""
     from leukodx.data.sites import site_sides
 
-    net, card, directory = load_network(model, "image-classification", network_from_card)
     preprocess = Preprocess.from_dict(card["preprocess"])
     classes = list(card["classes"])
     data = card.get("data", {})
     cap = data.get("max_per_class_per_site") or data.get("max_per_class")
     seed = int(card.get("training", {}).get("config", {}).get("seed", 0))  # the draw of the capped cells
+    out = {}
     if data.get("sites"):
-        sides = {s["dataset"]: site_sides(s["dataset"], data_root, coarse=True) for s in data["sites"]}
-        parts = {side: [site_arrays(v[side], classes, cap if side == "train" else None, preprocess, seed)
-                        for v in sides.values()] for side in ("train", "val")}
-        train = (np.concatenate([a for a, _, _ in parts["train"]]), np.concatenate([y for _, y, _ in parts["train"]]))
-        val = (np.concatenate([a for a, _, _ in parts["val"]]), np.concatenate([y for _, y, _ in parts["val"]]))
-        groups, val_groups = (np.concatenate([np.full(len(y), i) for i, (_, y, _) in enumerate(parts[side])])
-                              for side in ("train", "val"))
-    else:
-        dataset = data.get("dataset")
-        if dataset not in list_datasets():
-            raise InvalidInputError(f"{directory}: its card names no registered dataset ({dataset!r}) to refit from")
-        index = load_dataset(dataset, data_root)
-        split_file = bundled_split_path(dataset)
-        if not split_file.exists() or sha256_file(split_file) != data.get("split_sha256"):
-            raise InvalidInputError(f"{directory}: the saved split of {dataset} is not the one its card names "
-                                    f"(sha256 {str(data.get('split_sha256'))[:12]})")
-        split_sides = apply_split(index, load_split(split_file))
-        caps = {"train": cap, "val": cap and max(2, cap // 3)}  # as train_from_dataset capped them
-        arr = {side: site_arrays(split_sides[side], classes, caps[side], preprocess, seed) for side in ("train", "val")}
-        train, val = arr["train"][:2], arr["val"][:2]
-        groups = val_groups = None
+        found = {s["dataset"]: site_sides(s["dataset"], data_root, coarse=True) for s in data["sites"]}
+        for side in sides:
+            parts = [site_arrays(v[side], classes, cap if side == "train" else None, preprocess, seed)
+                     for v in found.values()]
+            out[side] = (np.concatenate([a for a, _, _ in parts]), np.concatenate([y for _, y, _ in parts]),
+                         np.concatenate([np.full(len(y), i) for i, (_, y, _) in enumerate(parts)]))
+        return out
+    dataset = data.get("dataset")
+    if dataset not in list_datasets():
+        raise InvalidInputError(f"{directory}: its card names no registered dataset ({dataset!r}) to take images from")
+    index = load_dataset(dataset, data_root)
+    split_file = bundled_split_path(dataset)
+    if not split_file.exists() or sha256_file(split_file) != data.get("split_sha256"):
+        raise InvalidInputError(f"{directory}: the saved split of {dataset} is not the one its card names "
+                                f"(sha256 {str(data.get('split_sha256'))[:12]})")
+    split_sides = apply_split(index, load_split(split_file))
+    caps = {"train": cap, "val": cap and max(2, cap // 3), "test": None}  # as train_from_dataset capped them
+    for side in sides:
+        arrays, labels, _ = site_arrays(split_sides[side], classes, caps[side], preprocess, seed)
+        out[side] = (arrays, labels, None)
+    return out
+
+
+def refit_reliability(model: str | os.PathLike, data_root: str | os.PathLike | None = None,
+                      show_progress: bool = True) -> dict:
+    """``leukodx reliability fit``: (re)fit a classifier bundle's reliability statistics from the very
+    training and validation images its card names (its sites, or its dataset and saved split, whose
+    sha256 must match), for bundles made before leukodx fitted them. Weights are not touched."""
+    net, card, directory = load_network(model, "image-classification", network_from_card)
+    preprocess = Preprocess.from_dict(card["preprocess"])
+    seed = int(card.get("training", {}).get("config", {}).get("seed", 0))
+    data = card_images(card, directory, ("train", "val"), data_root)
+    train, val = data["train"][:2], data["val"][:2]
+    groups, val_groups = data["train"][2], data["val"][2]
     rel = fit_network_reliability(net, preprocess, float(card.get("temperature", 1.0)), *train, *val, seed=seed,
                                   groups=groups, val_groups=val_groups,
                                   fitted_on={"refit": "weights unchanged", "provenance": provenance()})

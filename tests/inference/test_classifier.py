@@ -7,6 +7,7 @@ import pytest
 
 import leukodx
 from leukodx.data.images import read_image
+from leukodx.data.registry import load_dataset
 from leukodx.inference.classifier import Classifier
 from leukodx.inference.onnx_backend import OnnxSession, export_onnx
 from leukodx.preprocessing.transforms import normalize_batch
@@ -130,7 +131,7 @@ def test_a_tampered_onnx_cache_file_is_not_trusted(pbc_folder, caplog):
     from leukodx.inference.classifier import load_model
 
     images = sorted((pbc_folder / "neutrophil").iterdir())
-    clean = load_model("pbc-celltype", backend="onnx")
+    clean = load_model("pbc-celltype", backend="onnx", precision="fp32")
     expected = clean.predict(images).probabilities
     path = clean.onnx_path()
     assert clean.onnx_sha256 == sha256_file(path)
@@ -142,7 +143,38 @@ def test_a_tampered_onnx_cache_file_is_not_trusted(pbc_folder, caplog):
     onnx.save(model, str(path))
     tampered_digest = sha256_file(path)
     with caplog.at_level("WARNING"):
-        again = load_model("pbc-celltype", backend="onnx")
+        again = load_model("pbc-celltype", backend="onnx", precision="fp32")
     assert "does not reproduce" in caplog.text
     assert again.onnx_sha256 == sha256_file(path) != tampered_digest
     assert np.allclose(again.predict(images).probabilities, expected, atol=1e-5)
+
+
+def test_int8_is_the_cpu_default_where_the_card_allows_it_and_is_checked(tmp_path):
+    """The shipped int8 file runs by default (its card measured <= 0.5 point lost), answers like fp32 on
+    real cells, has its own OOD statistics, and a replaced int8 file is refused."""
+    import shutil
+
+    from leukodx.errors import IntegrityError
+    from leukodx.inference.classifier import load_model
+    from leukodx.models.bundle import resolve_bundle
+
+    int8 = load_model("pbc-celltype")
+    fp32 = load_model("pbc-celltype", precision="fp32")
+    record = int8.card["int8"]
+    assert int8.precision == "int8" and fp32.precision == "fp32" and record["default_on_cpu"]
+    assert record["test"]["drop_points"] <= 0.5 and record["test"]["n"] > 1000
+    assert int8.onnx_sha256 == record["sha256"] and int8.reliability is not fp32.reliability
+    pbc = load_dataset("pbc")
+    images = [pbc.abspath(i) for i in range(0, 2000, 50)]
+    a, b = int8.predict(images), fp32.predict(images)
+    assert np.mean([x["top_class"] == y["top_class"] for x, y in zip(a.rows, b.rows)]) >= 0.9
+    assert np.abs(a.probabilities - b.probabilities).max() < 0.2
+    with pytest.raises(ValueError, match="int8 runs on ONNX Runtime"):
+        load_model("pbc-celltype", backend="torch", precision="int8")
+    copy = tmp_path / "bundle"
+    shutil.copytree(resolve_bundle("pbc-celltype"), copy)
+    with open(copy / record["file"], "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(IntegrityError, match="does not match its card"):
+        load_model(copy)
+    assert load_model(copy, precision="fp32").precision == "fp32"

@@ -105,8 +105,10 @@ def test_an_interrupted_predict_resumes_to_the_uninterrupted_result(tiny_pbc_mod
 
     out = tmp_path / "run.csv"
     partial = tmp_path / "run.csv.partial.jsonl"
+    # Ctrl-C at its default in the child even when the suite runs in the background (SIGINT ignored there)
     proc = subprocess.Popen([sys.executable, "-m", "leukodx", "predict", "-m", str(tiny_pbc_model), str(folder),
-                             "-o", str(out)], stderr=subprocess.PIPE, text=True)
+                             "-o", str(out)], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not (partial.exists() and partial.read_text().count("\n") > 1):
         assert time.monotonic() < deadline and proc.poll() is None

@@ -119,6 +119,11 @@ def register(app: typer.Typer) -> None:
                                                             "not redone."),
         backend: str = Backend,
         precision: str = Precision,
+        ray: Optional[str] = typer.Option(None, "--ray", help="Spread the inputs over a Ray cluster: 'local' (a Ray "
+                                                               "started on this machine), 'auto' (the cluster this "
+                                                               "machine belongs to) or ray://HOST:10001. Needs "
+                                                               "leukodx[distributed]."),
+        ray_workers: int = typer.Option(2, "--ray-workers", min=1, max=4096, help="Model-holding Ray actors."),
     ) -> None:
         """One row per image: top class, its probability, every class probability, whether it looks like
         the model's training images (ood), a conformal prediction set; and a shift verdict for the batch.
@@ -129,6 +134,12 @@ def register(app: typer.Typer) -> None:
         from leukodx.inference.classifier import expand_inputs, load_model, row_cells, row_columns
 
         check_output(output)
+        if ray is not None and adapt_bn:
+            raise InvalidInputError("--ray and --adapt-bn: the adaptation needs every image in one process")
+        if ray is not None:  # before any output exists: a missing extra or an unreachable cluster is one line
+            from leukodx.inference.distributed import connect
+
+            connect(ray, ray_workers)
         clf = load_model(model, backend=backend, precision=precision)
         coverage = _coverage_for(clf, coverage)
         items, list_errors = expand_inputs(inputs)
@@ -154,8 +165,14 @@ def register(app: typer.Typer) -> None:
                 from leukodx._progress import track
                 from leukodx.inference.classifier import CHUNK
 
-                chunks = clf.stream(todo, coverage)
-                for part in track(chunks, "predicting", total=-(-len(todo) // CHUNK)):
+                if ray is not None:
+                    from leukodx.inference.distributed import RAY_BATCH, ray_stream
+
+                    chunks = ray_stream(model, todo, coverage, backend, precision, ray, ray_workers)
+                    total = -(-len(todo) // RAY_BATCH)
+                else:
+                    chunks, total = clf.stream(todo, coverage), -(-len(todo) // CHUNK)
+                for part in track(chunks, "predicting", total=total):
                     scores = part.ood_scores if part.ood_scores is not None else [None] * len(part.rows)
                     rowfile.append(part.rows, part.errors, [{"ood_score": s} for s in scores])
                     _report_errors(part.errors)

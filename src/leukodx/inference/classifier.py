@@ -287,63 +287,69 @@ class Classifier:
     def proba_from_logits(self, logits: np.ndarray) -> np.ndarray:
         return softmax(logits, self.temperature)
 
-    def decode(self, item) -> np.ndarray:
-        """One input (a path, or an array) read and preprocessed to the model's uint8 input. A JPEG is
-        decoded reduced in its DCT to about ``DECODE_FACTOR`` times the model's input side."""
+    def read(self, item) -> np.ndarray:
+        """One input as RGB: a path decoded (a JPEG reduced in its DCT to about ``DECODE_FACTOR`` times
+        the model's input side), or an in-memory image checked."""
         if isinstance(item, (str, os.PathLike)):
-            rgb = read_image(item, max_side=self.preprocess.size * DECODE_FACTOR)
-        else:
-            rgb = as_rgb_array(item, "array")
-        return self.preprocess(rgb)
+            return read_image(item, max_side=self.preprocess.size * DECODE_FACTOR)
+        return as_rgb_array(item, "array")
+
+    def decode(self, item) -> np.ndarray:
+        """One input read and preprocessed to the model's uint8 input."""
+        return self.preprocess(self.read(item))
+
+    def prepare(self, items: Sequence[tuple[str, object]]) -> tuple[list[str], np.ndarray, list[dict]]:
+        """``(name, path or array)`` items -> names, stacked model inputs, errors (``prepare_inputs``)."""
+        return prepare_inputs(self.read, self.preprocess, items)
 
     def load_inputs(self, inputs: Iterable) -> tuple[list[str], np.ndarray, list[dict]]:
         """Read and preprocess paths / folders / arrays, all at once; returns names, stacked arrays,
         errors. (``stream`` does the same a chunk at a time, in bounded memory.)"""
         items, errors = expand_inputs(inputs)
-        names, arrays = [], []
-        for name, item in track(items, "decoding images"):
-            try:
-                arrays.append(self.decode(item))
-                names.append(name)
-            except LeukodxError as exc:
-                errors.append({"input": name, "error": str(exc)})
+        parts = [self.prepare(items[s:s + CHUNK]) for s in track(range(0, len(items), CHUNK), "decoding images")]
+        names = [n for p in parts for n in p[0]]
         size = self.preprocess.size
-        stacked = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), dtype=np.uint8)
-        return names, stacked, errors
+        arrays = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, size, size, 3), np.uint8)
+        return names, arrays, errors + [e for p in parts for e in p[2]]
 
     def stream(self, items: Sequence[tuple[str, object]], coverage: float = DEFAULT_COVERAGE, batch_size: int = 64,
-               chunk: int = CHUNK, threads: int | None = None, decimals: int | None = None) -> Iterator[Chunk]:
+               chunk: int = CHUNK, workers: int | None = None, decimals: int | None = None) -> Iterator[Chunk]:
         """Rows for ``items`` (``(name, path or array)``, as ``expand_inputs`` gives), one ``Chunk`` at a
-        time: images are decoded in a thread pool, the next chunk while this one is inferred; memory
-        holds two chunks, whatever the number of inputs. A bad input is an error row of its chunk."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        from leukodx.errors import item_error
-
+        time, in input order. Chunks are decoded and preprocessed by ``workers`` processes (default: one
+        per core; a single chunk is done in this process) while this process infers the chunk before, so
+        memory holds a few chunks whatever the number of inputs. A bad input is an error row of its chunk."""
         check_coverage(coverage)
-        pool = ThreadPoolExecutor(threads or min(4, os.cpu_count() or 1), thread_name_prefix="leukodx-decode")
+        starts = range(0, len(items), chunk)
+        workers = min(workers or os.cpu_count() or 1, len(starts))
+        if workers <= 1:  # nothing to overlap with: no pool to start
+            for start in starts:
+                yield self._chunk(self.prepare(items[start:start + chunk]), coverage, batch_size, decimals)
+            return
+        import multiprocessing
+        from collections import deque
+        from concurrent.futures import ProcessPoolExecutor
 
-        def submit(start: int) -> list:
-            return [(name, pool.submit(self.decode, item)) for name, item in items[start:start + chunk]]
+        # fork: the workers need only the preprocessing (no model, no ONNX Runtime) and start at once
+        context = multiprocessing.get_context("fork")
+        spec = (self.preprocess.as_dict(), self.preprocess.size * DECODE_FACTOR)
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            pending = deque()
+            it = iter(starts)
+            for start in it:
+                pending.append(pool.submit(_prepare_chunk, spec, list(items[start:start + chunk])))
+                if len(pending) > workers:
+                    break
+            while pending:
+                prepared = pending.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(pool.submit(_prepare_chunk, spec, list(items[nxt:nxt + chunk])))
+                yield self._chunk(prepared, coverage, batch_size, decimals)
 
-        try:
-            pending = submit(0)
-            for start in range(0, len(items), chunk):
-                current, pending = pending, submit(start + chunk)
-                names, arrays, errors = [], [], []
-                for name, future in current:
-                    try:
-                        arrays.append(future.result())
-                        names.append(name)
-                    except Exception as exc:  # noqa: BLE001 - one input's failure is its error row
-                        errors.append({"input": name, "error": str(exc) if isinstance(exc, LeukodxError)
-                                       else item_error(name, exc)})
-                size = self.preprocess.size
-                scored = self.score_arrays(np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8),
-                                           batch_size)
-                yield Chunk(self.rows_for(names, scored, coverage, decimals), errors, scored.ood_scores)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+    def _chunk(self, prepared: tuple, coverage: float, batch_size: int, decimals: int | None) -> Chunk:
+        names, arrays, errors = prepared
+        scored = self.score_arrays(arrays, batch_size)
+        return Chunk(self.rows_for(names, scored, coverage, decimals), errors, scored.ood_scores)
 
     def predict_arrays(self, batch_uint8: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """Calibrated probabilities (N, K) for preprocessed uint8 arrays."""
@@ -443,6 +449,58 @@ class Chunk:
     rows: list[dict]
     errors: list[dict]
     ood_scores: np.ndarray | None
+
+
+def prepare_inputs(read, preprocess: Preprocess, items: Sequence[tuple[str, object]]
+                   ) -> tuple[list[str], np.ndarray, list[dict]]:
+    """``(name, path or array)`` items -> names, stacked model inputs, errors (in input order): each read
+    with ``read``, then all preprocessed together (``Preprocess.batch``: the nucleus search of 'cell-crop'
+    runs once for the lot); an input that fails is an error, the others go on."""
+    from leukodx.errors import item_error
+
+    def error(name: str, exc: Exception) -> dict:
+        return {"input": name, "error": str(exc) if isinstance(exc, LeukodxError) else item_error(name, exc)}
+
+    names, rgbs, errors = [], [], []
+    for name, item in items:
+        try:
+            rgbs.append(read(item))
+            names.append(name)
+        except Exception as exc:  # noqa: BLE001 - one input's failure is its error row
+            errors.append(error(name, exc))
+    try:
+        arrays = preprocess.batch(rgbs)
+    except Exception:  # noqa: BLE001 - find the input that fails, keep the others
+        kept, arrays = [], []
+        for name, rgb in zip(names, rgbs):
+            try:
+                arrays.append(preprocess(rgb))
+                kept.append(name)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(error(name, exc))
+        names = kept
+    size = preprocess.size
+    return names, np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8), errors
+
+
+class _Reader:
+    """What a worker process needs to prepare inputs as ``Classifier.prepare`` does: the preprocessing
+    and the decode size (no network, no ONNX session)."""
+
+    def __init__(self, preprocess: dict, max_side: int):
+        self.preprocess, self.max_side = Preprocess.from_dict(preprocess), max_side
+
+    def read(self, item) -> np.ndarray:
+        if isinstance(item, (str, os.PathLike)):
+            return read_image(item, max_side=self.max_side)
+        return as_rgb_array(item, "array")
+
+
+
+def _prepare_chunk(spec: tuple, items: list) -> tuple[list[str], np.ndarray, list[dict]]:
+    """A worker process's job: one chunk read and preprocessed (``Classifier.prepare``)."""
+    reader = _Reader(*spec)
+    return prepare_inputs(reader.read, reader.preprocess, items)
 
 
 def expand_inputs(inputs: Iterable) -> tuple[list[tuple[str, object]], list[dict]]:

@@ -44,10 +44,18 @@ class Preprocess:
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (size, size, 3) uint8."""
-        rgb = STAIN_METHODS[self.stain](rgb, self.stain_reference)
+        return self.batch([rgb])[0]
+
+    def batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """``self(rgb)`` of many images, the nucleus search of 'cell-crop' done for all at once."""
+        images = [STAIN_METHODS[self.stain](rgb, self.stain_reference) for rgb in images]
+        boxes = nucleus_boxes(images) if self.resize == "cell-crop" else [None] * len(images)
+        return [self._square(rgb, box) for rgb, box in zip(images, boxes)]
+
+    def _square(self, rgb: np.ndarray, box) -> np.ndarray:
         h, w = rgb.shape[:2]
         if self.resize == "cell-crop":
-            rgb = cell_crop(rgb)
+            rgb = crop_around(rgb, box)
         elif self.resize == "center-crop" and h != w:
             s = min(h, w)
             top, left = (h - s) // 2, (w - s) // 2
@@ -75,42 +83,102 @@ class Preprocess:
         return cls(**d)
 
 
+#: the nucleus is looked for on a copy reduced to this longer side
+NUCLEUS_SIDE = 96
+
+
 def _nucleus_box(rgb: np.ndarray) -> tuple[int, int, int, int] | None:
     """(top, left, bottom, right) of the blue-purple nucleus nearest the centre (lobes joined), or None."""
-    from scipy import ndimage
+    return nucleus_boxes([rgb])[0]
+
+
+def nucleus_boxes(images: list[np.ndarray]) -> list[tuple[int, int, int, int] | None]:
+    """``_nucleus_box`` of many images at once: images whose reduced copies share a shape are stacked
+    and every step (smoothing, opening, closing, labelling, measuring) runs once per stack, with
+    structures that never reach across images, so each box is exactly the one-image result."""
     from skimage.filters import threshold_otsu
 
-    small = 96 / max(rgb.shape[:2])
-    im = Image.fromarray(rgb)
-    if small < 1:
-        im = im.resize((max(8, round(rgb.shape[1] * small)), max(8, round(rgb.shape[0] * small))), Image.Resampling.BILINEAR)
-    else:
-        small = 1.0
-    x = np.asarray(im, dtype=np.float32)
-    contrast = ndimage.gaussian_filter(x[..., 2] - x[..., 1], 1.0)
-    if float(contrast.max() - contrast.min()) < 5:
-        return None
-    mask = contrast > max(float(threshold_otsu(contrast)), 10.0)
+    reduced, scales = [], []
+    for rgb in images:
+        small = NUCLEUS_SIDE / max(rgb.shape[:2])
+        im = Image.fromarray(rgb)
+        if small < 1:
+            im = im.resize((max(8, round(rgb.shape[1] * small)), max(8, round(rgb.shape[0] * small))),
+                           Image.Resampling.BILINEAR)
+        else:
+            small = 1.0
+        reduced.append(np.asarray(im, dtype=np.float32))
+        scales.append(small)
+    boxes: list = [None] * len(images)
+    groups: dict[tuple, list[int]] = {}
+    for i, x in enumerate(reduced):
+        groups.setdefault(x.shape, []).append(i)
+    for members in groups.values():
+        stack = np.stack([reduced[i] for i in members])
+        contrast = _smooth(stack[..., 2] - stack[..., 1])
+        flat = [float(c.max() - c.min()) < 5 for c in contrast]
+        mask = np.zeros(contrast.shape, dtype=bool)
+        for k, c in enumerate(contrast):
+            if not flat[k]:
+                mask[k] = c > max(float(threshold_otsu(c)), 10.0)
+        for k, box in zip(members, _largest_central(mask, [scales[i] for i in members], flat)):
+            boxes[k] = box
+    return boxes
+
+
+def _smooth(contrast: np.ndarray) -> np.ndarray:
+    """A Gaussian (sigma 1 px) within each image of a (N, H, W) stack."""
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(contrast, (0.0, 1.0, 1.0))
+
+
+def _largest_central(mask: np.ndarray, scales: list[float], flat: list[bool]) -> list:
+    """Per image of a (N, H, W) mask stack: the box of the component that is large and central."""
+    from scipy import ndimage
+
+    cross = np.zeros((3, 3, 3), dtype=bool)
+    cross[1] = ndimage.generate_binary_structure(2, 1)  # 4-connected within an image, never across
     # opening removes the thin purple rims of red cells, closing joins the lobes of one nucleus
-    mask = ndimage.binary_opening(mask, structure=ndimage.generate_binary_structure(2, 1), iterations=3)
-    mask = ndimage.binary_closing(mask, iterations=2)
-    labels, n = ndimage.label(mask)
+    mask = ndimage.binary_opening(mask, structure=cross, iterations=3)
+    mask = ndimage.binary_closing(mask, structure=cross, iterations=2)
+    labels, n = ndimage.label(mask, structure=cross)
+    out: list = [None] * len(mask)
     if n == 0:
-        return None
-    h, w = mask.shape
-    sizes = ndimage.sum(mask, labels, range(1, n + 1))
-    centres = ndimage.center_of_mass(mask, labels, range(1, n + 1))
+        return out
+    index = np.arange(1, n + 1)
+    # size and centre of every component from its pixels alone (the mask is 0/1: sizes are counts)
+    where = np.flatnonzero(labels)
+    owner = labels.ravel()[where]
+    _, ys, xs = np.unravel_index(where, labels.shape)
+    sizes = np.bincount(owner, minlength=n + 1)[1:].astype(np.float64)
+    cy = np.bincount(owner, weights=ys.astype(np.float64), minlength=n + 1)[1:] / sizes
+    cx = np.bincount(owner, weights=xs.astype(np.float64), minlength=n + 1)[1:] / sizes
+    slices = ndimage.find_objects(labels)
+    h, w = mask.shape[1:]
     # the nucleus: large and central (platelets and neighbours' edges are small or off-centre)
-    score = [size / (1.0 + np.hypot(cy - h / 2, cx - w / 2) / (0.25 * max(h, w))) for size, (cy, cx) in zip(sizes, centres)]
-    k = int(np.argmax(score)) + 1
-    ys, xs = np.nonzero(labels == k)
-    return (int(ys.min() / small), int(xs.min() / small), int((ys.max() + 1) / small), int((xs.max() + 1) / small))
+    score = sizes / (1.0 + np.hypot(cy - h / 2, cx - w / 2) / (0.25 * max(h, w)))
+    image = np.fromiter((sl[0].start for sl in slices), dtype=np.int64, count=n)  # the image each lies in
+    order = np.lexsort((index, -score, image))  # per image: highest score first, the first label on ties
+    first = order[np.r_[True, image[order][1:] != image[order][:-1]]]
+    for label in first + 1:
+        k = int(image[label - 1])
+        if flat[k]:
+            continue
+        _, ys, xs = slices[label - 1]
+        small = scales[k]
+        out[k] = (int(ys.start / small), int(xs.start / small), int(ys.stop / small), int(xs.stop / small))
+    return out
 
 
 def cell_crop(rgb: np.ndarray, factor: float = CELL_CROP_FACTOR) -> np.ndarray:
     """A square crop centred on the white cell's nucleus, side ``factor`` x the nucleus box's longer side,
     padded with the image's border colour where it leaves the image. The whole image if no nucleus is found."""
-    box = _nucleus_box(rgb)
+    return crop_around(rgb, _nucleus_box(rgb), factor)
+
+
+def crop_around(rgb: np.ndarray, box, factor: float = CELL_CROP_FACTOR) -> np.ndarray:
+    """``cell_crop`` with the nucleus box already found (None: the whole image)."""
     h, w = rgb.shape[:2]
     if box is None:
         return rgb

@@ -170,7 +170,8 @@ def test_unwritable_cache_folder_is_a_warning_not_a_failure(real_jpeg, tmp_path)
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder would be")
     out = tmp_path / "p.csv"
-    proc = _leukodx("predict", real_jpeg, "-o", out, "--backend", "onnx", env={"LEUKODX_CACHE": str(blocker / "c")})
+    proc = _leukodx("predict", real_jpeg, "-o", out, "--backend", "onnx", "--precision", "fp32",
+                    env={"LEUKODX_CACHE": str(blocker / "c")})
     assert proc.returncode == 0, proc.stderr
     assert "cache folder cannot be written" in proc.stderr and "Traceback" not in proc.stderr
     assert len(pd.read_csv(out)) == 1

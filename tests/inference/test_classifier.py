@@ -178,3 +178,17 @@ def test_int8_is_the_cpu_default_where_the_card_allows_it_and_is_checked(tmp_pat
     with pytest.raises(IntegrityError, match="does not match its card"):
         load_model(copy)
     assert load_model(copy, precision="fp32").precision == "fp32"
+
+
+def test_device_choice(monkeypatch):
+    import leukodx.inference.classifier as classifier
+    from leukodx.inference.classifier import load_model
+
+    monkeypatch.setattr(classifier, "cuda_present", lambda: False)
+    assert load_model("pbc-celltype").device == "cpu"
+    torch_cpu = load_model("pbc-celltype", backend="torch", device="cpu")
+    assert torch_cpu.device == "cpu" and next(torch_cpu.net.parameters()).device.type == "cpu"
+    with pytest.raises(ValueError, match="no CUDA device here"):
+        load_model("pbc-celltype", device="cuda")
+    with pytest.raises(ValueError, match="--device 'tpu'"):
+        load_model("pbc-celltype", device="tpu")

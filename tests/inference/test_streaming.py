@@ -34,7 +34,7 @@ def test_streamed_chunks_equal_the_all_at_once_rows(clf, pbc_folder, tmp_path):
     names, arrays, errors = clf.load_inputs(inputs)
     whole = clf.rows_for(names, clf.score_arrays(arrays))
     items, list_errors = expand_inputs(inputs)
-    parts = list(clf.stream(items, chunk=5, threads=3))
+    parts = list(clf.stream(items, chunk=5, workers=2))  # worker processes, chunks back in order
     assert len(parts) == -(-len(items) // 5) and not list_errors
     rows = [r for p in parts for r in p.rows]
     assert [r["input"] for r in rows] == names  # input order kept across chunks and threads

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from leukodx.cli.options import Backend, Coverage, DataRoot, OutputDir, OutputFile, Precision, Seed
+from leukodx.cli.options import Backend, Coverage, DataRoot, Device, OutputDir, OutputFile, Precision, Seed
 from rich.console import Console
 
 from leukodx import _atomic
@@ -80,6 +80,7 @@ def register(app: typer.Typer) -> None:
                                                                 "(one lab's, >= 32) before predicting (LOSO.md)."),
         backend: str = Backend,
         precision: str = Precision,
+        device: str = Device,
         data_root: Optional[Path] = DataRoot,
     ) -> None:
         """Accuracy, balanced accuracy, F1, per-class sensitivity/specificity/PPV/NPV, AUROC, ECE with 95% CIs."""
@@ -89,7 +90,7 @@ def register(app: typer.Typer) -> None:
 
         if (images is None) == (dataset is None):
             raise InvalidInputError("give exactly one of --images DIR or --dataset NAME")
-        clf = load_model(model, backend=backend, precision=precision)
+        clf = load_model(model, backend=backend, precision=precision, device=device)
         if images is not None:
             result = evaluate_folder(clf, images, n_boot=n_boot, seed=seed, adapt_bn=adapt_bn)
         else:
@@ -119,6 +120,7 @@ def register(app: typer.Typer) -> None:
                                                             "not redone."),
         backend: str = Backend,
         precision: str = Precision,
+        device: str = Device,
         ray: Optional[str] = typer.Option(None, "--ray", help="Spread the inputs over a Ray cluster: 'local' (a Ray "
                                                                "started on this machine), 'auto' (the cluster this "
                                                                "machine belongs to) or ray://HOST:10001. Needs "
@@ -140,7 +142,7 @@ def register(app: typer.Typer) -> None:
             from leukodx.inference.distributed import connect
 
             connect(ray, ray_workers)
-        clf = load_model(model, backend=backend, precision=precision)
+        clf = load_model(model, backend=backend, precision=precision, device=device)
         coverage = _coverage_for(clf, coverage)
         items, list_errors = expand_inputs(inputs)
         _report_errors(list_errors)

@@ -14,6 +14,7 @@ Quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 Resume: bool = typer.Option(False, help="Continue from the last checkpoint in OUTPUT/work.")
 Seed: int = typer.Option(0, min=0, max=2 ** 32 - 1, help="Random seed (splits, initialization, batches, resamples).")
 Backend = typer.Option("auto", help="auto (ONNX Runtime on CPU when installed) | torch | onnx")
+Device = typer.Option("auto", "--device", help="auto (a CUDA GPU when present, with PyTorch) | cpu | cuda")
 Precision = typer.Option("auto", "--precision", help="auto (int8 where the model's card measured it within 0.5 "
                                                       "point of fp32) | fp32 | int8 (ONNX Runtime)")
 Coverage: Optional[float] = typer.Option(None, "--coverage", help="Conformal prediction sets hold the true class "

@@ -34,6 +34,8 @@ from leukodx.training.calibration import softmax
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnx")
+#: auto: the GPU when one is present (PyTorch backend), else the CPU
+DEVICES = ("auto", "cpu", "cuda")
 #: auto: the bundle's int8 file where its card says it is within 0.5 point of fp32 (ONNX Runtime only)
 PRECISIONS = ("auto", "fp32", "int8")
 TASK = "image-classification"
@@ -82,7 +84,7 @@ NO_RELIABILITY = ("OOD checks and conformal sets are unavailable for this model:
 
 class Classifier:
     def __init__(self, net, card: dict, backend: str = "auto", bundle_dir: Path | None = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", device: str = "auto"):
         """``net``: the PyTorch network, or None to build it from ``bundle_dir`` only when something needs
         it (the torch backend, adaptation, explanations, an ONNX export): an ONNX run whose verified
         export is cached never imports PyTorch."""
@@ -92,7 +94,13 @@ class Classifier:
             raise InvalidInputError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
         if net is None and bundle_dir is None:
             raise InvalidInputError("a Classifier needs a network or a bundle folder to build it from")
-        self._net = net.eval() if net is not None else None
+        if device not in DEVICES:
+            raise InvalidInputError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
+        if device == "cuda" and not cuda_present():
+            raise InvalidInputError("--device cuda: no CUDA device here (no NVIDIA driver, or PyTorch without CUDA)")
+        #: where the PyTorch network runs: the GPU when one is present (auto), else the CPU
+        self.device = "cuda" if device == "cuda" or (device == "auto" and backend != "onnx" and cuda_present()) else "cpu"
+        self._net = net.eval().to(self.device) if net is not None else None
         self.card = card
         self.bundle_dir = bundle_dir
         self.classes: list[str] = list(card["classes"])
@@ -107,11 +115,12 @@ class Classifier:
         self.backend = self._choose_backend(backend, precision)
 
     @classmethod
-    def load(cls, name_or_path: str | os.PathLike, backend: str = "auto", precision: str = "auto") -> "Classifier":
+    def load(cls, name_or_path: str | os.PathLike, backend: str = "auto", precision: str = "auto",
+             device: str = "auto") -> "Classifier":
         directory = resolve_bundle(name_or_path, task=TASK)
         card, _ = verify_bundle(directory, task=TASK)
         with interpreting(directory):
-            clf = cls(None, card, backend=backend, bundle_dir=directory, precision=precision)
+            clf = cls(None, card, backend=backend, bundle_dir=directory, precision=precision, device=device)
             # one blank image through every step a prediction takes: a card whose classes, calibration or
             # reliability statistics do not fit the network fails here, not on a user's images
             size = clf.preprocess.size
@@ -129,7 +138,8 @@ class Classifier:
             from leukodx.models.architectures import network_from_card
             from leukodx.models.bundle import load_network
 
-            self._net, _, _ = load_network(self.bundle_dir, TASK, network_from_card)
+            net, _, _ = load_network(self.bundle_dir, TASK, network_from_card)
+            self._net = net.to(self.device)
         return self._net
 
     @property
@@ -150,7 +160,10 @@ class Classifier:
 
         if backend == "auto":
             # ONNX Runtime is the faster CPU path (benchmarks/results/throughput.json)
-            backend = "onnx" if (not cuda_present() and onnxruntime_available()) else "torch"
+            # on a GPU machine PyTorch runs on the GPU; ONNX Runtime here is a CPU build
+            backend = "onnx" if (self.device == "cpu" and onnxruntime_available()) else "torch"
+        if backend == "onnx" and self.device == "cuda":
+            raise InvalidInputError("--device cuda runs the PyTorch backend: use --backend torch or auto")
         if precision == "int8" and backend != "onnx":
             raise InvalidInputError(f"--precision int8 runs on ONNX Runtime, not {backend}: use --backend onnx or auto")
         int8 = self.card.get("int8") or {}
@@ -264,8 +277,8 @@ class Classifier:
 
         wrapped = self._with_features  # built (if needed) outside inference mode: its weights stay ordinary tensors
         with torch.inference_mode():
-            logits, features = wrapped(torch.from_numpy(x))
-            return logits.float().numpy(), features.float().numpy()
+            logits, features = wrapped(torch.from_numpy(x).to(self.device))
+            return logits.float().cpu().numpy(), features.float().cpu().numpy()
 
     def logits(self, batch_uint8: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8, already preprocessed -> (N, K) raw logits."""
@@ -539,11 +552,11 @@ def cuda_present() -> bool:
 
 
 def load_model(name_or_path: str | os.PathLike = DEFAULT_CELL_MODEL, backend: str = "auto",
-               precision: str = "auto") -> Classifier:
+               precision: str = "auto", device: str = "auto") -> Classifier:
     """A bundled model by name (``wbc-multisite``, ``pbc-celltype``, ``all-stage``) or a bundle folder.
     ``precision``: fp32, int8 (the bundle's quantized file, ONNX Runtime), or auto: int8 where the card
     measured it within 0.5 point of fp32."""
-    return Classifier.load(name_or_path, backend=backend, precision=precision)
+    return Classifier.load(name_or_path, backend=backend, precision=precision, device=device)
 
 
 def row_columns(classes: Sequence[str]) -> list[str]:

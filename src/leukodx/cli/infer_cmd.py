@@ -131,6 +131,8 @@ def register(app: typer.Typer) -> None:
         the model's training images (ood), a conformal prediction set; and a shift verdict for the batch.
         Streamed: rows are written as they are produced (OUTPUT.partial.jsonl) and the output is written
         when every input is done; memory does not grow with the number of inputs."""
+        import numpy as np
+
         from leukodx._rowfile import RowFile, check_output, inputs_digest
         from leukodx.errors import Interrupted
         from leukodx.inference.classifier import expand_inputs, load_model, row_cells, row_columns
@@ -153,7 +155,7 @@ def register(app: typer.Typer) -> None:
                                    "coverage": coverage, "adapt_bn": adapt_bn, "precision": clf.precision},
                           resume=resume)
         done = rowfile.start()
-        todo = [it for it in items if it[0] not in done]
+        todo = [it for it in items if it[0] not in done] if done else items
         n_rows, n_errors = len(done), 0
         try:
             if adapt_bn and todo:
@@ -187,7 +189,7 @@ def register(app: typer.Typer) -> None:
             rowfile.partial.unlink(missing_ok=True)
             raise InvalidInputError(f"no image could be processed ({n_errors} failed)")
         # the unrounded scores kept beside the rows (the rows show 3 decimals)
-        scores = list(rowfile.entries("ood_score")) if clf.reliability is not None else None
+        scores = np.fromiter(rowfile.entries("ood_score"), dtype=float) if clf.reliability is not None else None
         shift = clf.shift_from(scores)
         header = {"model": clf.name, "model_sha256": clf.card.get("sha256"), "backend": clf.backend,
                   "precision": clf.precision,

@@ -226,20 +226,25 @@ def list_images(inputs: list[str | os.PathLike], errors: list[dict] | None = Non
     mentioned (one log line per folder given). A sub-folder that cannot be read is an entry in
     ``errors`` when a list is given, else an ``InvalidInputError``.
     """
-    found: list[Path] = []
+    return [Path(p) for p in list_image_paths(inputs, errors)]
+
+
+def list_image_paths(inputs: list[str | os.PathLike], errors: list[dict] | None = None) -> list[str]:
+    """``list_images`` as plain strings, in the same order (a million paths cost a third of the memory)."""
+    found: list[str] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             found.extend(_walk_images(p, errors))
         elif p.exists():
-            found.append(p)
+            found.append(str(p))
         else:
             raise DataNotFoundError(f"{p}: no such file or folder")
     return found
 
 
-def _walk_images(folder: Path, errors: list[dict] | None) -> list[Path]:
-    images: list[Path] = []
+def _walk_images(folder: Path, errors: list[dict] | None) -> list[str]:
+    images: list[str] = []
     other: Counter = Counter()
 
     def unreadable(exc: OSError) -> None:
@@ -259,15 +264,14 @@ def _walk_images(folder: Path, errors: list[dict] | None) -> list[Path]:
         seen.add(real)
         dirs.sort()
         for name in files:
-            q = Path(root) / name
-            if is_image_file(q):
-                images.append(q)
+            if is_image_file(name):
+                images.append(str(Path(root) / name))
             elif not name.startswith("."):
                 other[os.path.splitext(name)[1].lower() or "(no extension)"] += 1
     if other:
         kinds = ", ".join(f"{ext} x{n}" for ext, n in other.most_common())
         log.warning("%s: %d file(s) that are not images skipped (%s)", folder, sum(other.values()), kinds)
-    return sorted(images)
+    return sorted(images, key=lambda s: s.split(os.sep))  # the order of sorted Path objects
 
 
 def collect_images(inputs: list[str | os.PathLike]) -> tuple[list[Path], list[dict]]:

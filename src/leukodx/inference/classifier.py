@@ -24,7 +24,7 @@ from leukodx import _atomic
 from leukodx._csv import csv_text
 from leukodx._progress import track
 from leukodx.data.cache import writable_cache_dir
-from leukodx.data.images import as_rgb_array, list_images, read_image, split_in_memory
+from leukodx.data.images import as_rgb_array, list_image_paths, read_image, split_in_memory
 from leukodx.errors import InvalidInputError, LeukodxError
 from leukodx.models.bundle import interpreting, resolve_bundle, verify_bundle
 from leukodx.models.reliability import DEFAULT_COVERAGE, check_coverage, load_reliability
@@ -524,7 +524,7 @@ def expand_inputs(inputs: Iterable) -> tuple[list[tuple[str, object]], list[dict
     for item in inputs:
         if isinstance(item, (str, os.PathLike)):
             try:
-                items.extend((str(p), str(p)) for p in list_images([item], errors))
+                items.extend((p, p) for p in list_image_paths([item], errors))
             except LeukodxError as exc:
                 errors.append({"input": str(item), "error": str(exc)})
         else:

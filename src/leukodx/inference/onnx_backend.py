@@ -52,7 +52,7 @@ class OnnxSession:
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         if not onnxruntime_available():
-            raise LeukodxError("onnxruntime is not installed: pip install 'leukodx[onnx]'")
+            raise LeukodxError("onnxruntime is not installed: pip install onnxruntime (a leukodx dependency)")
         import onnxruntime as ort
 
         options = ort.SessionOptions()

@@ -271,7 +271,9 @@ def _walk_images(folder: Path, errors: list[dict] | None) -> list[str]:
     if other:
         kinds = ", ".join(f"{ext} x{n}" for ext, n in other.most_common())
         log.warning("%s: %d file(s) that are not images skipped (%s)", folder, sum(other.values()), kinds)
-    return sorted(images, key=lambda s: s.split(os.sep))  # the order of sorted Path objects
+    # the order of sorted Path objects (part by part): the separator as the lowest character
+    images.sort(key=lambda s: s.replace(os.sep, "\0"))
+    return images
 
 
 def collect_images(inputs: list[str | os.PathLike]) -> tuple[list[Path], list[dict]]:

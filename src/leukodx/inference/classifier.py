@@ -345,19 +345,25 @@ class Classifier:
         # fork: the workers need only the preprocessing (no model, no ONNX Runtime) and start at once
         context = multiprocessing.get_context("fork")
         spec = (self.preprocess.as_dict(), self.preprocess.size * DECODE_FACTOR)
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            pending = deque()
-            it = iter(starts)
-            for start in it:
-                pending.append(pool.submit(_prepare_chunk, spec, list(items[start:start + chunk])))
-                if len(pending) > workers:
-                    break
-            while pending:
-                prepared = pending.popleft().result()
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending.append(pool.submit(_prepare_chunk, spec, list(items[nxt:nxt + chunk])))
-                yield self._chunk(prepared, coverage, batch_size, decimals)
+        import gc
+
+        gc.freeze()  # the parent's objects stay out of the workers' garbage collection: no copy-on-write of them
+        try:
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                pending = deque()
+                it = iter(starts)
+                for start in it:
+                    pending.append(pool.submit(_prepare_chunk, spec, list(items[start:start + chunk])))
+                    if len(pending) > workers:
+                        break
+                while pending:
+                    prepared = pending.popleft().result()
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        pending.append(pool.submit(_prepare_chunk, spec, list(items[nxt:nxt + chunk])))
+                    yield self._chunk(prepared, coverage, batch_size, decimals)
+        finally:
+            gc.unfreeze()
 
     def _chunk(self, prepared: tuple, coverage: float, batch_size: int, decimals: int | None) -> Chunk:
         names, arrays, errors = prepared

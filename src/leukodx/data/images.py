@@ -256,23 +256,31 @@ def _walk_images(folder: Path, errors: list[dict] | None) -> list[str]:
         errors.append({"input": str(where), "error": message})
 
     seen: set[str] = set()
-    for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
-        real = os.path.realpath(root)
+
+    def visit(directory: str) -> None:
+        """Depth first, entries by name: the order of sorted Path objects, with no sort over all paths."""
+        real = os.path.realpath(directory)
         if real in seen:  # a symbolic link back up the tree: walked once
-            dirs[:] = []
-            continue
+            return
         seen.add(real)
-        dirs.sort()
-        for name in files:
-            if is_image_file(name):
-                images.append(str(Path(root) / name))
+        try:
+            with os.scandir(directory) as listing:
+                names = sorted(entry.name for entry in listing)
+        except OSError as exc:
+            unreadable(exc)
+            return
+        for name in names:
+            if os.path.isdir(os.path.join(directory, name)):  # follows symbolic links, as the walk always has
+                visit(os.path.join(directory, name))
+            elif is_image_file(name):
+                images.append(str(Path(directory) / name))
             elif not name.startswith("."):
                 other[os.path.splitext(name)[1].lower() or "(no extension)"] += 1
+
+    visit(str(folder))
     if other:
         kinds = ", ".join(f"{ext} x{n}" for ext, n in other.most_common())
         log.warning("%s: %d file(s) that are not images skipped (%s)", folder, sum(other.values()), kinds)
-    # the order of sorted Path objects (part by part): the separator as the lowest character
-    images.sort(key=lambda s: s.replace(os.sep, "\0"))
     return images
 
 

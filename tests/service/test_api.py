@@ -164,3 +164,30 @@ def test_partial_uploads_left_by_a_killed_server_are_swept_at_start(settings, us
     os.utime(old, (0, 0))
     with TestClient(create_app(settings)):
         assert not old.exists() and fresh.exists()
+
+
+def test_fcs_and_expression_analyses_run_as_jobs(client, settings, factory, data_root, tmp_path):
+    import pandas as pd
+
+    from leukodx.omics.io import read_golub
+
+    auth = login(client, "rev")
+    fcs = data_root / "flow" / "tidytof" / "ddpr" / "UPN1_Basal.fcs"
+    _, test = read_golub()
+    table = tmp_path / "golub5.csv"
+    pd.DataFrame(test.values[:5].T, index=test.genes, columns=test.samples[:5]).to_csv(table)
+    case = client.post("/api/cases", json={"label": "flow and expression"}, headers=auth).json()["id"]
+    r = client.post(f"/api/cases/{case}/files", headers=auth, files=[
+        ("files", (fcs.name, fcs.read_bytes(), "application/octet-stream")),
+        ("files", (table.name, table.read_bytes(), "text/csv"))])
+    assert [s["kind"] for s in r.json()["stored"]] == ["fcs", "table"]
+    jobs = [client.post(f"/api/cases/{case}/analyses", json={"kind": k}, headers=auth).json()["job_id"]
+            for k in ("fcs", "expression")]
+    assert [run_one(factory, settings) for _ in jobs] == jobs
+    assert [client.get(f"/api/jobs/{j}", headers=auth).json()["status"] for j in jobs] == ["done", "done"]
+    analyses = {a["kind"]: a for a in client.get(f"/api/cases/{case}/results", headers=auth).json()["analyses"]}
+    flow = analyses["fcs"]["summary"]["results"]
+    assert len(flow) == 1 and analyses["fcs"]["model"] and len(analyses["fcs"]["model_sha256"]) == 64
+    samples = analyses["expression"]["summary"]["samples"]
+    assert [s["sample"] for s in samples] == [str(s) for s in test.samples[:5]]
+    assert {s["call"] for s in samples} <= {"ALL", "AML"} and analyses["expression"]["model"] == "golub-all-aml"

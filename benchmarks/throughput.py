@@ -177,9 +177,13 @@ def main() -> None:
         for i in bccd.splits["test"][:60]:
             src = bccd.root / bccd.records[i]["path"]
             os.symlink(src, fields / src.name)
-        run(["detect", str(fields / sorted(os.listdir(fields))[0]), "-o", str(tmp / "warm-detect")])
+        first = str(fields / sorted(os.listdir(fields))[0])
+        run(["detect", first, "-o", str(tmp / "warm-detect")])
+        one_field = statistics.median(run(["detect", first, "-o", str(tmp / f"one-{k}")])["seconds"] for k in range(3))
         r = run(["detect", str(fields), "-o", str(tmp / "detect")])
         out["detect"] = {"fields": 60, "seconds": round(r["seconds"], 2), "fields_per_s": round(60 / r["seconds"], 2),
+                         "one_field_s": round(one_field, 2),
+                         "fields_per_s_after_startup": round(59 / max(1e-9, r["seconds"] - one_field), 2),
                          "peak_mb": r["peak_mb"], "field_size": "640x480"}
 
     fast = out["predict"]["default (ONNX Runtime, int8)"]
@@ -195,9 +199,11 @@ def main() -> None:
               round(v["cells_per_s"], 1), f"{v['accuracy']:.4f}", "-"] for name, v in out["eager_torch"].items()]
     rows += [[f"predict {n:,} inputs (default)", v["cells_per_s"], "-", "-", f"{v['peak_mb']} / {v['tree_peak_mb']}"]
              for n, v in rss.items()]
-    rows.append([f"detect {out['detect']['fields']} fields {out['detect']['field_size']}", "-",
-                 f"{out['detect']['fields_per_s']} fields/s", "-", out["detect"]["peak_mb"]])
-    notes = [f"start-up (predict on one image, wall, median of 3): {out['startup_s']} s (target <= 2 s)",
+    rows.append([f"detect {out['detect']['fields']} fields {out['detect']['field_size']} (fields/s)",
+                 out["detect"]["fields_per_s"], out["detect"]["fields_per_s_after_startup"], "-", out["detect"]["peak_mb"]])
+    notes = [f"start-up (predict on one image, wall, median of 3): {out['startup_s']} s (target <= 2 s); detect on one "
+             f"field: {out['detect']['one_field_s']} s (after start-up = 59 more fields over the extra wall time; "
+             "target >= 5 fields/s)",
              f"default path / plain eager loop, end to end: {fast['cells_per_s'] / eager['cells_per_s_with_startup']:.2f}x "
              f"against its plain resize (no cell crop: another preprocessing, much lower accuracy), "
              f"{fast['cells_per_s'] / crop_loop['cells_per_s_with_startup']:.2f}x "

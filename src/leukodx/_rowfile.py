@@ -63,31 +63,31 @@ class RowFile:
 
     def start(self) -> set[str]:
         """Open the partial file (continued or new); returns the keys of the rows already done."""
-        done: set[str] = set()
-        rows: list[str] = []
-        if self.resume and self.partial.exists():
-            lines = self.partial.read_text(encoding="utf-8", errors="replace").split("\n")
-            try:
-                found = json.loads(lines[0])["manifest"]
-            except (ValueError, KeyError, TypeError, IndexError):
-                raise InvalidInputError(f"{self.partial}: not a leukodx partial result; remove it or write elsewhere") from None
-            self._check_same(found)
-            for line in lines[1:]:
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue  # the torn last line of a killed run
-                if "row" in entry and entry["row"][KEY] not in done:
-                    done.add(entry["row"][KEY])
-                    rows.append(line)
-            self.resumed = len(done)
-        elif self.resume and self.output.exists():
+        if self.resume and not self.partial.exists() and self.output.exists():
             raise InvalidInputError(f"{self.output}: already complete (no {self.partial.name} to resume); remove it to "
                                     "run again")
+        done: set[str] = set()
         self.partial.parent.mkdir(parents=True, exist_ok=True)
-        # rewritten with the kept rows only: failed inputs are tried again, a torn line is gone
-        with _atomic.atomic_path(self.partial) as tmp:
-            tmp.write_text("\n".join([json.dumps({"manifest": self.manifest})] + rows) + "\n", encoding="utf-8")
+        # written anew with the kept rows only, streamed: failed inputs are tried again, a torn line is gone
+        with _atomic.atomic_path(self.partial) as tmp, open(tmp, "w", encoding="utf-8") as out:
+            out.write(json.dumps({"manifest": self.manifest}) + "\n")
+            if self.resume and self.partial.exists():
+                with open(self.partial, encoding="utf-8", errors="replace") as fh:
+                    try:
+                        found = json.loads(next(fh))["manifest"]
+                    except (StopIteration, ValueError, KeyError, TypeError):
+                        raise InvalidInputError(f"{self.partial}: not a leukodx partial result; remove it or write "
+                                                "elsewhere") from None
+                    self._check_same(found)
+                    for line in fh:
+                        try:
+                            entry = json.loads(line)
+                        except ValueError:
+                            continue  # the torn last line of a killed run
+                        if "row" in entry and entry["row"][KEY] not in done:
+                            done.add(entry["row"][KEY])
+                            out.write(line.rstrip("\n") + "\n")
+        self.resumed = len(done)
         self._fh = open(self.partial, "a", encoding="utf-8")
         return done
 

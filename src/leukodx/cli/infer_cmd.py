@@ -159,12 +159,9 @@ def register(app: typer.Typer) -> None:
         n_rows, n_errors = len(done), 0
         try:
             if adapt_bn and todo:
-                result = clf.predict([item for _, item in todo], adapt_bn=True, coverage=coverage)
-                names = [n for n, _ in todo]  # in-memory arrays are named by position: keep the input's name
-                rows = [{**r, "input": names[int(r["input"][6:-1])]} if r["input"].startswith("array[") else r
-                        for r in result.rows]
-                rowfile.append(rows, result.errors, [{"ood_score": r["ood_score"]} for r in rows])
-                n_rows, n_errors = n_rows + len(rows), len(result.errors)
+                result = clf.predict([path for _, path in todo], adapt_bn=True, coverage=coverage)
+                rowfile.append(result.rows, result.errors, [{"ood_score": r["ood_score"]} for r in result.rows])
+                n_rows, n_errors = n_rows + len(result.rows), len(result.errors)
             else:
                 from leukodx._progress import track
                 from leukodx.inference.classifier import CHUNK

@@ -105,6 +105,8 @@ class Classifier:
         self.bundle_dir = bundle_dir
         self.classes: list[str] = list(card["classes"])
         self.preprocess = Preprocess.from_dict(card["preprocess"])
+        #: how inputs are decoded and preprocessed (also in the stream's worker processes)
+        self.reader = InputReader(self.preprocess, self.preprocess.size * DECODE_FACTOR)
         self.temperature = float(card.get("temperature", 1.0))
         self.abstain_below = float(card.get("abstain_below", 0.0))
         self.reliability = load_reliability(bundle_dir, card)
@@ -300,20 +302,9 @@ class Classifier:
     def proba_from_logits(self, logits: np.ndarray) -> np.ndarray:
         return softmax(logits, self.temperature)
 
-    def read(self, item) -> np.ndarray:
-        """One input as RGB: a path decoded (a JPEG reduced in its DCT to about ``DECODE_FACTOR`` times
-        the model's input side), or an in-memory image checked."""
-        if isinstance(item, (str, os.PathLike)):
-            return read_image(item, max_side=self.preprocess.size * DECODE_FACTOR)
-        return as_rgb_array(item, "array")
-
-    def decode(self, item) -> np.ndarray:
-        """One input read and preprocessed to the model's uint8 input."""
-        return self.preprocess(self.read(item))
-
     def prepare(self, items: Sequence[tuple[str, object]]) -> tuple[list[str], np.ndarray, list[dict]]:
-        """``(name, path or array)`` items -> names, stacked model inputs, errors (``prepare_inputs``)."""
-        return prepare_inputs(self.read, self.preprocess, items)
+        """``(name, path or array)`` items -> names, stacked model inputs, errors (``InputReader.prepare``)."""
+        return self.reader.prepare(items)
 
     def load_inputs(self, inputs: Iterable) -> tuple[list[str], np.ndarray, list[dict]]:
         """Read and preprocess paths / folders / arrays, all at once; returns names, stacked arrays,
@@ -344,7 +335,6 @@ class Classifier:
 
         # fork: the workers need only the preprocessing (no model, no ONNX Runtime) and start at once
         context = multiprocessing.get_context("fork")
-        spec = (self.preprocess.as_dict(), self.preprocess.size * DECODE_FACTOR)
         import gc
 
         gc.freeze()  # the parent's objects stay out of the workers' garbage collection: no copy-on-write of them
@@ -353,14 +343,14 @@ class Classifier:
                 pending = deque()
                 it = iter(starts)
                 for start in it:
-                    pending.append(pool.submit(_prepare_chunk, spec, list(items[start:start + chunk])))
+                    pending.append(pool.submit(self.reader.prepare, list(items[start:start + chunk])))
                     if len(pending) > workers:
                         break
                 while pending:
                     prepared = pending.popleft().result()
                     nxt = next(it, None)
                     if nxt is not None:
-                        pending.append(pool.submit(_prepare_chunk, spec, list(items[nxt:nxt + chunk])))
+                        pending.append(pool.submit(self.reader.prepare, list(items[nxt:nxt + chunk])))
                     yield self._chunk(prepared, coverage, batch_size, decimals)
         finally:
             gc.unfreeze()
@@ -470,56 +460,49 @@ class Chunk:
     ood_scores: np.ndarray | None
 
 
-def prepare_inputs(read, preprocess: Preprocess, items: Sequence[tuple[str, object]]
-                   ) -> tuple[list[str], np.ndarray, list[dict]]:
-    """``(name, path or array)`` items -> names, stacked model inputs, errors (in input order): each read
-    with ``read``, then all preprocessed together (``Preprocess.batch``: the nucleus search of 'cell-crop'
-    runs once for the lot); an input that fails is an error, the others go on."""
-    from leukodx.errors import item_error
+@dataclass(frozen=True)
+class InputReader:
+    """How a classifier's inputs become model inputs: a path decoded (a JPEG reduced in its DCT to
+    ``max_side``, about ``DECODE_FACTOR`` times the model's input side) or an in-memory image checked,
+    then preprocessed. Holds no network, so the stream's worker processes use it as it is."""
 
-    def error(name: str, exc: Exception) -> dict:
-        return {"input": name, "error": str(exc) if isinstance(exc, LeukodxError) else item_error(name, exc)}
-
-    names, rgbs, errors = [], [], []
-    for name, item in items:
-        try:
-            rgbs.append(read(item))
-            names.append(name)
-        except Exception as exc:  # noqa: BLE001 - one input's failure is its error row
-            errors.append(error(name, exc))
-    try:
-        arrays = preprocess.batch(rgbs)
-    except Exception:  # noqa: BLE001 - find the input that fails, keep the others
-        kept, arrays = [], []
-        for name, rgb in zip(names, rgbs):
-            try:
-                arrays.append(preprocess(rgb))
-                kept.append(name)
-            except Exception as exc:  # noqa: BLE001
-                errors.append(error(name, exc))
-        names = kept
-    size = preprocess.size
-    return names, np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8), errors
-
-
-class _Reader:
-    """What a worker process needs to prepare inputs as ``Classifier.prepare`` does: the preprocessing
-    and the decode size (no network, no ONNX session)."""
-
-    def __init__(self, preprocess: dict, max_side: int):
-        self.preprocess, self.max_side = Preprocess.from_dict(preprocess), max_side
+    preprocess: Preprocess
+    max_side: int
 
     def read(self, item) -> np.ndarray:
         if isinstance(item, (str, os.PathLike)):
             return read_image(item, max_side=self.max_side)
         return as_rgb_array(item, "array")
 
+    def prepare(self, items: Sequence[tuple[str, object]]) -> tuple[list[str], np.ndarray, list[dict]]:
+        """``(name, path or array)`` items -> names, stacked model inputs, errors (in input order): each
+        read, then all preprocessed together (``Preprocess.batch``: the nucleus search of 'cell-crop' runs
+        once for the lot); an input that fails is an error, the others go on."""
+        from leukodx.errors import item_error
 
+        def error(name: str, exc: Exception) -> dict:
+            return {"input": name, "error": str(exc) if isinstance(exc, LeukodxError) else item_error(name, exc)}
 
-def _prepare_chunk(spec: tuple, items: list) -> tuple[list[str], np.ndarray, list[dict]]:
-    """A worker process's job: one chunk read and preprocessed (``Classifier.prepare``)."""
-    reader = _Reader(*spec)
-    return prepare_inputs(reader.read, reader.preprocess, items)
+        names, rgbs, errors = [], [], []
+        for name, item in items:
+            try:
+                rgbs.append(self.read(item))
+                names.append(name)
+            except Exception as exc:  # noqa: BLE001 - one input's failure is its error row
+                errors.append(error(name, exc))
+        try:
+            arrays = self.preprocess.batch(rgbs)
+        except Exception:  # noqa: BLE001 - find the input that fails, keep the others
+            kept, arrays = [], []
+            for name, rgb in zip(names, rgbs):
+                try:
+                    arrays.append(self.preprocess(rgb))
+                    kept.append(name)
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(error(name, exc))
+            names = kept
+        size = self.preprocess.size
+        return names, np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8), errors
 
 
 def expand_inputs(inputs: Iterable) -> tuple[list[tuple[str, object]], list[dict]]:

@@ -10,14 +10,13 @@ import numpy as np
 
 from leukodx.data.images import jpeg_bytes, read_image, thumbnail_jpeg
 
-#: a cell's crop around its box: this many times the box's longer side (as the smear pipeline's crops)
-CROP_FACTOR = 1.5
 #: the longest side a field preview is sent at (the overlay's boxes are in full-resolution pixels)
 PREVIEW_SIDE = 1600
 
 
 def crop(rgb: np.ndarray, box) -> np.ndarray:
-    from leukodx.smear.pipeline import square_crop
+    """The square around a cell's box that the smear pipeline's cell classifier sees."""
+    from leukodx.smear.pipeline import CROP_FACTOR, square_crop
 
     return square_crop(rgb, box, CROP_FACTOR)
 

@@ -98,7 +98,8 @@ def create_case(body: CaseIn, db: DB, user: Me) -> dict:
 def list_cases(db: DB, _: Me) -> list[dict]:
     files = dict(db.execute(select(StoredFile.case_id, func.count()).group_by(StoredFile.case_id)).all())
     cells = dict(db.execute(select(Cell.case_id, func.count()).group_by(Cell.case_id)).all())
-    last_job = {j.case_id: j for j in db.scalars(select(Job).order_by(Job.id))}
+    latest = select(func.max(Job.id)).group_by(Job.case_id).scalar_subquery()
+    last_job = {j.case_id: j for j in db.scalars(select(Job).where(Job.id.in_(latest)))}
     return [case_json(c, files.get(c.id, 0)) | {"cells": cells.get(c.id, 0),
                                                  "job": job_json(last_job[c.id]) if c.id in last_job else None}
             for c in db.scalars(select(Case).order_by(Case.id.desc()))]

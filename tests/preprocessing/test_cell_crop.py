@@ -39,3 +39,25 @@ def test_preprocess_batch_equals_one_by_one_and_crops_around_the_nucleus():
     assert crop.shape[0] == crop.shape[1] >= max(bottom - top, right - left)
     blank = np.full((50, 70, 3), 200, np.uint8)
     assert cell_crop(blank) is blank
+
+
+def test_shifted_morphology_is_scipys_opening_and_closing():
+    """The nucleus mask's opening and closing, done by shifted ANDs / ORs, are scipy's to the pixel,
+    on masks that touch the image border and on blobs of smoothed noise."""
+    from scipy import ndimage
+
+    from leukodx.preprocessing.transforms import _dilate, _erode
+
+    cross = np.zeros((3, 3, 3), dtype=bool)
+    cross[1] = ndimage.generate_binary_structure(2, 1)
+    rng = np.random.default_rng(0)
+    noise = ndimage.gaussian_filter(rng.random((8, 40, 52)), (0, 1.5, 1.5))
+    for q in (0.3, 0.6, 0.9):  # blobs of many sizes, thin bridges and specks
+        mask = noise > np.quantile(noise, q)
+        mask[:, :4] = True
+        want = ndimage.binary_closing(ndimage.binary_opening(mask, cross, iterations=3), cross, iterations=2)
+        got = mask
+        for step in (_erode,) * 3 + (_dilate,) * 5 + (_erode,) * 2:
+            got = step(got)
+        assert np.array_equal(got, want)
+        assert 0 < got.sum() < got.size

@@ -155,7 +155,7 @@ def register(app: typer.Typer) -> None:
                                    "coverage": coverage, "adapt_bn": adapt_bn, "precision": clf.precision},
                           resume=resume)
         done = rowfile.start()
-        todo = [it for it in items if it[0] not in done] if done else items
+        todo = items.without(done) if done else items
         n_rows, n_errors = len(done), 0
         try:
             if adapt_bn and todo:

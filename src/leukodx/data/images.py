@@ -11,7 +11,9 @@ import io
 import logging
 import os
 import warnings
+from array import array
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -229,9 +231,40 @@ def list_images(inputs: list[str | os.PathLike], errors: list[dict] | None = Non
     return [Path(p) for p in list_image_paths(inputs, errors)]
 
 
-def list_image_paths(inputs: list[str | os.PathLike], errors: list[dict] | None = None) -> list[str]:
-    """``list_images`` as plain strings, in the same order (a million paths cost a third of the memory)."""
-    found: list[str] = []
+class PathList(Sequence):
+    """Path strings in order, held as one byte buffer and end offsets: a path costs its own length plus
+    8 bytes instead of ~100 bytes of str object and list slot, so listing 10^6 files stays ~50 MB."""
+
+    def __init__(self, paths: Iterable[str] = ()):
+        self._buf = bytearray()
+        self._ends = array("Q")
+        self.extend(paths)
+
+    def append(self, path: str) -> None:
+        self._buf += os.fsencode(path)  # undecodable names round-trip (surrogateescape)
+        self._ends.append(len(self._buf))
+
+    def extend(self, paths: Iterable[str]) -> None:
+        for p in paths:
+            self.append(p)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        n = len(self._ends)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(i)
+        return os.fsdecode(bytes(self._buf[self._ends[i - 1] if i else 0:self._ends[i]]))
+
+
+def list_image_paths(inputs: list[str | os.PathLike], errors: list[dict] | None = None) -> PathList:
+    """``list_images`` as plain strings, in the same order, held compactly (``PathList``)."""
+    found = PathList()
     for item in inputs:
         p = Path(item)
         if p.is_dir():
@@ -243,8 +276,8 @@ def list_image_paths(inputs: list[str | os.PathLike], errors: list[dict] | None 
     return found
 
 
-def _walk_images(folder: Path, errors: list[dict] | None) -> list[str]:
-    images: list[str] = []
+def _walk_images(folder: Path, errors: list[dict] | None) -> PathList:
+    images = PathList()
     other: Counter = Counter()
 
     def unreadable(exc: OSError) -> None:

@@ -133,15 +133,39 @@ def _smooth(contrast: np.ndarray) -> np.ndarray:
     return ndimage.gaussian_filter(contrast, (0.0, 1.0, 1.0))
 
 
+def _erode(mask: np.ndarray) -> np.ndarray:
+    """One binary erosion of each image of a (N, H, W) stack by the 4-connected cross, outside = 0:
+    ``ndimage.binary_erosion`` exactly, in a fifth of its time (four shifted ANDs)."""
+    out = mask.copy()
+    out[:, 1:] &= mask[:, :-1]
+    out[:, :-1] &= mask[:, 1:]
+    out[:, :, 1:] &= mask[:, :, :-1]
+    out[:, :, :-1] &= mask[:, :, 1:]
+    out[:, [0, -1]] = False
+    out[:, :, [0, -1]] = False
+    return out
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """One binary dilation by the same cross (``ndimage.binary_dilation``, outside = 0)."""
+    out = mask.copy()
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    out[:, :, 1:] |= mask[:, :, :-1]
+    out[:, :, :-1] |= mask[:, :, 1:]
+    return out
+
+
 def _largest_central(mask: np.ndarray, scales: list[float], flat: list[bool]) -> list:
     """Per image of a (N, H, W) mask stack: the box of the component that is large and central."""
     from scipy import ndimage
 
     cross = np.zeros((3, 3, 3), dtype=bool)
     cross[1] = ndimage.generate_binary_structure(2, 1)  # 4-connected within an image, never across
-    # opening removes the thin purple rims of red cells, closing joins the lobes of one nucleus
-    mask = ndimage.binary_opening(mask, structure=cross, iterations=3)
-    mask = ndimage.binary_closing(mask, structure=cross, iterations=2)
+    # opening (3 erosions, 3 dilations) removes the thin purple rims of red cells, closing (2 dilations,
+    # 2 erosions) joins the lobes of one nucleus
+    for step in (_erode,) * 3 + (_dilate,) * 5 + (_erode,) * 2:
+        mask = step(mask)
     labels, n = ndimage.label(mask, structure=cross)
     out: list = [None] * len(mask)
     if n == 0:
@@ -196,7 +220,10 @@ def crop_around(rgb: np.ndarray, box, factor: float = CELL_CROP_FACTOR) -> np.nd
 
 def normalize_batch(batch_uint8: np.ndarray, pre: Preprocess) -> np.ndarray:
     """(N, S, S, 3) uint8 -> (N, 3, S, S) float32 normalized, the model's input."""
-    x = batch_uint8.astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-    mean = np.asarray(pre.mean, dtype=np.float32)[None, :, None, None]
-    std = np.asarray(pre.std, dtype=np.float32)[None, :, None, None]
-    return (x - mean) / std
+    # written once into a C-contiguous (N, 3, S, S) array and then changed in place: the same float32
+    # operations, in the same order, as ((x / 255) - mean) / std on a converted copy
+    x = np.empty((batch_uint8.shape[0], 3, *batch_uint8.shape[1:3]), dtype=np.float32)
+    np.divide(batch_uint8.transpose(0, 3, 1, 2), np.float32(255.0), out=x, dtype=np.float32)
+    x -= np.asarray(pre.mean, dtype=np.float32)[None, :, None, None]
+    x /= np.asarray(pre.std, dtype=np.float32)[None, :, None, None]
+    return x

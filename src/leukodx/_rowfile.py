@@ -128,29 +128,37 @@ class RowFile:
                 if kind in entry:
                     yield entry[kind]
 
-    def finish(self, header: dict, columns: Sequence[str], cells: Callable[[dict], list]) -> Path:
+    def rows(self, explode: Callable[[dict], Iterable[dict]] | None = None) -> Iterator[dict]:
+        """The partial file's rows in order; with ``explode``, each row's sub-rows instead (a smear
+        field's cells)."""
+        rows = self.entries("row")
+        return (x for r in rows for x in explode(r)) if explode is not None else rows
+
+    def finish(self, header: dict, columns: Sequence[str], cells: Callable[[dict], list],
+               explode: Callable[[dict], Iterable[dict]] | None = None) -> Path:
         """Write the output from the partial file (atomically) and remove the partial file.
         ``header``: what the JSON output holds besides rows and errors (model, shift, ...); ``columns``
-        and ``cells`` (a row's typed values: numbers, text, None) flatten a row for CSV and Parquet."""
+        and ``cells`` (a row's typed values: numbers, text, None) flatten a row for CSV and Parquet;
+        ``explode``: the output rows of each stored row (``rows``)."""
         from leukodx._csv import write_csv
 
         self.close()
         with _atomic.atomic_path(self.output) as tmp:
             if self.format == ".csv":
                 with open(tmp, "w", encoding="utf-8", newline="") as fh:
-                    write_csv(fh, columns, ([text_cell(v) for v in cells(r)] for r in self.entries("row")))
+                    write_csv(fh, columns, ([text_cell(v) for v in cells(r)] for r in self.rows(explode)))
             elif self.format == ".jsonl":
                 with open(tmp, "w", encoding="utf-8") as fh:
-                    for r in self.entries("row"):
+                    for r in self.rows(explode):
                         fh.write(_atomic.dumps(r) + "\n")
             elif self.format == ".json":
                 with open(tmp, "w", encoding="utf-8") as fh:
                     fh.write(_atomic.dumps(header)[:-1] + (", " if header else "") + '"rows": [')
-                    for i, r in enumerate(self.entries("row")):
+                    for i, r in enumerate(self.rows(explode)):
                         fh.write(("," if i else "") + "\n" + _atomic.dumps(r))
                     fh.write('\n], "errors": ' + _atomic.dumps(list(self.entries("error"))) + "}\n")
             else:
-                _write_parquet(tmp, header, columns, (cells(r) for r in self.entries("row")))
+                _write_parquet(tmp, header, columns, (cells(r) for r in self.rows(explode)))
         self.partial.unlink(missing_ok=True)
         return self.output
 

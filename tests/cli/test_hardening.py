@@ -88,9 +88,30 @@ def test_interrupted_detect_writes_the_summary_of_what_it_finished(tmp_path, cap
     out = tmp_path / "out"
     assert main(["detect", str(src), "-o", str(out), "--no-overlay"]) == 130
     err = capsys.readouterr().err
-    assert err.strip().splitlines()[-1] == f"error: interrupted; 1 of 3 fields written to {out}"
+    assert err.strip().splitlines()[-1] == (f"error: interrupted; 1 of 3 fields written to {out} "
+                                            "(rerun with --resume to finish)")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["complete"] is False and summary["n_fields"] == 1
+    assert not (out / "cells.csv").exists()  # never an output that looks complete
+
+    # other options than the interrupted run's: refused, and the folder left as it was
+    assert main(["detect", str(src), "-o", str(out), "--no-overlay", "--resume", "--pixel-scale", "1.5"]) == 2
+    assert "pixel_scale" in capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text())["n_fields"] == 1
+
+    monkeypatch.setattr(SmearAnalyzer, "analyze", lambda self, rgb, name="": calls.append(name) or real(self, rgb, name))
+    finished = calls[0]  # the field done before the interrupt
+    calls.clear()
+    assert main(["detect", str(src), "-o", str(out), "--no-overlay", "--resume"]) == 0
+    assert len(calls) == 2 and finished not in calls  # the finished field is not redone
+    resumed = json.loads((out / "summary.json").read_text())
+    assert resumed["complete"] is True and resumed["n_fields"] == 3
+    whole = tmp_path / "whole"
+    assert main(["detect", str(src), "-o", str(whole), "--no-overlay"]) == 0
+    uninterrupted = json.loads((whole / "summary.json").read_text())
+    assert resumed["summary"] == uninterrupted["summary"]
+    assert (out / "cells.csv").read_text() == (whole / "cells.csv").read_text()
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in whole.iterdir())
 
 
 # --- item 9: folders with unreadable sub-folders or other files --------------------------------------

@@ -181,10 +181,10 @@ def test_int8_is_the_cpu_default_where_the_card_allows_it_and_is_checked(tmp_pat
 
 
 def test_device_choice(monkeypatch):
-    import leukodx.inference.classifier as classifier
+    import leukodx.models.device as device
     from leukodx.inference.classifier import load_model
 
-    monkeypatch.setattr(classifier, "cuda_present", lambda: False)
+    monkeypatch.setattr(device, "cuda_present", lambda: False)
     assert load_model("pbc-celltype").device == "cpu"
     torch_cpu = load_model("pbc-celltype", backend="torch", device="cpu")
     assert torch_cpu.device == "cpu" and next(torch_cpu.net.parameters()).device.type == "cpu"
@@ -192,3 +192,22 @@ def test_device_choice(monkeypatch):
         load_model("pbc-celltype", device="cuda")
     with pytest.raises(ValueError, match="--device 'tpu'"):
         load_model("pbc-celltype", device="tpu")
+
+
+def test_detector_and_segmenter_take_the_same_device_rule(monkeypatch, real_jpeg, tmp_path):
+    """auto is the CPU where no GPU is present, cuda without one is one line (CLI exit 2), and the CPU
+    run answers as before."""
+    import leukodx.models.device as device
+    from leukodx.cli.app import main
+    from leukodx.smear.detector import load_detector
+    from leukodx.smear.segmentation import load_segmenter
+
+    monkeypatch.setattr(device, "cuda_present", lambda: False)
+    det, seg = load_detector(), load_segmenter()
+    assert det.device == seg.device == "cpu" and next(det.net.parameters()).device.type == "cpu"
+    with pytest.raises(ValueError, match="no CUDA device here"):
+        load_segmenter(device="cuda")
+    assert main(["detect", str(real_jpeg), "-o", str(tmp_path / "d"), "--device", "cuda"]) == 2
+    assert main(["segment", str(real_jpeg), "-o", str(tmp_path / "s"), "--device", "tpu"]) == 2
+    assert not (tmp_path / "d" / "summary.json").exists()
+    assert main(["segment", str(real_jpeg), "-o", str(tmp_path / "s"), "--device", "cpu"]) == 0

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from leukodx.cli.options import DataRoot, OutputDir, Quiet, Resume, Seed, Threads
+from leukodx.cli.options import DataRoot, Device, OutputDir, Quiet, Resume, Seed, Threads
 from rich.console import Console
 
 from leukodx.stats import MAX_BOOT
@@ -67,13 +67,18 @@ def register(app: typer.Typer) -> None:
         pixel_scale: Optional[float] = typer.Option(None, help="Image px per px at the detector's magnification "
                                                                "(BCCD: ~103 px per red cell); default: measured."),
         overlay: bool = typer.Option(True, help="Write an overlay JPEG per field."),
+        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run into the same folder (same "
+                                                            "fields, detector, model and options): finished fields "
+                                                            "are not redone."),
+        device: str = Device,
     ) -> None:
-        """Find every cell in smear fields, type the white cells, count them; bad files are reported and skipped."""
+        """Find every cell in smear fields, type the white cells, count them; bad files are reported and skipped.
+        Streamed: each field's files are written as it finishes; cells.csv and summary.json at the end."""
         from leukodx.smear.report import analyze_fields
 
         summary = analyze_fields(inputs, output, detector=detector, model=model, pixel_scale=pixel_scale,
-                                 um_per_px=um_per_px,
-                                 overlay=overlay, log=lambda m: err.print(m))
+                                 um_per_px=um_per_px, overlay=overlay, log=lambda m: err.print(m), resume=resume,
+                                 device=device)
         if not summary["n_fields"]:
             err.print(f"error: no readable field ({len(summary['errors'])} unreadable); only summary.json written to "
                       f"{output}")
@@ -160,11 +165,12 @@ def register(app: typer.Typer) -> None:
         inputs: list[Path] = typer.Argument(..., help="Single white-cell images or folders of them."),
         output: Path = OutputDir("Folder for masks (PNG: 0 background, 128 cytoplasm, 255 nucleus) and areas.csv."),
         model: str = typer.Option("wbc-seg-unet", help="Bundled segmenter name or bundle folder."),
+        device: str = Device,
     ) -> None:
         """Nucleus and cytoplasm masks of white-cell images; bad files are reported and skipped."""
         from leukodx.smear.segmentation import load_segmenter, segment_files
 
-        done, errors, shift = segment_files(inputs, output, load_segmenter(model))
+        done, errors, shift = segment_files(inputs, output, load_segmenter(model, device=device))
         for e in errors:
             err.print(f"error: {e['input']}: {e['error']}" if not e["error"].startswith(e["input"]) else f"error: {e['error']}")
         if not done:

@@ -29,6 +29,7 @@ from leukodx.data.cache import writable_cache_dir
 from leukodx.data.images import PathList, as_rgb_array, list_image_paths, read_image, split_in_memory
 from leukodx.errors import InvalidInputError, LeukodxError
 from leukodx.models.bundle import interpreting, resolve_bundle, verify_bundle
+from leukodx.models.device import resolve_device
 from leukodx.models.reliability import DEFAULT_COVERAGE, check_coverage, load_reliability
 from leukodx.preprocessing.transforms import Preprocess, normalize_batch
 from leukodx.training.calibration import softmax
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnx")
 #: auto: the GPU when one is present (PyTorch backend), else the CPU
-DEVICES = ("auto", "cpu", "cuda")
 #: auto: the bundle's int8 file where its card says it is within 0.5 point of fp32 (ONNX Runtime only)
 PRECISIONS = ("auto", "fp32", "int8")
 TASK = "image-classification"
@@ -98,12 +98,8 @@ class Classifier:
             raise InvalidInputError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
         if net is None and bundle_dir is None:
             raise InvalidInputError("a Classifier needs a network or a bundle folder to build it from")
-        if device not in DEVICES:
-            raise InvalidInputError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
-        if device == "cuda" and not cuda_present():
-            raise InvalidInputError("--device cuda: no CUDA device here (no NVIDIA driver, or PyTorch without CUDA)")
         #: where the PyTorch network runs: the GPU when one is present (auto), else the CPU
-        self.device = "cuda" if device == "cuda" or (device == "auto" and backend != "onnx" and cuda_present()) else "cpu"
+        self.device = resolve_device(device, auto_allows_cuda=backend != "onnx")
         self._net = net.eval().to(self.device) if net is not None else None
         self.card = card
         self.bundle_dir = bundle_dir
@@ -589,15 +585,6 @@ MIN_ADAPT_IMAGES = 32
 
 #: the white-cell model used wherever none is named: multi-site, with blasts and smudge cells
 DEFAULT_CELL_MODEL = "wbc-multisite"
-
-
-def cuda_present() -> bool:
-    """A CUDA device PyTorch can use; PyTorch is imported only where an NVIDIA driver is installed."""
-    if not os.path.exists("/proc/driver/nvidia/version"):
-        return False
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def load_model(name_or_path: str | os.PathLike = DEFAULT_CELL_MODEL, backend: str = "auto",

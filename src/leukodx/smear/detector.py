@@ -106,6 +106,8 @@ class CellDetector:
     card: dict = field(default_factory=dict)
     #: per-field OOD statistics of the backbone's deepest features (``leukodx.models.reliability``)
     reliability: object = None
+    #: where the network runs ('cpu' or 'cuda'; ``load_detector(device=...)``)
+    device: str = "cpu"
 
     @property
     def classes(self) -> list[str]:
@@ -126,10 +128,11 @@ class CellDetector:
         hook = self.net.backbone.body.register_forward_hook(lambda m, i, o: seen.append(o[-1].mean(dim=(2, 3))))
         try:
             with torch.inference_mode():
-                out = self.net([tile_tensor(t) for t in tiles])
+                out = self.net([tile_tensor(t).to(self.device) for t in tiles])
         finally:
             hook.remove()
-        pooled = seen[-1].numpy().astype(np.float64)
+        pooled = seen[-1].cpu().numpy().astype(np.float64)
+        out = [{k: v.cpu() for k, v in o.items()} for o in out]
         return [{"boxes": o["boxes"].numpy().astype(np.float32), "labels": (o["labels"].numpy() - 1).astype(int),
                  "scores": o["scores"].numpy().astype(np.float32), "features": f} for o, f in zip(out, pooled)]
 
@@ -175,14 +178,18 @@ def save_detector(directory: str | os.PathLike, net: nn.Module, config: Detector
                                         "classes": list(config.classes)})
 
 
-def load_detector(name_or_path: str | os.PathLike = "bccd-frcnn") -> CellDetector:
-    """A bundled detector by name or a folder; the weights' sha256 is checked against the card."""
+def load_detector(name_or_path: str | os.PathLike = "bccd-frcnn", device: str = "auto") -> CellDetector:
+    """A bundled detector by name or a folder; the weights' sha256 is checked against the card.
+    ``device``: auto (a CUDA GPU when present) | cpu | cuda (``leukodx.models.device``)."""
+    from leukodx.models.device import resolve_device
     from leukodx.models.reliability import load_reliability
 
+    where = resolve_device(device)
     net, card, directory = load_network(name_or_path, "detection",
                                         lambda card: build_detector(DetectorConfig.from_dict(card["detector"])))
     with interpreting(directory):
-        return CellDetector(net, DetectorConfig.from_dict(card["detector"]), card, load_reliability(directory, card))
+        return CellDetector(net.to(where), DetectorConfig.from_dict(card["detector"]), card,
+                            load_reliability(directory, card), device=where)
 
 
 def fit_detector_reliability(detector: CellDetector, train_fields: list[np.ndarray], val_fields: list[np.ndarray],

@@ -14,6 +14,7 @@ cannot be trusted is not counted, and says why.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 from PIL import Image
@@ -210,51 +211,98 @@ def _field_summary(cells: list[dict], abstain_below: float, quality: list[str], 
     return {**tally, "flags": flags}
 
 
-def summarize_fields(fields: list[dict]) -> dict:
+def summarize_fields(fields: Iterable[dict]) -> dict:
     """Per-case totals over the counted fields: counts, differential over every typed white cell,
     the scales used, flags (fields left uncounted for an uncertain scale are named, not summed)."""
-    uncounted = [f for f in fields if not f.get("counted", True)]
-    fields = [f for f in fields if f.get("counted", True)]
-    leukocyte_types = list(fields[0]["white_cell_types"]) if fields else []
-    summary = _tally([c for f in fields for c in f["cells"]], leukocyte_types)
-    flags = []
-    if uncounted:
-        flags.append(f"{len(uncounted)} field(s) not counted (e.g. {uncounted[0]['not_counted_reason']})")
-    if not fields:
-        flags.append("no field could be counted: give the camera's scale with --um-per-px, or use fields like "
-                     "the detector's training smears")
-    if summary["blasts"]:
-        flags.append(f"{summary['blasts']} white cell(s) typed as blasts "
-                     f"({summary['differential_percent'].get('blast', 0.0)}% of typed leukocytes): review")
-    if summary["blast_review"]:
-        flags.append(f"{summary['blast_review']} white cell(s) in the case with blast probability >= "
-                     f"{BLAST_REVIEW_PROBABILITY}: review")
-    if summary["unsure"]:
-        flags.append(f"{summary['unsure']} white cell(s) could not be typed confidently: review")
-    if summary["white_cells_typed"] < 100:
-        flags.append(f"only {summary['white_cells_typed']} typed white cells: a differential needs at least 100")
-    flagged = sum(bool(f["quality"]) for f in fields)
-    if flagged:
-        flags.append(f"{flagged} field(s) with image-quality warnings")
-    empty = sum(not f["cells"] for f in fields)
-    if empty:
-        flags.append(f"{empty} field(s) with no cell found")
-    scales = [f["scale"]["pixel_scale"] for f in fields if f.get("scale")]
-    judged = [f["ood"] for f in fields + uncounted if f.get("ood") is not None]
-    shift = (shift_verdict(int(sum(judged)), len(judged), unit="fields",
-                           advice="Check the overlays by eye; give the camera's scale with --um-per-px, and for "
-                                  "another stain try --detector bccd-frcnn-aug.") if judged else
-             {"flagged": None, "score": None, "reason": "OOD check unavailable: the detector's bundle has no "
-                                                        "reliability statistics (leukodx reliability fit)"})
-    if shift["flagged"]:
-        flags.insert(0, f"shift: {shift['reason']}")
-    if not fields:
-        summary = {**summary, "counts": None, "differential_percent": None, "white_cell_types": None}
-    return {**summary, "n_fields": len(fields) + len(uncounted), "fields_counted": len(fields),
-            "fields_not_counted": len(uncounted), "per_field_wbc": [f["counts"]["WBC"] for f in fields],
-            "pixel_scale_median": round(float(np.median(scales)), 4) if scales else None,
-            "scale_sources": sorted({f["scale"]["source"] for f in fields + uncounted if f.get("scale")}),
-            "shift": shift, "flags": flags}
+    totals = FieldTotals()
+    for f in fields:
+        totals.add(f)
+    return totals.summary()
+
+
+class FieldTotals:
+    """``summarize_fields`` one field at a time: running sums of each field's tally, so a batch of any
+    number of fields is summarized without holding its fields (only a number or two per field)."""
+
+    def __init__(self):
+        self.leukocyte_types: list[str] | None = None
+        self.tally: dict | None = None
+        self.counted = self.uncounted = self.quality = self.empty = 0
+        self.uncounted_reason = None
+        self.per_field_wbc: list[int] = []
+        self.scales: list[float] = []
+        self.sources: set[str] = set()
+        self.judged = self.flagged_ood = 0
+
+    def add(self, f: dict) -> None:
+        if f.get("ood") is not None:
+            self.judged += 1
+            self.flagged_ood += bool(f["ood"])
+        if f.get("scale"):
+            self.sources.add(f["scale"]["source"])
+        if not f.get("counted", True):
+            self.uncounted += 1
+            self.uncounted_reason = self.uncounted_reason or f["not_counted_reason"]
+            return
+        if self.leukocyte_types is None:  # the first counted field's model names the types
+            self.leukocyte_types = list(f["white_cell_types"])
+        tally = _tally(f["cells"], self.leukocyte_types)
+        if self.tally is None:
+            self.tally = tally
+        else:
+            for key, value in tally.items():
+                if isinstance(value, dict):
+                    for k, v in value.items():
+                        self.tally[key][k] += v
+                else:
+                    self.tally[key] += value
+        self.counted += 1
+        self.quality += bool(f["quality"])
+        self.empty += not f["cells"]
+        self.per_field_wbc.append(f["counts"]["WBC"])
+        if f.get("scale"):
+            self.scales.append(f["scale"]["pixel_scale"])
+
+    def summary(self) -> dict:
+        types = self.leukocyte_types or []
+        summary = dict(self.tally) if self.tally is not None else _tally([], types)
+        n_typed = summary["white_cells_typed"]
+        summary["differential_percent"] = {t: round(100.0 * summary["white_cell_types"][t] / n_typed, 1) if n_typed
+                                           else 0.0 for t in types}
+        summary["blasts"] = summary["white_cell_types"].get("blast", 0)
+        flags = []
+        if self.uncounted:
+            flags.append(f"{self.uncounted} field(s) not counted (e.g. {self.uncounted_reason})")
+        if not self.counted:
+            flags.append("no field could be counted: give the camera's scale with --um-per-px, or use fields like "
+                         "the detector's training smears")
+        if summary["blasts"]:
+            flags.append(f"{summary['blasts']} white cell(s) typed as blasts "
+                         f"({summary['differential_percent'].get('blast', 0.0)}% of typed leukocytes): review")
+        if summary["blast_review"]:
+            flags.append(f"{summary['blast_review']} white cell(s) in the case with blast probability >= "
+                         f"{BLAST_REVIEW_PROBABILITY}: review")
+        if summary["unsure"]:
+            flags.append(f"{summary['unsure']} white cell(s) could not be typed confidently: review")
+        if summary["white_cells_typed"] < 100:
+            flags.append(f"only {summary['white_cells_typed']} typed white cells: a differential needs at least 100")
+        if self.quality:
+            flags.append(f"{self.quality} field(s) with image-quality warnings")
+        if self.empty:
+            flags.append(f"{self.empty} field(s) with no cell found")
+        shift = (shift_verdict(self.flagged_ood, self.judged, unit="fields",
+                               advice="Check the overlays by eye; give the camera's scale with --um-per-px, and for "
+                                      "another stain try --detector bccd-frcnn-aug.") if self.judged else
+                 {"flagged": None, "score": None, "reason": "OOD check unavailable: the detector's bundle has no "
+                                                            "reliability statistics (leukodx reliability fit)"})
+        if shift["flagged"]:
+            flags.insert(0, f"shift: {shift['reason']}")
+        if not self.counted:
+            summary = {**summary, "counts": None, "differential_percent": None, "white_cell_types": None}
+        return {**summary, "n_fields": self.counted + self.uncounted, "fields_counted": self.counted,
+                "fields_not_counted": self.uncounted, "per_field_wbc": self.per_field_wbc,
+                "pixel_scale_median": round(float(np.median(self.scales)), 4) if self.scales else None,
+                "scale_sources": sorted(self.sources), "shift": shift, "flags": flags}
 
 
 def render_overlay(rgb: np.ndarray, result: dict, max_side: int = 4096) -> Image.Image:

@@ -85,6 +85,8 @@ class Segmenter:
     card: dict = field(default_factory=dict)
     #: per-image OOD statistics of the encoder's deepest features (``leukodx.models.reliability``)
     reliability: object = None
+    #: where the network runs ('cpu' or 'cuda'; ``load_segmenter(device=...)``)
+    device: str = "cpu"
 
     @property
     def name(self) -> str:
@@ -103,10 +105,10 @@ class Segmenter:
         try:
             for s in range(0, len(images), batch):
                 chunk = images[s:s + batch]
-                x = torch.from_numpy(np.stack([to_input(im, self.config.size) for im in chunk]))
+                x = torch.from_numpy(np.stack([to_input(im, self.config.size) for im in chunk])).to(self.device)
                 with torch.inference_mode():
-                    logits = self.net(x)
-                features.append(seen[-1].numpy().astype(np.float64))
+                    logits = self.net(x).cpu()
+                features.append(seen[-1].cpu().numpy().astype(np.float64))
                 for im, lg in zip(chunk, logits):
                     out.append(_upsampled_labels(lg, im.shape[:2]))
         finally:
@@ -300,14 +302,18 @@ def save_segmenter(directory: str | os.PathLike, seg: Segmenter, card: dict) -> 
     return save_bundle(directory, seg.net, {**card, "task": "segmentation", "segmenter": asdict(seg.config)})
 
 
-def load_segmenter(name_or_path: str | os.PathLike = "wbc-seg-unet") -> Segmenter:
-    """A bundled segmenter by name or a folder; the weights' sha256 is checked against the card."""
+def load_segmenter(name_or_path: str | os.PathLike = "wbc-seg-unet", device: str = "auto") -> Segmenter:
+    """A bundled segmenter by name or a folder; the weights' sha256 is checked against the card.
+    ``device``: auto (a CUDA GPU when present) | cpu | cuda (``leukodx.models.device``)."""
+    from leukodx.models.device import resolve_device
     from leukodx.models.reliability import load_reliability
 
+    where = resolve_device(device)
     net, card, directory = load_network(name_or_path, "segmentation",
                                         lambda card: build_segmenter(SegmenterConfig.from_dict(card["segmenter"])))
     with interpreting(directory):
-        return Segmenter(net, SegmenterConfig.from_dict(card["segmenter"]), card, load_reliability(directory, card))
+        return Segmenter(net.to(where), SegmenterConfig.from_dict(card["segmenter"]), card,
+                         load_reliability(directory, card), device=where)
 
 
 def refit_segmenter_reliability(name_or_path: str | os.PathLike = "wbc-seg-unet", data_root=None,

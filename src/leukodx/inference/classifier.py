@@ -13,7 +13,6 @@ rest are still predicted.
 from __future__ import annotations
 
 import bisect
-import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from leukodx.data.cache import writable_cache_dir
 from leukodx.data.images import PathList, as_rgb_array, list_image_paths, read_image, split_in_memory
 from leukodx.errors import InvalidInputError, LeukodxError
 from leukodx.models.bundle import interpreting, resolve_bundle, verify_bundle
-from leukodx.models.device import resolve_device
+from leukodx.models.device import one_blas_thread, resolve_device
 from leukodx.models.reliability import DEFAULT_COVERAGE, check_coverage, load_reliability
 from leukodx.preprocessing.transforms import Preprocess, normalize_batch
 from leukodx.training.calibration import softmax
@@ -351,7 +350,7 @@ class Classifier:
                     nxt = next(it, None)
                     if nxt is not None:
                         pending.append(pool.submit(self.reader.prepare, list(items[nxt:nxt + chunk])))
-                    with _one_blas_thread():  # the other cores are decoding: a second BLAS thread only spins
+                    with one_blas_thread():  # the other cores are decoding: a second BLAS thread only spins
                         done = self._chunk(prepared, coverage, batch_size, decimals)
                     yield done
         finally:
@@ -505,18 +504,6 @@ class InputReader:
             names = kept
         size = self.preprocess.size
         return names, np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8), errors
-
-
-@functools.lru_cache(maxsize=1)
-def _blas_controller():
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
-def _one_blas_thread():
-    """A context in which numpy's BLAS (the OOD distances) runs on one thread."""
-    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 class InputList(Sequence):

@@ -7,6 +7,7 @@ without a usable GPU is one line, not a traceback from deep inside PyTorch.
 
 from __future__ import annotations
 
+import functools
 import os
 
 from leukodx.errors import InvalidInputError
@@ -31,3 +32,18 @@ def resolve_device(device: str, auto_allows_cuda: bool = True) -> str:
     if device == "cuda" and not cuda_present():
         raise InvalidInputError("--device cuda: no CUDA device here (no NVIDIA driver, or PyTorch without CUDA)")
     return "cuda" if device == "cuda" or (device == "auto" and auto_allows_cuda and cuda_present()) else "cpu"
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def one_blas_thread():
+    """A context in which numpy's BLAS (OOD distances, small matrix products) runs on one thread. Where
+    the other cores are busy (decoding workers, PyTorch's or ONNX Runtime's own threads), OpenBLAS's
+    extra threads only spin-wait after each call and take that time from the work that matters
+    (benchmarks/results/throughput.md: predict 1.15x, detect 1.4x per field)."""
+    return _blas_controller().limit(limits=1, user_api="blas")

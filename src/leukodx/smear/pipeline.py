@@ -111,6 +111,12 @@ class SmearAnalyzer:
 
         A field whose scale is uncertain is not counted: ``counted`` is False and a flag says why.
         """
+        from leukodx.models.device import one_blas_thread
+
+        with one_blas_thread():  # PyTorch's threads hold the cores: extra BLAS threads would only spin
+            return self._analyze(rgb, name)
+
+    def _analyze(self, rgb: np.ndarray, name: str) -> dict:
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise InvalidInputError(f"{name}: expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
         quality = image_quality(rgb)

@@ -87,6 +87,7 @@ def analyze_fields(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
     try:
         run_batch(todo, one, "fields", key="input", on_error=failed)
     except Interrupted as stop:
+        stop.done, stop.total = stop.done + len(done), len(paths)  # counted over the whole batch, resumed ones too
         rows.close()
         _atomic.write_json(out_dir / "summary.json", _summary(inputs, rows, errors, analyzer, pixel_scale, um_per_px,
                                                              complete=False))

@@ -245,6 +245,11 @@ class PathList(Sequence):
         self._ends.append(len(self._buf))
 
     def extend(self, paths: Iterable[str]) -> None:
+        if isinstance(paths, PathList):  # buffers joined: no path decoded and encoded again
+            base = len(self._buf)
+            self._buf += paths._buf
+            self._ends.extend(base + end for end in paths._ends)
+            return
         for p in paths:
             self.append(p)
 

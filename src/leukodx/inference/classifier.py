@@ -518,6 +518,9 @@ class InputList(Sequence):
     def add_path(self, path: str) -> None:
         self._paths.append(path)
 
+    def add_paths(self, paths: PathList) -> None:
+        self._paths.extend(paths)
+
     def add_array(self, name: str, array) -> None:
         self._array_at.append(len(self))
         self._arrays[len(self)] = (name, array)
@@ -554,8 +557,7 @@ def expand_inputs(inputs: Iterable) -> tuple[InputList, list[dict]]:
     for item in inputs:
         if isinstance(item, (str, os.PathLike)):
             try:
-                for p in list_image_paths([item], errors):
-                    items.add_path(p)
+                items.add_paths(list_image_paths([item], errors))
             except LeukodxError as exc:
                 errors.append({"input": str(item), "error": str(exc)})
         else:

@@ -226,6 +226,10 @@ def summarize_fields(fields: Iterable[dict]) -> dict:
     return totals.summary()
 
 
+#: the parts of ``_tally`` that add up over fields (the differential and the blasts follow from them)
+_ADDITIVE = ("counts", "white_cell_types", "white_cells_typed", "not_leukocyte", "unsure", "blast_review")
+
+
 class FieldTotals:
     """``summarize_fields`` one field at a time: running sums of each field's tally, so a batch of any
     number of fields is summarized without holding its fields (only a number or two per field)."""
@@ -252,7 +256,7 @@ class FieldTotals:
             return
         if self.leukocyte_types is None:  # the first counted field's model names the types
             self.leukocyte_types = list(f["white_cell_types"])
-        tally = _tally(f["cells"], self.leukocyte_types)
+        tally = {k: v for k, v in _tally(f["cells"], self.leukocyte_types).items() if k in _ADDITIVE}
         if self.tally is None:
             self.tally = tally
         else:
@@ -271,11 +275,13 @@ class FieldTotals:
 
     def summary(self) -> dict:
         types = self.leukocyte_types or []
-        summary = dict(self.tally) if self.tally is not None else _tally([], types)
-        n_typed = summary["white_cells_typed"]
-        summary["differential_percent"] = {t: round(100.0 * summary["white_cell_types"][t] / n_typed, 1) if n_typed
-                                           else 0.0 for t in types}
-        summary["blasts"] = summary["white_cell_types"].get("blast", 0)
+        totals = self.tally if self.tally is not None else _tally([], types)
+        n_typed = totals["white_cells_typed"]
+        summary = {"counts": totals["counts"], "white_cell_types": totals["white_cell_types"], "white_cells_typed": n_typed,
+                   "differential_percent": {t: round(100.0 * totals["white_cell_types"][t] / n_typed, 1) if n_typed
+                                            else 0.0 for t in types},
+                   "not_leukocyte": totals["not_leukocyte"], "unsure": totals["unsure"],
+                   "blasts": totals["white_cell_types"].get("blast", 0), "blast_review": totals["blast_review"]}
         flags = []
         if self.uncounted:
             flags.append(f"{self.uncounted} field(s) not counted (e.g. {self.uncounted_reason})")

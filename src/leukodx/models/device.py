@@ -44,6 +44,5 @@ def _blas_controller():
 def one_blas_thread():
     """A context in which numpy's BLAS (OOD distances, small matrix products) runs on one thread. Where
     the other cores are busy (decoding workers, PyTorch's or ONNX Runtime's own threads), OpenBLAS's
-    extra threads only spin-wait after each call and take that time from the work that matters
-    (benchmarks/results/throughput.md: predict 1.15x, detect 1.4x per field)."""
+    extra threads only spin-wait after each call and take that time from the work that matters."""
     return _blas_controller().limit(limits=1, user_api="blas")

@@ -118,15 +118,38 @@ class RowFile:
 
     def entries(self, kind: str) -> Iterator[dict]:
         """The partial file's rows (``kind='row'``), errors, or a value kept beside each row, in order."""
+        return (entry[kind] for entry in self.lines() if kind in entry)
+
+    def lines(self) -> Iterator[dict]:
+        """Every entry of the partial file in order: ``{"row": ..., <kept beside it>}`` or ``{"error": ...}``."""
         with open(self.partial, encoding="utf-8") as fh:
             next(fh)
             for line in fh:
                 try:
+                    yield json.loads(line)
+                except ValueError:
+                    continue
+
+    def sorted_entries(self, key: Callable[[dict], object]) -> Iterator[dict]:
+        """The row entries (as ``lines`` gives them) ordered by ``key``, read one at a time: memory holds
+        each row's key and file offset, not the rows."""
+        order = []
+        with open(self.partial, "rb") as fh:
+            fh.readline()
+            while True:
+                at, line = fh.tell(), fh.readline()
+                if not line:
+                    break
+                try:
                     entry = json.loads(line)
                 except ValueError:
                     continue
-                if kind in entry:
-                    yield entry[kind]
+                if "row" in entry:
+                    order.append((key(entry), at))
+            order.sort(key=lambda pair: pair[0])
+            for _, at in order:
+                fh.seek(at)
+                yield json.loads(fh.readline())
 
     def rows(self, explode: Callable[[dict], Iterable[dict]] | None = None) -> Iterator[dict]:
         """The partial file's rows in order; with ``explode``, each row's sub-rows instead (a smear

@@ -332,3 +332,101 @@ def test_bootstrap_count_outside_its_range_is_refused_before_any_work(value, tmp
     proc = _leukodx("evaluate", "--dataset", "all-aria", "--n-boot", value, "-o", tmp_path / "e.json")
     assert proc.returncode == 2 and "--n-boot" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "e.json").exists()
+
+
+# --- diagnose streams its case in chunks and resumes ----------------------------------------------
+
+def _without_dates(summary: dict) -> dict:
+    """A case's summary less what tells one run from another (dates, the command line, output paths)."""
+    return {k: v for k, v in summary.items() if k not in ("created", "outputs", "provenance")}
+
+
+def test_interrupted_diagnose_resumes_without_redoing_finished_images(pbc_folder, tmp_path, capsys, monkeypatch):
+    from leukodx.diagnosis import case
+    from leukodx.inference.classifier import Classifier
+
+    monkeypatch.setattr(case, "CASE_CHUNK", 8)  # 32 cells: four chunks
+    real, calls = Classifier.score_arrays, []
+
+    def stop_on_third(self, arrays, batch_size=64):
+        calls.append(len(arrays))
+        if calls.count(8) == 3:  # the third chunk (loading checks the model on one image)
+            raise KeyboardInterrupt
+        return real(self, arrays, batch_size)
+
+    monkeypatch.setattr(Classifier, "score_arrays", stop_on_third)
+    out = tmp_path / "out"
+    assert main(["diagnose", str(pbc_folder), "--kind", "cells", "-o", str(out)]) == 130
+    partial = out / "predictions.csv.partial.jsonl"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: interrupted; 16 of 32 images written to {partial} (rerun with --resume to finish)")
+    assert sorted(p.name for p in out.iterdir()) == [partial.name]  # never an output that looks complete
+
+    monkeypatch.setattr(Classifier, "score_arrays", lambda self, a, batch_size=64: calls.append(len(a)) or real(self, a, batch_size))
+    # other options than the interrupted run's: refused, and the folder left as it was
+    assert main(["diagnose", str(pbc_folder), "--kind", "cells", "-o", str(out), "--resume", "--coverage", "0.95"]) == 2
+    assert "coverage" in capsys.readouterr().err and sorted(p.name for p in out.iterdir()) == [partial.name]
+
+    calls.clear()
+    assert main(["diagnose", str(pbc_folder), "--kind", "cells", "-o", str(out), "--resume"]) == 0
+    assert calls.count(8) == 2 and sum(calls) - calls.count(1) == 16  # only the two chunks not finished before
+    whole = tmp_path / "whole"
+    assert main(["diagnose", str(pbc_folder), "--kind", "cells", "-o", str(whole)]) == 0
+    resumed, uninterrupted = (json.loads((d / "summary.json").read_text()) for d in (out, whole))
+    assert resumed["n_images"] == 32 and _without_dates(resumed) == _without_dates(uninterrupted)
+    assert (out / "predictions.csv").read_text() == (whole / "predictions.csv").read_text()
+    date = uninterrupted["created"]
+    assert (out / "report.html").read_text().replace(resumed["created"], date) == (whole / "report.html").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["predictions.csv", "report.html", "summary.json"]
+
+
+def test_diagnose_holds_one_chunk_of_images_and_gives_what_the_whole_case_gives(pbc_folder, tmp_path, monkeypatch):
+    """Chunk by chunk: no more than one chunk's images are decoded before its rows are written, and the
+    rows, summary and report equal those of the case in one chunk (AdaBN's statistics and the patient
+    model take every image)."""
+    from leukodx._rowfile import RowFile
+    from leukodx.diagnosis.case import analyse_case
+    from leukodx.inference.classifier import load_model
+    from leukodx.preprocessing.transforms import Preprocess
+
+    clf = load_model("wbc-multisite", backend="torch")
+    decoded, held = [0], []
+    real_call, real_append = Preprocess.__call__, RowFile.append
+
+    def counting(self, rgb):
+        decoded[0] += 1
+        return real_call(self, rgb)
+
+    def append(self, rows, errors=(), extras=None):
+        held.append(decoded[0] - sum(1 for _ in self.entries("row")))  # decoded but not yet written
+        return real_append(self, rows, errors, extras)
+
+    monkeypatch.setattr(Preprocess, "__call__", counting)
+    monkeypatch.setattr(RowFile, "append", append)
+    analyse_case([pbc_folder], tmp_path / "plain", kind="cells", model=clf, chunk=5).discard()
+    assert held == [5] * 6 + [2]  # 32 cells, 5 at a time, each chunk written before the next is decoded
+    monkeypatch.setattr(RowFile, "append", real_append)
+    small = analyse_case([pbc_folder], tmp_path / "small", kind="cells", model=clf, adapt_bn=True, chunk=5)
+    whole = analyse_case([pbc_folder], tmp_path / "whole", kind="cells", model=clf, adapt_bn=True, chunk=64)
+    assert [e["row"] for e in small.entries()] == [e["row"] for e in whole.entries()]
+    assert _without_dates(small.result) == _without_dates(whole.result)
+    assert small.result["model"]["test_time_adaptation"] == {"method": "AdaBN", "images": 32}
+    small.write_outputs(), whole.write_outputs()
+    assert ((tmp_path / "small" / "predictions.csv").read_text() == (tmp_path / "whole" / "predictions.csv").read_text())
+
+
+def test_batchnorm_adaptation_from_chunks_equals_adaptation_from_the_array():
+    import torch
+
+    from leukodx.inference.classifier import load_model
+    from leukodx.training.adaptation import adapt_batchnorm
+
+    clf = load_model("wbc-multisite", backend="torch")
+    rng = np.random.default_rng(0)
+    arrays = rng.integers(0, 256, (300, clf.preprocess.size, clf.preprocess.size, 3), dtype=np.uint8)
+    whole = adapt_batchnorm(clf.net, arrays, clf.preprocess).state_dict()
+    chunks = (arrays[a:b] for a, b in [(0, 7), (7, 7), (7, 200), (200, 201), (201, 300)])
+    parts = adapt_batchnorm(clf.net, chunks, clf.preprocess).state_dict()
+    assert whole.keys() == parts.keys() and all(torch.equal(whole[k], parts[k]) for k in whole)
+    assert not torch.equal(whole[next(k for k in whole if k.endswith("running_mean"))],
+                           clf.net.state_dict()[next(k for k in whole if k.endswith("running_mean"))])

@@ -118,6 +118,10 @@ def test_test_time_batchnorm_adaptation_is_opt_in_and_needs_a_batch(tmp_path):
     np.testing.assert_allclose(clf.predict(paths).probabilities, plain)  # the loaded model is left unchanged
     with pytest.raises(InvalidInputError, match="at least 32 images"):
         clf.predict(paths[:5], adapt_bn=True)
+    # streamed (statistics from a first pass over the chunks) = adapted on every image at once
+    _, arrays, _ = clf.load_inputs(paths)
+    whole = clf.adapted_to(arrays).predict_arrays(arrays)
+    np.testing.assert_allclose(adapted, whole, rtol=0, atol=1e-6)
 
 
 def test_a_tampered_onnx_cache_file_is_not_trusted(pbc_folder, caplog):

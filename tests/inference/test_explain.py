@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 import json
 
 import numpy as np
@@ -57,5 +58,7 @@ def test_diagnose_explain_puts_a_heatmap_per_cell_in_the_report(pbc_folder, tmp_
     html = (out / "report.html").read_text()
     assert html.count('class="cam"') == 4 and "Grad-CAM" in html
     summary = json.loads((out / "summary.json").read_text())
-    assert "_explanations" not in summary and summary["shift"]["reason"]
-    assert all("prediction_set" in r and "ood" in r for r in summary["rows"])
+    assert "_explanations" not in summary and summary["shift"]["reason"] and summary["explained"] is True
+    with open(out / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 and all(r["prediction_set"] and r["ood"] in ("0", "1") for r in rows)

@@ -90,3 +90,54 @@ def test_the_audit_trail_refuses_updates_and_deletes_in_the_database(factory):
                 s.execute(statement)
     with factory() as s:
         assert [(e.action, e.after) for e in s.scalars(select(AuditEvent))] == [("signoff", "signed")]
+
+
+def test_a_retried_image_job_resumes_from_the_rows_its_dead_worker_finished(factory, settings, pbc_folder,
+                                                                             monkeypatch):
+    """The worker streams a case into its attempt's work folder; killed mid-case, the job's next
+    attempt copies the finished rows, analyses only the rest, and stores every cell once."""
+    import shutil
+
+    from leukodx.diagnosis import case as case_module
+    from leukodx.inference.classifier import Classifier
+    from leukodx.service.db import Cell, StoredFile
+    from leukodx.service.jobs import job_work, run_one
+
+    case = _case(factory)
+    images = sorted(pbc_folder.rglob("*.jpg"))[:12]
+    settings.uploads.mkdir(parents=True, exist_ok=True)
+    with factory() as s:
+        for i, path in enumerate(images):
+            shutil.copy(path, settings.uploads / f"f{i}.jpg")
+            s.add(StoredFile(case_id=case, original_name=path.name, stored_name=f"f{i}.jpg", kind="image",
+                             size=path.stat().st_size, sha256="0" * 64))
+        s.add(Job(case_id=case, kind="cells"))
+        s.commit()
+    monkeypatch.setattr(case_module, "CASE_CHUNK", 4)
+    real, chunks = Classifier.score_arrays, []
+
+    def killed_on_third_chunk(self, arrays, batch_size=64):
+        if len(arrays) == 4:
+            chunks.append(len(arrays))
+            if len(chunks) == 3:
+                raise KeyboardInterrupt  # the worker dies (not an error the job records)
+        return real(self, arrays, batch_size)
+
+    monkeypatch.setattr(Classifier, "score_arrays", killed_on_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        run_one(factory, settings, "doomed")
+    with factory() as s:
+        job = s.scalar(select(Job))
+        assert job.status == "running" and job.attempts == 1
+        job.heartbeat = utcnow() - _dt.timedelta(hours=1)
+        s.commit()
+    assert (job_work(settings, job.id, 1) / "predictions.csv.partial.jsonl").exists()
+    chunks.clear()
+    assert run_one(factory, settings, "heir") == job.id
+    assert chunks == [4]  # two of the three chunks were finished by the dead worker
+    with factory() as s:
+        job = s.scalar(select(Job))
+        cells = s.scalars(select(Cell)).all()
+        assert job.status == "done" and job.attempts == 2
+        assert len(cells) == 12 and len({c.file_id for c in cells}) == 12 and all(c.thumbnail for c in cells)
+    assert not (settings.work / f"job-{job.id}").exists()

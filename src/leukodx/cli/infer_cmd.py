@@ -158,26 +158,23 @@ def register(app: typer.Typer) -> None:
         todo = items.without(done) if done else items
         n_rows, n_errors = len(done), 0
         try:
-            if adapt_bn and todo:
-                result = clf.predict([path for _, path in todo], adapt_bn=True, coverage=coverage)
-                rowfile.append(result.rows, result.errors, [{"ood_score": r["ood_score"]} for r in result.rows])
-                n_rows, n_errors = n_rows + len(result.rows), len(result.errors)
+            from leukodx._progress import track
+            from leukodx.inference.classifier import CHUNK
+
+            if ray is not None:
+                from leukodx.inference.distributed import RAY_BATCH, ray_stream
+
+                chunks = ray_stream(model, todo, coverage, backend, precision, ray, ray_workers)
+                total = -(-len(todo) // RAY_BATCH)
             else:
-                from leukodx._progress import track
-                from leukodx.inference.classifier import CHUNK
-
-                if ray is not None:
-                    from leukodx.inference.distributed import RAY_BATCH, ray_stream
-
-                    chunks = ray_stream(model, todo, coverage, backend, precision, ray, ray_workers)
-                    total = -(-len(todo) // RAY_BATCH)
-                else:
-                    chunks, total = clf.stream(todo, coverage), -(-len(todo) // CHUNK)
-                for part in track(chunks, "predicting", total=total):
-                    scores = part.ood_scores if part.ood_scores is not None else [None] * len(part.rows)
-                    rowfile.append(part.rows, part.errors, [{"ood_score": s} for s in scores])
-                    _report_errors(part.errors)
-                    n_rows, n_errors = n_rows + len(part.rows), n_errors + len(part.errors)
+                # AdaBN: the statistics of every input (a resumed run's finished ones too), read once first
+                adapted = clf.adapted_to_inputs(items) if adapt_bn and todo else None
+                chunks, total = clf.stream(todo, coverage, adapted=adapted), -(-len(todo) // CHUNK)
+            for part in track(chunks, "predicting", total=total):
+                scores = part.ood_scores if part.ood_scores is not None else [None] * len(part.rows)
+                rowfile.append(part.rows, part.errors, [{"ood_score": s} for s in scores])
+                _report_errors(part.errors)
+                n_rows, n_errors = n_rows + len(part.rows), n_errors + len(part.errors)
         except KeyboardInterrupt:
             rowfile.close()
             raise Interrupted(n_rows, len(items), "images", f"{rowfile.partial} (rerun with --resume to finish)") from None
@@ -215,9 +212,12 @@ def register(app: typer.Typer) -> None:
         coverage: Optional[float] = Coverage,
         explain: bool = typer.Option(False, "--explain", help="Add a Grad-CAM heatmap of each image's top class to "
                                                               "the report."),
+        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run into the same folder (same "
+                                                            "images, models and options) without redoing finished "
+                                                            "images."),
     ) -> None:
         """The main job: per-image results, a case summary with flags, and an HTML report."""
-        from leukodx.diagnosis.case import diagnose, write_case_outputs
+        from leukodx.diagnosis.case import diagnose
 
         if coverage is not None:
             from leukodx.models.reliability import check_coverage
@@ -228,10 +228,9 @@ def register(app: typer.Typer) -> None:
 
                 _coverage_for(load_model(model, backend="torch"), coverage)
         result = diagnose(inputs, kind=kind, model=model, backend=backend, smear=smear, pixel_scale=pixel_scale,
-                          um_per_px=um_per_px, adapt_bn=adapt_bn, explain=explain,
+                          um_per_px=um_per_px, adapt_bn=adapt_bn, explain=explain, out_dir=output, resume=resume,
                           **({"coverage": coverage} if coverage is not None else {}))
         _report_errors(result["errors"])
-        paths = write_case_outputs(result, output)
         s = result["summary"]
         if result["kind"] == "cells":
             headline = ", ".join(f"{c} {p}%" for c, p in s["differential_percent"].items())
@@ -251,7 +250,7 @@ def register(app: typer.Typer) -> None:
                               f"differential: {diff or 'no typed white cell'}")
         for flag in result["flags"]:
             console.print(f"flag: {flag}")
-        console.print(f"report: {paths['report']}")
+        console.print(f"report: {result['outputs']['report']}")
 
     @app.command("adapt")
     def adapt_cmd(

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import os
 from typing import Iterable, Iterator
@@ -18,8 +19,9 @@ from leukodx import _atomic
 from leukodx._versions import provenance, versions
 from leukodx.data.images import collect_images, jpeg_bytes, read_image, thumbnail_jpeg
 from leukodx.data.vocabulary import is_leukocyte, leukocyte_classes, normalize_label
-from leukodx.errors import InvalidInputError, LeukodxError
-from leukodx.inference.classifier import DEFAULT_CELL_MODEL, Classifier, Scored, load_model, rows_to_csv
+from leukodx.errors import InvalidInputError, Interrupted, LeukodxError
+from leukodx.inference.classifier import (DEFAULT_CELL_MODEL, Classifier, Scored, load_model, row_cells,
+                                          row_columns, rows_to_csv)
 from leukodx.models.reliability import DEFAULT_COVERAGE, check_coverage
 
 KINDS = ("auto", "cells", "fields")
@@ -37,6 +39,8 @@ APL_FLAG_PROBABILITY = 0.5
 #: images larger than this (px, longer side) are decoded reduced where only the image models look at
 #: them: far above any model input, so every image of the shipped data sets is read as before
 CASE_READ_SIDE = 4096
+#: images decoded, scored and appended to the row file together (a multiple of the models' batch of 64)
+CASE_CHUNK = 256
 
 
 
@@ -97,17 +101,27 @@ def _stream_case(paths: list[Path], errors: list[dict], what: str,
         del rgb
 
 
-def _cell_summary(rows: list[dict], classes: list[str]) -> tuple[dict, list[str]]:
+def _cell_summary(rows: Iterable[dict], classes: list[str]) -> tuple[dict, list[str]]:
+    """Counts, differential and flags from the rows (one pass: ``rows`` may be read from a file)."""
     from leukodx.stats import wilson_interval
 
-    confident = [r for r in rows if not r["unsure"]]
-    counts = {c: sum(r["top_class"] == c for r in confident) for c in classes}
+    counts = dict.fromkeys(classes, 0)
+    n = unsure = 0
+    blast_sum = 0.0
+    for r in rows:
+        n += 1
+        if r["unsure"]:
+            unsure += 1
+        else:
+            counts[r["top_class"]] += 1
+        if "blast" in classes:
+            blast_sum += r["probabilities"]["blast"]
     wbc_classes = leukocyte_classes(classes)
     n_wbc = sum(counts[c] for c in wbc_classes)
     differential = {c: round(100.0 * counts[c] / n_wbc, 1) if n_wbc else 0.0 for c in wbc_classes}
     summary = {
         "counts": counts,
-        "unsure": len(rows) - len(confident),
+        "unsure": unsure,
         "leukocytes_counted": n_wbc,
         "differential_percent": differential,
     }
@@ -117,7 +131,7 @@ def _cell_summary(rows: list[dict], classes: list[str]) -> tuple[dict, list[str]
         lo, hi = wilson_interval(blasts, n_wbc)
         summary["blast_fraction"] = round(blasts / n_wbc, 4) if n_wbc else None
         summary["blast_fraction_ci95"] = [round(lo, 4), round(hi, 4)] if n_wbc else None
-        summary["mean_blast_probability"] = round(float(np.mean([r["probabilities"]["blast"] for r in rows])), 4)
+        summary["mean_blast_probability"] = round(blast_sum / n, 4)
         if n_wbc and differential["blast"] >= BLAST_FLAG_PERCENT:
             flags.append(f"blasts {differential['blast']}% of leukocytes (>= {BLAST_FLAG_PERCENT:.0f}%, the WHO "
                          "threshold for acute leukemia): urgent review by a hematologist")
@@ -163,18 +177,25 @@ def _apl_call(clf: Classifier, proba: np.ndarray) -> tuple[dict, list[str]]:
     return entry, flags
 
 
-def _field_summary(rows: list[dict], classes: list[str]) -> tuple[dict, list[str]]:
-    proba = np.array([[r["probabilities"][c] for c in classes] for r in rows])
-    mean = proba.mean(axis=0)
-    votes = {c: sum(r["top_class"] == c for r in rows) for c in classes}
+def _field_summary(rows: Iterable[dict], classes: list[str]) -> tuple[dict, list[str]]:
+    """The stage call from the fields' mean probabilities (one pass over ``rows``)."""
+    total = np.zeros(len(classes))
+    votes = dict.fromkeys(classes, 0)
+    n = unsure = 0
+    for r in rows:
+        total += [r["probabilities"][c] for c in classes]
+        votes[r["top_class"]] += 1
+        unsure += bool(r["unsure"])
+        n += 1
+    mean = total / n
     call = classes[int(mean.argmax())]
-    agreement = votes[call] / len(rows)
+    agreement = votes[call] / n
     summary = {
         "stage_probabilities": {c: round(float(v), 4) for c, v in zip(classes, mean)},
         "fields_per_stage": votes,
         "case_call": call,
         "field_agreement": round(agreement, 3),
-        "unsure": sum(r["unsure"] for r in rows),
+        "unsure": unsure,
     }
     flags = []
     if agreement < FIELD_AGREEMENT:
@@ -187,8 +208,9 @@ def _field_summary(rows: list[dict], classes: list[str]) -> tuple[dict, list[str
 def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "auto",
              model: str | os.PathLike | Classifier | None = None, backend: str = "auto",
              smear: bool = True, pixel_scale: float | None = None, um_per_px: float | None = None,
-             adapt_bn: bool = False, coverage: float = DEFAULT_COVERAGE, explain: bool = False) -> dict:
-    """Diagnose one case. Returns the summary dict (rows, summary, flags, shift, errors, provenance).
+             adapt_bn: bool = False, coverage: float = DEFAULT_COVERAGE, explain: bool = False,
+             out_dir: str | os.PathLike | None = None, resume: bool = False) -> dict:
+    """Diagnose one case. Returns the summary dict (summary, flags, shift, errors, provenance).
 
     Every image carries ``ood`` and a conformal ``prediction_set`` at ``coverage``; the counts and
     flags use only the images that are not ``unsure``, and the case gets a ``shift`` verdict
@@ -198,7 +220,96 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
     For smear fields, ``smear`` also runs the whole-smear pipeline on every field (cells found,
     white cells typed, counts, differential; ``leukodx.smear.pipeline``) beside the field model, at
     the scale given (``um_per_px`` or ``pixel_scale``) or measured per field from its red cells.
+
+    With ``out_dir``, the case is streamed (``analyse_case``): summary.json, predictions.csv and
+    report.html are written there, memory does not grow with the number of images, and ``resume``
+    continues an interrupted run. Without it, the result also holds every row (``rows``) and the
+    pictures the report shows, for a caller that keeps them in memory (``write_case_outputs``).
     """
+    if out_dir is not None:
+        run = analyse_case(inputs, out_dir, kind=kind, model=model, backend=backend, smear=smear,
+                           pixel_scale=pixel_scale, um_per_px=um_per_px, adapt_bn=adapt_bn, coverage=coverage,
+                           explain=explain, resume=resume)
+        return {**run.result, "outputs": {k: str(v) for k, v in run.write_outputs().items()}}
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="leukodx-case-") as work:
+        run = analyse_case(inputs, work, kind=kind, model=model, backend=backend, smear=smear,
+                           pixel_scale=pixel_scale, um_per_px=um_per_px, adapt_bn=adapt_bn, coverage=coverage,
+                           explain=explain)
+        result = {**run.result, "rows": []}
+        thumbnails, heatmaps, fields = {}, {}, []
+        for entry in run.entries():
+            result["rows"].append(entry["row"])
+            thumbnails[entry["row"]["input"]] = base64.b64decode(entry["thumbnail"])
+            if "heatmap" in entry:
+                heatmaps[entry["row"]["input"]] = base64.b64decode(entry["heatmap"])
+            if "field" in entry:
+                fields.append(entry["field"])
+        run.discard()
+    return {**result, "_thumbnails": thumbnails,
+            **({"_fields": fields} if "smear" in result else {}),  # every field's cells, with their boxes
+            **({"_explanations": heatmaps} if explain else {})}
+
+
+def case_files(out_dir: str | os.PathLike) -> dict[str, Path]:
+    """The files of a diagnosed case in ``out_dir``."""
+    out_dir = Path(out_dir)
+    return {"summary": out_dir / "summary.json", "predictions": out_dir / "predictions.csv",
+            "report": out_dir / "report.html"}
+
+
+class CaseRun:
+    """A case streamed into its row file (``analyse_case``): ``result`` (everything but the rows),
+    ``entries()`` (each image's row with its thumbnail, heatmap and smear-field result, in input
+    order), ``write_outputs()`` (the case's files beside the row file, which is then removed)."""
+
+    def __init__(self, result: dict, rowfile, classes: list[str]):
+        self.result, self.rowfile, self.classes = result, rowfile, classes
+
+    def entries(self) -> Iterator[dict]:
+        return _entries(self.rowfile)
+
+    def write_outputs(self) -> dict[str, Path]:
+        """summary.json, predictions.csv and report.html beside the row file, each written atomically,
+        from the row file one image at a time (the report's rows come unsure first, then by
+        probability); the row file is then removed."""
+        from leukodx.diagnosis.report import write_case_html
+
+        paths = case_files(self.rowfile.output.parent)
+        ordered = self.rowfile.sorted_entries(lambda e: (not e["row"]["unsure"], e["row"]["probability"]))
+        write_case_html(paths["report"], self.result, ordered)
+        _atomic.write_json(paths["summary"], self.result)
+        self.rowfile.finish({}, row_columns(self.classes), lambda r: row_cells(r, self.classes))
+        return paths
+
+    def discard(self) -> None:
+        self.rowfile.close()
+        self.rowfile.partial.unlink(missing_ok=True)
+
+
+def _entries(rowfile) -> Iterator[dict]:
+    """Each stored image: ``row`` and what is kept beside it."""
+    return (e for e in rowfile.lines() if "row" in e)
+
+
+def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: str | os.PathLike,
+                 kind: str = "auto", model: str | os.PathLike | Classifier | None = None, backend: str = "auto",
+                 smear: bool = True, pixel_scale: float | None = None, um_per_px: float | None = None,
+                 adapt_bn: bool = False, coverage: float = DEFAULT_COVERAGE, explain: bool = False,
+                 resume: bool = False, chunk: int | None = None) -> CaseRun:
+    """Stream a case through its models into ``work_dir/predictions.csv.partial.jsonl``
+    (``leukodx._rowfile.RowFile``), ``chunk`` images at a time: each image is decoded once, reduced to
+    what the case keeps (its row, a thumbnail, a heatmap with ``explain``, the smear pipeline's result
+    for a field) and released, and each chunk's rows are appended as they are made. The summary is
+    then made from that file, so memory holds no image and no row beyond the current chunk (only
+    each image's class probabilities, for the patient model). ``resume`` continues an interrupted run
+    of the same models, options and images without redoing finished images; anything else is refused
+    with one line. With ``adapt_bn`` the images are read twice: once for the batch-norm statistics of
+    the whole case, once to predict with them."""
+    from leukodx._rowfile import RowFile, inputs_digest
+
+    chunk = chunk or CASE_CHUNK
     if kind not in KINDS:
         raise InvalidInputError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
     check_coverage(coverage)
@@ -206,13 +317,13 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
         inputs = [inputs]
     paths, errors = collect_images(list(inputs))
 
-    def nothing_readable() -> InvalidInputError:
+    def nothing_readable(failed: list[dict]) -> InvalidInputError:
         where = ", ".join(str(i) for i in inputs)
-        detail = f"; {len(errors)} unreadable, e.g. {errors[0]['error']}" if errors else ""
+        detail = f"; {len(failed)} unreadable, e.g. {failed[0]['error']}" if failed else ""
         return InvalidInputError(f"{where}: no readable image in this case{detail}")
 
     if not paths:
-        raise nothing_readable()
+        raise nothing_readable(errors)
     clf = None
     if model is not None:
         clf = model if isinstance(model, Classifier) else load_model(model, backend=backend)
@@ -229,38 +340,110 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
     clf = clf or load_model(DEFAULT_MODELS[kind], backend=backend)
     if model_kind(clf) != kind:
         raise InvalidInputError(f"model {clf.name} classifies {model_kind(clf)}, but the case was given as {kind}")
-    # one streaming pass: each image is decoded, reduced to what the case keeps (the model's input,
-    # a thumbnail, the smear pipeline's per-field result) and released before the next
     analyzer = _smear_analyzer(pixel_scale, um_per_px) if (kind == "fields" and smear) else None
-    names, inputs_small, thumbnails, fields = [], [], {}, []
     # the smear pipeline finds cells at full resolution; the image models see a few hundred px at most
-    for name, rgb in _stream_case(paths, errors, "reading the case", None if analyzer else CASE_READ_SIDE):
+    max_side = None if analyzer else CASE_READ_SIDE
+    shas = [clf.card.get("sha256")] + ([analyzer.detector.card.get("sha256")] if analyzer else [])
+    rowfile = RowFile(Path(work_dir) / "predictions.csv", {
+        "model": clf.name + (f" + {analyzer.detector.name}" if analyzer else ""),
+        "model_sha256": "+".join(str(s) for s in shas), "inputs_sha256": inputs_digest(str(p) for p in paths),
+        "n_inputs": len(paths), "kind": kind, "backend": clf.backend, "precision": clf.precision,
+        "coverage": coverage, "adapt_bn": adapt_bn, "explain": explain, "smear": analyzer is not None,
+        "pixel_scale": pixel_scale, "um_per_px": um_per_px}, resume=resume)
+    done = rowfile.start()  # before anything is removed: a refused --resume leaves the folder as it was
+    for stale in case_files(work_dir).values():  # an earlier run's files never sit beside an unfinished one
+        stale.unlink(missing_ok=True)
+    predictor = clf
+    if adapt_bn:  # the statistics of the whole case, read once before any prediction
+        predictor = clf.adapted_to(arrays for _, arrays, _ in _case_chunks(paths, clf, max_side, chunk,
+                                                                          "adapting to the case"))
+    todo = [p for p in paths if str(p) not in done]
+    try:
+        for names, arrays, kept in _case_chunks(todo, clf, max_side, chunk, "reading the case", analyzer):
+            if not names:
+                rowfile.append([], kept["errors"])
+                continue
+            # the patient model was fitted on this model's probabilities unadapted; OOD is judged unadapted too
+            base = clf.score_arrays(arrays)
+            scored = Scored(predictor.predict_arrays(arrays), base.ood_scores) if adapt_bn else base
+            rows = clf.rows_for(names, scored, coverage, decimals=4)
+            heat = _explanations(clf, names, arrays, rows) if explain else {}
+            extras = []
+            for i, name in enumerate(names):
+                extra = {"proba": base.proba[i].tolist(), "thumbnail": kept["thumbnails"][i],
+                         "ood_score": None if base.ood_scores is None else float(base.ood_scores[i])}
+                if explain:
+                    extra["heatmap"] = base64.b64encode(heat[name]).decode("ascii")
+                if analyzer is not None:
+                    extra["field"] = kept["fields"][i]
+                extras.append(extra)
+            rowfile.append(rows, kept["errors"], extras)
+    except KeyboardInterrupt:
+        rowfile.close()
+        n = sum(1 for _ in _entries(rowfile))
+        raise Interrupted(n, len(paths), "images", f"{rowfile.partial} (rerun with --resume to finish)") from None
+    rowfile.close()
+    errors = errors + list(rowfile.entries("error"))
+    if not any(True for _ in _entries(rowfile)):
+        rowfile.partial.unlink(missing_ok=True)
+        raise nothing_readable(errors)
+    result = _case_result(inputs, kind, evidence, clf, analyzer, rowfile, coverage, adapt_bn, explain, errors,
+                          pixel_scale, um_per_px)
+    return CaseRun(result, rowfile, clf.classes)
+
+
+def _case_chunks(paths: list[Path], clf: Classifier, max_side: int | None, chunk: int, what: str,
+                 analyzer=None) -> Iterator[tuple[list[str], np.ndarray, dict]]:
+    """``chunk`` readable images at a time: names, model inputs (stacked) and what the case keeps of
+    each (``thumbnails``: base64 JPEGs; ``fields``: the smear pipeline's results), with the files found
+    unreadable since the chunk before (``errors``)."""
+    size = clf.preprocess.size
+    failed: list[dict] = []
+    names, arrays, thumbs, fields = [], [], [], []
+
+    def emit():
+        stacked = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
+        out = (list(names), stacked, {"thumbnails": list(thumbs), "fields": list(fields), "errors": list(failed)})
+        for kept in (names, arrays, thumbs, fields, failed):
+            kept.clear()
+        return out
+
+    for name, rgb in _stream_case(paths, failed, what, max_side):
         names.append(name)
-        inputs_small.append(clf.preprocess(rgb))
-        thumbnails[name] = thumbnail_jpeg(rgb)
+        arrays.append(clf.preprocess(rgb))
+        thumbs.append(base64.b64encode(thumbnail_jpeg(rgb)).decode("ascii"))
         if analyzer is not None:
             fields.append(analyzer.analyze(rgb, name))
-    if not names:
-        raise nothing_readable()
-    arrays = np.stack(inputs_small)
-    # the patient model was fitted on this model's probabilities unadapted; OOD is judged unadapted too
-    base = clf.score_arrays(arrays)
-    scored = Scored(clf.adapted_to(arrays).predict_arrays(arrays), base.ood_scores) if adapt_bn else base
-    rows = clf.rows_for(names, scored, coverage, decimals=4)
-    summary, flags = (_cell_summary if kind == "cells" else _field_summary)(rows, clf.classes)
+        del rgb
+        if len(names) == chunk:
+            yield emit()
+    if names or failed:
+        yield emit()
+
+
+def _case_result(inputs, kind: str, evidence: str, clf: Classifier, analyzer, rowfile, coverage: float,
+                 adapt_bn: bool, explain: bool, errors: list[dict], pixel_scale, um_per_px) -> dict:
+    """The case's summary, flags and provenance, made from its row file (read one image at a time)."""
+
+    def rows() -> Iterator[dict]:
+        return rowfile.entries("row")
+
+    n_images = sum(1 for _ in rows())
+    summary, flags = (_cell_summary if kind == "cells" else _field_summary)(rows(), clf.classes)
     if kind == "cells":
-        apl, apl_flags = _apl_call(clf, base.proba)
+        apl, apl_flags = _apl_call(clf, np.asarray(list(rowfile.entries("proba")), dtype=float))
         summary.update(apl)
         flags.extend(apl_flags)
-    shift = clf.shift_of(base)
-    review = _review_flag(rows, clf, coverage)
+    scores = None if clf.reliability is None else np.fromiter(rowfile.entries("ood_score"), dtype=float)
+    shift = clf.shift_from(scores)
+    review = _review_flag(rows(), n_images, clf, coverage)
     if review:
         flags.insert(0, review)
     if shift.get("flagged"):
         flags.insert(0, f"shift: {shift['reason']}")
     if errors:
         flags.append(f"{len(errors)} file(s) could not be read and were left out")
-    smear_result = _smear_summary(analyzer, fields, pixel_scale, um_per_px) if analyzer is not None else None
+    smear_result = _smear_summary(analyzer, rowfile.entries("field"), pixel_scale, um_per_px) if analyzer else None
     if smear_result:
         flags.extend(f"smear: {f}" for f in smear_result["summary"]["flags"])
     return {
@@ -270,14 +453,12 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
         "model": {"name": clf.name, "sha256": clf.card.get("sha256"), "classes": clf.classes,
                   "abstain_below": clf.abstain_below, "backend": clf.backend, "onnx_sha256": clf.onnx_sha256,
                   "coverage": coverage,
-                  "test_time_adaptation": {"method": "AdaBN", "images": len(arrays)} if adapt_bn else None,
+                  "test_time_adaptation": {"method": "AdaBN", "images": n_images} if adapt_bn else None,
                   "test_accuracy": clf.card.get("metrics", {}).get("test", {}).get("accuracy")},
-        "n_images": len(rows), "shift": shift, "summary": summary, "flags": flags, "rows": rows, "errors": errors,
+        "n_images": n_images, "shift": shift, "summary": summary, "flags": flags, "errors": errors,
+        "explained": explain,  # the report shows a Grad-CAM heatmap per image
         **({"smear": smear_result} if smear_result else {}),
         "versions": versions(), "provenance": provenance(),
-        "_thumbnails": thumbnails,
-        **({"_fields": fields} if analyzer is not None else {}),  # every field's cells, with their boxes
-        **({"_explanations": _explanations(clf, names, arrays, rows)} if explain else {}),
     }
 
 
@@ -290,18 +471,25 @@ def _explanations(clf: Classifier, names: list[str], arrays: np.ndarray, rows: l
     return {name: jpeg_bytes(overlay(a, h)) for name, a, h in zip(names, arrays, heat)}
 
 
-def _review_flag(rows: list[dict], clf: Classifier, coverage: float) -> str | None:
-    """How many images were left for review, and why (they are not counted)."""
-    unsure = [r for r in rows if r["unsure"]]
+def _review_flag(rows: Iterable[dict], n_images: int, clf: Classifier, coverage: float) -> str | None:
+    """How many images were left for review, and why (they are not counted); one pass over ``rows``."""
+    unsure = ood = unset = low = 0
+    has_sets = False
+    for r in rows:
+        if not r["unsure"]:
+            continue
+        unsure += 1
+        ood += bool(r.get("ood"))
+        has_sets = has_sets or r.get("prediction_set") is not None
+        unset += r.get("prediction_set") is not None and len(r["prediction_set"]) != 1
+        low += r["probability"] < clf.abstain_below
     if not unsure:
         return None
-    why = [f"{sum(bool(r.get('ood')) for r in unsure)} unlike the training images (ood)"]
-    if unsure[0].get("prediction_set") is not None:
-        why.append(f"{sum(r['prediction_set'] is not None and len(r['prediction_set']) != 1 for r in unsure)} "
-                   f"without a single class in their {coverage:.0%} conformal set")
-    why.append(f"{sum(r['probability'] < clf.abstain_below for r in unsure)} below the model's confidence "
-               f"threshold ({clf.abstain_below:.2f})")
-    return (f"{len(unsure)} of {len(rows)} images left for review and not counted: " + ", ".join(why)
+    why = [f"{ood} unlike the training images (ood)"]
+    if has_sets:
+        why.append(f"{unset} without a single class in their {coverage:.0%} conformal set")
+    why.append(f"{low} below the model's confidence threshold ({clf.abstain_below:.2f})")
+    return (f"{unsure} of {n_images} images left for review and not counted: " + ", ".join(why)
             + " (an image may have several reasons)")
 
 
@@ -311,27 +499,28 @@ def _smear_analyzer(pixel_scale: float | None, um_per_px: float | None):
     return SmearAnalyzer(pixel_scale=pixel_scale, um_per_px=um_per_px)
 
 
-def _smear_summary(analyzer, fields: list[dict], pixel_scale: float | None, um_per_px: float | None) -> dict:
-    """Cells, counts and differential per field and for the case (the detector and cell-type model)."""
-    from leukodx.smear.pipeline import summarize_fields
+def _smear_summary(analyzer, fields: Iterable[dict], pixel_scale: float | None, um_per_px: float | None) -> dict:
+    """Cells, counts and differential per field and for the case (the detector and cell-type model);
+    one pass over ``fields``, keeping each field's result without its cells."""
+    from leukodx.smear.pipeline import FieldTotals
 
+    totals, listed = FieldTotals(), []
+    for f in fields:
+        totals.add(f)
+        listed.append({k: v for k, v in f.items() if k != "cells"} | {"cells": len(f["cells"])})
     return {"detector": {"name": analyzer.detector.name, "sha256": analyzer.detector.card.get("sha256")},
             "scale_given": {"pixel_scale": pixel_scale, "um_per_px": um_per_px},
-            "summary": summarize_fields(fields),
-            "fields": [{k: v for k, v in f.items() if k != "cells"} | {"cells": len(f["cells"])} for f in fields]}
-
-
+            "summary": totals.summary(), "fields": listed}
 
 
 def write_case_outputs(result: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """summary.json, predictions.csv and report.html in ``out_dir``, each written atomically."""
-    from leukodx.diagnosis.report import render_case_html
+    """summary.json, predictions.csv and report.html of a result held in memory (``diagnose`` without
+    ``out_dir``) in ``out_dir``, each written atomically."""
+    from leukodx.diagnosis.report import report_entries, write_case_html
 
-    out_dir = Path(out_dir)
-    clean = {k: v for k, v in result.items() if not k.startswith("_")}
-    paths = {"summary": out_dir / "summary.json", "predictions": out_dir / "predictions.csv",
-             "report": out_dir / "report.html"}
-    _atomic.write_json(paths["summary"], clean)
-    _atomic.write_text(paths["predictions"], rows_to_csv(result["rows"], result["model"]["classes"]))
-    _atomic.write_text(paths["report"], render_case_html(result))
+    classes = result["model"]["classes"]
+    paths = case_files(out_dir)
+    write_case_html(paths["report"], result, report_entries(result))
+    _atomic.write_json(paths["summary"], {k: v for k, v in result.items() if not k.startswith("_") and k != "rows"})
+    _atomic.write_text(paths["predictions"], rows_to_csv(result["rows"], classes))
     return paths

@@ -21,20 +21,23 @@ def match_classes(folder_classes: list[str], model_classes: list[str]) -> dict[s
     return {folder_classes[i]: j for i, j in mapping.source_to_target.items()}
 
 
-def _streamed(classifier, paths) -> tuple[list[str], object, list[dict]]:
-    """Names, ``Scored`` (probabilities, OOD scores) and errors of ``paths``, a chunk at a time."""
+def _streamed(classifier, paths, adapt_bn: bool = False) -> tuple[list[str], object, list[dict], int | None]:
+    """Names, ``Scored`` (probabilities, OOD scores), errors of ``paths``, a chunk at a time, and with
+    ``adapt_bn`` the number of images the batch-norm statistics were re-estimated on (a first pass)."""
     from types import SimpleNamespace
 
     items = [(str(p), str(p)) for p in paths]
+    adapted = classifier.adapted_to_inputs(items) if adapt_bn else None
     names, proba, ood, errors = [], [], [], []
-    for part in classifier.stream(items):
+    for part in classifier.stream(items, adapted=adapted):
         names += [r["input"] for r in part.rows]
         proba += [[r["probabilities"][c] for c in classifier.classes] for r in part.rows]
         ood.append(part.ood_scores)
         errors += part.errors
     scores = np.concatenate([np.zeros(0)] + ood) if classifier.reliability is not None else None
+    n_adapted = adapted.card["test_time_adaptation"]["images"] if adapted is not None else None
     return names, SimpleNamespace(proba=np.asarray(proba, dtype=float).reshape(-1, len(classifier.classes)),
-                                  ood_scores=scores), errors
+                                  ood_scores=scores), errors, n_adapted
 
 
 def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int = 0, adapt_bn: bool = False) -> dict:
@@ -49,12 +52,8 @@ def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int 
     excluded = [c for c in index.classes if c not in mapping]
     keep = [i for i, y in enumerate(index.labels) if index.classes[y] in mapping]
     sub = index.subset(keep)
-    if adapt_bn:  # the adaptation needs every image of the site at once
-        names, arrays, errors = classifier.load_inputs(sub.abspaths())
-        scored = classifier.score_inputs(arrays, adapt_bn=adapt_bn) if len(arrays) else None
-        n_adapted = len(arrays)
-    else:  # streamed: memory holds the probabilities, not the images
-        names, scored, errors = _streamed(classifier, sub.abspaths())
+    # streamed: memory holds the probabilities, not the images (AdaBN reads the images once more first)
+    names, scored, errors, n_adapted = _streamed(classifier, sub.abspaths(), adapt_bn)
     readable = set(names)
     y_model = np.array([mapping[sub.classes[sub.labels[i]]] for i, p in enumerate(sub.abspaths()) if str(p) in readable])
     if len(y_model) == 0:

@@ -316,17 +316,32 @@ class Classifier:
         return names, arrays, errors + [e for p in parts for e in p[2]]
 
     def stream(self, items: Sequence[tuple[str, object]], coverage: float = DEFAULT_COVERAGE, batch_size: int = 64,
-               chunk: int = CHUNK, workers: int | None = None, decimals: int | None = None) -> Iterator[Chunk]:
+               chunk: int = CHUNK, workers: int | None = None, decimals: int | None = None,
+               adapted: "Classifier | None" = None) -> Iterator[Chunk]:
         """Rows for ``items`` (``(name, path or array)``, as ``expand_inputs`` gives), one ``Chunk`` at a
         time, in input order. Chunks are decoded and preprocessed by ``workers`` processes (default: one
         per core; a single chunk is done in this process) while this process infers the chunk before, so
-        memory holds a few chunks whatever the number of inputs. A bad input is an error row of its chunk."""
+        memory holds a few chunks whatever the number of inputs. A bad input is an error row of its chunk.
+        ``adapted``: probabilities from this batch-norm-adapted copy (``adapted_to``), OOD scores from
+        this unadapted model."""
+        import contextlib
+
         check_coverage(coverage)
+        pooled = min(workers or os.cpu_count() or 1, -(-len(items) // chunk)) > 1
+        for prepared in self.prepared_chunks(items, chunk, workers):
+            # with a pool the other cores are decoding: a second BLAS thread would only spin
+            with one_blas_thread() if pooled else contextlib.nullcontext():
+                yield self._chunk(prepared, coverage, batch_size, decimals, adapted)
+
+    def prepared_chunks(self, items: Sequence[tuple[str, object]], chunk: int = CHUNK,
+                        workers: int | None = None) -> Iterator[tuple[list[str], np.ndarray, list[dict]]]:
+        """``items`` decoded and preprocessed, ``chunk`` at a time in input order: (names, model inputs,
+        errors), by ``workers`` processes ahead of the caller (see ``stream``)."""
         starts = range(0, len(items), chunk)
         workers = min(workers or os.cpu_count() or 1, len(starts))
         if workers <= 1:  # nothing to overlap with: no pool to start
             for start in starts:
-                yield self._chunk(self.prepare(items[start:start + chunk]), coverage, batch_size, decimals)
+                yield self.prepare(items[start:start + chunk])
             return
         import multiprocessing
         from collections import deque
@@ -350,15 +365,16 @@ class Classifier:
                     nxt = next(it, None)
                     if nxt is not None:
                         pending.append(pool.submit(self.reader.prepare, list(items[nxt:nxt + chunk])))
-                    with one_blas_thread():  # the other cores are decoding: a second BLAS thread only spins
-                        done = self._chunk(prepared, coverage, batch_size, decimals)
-                    yield done
+                    yield prepared
         finally:
             gc.unfreeze()
 
-    def _chunk(self, prepared: tuple, coverage: float, batch_size: int, decimals: int | None) -> Chunk:
+    def _chunk(self, prepared: tuple, coverage: float, batch_size: int, decimals: int | None,
+               adapted: "Classifier | None" = None) -> Chunk:
         names, arrays, errors = prepared
         scored = self.score_arrays(arrays, batch_size)
+        if adapted is not None:
+            scored = Scored(adapted.predict_arrays(arrays, batch_size), scored.ood_scores)
         return Chunk(self.rows_for(names, scored, coverage, decimals), errors, scored.ood_scores)
 
     def predict_arrays(self, batch_uint8: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -375,32 +391,38 @@ class Classifier:
             return {"flagged": None, "score": None, "reason": NO_RELIABILITY}
         return self.reliability.shift(np.asarray(ood_scores, dtype=float))
 
-    def adapted_to(self, arrays: np.ndarray) -> "Classifier":
+    def adapted_to(self, arrays: np.ndarray | Iterable[np.ndarray]) -> "Classifier":
         """Test-time batch-norm adaptation (AdaBN): a copy whose batch-norm statistics are those of
-        ``arrays``, one lab's unlabelled images (preprocessed). Every weight is kept; only the
-        statistics the network normalizes with move to the new site. It helped on sites left out of
-        training (benchmarks/results/LOSO.md, AdaBN column), so it is offered, never applied unasked:
-        with it, a cell's call depends on the other images of the batch."""
+        ``arrays``, one lab's unlabelled images (preprocessed; or an iterable of such chunks, read once,
+        so a large site need not be held in memory). Every weight is kept; only the statistics the
+        network normalizes with move to the new site. It helped on sites left out of training
+        (benchmarks/results/LOSO.md, AdaBN column), so it is offered, never applied unasked: with it,
+        a cell's call depends on the other images of the batch."""
         from leukodx.training.adaptation import adapt_batchnorm, has_batchnorm
 
         if not has_batchnorm(self.net):
             raise InvalidInputError(f"{self.name}: has no batch-norm layers to adapt")
-        if len(arrays) < MIN_ADAPT_IMAGES:
+        seen = [0]
+
+        def counted(chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+            for part in chunks:
+                seen[0] += len(part)
+                yield part
+
+        net = adapt_batchnorm(self.net, counted([arrays] if isinstance(arrays, np.ndarray) else arrays),
+                              self.preprocess)
+        if seen[0] < MIN_ADAPT_IMAGES:
             raise InvalidInputError(f"batch-norm adaptation needs at least {MIN_ADAPT_IMAGES} images of the new "
-                                    f"site, got {len(arrays)}")
-        card = {**self.card, "test_time_adaptation": {"method": "AdaBN", "images": int(len(arrays))}}
-        adapted = Classifier(adapt_batchnorm(self.net, arrays, self.preprocess), card, backend="torch",
-                             bundle_dir=None)
+                                    f"site, got {seen[0]}")
+        card = {**self.card, "test_time_adaptation": {"method": "AdaBN", "images": int(seen[0])}}
+        adapted = Classifier(net, card, backend="torch", bundle_dir=None)
         adapted.reliability = None  # its features are re-normalized: OOD is judged on the unadapted network
         return adapted
 
-    def score_inputs(self, arrays: np.ndarray, batch_size: int = 64, adapt_bn: bool = False) -> Scored:
-        """``score_arrays``, with ``adapt_bn`` taking probabilities from the adapted network and OOD
-        scores from the unadapted one (how far the inputs lie from the training images)."""
-        scored = self.score_arrays(arrays, batch_size)
-        if adapt_bn:
-            scored = Scored(self.adapted_to(arrays).predict_arrays(arrays, batch_size), scored.ood_scores)
-        return scored
+    def adapted_to_inputs(self, items: Sequence[tuple[str, object]]) -> "Classifier":
+        """``adapted_to`` the inputs ``items`` (as ``expand_inputs`` lists them), read once, a chunk at a
+        time (inputs that cannot be read are left out here and reported by the pass that predicts)."""
+        return self.adapted_to(arrays for _, arrays, _ in self.prepared_chunks(items))
 
     def predict(self, inputs: Sequence | str | os.PathLike | np.ndarray, batch_size: int = 64,
                 adapt_bn: bool = False, coverage: float = DEFAULT_COVERAGE) -> Predictions:
@@ -411,14 +433,10 @@ class Classifier:
         if (isinstance(inputs, (str, os.PathLike, np.ndarray)) or type(inputs).__module__.startswith("torch")
                 or type(inputs).__module__.startswith("PIL.")):
             inputs = [inputs]
-        if adapt_bn:  # the adaptation needs every image of the site at once
-            names, arrays, errors = self.load_inputs(inputs)
-            scored = self.score_inputs(arrays, batch_size, adapt_bn)
-            return Predictions(classes=self.classes, rows=self.rows_for(names, scored, coverage), errors=errors,
-                               shift=self.shift_of(scored), coverage=coverage)
         items, errors = expand_inputs(inputs)
+        adapted = self.adapted_to_inputs(items) if adapt_bn else None
         rows, scores = [], []
-        for part in self.stream(items, coverage, batch_size):
+        for part in self.stream(items, coverage, batch_size, adapted=adapted):
             rows += part.rows
             errors += part.errors
             scores.append(part.ood_scores)

@@ -46,6 +46,11 @@ class Settings:
         return self.data_dir / "uploads"
 
     @property
+    def work(self) -> Path:
+        """Where a job streams its rows while it runs (one folder per attempt, removed when it ends)."""
+        return self.data_dir / "work"
+
+    @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 

@@ -9,11 +9,13 @@ once: the results table allows one row per job.
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
 import logging
 import os
 import socket
 import threading
+from pathlib import Path
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 HEARTBEAT_SECONDS = 5
+#: cells added to the session between flushes while a result is stored (bounded memory)
+STORE_CHUNK = 256
 
 
 def worker_name() -> str:
@@ -47,33 +51,70 @@ def claim(session: Session, worker: str) -> Job | None:
     return session.get(Job, job_id)
 
 
-def requeue_stale(session: Session, stale_seconds: float) -> int:
-    """Jobs whose worker stopped beating: queued again, or failed after ``MAX_ATTEMPTS``."""
+def requeue_stale(session: Session, stale_seconds: float, failed: list[int] | None = None) -> int:
+    """Jobs whose worker stopped beating: queued again, or failed after ``MAX_ATTEMPTS`` (their ids added
+    to ``failed``)."""
     limit = utcnow() - _dt.timedelta(seconds=stale_seconds)
     stale = session.scalars(select(Job).where(Job.status == "running", Job.heartbeat < limit)).all()
     for job in stale:
         if job.attempts >= MAX_ATTEMPTS:
             job.status, job.error, job.finished = "failed", f"its worker stopped {job.attempts} times", utcnow()
+            if failed is not None:
+                failed.append(job.id)
         else:
             job.status, job.worker = "queued", None
     session.commit()
     return len(stale)
 
 
+def job_work(settings, job_id: int, attempt: int) -> Path:
+    """The folder an attempt at a job streams its rows into (``leukodx.diagnosis.case.analyse_case``)."""
+    return settings.work / f"job-{job_id}" / f"attempt-{attempt}"
+
+
+def _take_over(settings, job_id: int, attempt: int) -> Path:
+    """This attempt's work folder, seeded with the rows an earlier attempt (its worker died) finished:
+    copied, never shared, so a worker that was only slow keeps writing its own file."""
+    import shutil
+
+    work = job_work(settings, job_id, attempt)
+    work.mkdir(parents=True, exist_ok=True)
+    for earlier in range(attempt - 1, 0, -1):
+        partial = job_work(settings, job_id, earlier) / "predictions.csv.partial.jsonl"
+        if partial.exists():
+            try:
+                shutil.copyfile(partial, work / partial.name)
+            except OSError:  # gone meanwhile: start afresh
+                continue
+            break
+    return work
+
+
+def _end_work(settings, job_id: int, attempt: int | None = None) -> None:
+    """Remove one attempt's work folder, or (``attempt`` None: the job has ended) every attempt's."""
+    import shutil
+
+    shutil.rmtree(job_work(settings, job_id, attempt) if attempt else settings.work / f"job-{job_id}",
+                  ignore_errors=True)
+
+
 def run_one(factory: sessionmaker, settings, worker: str | None = None) -> int | None:
     """Claim and run one job; returns its id, or None when the queue is empty."""
     worker = worker or worker_name()
     with factory() as session:
-        requeue_stale(session, settings.stale_seconds)
+        ended: list[int] = []
+        requeue_stale(session, settings.stale_seconds, ended)
+        for stale_id in ended:
+            _end_work(settings, stale_id)
         job = claim(session, worker)
         if job is None:
             return None
-        job_id, kind, case_id = job.id, job.kind, job.case_id
+        job_id, kind, case_id, attempt = job.id, job.kind, job.case_id, job.attempts
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(factory, job_id, stop), daemon=True)
     beat.start()
     try:
-        outcome = analyse(factory, settings, case_id, kind)
+        outcome = analyse(factory, settings, case_id, kind, _take_over(settings, job_id, attempt))
         error = None
     except Exception as exc:  # noqa: BLE001 - a failed analysis is the job's state, not the worker's end
         from leukodx.errors import item_error
@@ -82,10 +123,13 @@ def run_one(factory: sessionmaker, settings, worker: str | None = None) -> int |
     finally:
         stop.set()
         beat.join()
+    # the database away here: the job stays running, is found stale, and its next attempt resumes from the work
+    # folder this one leaves
     with factory() as session:
         job = session.get(Job, job_id)
-        if job.worker != worker or job.status != "running":
-            return job_id  # declared dead and retaken meanwhile: the other run's result counts
+        if job.worker != worker or job.status != "running":  # declared dead and retaken meanwhile: the other
+            _end_work(settings, job_id, attempt)             # run's result counts
+            return job_id
         if error is None:
             _store(session, job, outcome)
             job.status = "done"
@@ -93,6 +137,7 @@ def run_one(factory: sessionmaker, settings, worker: str | None = None) -> int |
             job.status, job.error = "failed", error
         job.finished = utcnow()
         session.commit()
+    _end_work(settings, job_id)
     return job_id
 
 
@@ -103,8 +148,9 @@ def _heartbeat(factory: sessionmaker, job_id: int, stop: threading.Event) -> Non
             session.commit()
 
 
-def analyse(factory: sessionmaker, settings, case_id: int, kind: str) -> dict:
-    """Run the analysis of ``kind`` on the case's stored files; returns what ``_store`` keeps."""
+def analyse(factory: sessionmaker, settings, case_id: int, kind: str, work: Path) -> dict:
+    """Run the analysis of ``kind`` on the case's stored files; returns what ``_store`` keeps (its cells
+    as an iterator: an image analysis is streamed into ``work`` and its cells read back one at a time)."""
     from leukodx._versions import versions
 
     with factory() as session:
@@ -116,22 +162,24 @@ def analyse(factory: sessionmaker, settings, case_id: int, kind: str) -> dict:
 
         raise InvalidInputError(f"case {case_id}: no uploaded file fits a {kind} analysis")
     if kind in ("cells", "fields"):
-        from leukodx.diagnosis.case import diagnose
+        from leukodx.diagnosis.case import analyse_case
 
-        result = diagnose(list(paths), kind=kind, smear=kind == "fields")
+        # resumed: an earlier attempt's finished images (its worker died) are not analysed again
+        run = analyse_case(list(paths), work, kind=kind, smear=kind == "fields", resume=True)
+        result = run.result
         outcome = {"kind": kind, "model": result["model"]["name"], "sha256": result["model"]["sha256"],
                    "versions": versions(), "classes": result["model"]["classes"],
                    "summary": {k: result[k] for k in ("summary", "flags", "shift", "errors", "n_images")}}
         if kind == "cells":
-            outcome["cells"] = [{**row, "file_id": paths[row["input"]], "thumbnail": result["_thumbnails"][row["input"]]}
-                                for row in result["rows"]]
+            outcome["cells"] = ({**e["row"], "file_id": paths[e["row"]["input"]],
+                                 "thumbnail": base64.b64decode(e["thumbnail"])} for e in run.entries())
             return outcome
         # smear fields: the field model's call per field, and every cell the detector found (its box, for
         # the overlay); the white cells, typed by the cell model, go to the review gallery
         outcome["summary"]["smear"] = result["smear"]["summary"]
         outcome["summary"]["detector"] = result["smear"]["detector"]
-        outcome["summary"]["fields"] = [_field_json(f, paths[f["field"]]) for f in result["_fields"]]
-        outcome["cells"] = [cell for f in result["_fields"] for cell in _field_cells(f, paths[f["field"]])]
+        outcome["summary"]["fields"] = [_field_json(e["field"], paths[e["field"]["field"]]) for e in run.entries()]
+        outcome["cells"] = (cell for e in run.entries() for cell in _field_cells(e["field"], paths[e["field"]["field"]]))
         return outcome
     if kind == "fcs":
         from leukodx.cytometry.classifier import CellClassifier
@@ -183,11 +231,18 @@ def _store(session: Session, job: Job, outcome: dict) -> None:
                     model_sha256=outcome["sha256"], versions=outcome["versions"], summary=outcome["summary"])
     session.add(result)
     session.flush()
-    for row in outcome["cells"]:
-        session.add(Cell(case_id=job.case_id, result_id=result.id, file_id=row["file_id"],
-                         model_label=row["top_class"], label=row["top_class"], probability=row["probability"],
-                         unsure=bool(row.get("unsure")), ood=row.get("ood"), prediction_set=row.get("prediction_set"),
-                         probabilities=row["probabilities"], box=row.get("box"), thumbnail=row.get("thumbnail")))
+    added = []
+    for row in outcome["cells"]:  # streamed: flushed in chunks and let go, so memory holds one chunk
+        added.append(Cell(case_id=job.case_id, result_id=result.id, file_id=row["file_id"],
+                          model_label=row["top_class"], label=row["top_class"], probability=row["probability"],
+                          unsure=bool(row.get("unsure")), ood=row.get("ood"), prediction_set=row.get("prediction_set"),
+                          probabilities=row["probabilities"], box=row.get("box"), thumbnail=row.get("thumbnail")))
+        session.add(added[-1])
+        if len(added) == STORE_CHUNK:
+            session.flush()
+            for cell in added:
+                session.expunge(cell)
+            added.clear()
     case = session.get(Case, job.case_id)
     if case.status == "open":
         case.status = "analysed"

@@ -8,6 +8,7 @@ target site's unlabelled images removes much of a site shift. The weights are no
 from __future__ import annotations
 
 import copy
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -20,13 +21,15 @@ def has_batchnorm(net: torch.nn.Module) -> bool:
 
 
 @torch.no_grad()
-def adapt_batchnorm(net: torch.nn.Module, arrays: np.ndarray, preprocess: Preprocess,
+def adapt_batchnorm(net: torch.nn.Module, arrays: np.ndarray | Iterable[np.ndarray], preprocess: Preprocess,
                     batch_size: int = 128) -> torch.nn.Module:
     """A copy of ``net`` whose batch-norm running statistics are those of ``arrays`` (the target
-    site's images, (N, S, S, 3) uint8 after ``preprocess``); every other weight is unchanged."""
+    site's images, (N, S, S, 3) uint8 after ``preprocess``, or an iterable of such chunks, read once:
+    the batches are the same either way); every other weight is unchanged."""
     adapted = copy.deepcopy(net)
     bns = [m for m in adapted.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns or len(arrays) == 0:
+    chunks = [arrays] if isinstance(arrays, np.ndarray) else arrays
+    if not bns or (isinstance(arrays, np.ndarray) and len(arrays) == 0):
         return adapted.eval()
     for m in bns:
         m.reset_running_stats()
@@ -35,6 +38,22 @@ def adapt_batchnorm(net: torch.nn.Module, arrays: np.ndarray, preprocess: Prepro
     for m in bns:
         m.train()
     device = next(adapted.parameters()).device
-    for s in range(0, len(arrays), batch_size):
-        adapted(torch.from_numpy(normalize_batch(arrays[s:s + batch_size], preprocess)).to(device))
+    pending: list[np.ndarray] = []
+    held = 0
+
+    def step(batch: np.ndarray) -> None:
+        adapted(torch.from_numpy(normalize_batch(batch, preprocess)).to(device))
+
+    for part in chunks:
+        pending.append(part)
+        held += len(part)
+        if held < batch_size:
+            continue
+        joined = np.concatenate(pending)
+        cut = len(joined) - len(joined) % batch_size
+        for s in range(0, cut, batch_size):
+            step(joined[s:s + batch_size])
+        pending, held = [joined[cut:]], len(joined) - cut
+    if held:
+        step(np.concatenate(pending))
     return adapted.eval()

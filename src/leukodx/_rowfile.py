@@ -130,10 +130,15 @@ class RowFile:
                 except ValueError:
                     continue
 
-    def sorted_entries(self, key: Callable[[dict], object]) -> Iterator[dict]:
-        """The row entries (as ``lines`` gives them) ordered by ``key``, read one at a time: memory holds
-        each row's key and file offset, not the rows."""
-        order = []
+    def sorted_entries(self, key: Callable[[dict], tuple[float, ...]]) -> Iterator[dict]:
+        """The row entries (as ``lines`` gives them) ordered by ``key`` (a tuple of numbers; ties keep
+        the file's order), read one at a time: memory holds each row's key and file offset in arrays,
+        not the rows."""
+        from array import array
+
+        import numpy as np
+
+        keys, offsets = array("d"), array("q")
         with open(self.partial, "rb") as fh:
             fh.readline()
             while True:
@@ -145,10 +150,14 @@ class RowFile:
                 except ValueError:
                     continue
                 if "row" in entry:
-                    order.append((key(entry), at))
-            order.sort(key=lambda pair: pair[0])
-            for _, at in order:
-                fh.seek(at)
+                    keys.extend(key(entry))
+                    offsets.append(at)
+            if not offsets:
+                return
+            columns = np.frombuffer(keys, dtype=float).reshape(len(offsets), -1)
+            order = np.lexsort([np.arange(len(offsets))] + [columns[:, k] for k in reversed(range(columns.shape[1]))])
+            for i in order:
+                fh.seek(offsets[i])
                 yield json.loads(fh.readline())
 
     def rows(self, explode: Callable[[dict], Iterable[dict]] | None = None) -> Iterator[dict]:

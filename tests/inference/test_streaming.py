@@ -160,3 +160,18 @@ def test_input_list_keeps_order_names_and_mixed_arrays_compactly(tmp_path):
     assert len(many) == 100_000 and many[-1] == "/data/archive/site-4/cell-0099999.jpg"
     held = _sys.getsizeof(many._buf) + _sys.getsizeof(many._ends)
     assert held < 5_000_000  # a list of str would take ~12 MB for these
+
+
+def test_row_file_sorted_entries_match_a_stable_sort_of_the_rows(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [{"input": f"i{k}", "unsure": bool(rng.integers(2)), "probability": float(rng.choice([0.5, 0.75, 0.9]))}
+            for k in range(200)]
+    rf = RowFile(tmp_path / "p.csv", {"model_sha256": "m", "inputs_sha256": "x"})
+    rf.start()
+    rf.append(rows[:120], [{"input": "bad", "error": "unreadable"}], [{"k": k} for k in range(120)])
+    rf.append(rows[120:], [], [{"k": k} for k in range(120, 200)])
+    rf.close()
+    key = (lambda r: (not r["unsure"], r["probability"]))
+    got = list(rf.sorted_entries(lambda e: key(e["row"])))
+    assert [e["row"] for e in got] == sorted(rows, key=key)  # ties (many) keep the file's order
+    assert all(e["k"] == rows.index(e["row"]) for e in got)  # what is kept beside a row comes with it

@@ -324,10 +324,16 @@ def _walk_images(folder: Path, errors: list[dict] | None) -> PathList:
 
 def collect_images(inputs: list[str | os.PathLike]) -> tuple[list[Path], list[dict]]:
     """Like ``list_images``, but a missing input becomes an error entry and the rest are still listed."""
-    found, errors = [], []
+    found, errors = collect_image_paths(inputs)
+    return [Path(p) for p in found], errors
+
+
+def collect_image_paths(inputs: list[str | os.PathLike]) -> tuple[PathList, list[dict]]:
+    """``collect_images`` held compactly (``PathList`` of plain strings, the same order)."""
+    found, errors = PathList(), []
     for item in inputs:
         try:
-            found.extend(list_images([item], errors))
+            found.extend(list_image_paths([item], errors))
         except DataNotFoundError as exc:
             errors.append({"input": str(item), "error": str(exc)})
     return found, errors

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import os
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from scipy import ndimage
 from leukodx._progress import track
 from leukodx import _atomic
 from leukodx._versions import provenance, versions
-from leukodx.data.images import collect_images, jpeg_bytes, read_image, thumbnail_jpeg
+from leukodx.data.images import PathList, collect_image_paths, jpeg_bytes, read_image, thumbnail_jpeg
 from leukodx.data.vocabulary import is_leukocyte, leukocyte_classes, normalize_label
 from leukodx.errors import InvalidInputError, Interrupted, LeukodxError
 from leukodx.inference.classifier import (DEFAULT_CELL_MODEL, Classifier, Scored, load_model, row_cells,
@@ -86,7 +86,7 @@ def model_kind(clf: Classifier) -> str:
     return "cells" if any(is_leukocyte(c) for c in clf.classes) else "fields"
 
 
-def _stream_case(paths: list[Path], errors: list[dict], what: str,
+def _stream_case(paths: Sequence[str | Path], errors: list[dict], what: str,
                  max_side: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """(name, RGB) of each readable image, one decoded image in memory at a time (a case of whole-slide
     sized fields would not fit otherwise); an unreadable file becomes an error entry, not an abort.
@@ -315,7 +315,7 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
     check_coverage(coverage)
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    paths, errors = collect_images(list(inputs))
+    paths, errors = collect_image_paths(list(inputs))  # compact: a case may hold 10^5 images
 
     def nothing_readable(failed: list[dict]) -> InvalidInputError:
         where = ", ".join(str(i) for i in inputs)
@@ -336,7 +336,7 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
         kind, evidence = recognise_kind(rgb for _, rgb in _stream_case(paths, errors, "recognising the case",
                                                                         max_side=CASE_READ_SIDE))
         unreadable = {e["input"] for e in errors[failed:]}
-        paths = [p for p in paths if str(p) not in unreadable]
+        paths = PathList(p for p in paths if p not in unreadable)
     clf = clf or load_model(DEFAULT_MODELS[kind], backend=backend)
     if model_kind(clf) != kind:
         raise InvalidInputError(f"model {clf.name} classifies {model_kind(clf)}, but the case was given as {kind}")
@@ -357,7 +357,7 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
     if adapt_bn:  # the statistics of the whole case, read once before any prediction
         predictor = clf.adapted_to(arrays for _, arrays, _ in _case_chunks(paths, clf, max_side, chunk,
                                                                           "adapting to the case"))
-    todo = [p for p in paths if str(p) not in done]
+    todo = PathList(p for p in paths if p not in done)
     try:
         for names, arrays, kept in _case_chunks(todo, clf, max_side, chunk, "reading the case", analyzer):
             if not names:
@@ -392,7 +392,7 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
     return CaseRun(result, rowfile, clf.classes)
 
 
-def _case_chunks(paths: list[Path], clf: Classifier, max_side: int | None, chunk: int, what: str,
+def _case_chunks(paths: Sequence[str | Path], clf: Classifier, max_side: int | None, chunk: int, what: str,
                  analyzer=None) -> Iterator[tuple[list[str], np.ndarray, dict]]:
     """``chunk`` readable images at a time: names, model inputs (stacked) and what the case keeps of
     each (``thumbnails``: base64 JPEGs; ``fields``: the smear pipeline's results), with the files found
@@ -431,7 +431,10 @@ def _case_result(inputs, kind: str, evidence: str, clf: Classifier, analyzer, ro
     n_images = sum(1 for _ in rows())
     summary, flags = (_cell_summary if kind == "cells" else _field_summary)(rows(), clf.classes)
     if kind == "cells":
-        apl, apl_flags = _apl_call(clf, np.asarray(list(rowfile.entries("proba")), dtype=float))
+        proba = np.empty((n_images, len(clf.classes)))
+        for i, p in enumerate(rowfile.entries("proba")):
+            proba[i] = p
+        apl, apl_flags = _apl_call(clf, proba)
         summary.update(apl)
         flags.extend(apl_flags)
     scores = None if clf.reliability is None else np.fromiter(rowfile.entries("ood_score"), dtype=float)

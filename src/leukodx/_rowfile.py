@@ -52,9 +52,11 @@ class RowFile:
     """``rf = RowFile(out, manifest, resume)``; ``done = rf.start()``; ``rf.append(rows, errors)``
     per chunk; ``rf.finish(...)`` once every input is done."""
 
-    def __init__(self, output: str | os.PathLike, manifest: dict, resume: bool = False):
+    def __init__(self, output: str | os.PathLike, manifest: dict, resume: bool = False, scratch: bool = False):
+        """``scratch``: the rows only feed a result the caller writes to ``output`` itself (``evaluate``'s
+        metrics), so ``output`` may have any extension and ``finish`` is not used."""
         self.output = Path(output)
-        self.format = check_output(self.output)
+        self.format = None if scratch else check_output(self.output)
         self.partial = self.output.with_name(self.output.name + ".partial.jsonl")
         self.manifest = {"leukodx_partial": 1, "format": self.format, **manifest}
         self.resume = resume

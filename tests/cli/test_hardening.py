@@ -430,3 +430,38 @@ def test_batchnorm_adaptation_from_chunks_equals_adaptation_from_the_array():
     assert whole.keys() == parts.keys() and all(torch.equal(whole[k], parts[k]) for k in whole)
     assert not torch.equal(whole[next(k for k in whole if k.endswith("running_mean"))],
                            clf.net.state_dict()[next(k for k in whole if k.endswith("running_mean"))])
+
+
+def test_interrupted_evaluate_resumes_without_redoing_finished_images(pbc_folder, tmp_path, capsys, monkeypatch):
+    from leukodx.inference import classifier as classifier_module
+    from leukodx.inference.classifier import Classifier
+
+    monkeypatch.setattr(classifier_module, "CHUNK", 8)  # 32 cells: four chunks
+    real, calls = Classifier.score_arrays, []
+
+    def stop_on_third(self, arrays, batch_size=64):
+        calls.append(len(arrays))
+        if calls.count(8) == 3:
+            raise KeyboardInterrupt
+        return real(self, arrays, batch_size)
+
+    monkeypatch.setattr(Classifier, "score_arrays", stop_on_third)
+    out = tmp_path / "r.json"
+    args = ["evaluate", "--images", str(pbc_folder), "-o", str(out), "--no-report", "--n-boot", "50"]
+    assert main(args) == 130
+    partial = tmp_path / "r.json.partial.jsonl"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: interrupted; 16 of 32 images written to {partial} (rerun with --resume to finish)")
+    assert not out.exists() and partial.exists()
+    monkeypatch.setattr(Classifier, "score_arrays", lambda self, a, batch_size=64: calls.append(len(a)) or real(self, a, batch_size))
+    assert main([*args, "--resume", "--backend", "torch"]) == 2  # another backend than the interrupted run's
+    assert "backend" in capsys.readouterr().err and partial.exists()
+    calls.clear()
+    assert main([*args, "--resume"]) == 0
+    assert calls.count(8) == 2 and not partial.exists()  # only the two chunks not finished before
+    whole = tmp_path / "whole.json"
+    assert main(["evaluate", "--images", str(pbc_folder), "-o", str(whole), "--no-report", "--n-boot", "50"]) == 0
+    resumed, uninterrupted = (json.loads(p.read_text()) for p in (out, whole))
+    assert resumed["n"] == 32 and resumed["metrics"] == uninterrupted["metrics"]
+    assert resumed["roc_inputs"] == uninterrupted["roc_inputs"] and resumed["misclassified"] == uninterrupted["misclassified"]
+    assert main([*args, "--resume"]) == 2 and "already complete" in capsys.readouterr().err

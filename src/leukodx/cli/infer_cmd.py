@@ -81,6 +81,9 @@ def register(app: typer.Typer) -> None:
         backend: str = Backend,
         precision: str = Precision,
         device: str = Device,
+        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted evaluation of the same model "
+                                                            "and images into the same OUTPUT without redoing "
+                                                            "finished images."),
         data_root: Optional[Path] = DataRoot,
     ) -> None:
         """Accuracy, balanced accuracy, F1, per-class sensitivity/specificity/PPV/NPV, AUROC, ECE with 95% CIs."""
@@ -91,11 +94,12 @@ def register(app: typer.Typer) -> None:
         if (images is None) == (dataset is None):
             raise InvalidInputError("give exactly one of --images DIR or --dataset NAME")
         clf = load_model(model, backend=backend, precision=precision, device=device)
+        streamed = {"rows_to": output, "resume": resume}
         if images is not None:
-            result = evaluate_folder(clf, images, n_boot=n_boot, seed=seed, adapt_bn=adapt_bn)
+            result = evaluate_folder(clf, images, n_boot=n_boot, seed=seed, adapt_bn=adapt_bn, **streamed)
         else:
             result = evaluate_dataset(clf, dataset, split, split_file, data_root, n_boot=n_boot, seed=seed,
-                                      adapt_bn=adapt_bn)
+                                      adapt_bn=adapt_bn, **streamed)
         _report_errors(result["errors"])
         _atomic.write_json(output, result)
         if not no_report:

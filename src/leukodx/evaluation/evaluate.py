@@ -21,28 +21,61 @@ def match_classes(folder_classes: list[str], model_classes: list[str]) -> dict[s
     return {folder_classes[i]: j for i, j in mapping.source_to_target.items()}
 
 
-def _streamed(classifier, paths, adapt_bn: bool = False) -> tuple[list[str], object, list[dict], int | None]:
-    """Names, ``Scored`` (probabilities, OOD scores), errors of ``paths``, a chunk at a time, and with
-    ``adapt_bn`` the number of images the batch-norm statistics were re-estimated on (a first pass)."""
+def _streamed(classifier, paths, adapt_bn: bool, rows_to: Path, resume: bool
+              ) -> tuple[list[str], object, list[dict], int | None, object]:
+    """Names, ``Scored`` (probabilities, OOD scores), errors of ``paths``, a chunk at a time, with
+    ``adapt_bn`` the number of images the batch-norm statistics were re-estimated on (a first pass
+    over every image), and the row file: each chunk's probabilities are appended to
+    ``rows_to.partial.jsonl`` as they are made (``leukodx._rowfile.RowFile``), so ``resume``
+    continues an interrupted evaluation without redoing finished images."""
     from types import SimpleNamespace
 
+    from leukodx._rowfile import RowFile, inputs_digest
+
     items = [(str(p), str(p)) for p in paths]
-    adapted = classifier.adapted_to_inputs(items) if adapt_bn else None
-    names, proba, ood, errors = [], [], [], []
-    for part in classifier.stream(items, adapted=adapted):
-        names += [r["input"] for r in part.rows]
-        proba += [[r["probabilities"][c] for c in classifier.classes] for r in part.rows]
-        ood.append(part.ood_scores)
-        errors += part.errors
-    scores = np.concatenate([np.zeros(0)] + ood) if classifier.reliability is not None else None
+    rowfile = RowFile(rows_to, {"model": classifier.name, "model_sha256": classifier.card.get("sha256"),
+                                "inputs_sha256": inputs_digest(n for n, _ in items), "n_inputs": len(items),
+                                "adapt_bn": adapt_bn, "backend": classifier.backend,
+                                "precision": classifier.precision}, resume=resume, scratch=True)
+    done = rowfile.start()
+    todo = [item for item in items if item[0] not in done]
+    adapted = classifier.adapted_to_inputs(items) if adapt_bn else None  # every image, finished ones too
+    try:
+        for part in classifier.stream(todo, adapted=adapted):
+            ood = part.ood_scores if part.ood_scores is not None else [None] * len(part.rows)
+            rowfile.append([{"input": r["input"]} for r in part.rows], part.errors,
+                           [{"proba": [r["probabilities"][c] for c in classifier.classes],
+                             "ood_score": None if s is None else float(s)} for r, s in zip(part.rows, ood)])
+    except KeyboardInterrupt:
+        from leukodx.errors import Interrupted
+
+        rowfile.close()
+        n = sum(1 for _ in rowfile.entries("row"))
+        raise Interrupted(n, len(items), "images", f"{rowfile.partial} (rerun with --resume to finish)") from None
+    rowfile.close()
+    order = {name: i for i, (name, _) in enumerate(items)}
+    kept = sorted(((order[e["row"]["input"]], e) for e in rowfile.lines() if "row" in e), key=lambda pair: pair[0])
+    names = [e["row"]["input"] for _, e in kept]
+    proba = np.asarray([e["proba"] for _, e in kept], dtype=float).reshape(-1, len(classifier.classes))
+    scores = (np.asarray([e["ood_score"] for _, e in kept], dtype=float)
+              if classifier.reliability is not None else None)
     n_adapted = adapted.card["test_time_adaptation"]["images"] if adapted is not None else None
-    return names, SimpleNamespace(proba=np.asarray(proba, dtype=float).reshape(-1, len(classifier.classes)),
-                                  ood_scores=scores), errors, n_adapted
+    return (names, SimpleNamespace(proba=proba, ood_scores=scores), list(rowfile.entries("error")), n_adapted,
+            rowfile)
 
 
-def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int = 0, adapt_bn: bool = False) -> dict:
+def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int = 0, adapt_bn: bool = False,
+                   rows_to: str | os.PathLike | None = None, resume: bool = False) -> dict:
     """Metrics of ``classifier`` on ``index`` (labels in the index's own class list); with
-    ``adapt_bn``, the classifier's batch-norm statistics are first re-estimated on the index's images."""
+    ``adapt_bn``, the classifier's batch-norm statistics are first re-estimated on the index's images.
+    Streamed: with ``rows_to`` (the result's file), each chunk's probabilities are kept in
+    ``rows_to.partial.jsonl`` until the metrics are made, and ``resume`` continues an interrupted run;
+    without it, in a temporary folder."""
+    if rows_to is None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="leukodx-evaluate-") as work:
+            return evaluate_index(classifier, index, n_boot, seed, adapt_bn, Path(work) / "result.json")
     mapping = match_classes(index.classes, classifier.classes)
     if not mapping:
         raise InvalidInputError(
@@ -53,7 +86,7 @@ def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int 
     keep = [i for i, y in enumerate(index.labels) if index.classes[y] in mapping]
     sub = index.subset(keep)
     # streamed: memory holds the probabilities, not the images (AdaBN reads the images once more first)
-    names, scored, errors, n_adapted = _streamed(classifier, sub.abspaths(), adapt_bn)
+    names, scored, errors, n_adapted, rowfile = _streamed(classifier, sub.abspaths(), adapt_bn, Path(rows_to), resume)
     readable = set(names)
     y_model = np.array([mapping[sub.classes[sub.labels[i]]] for i, p in enumerate(sub.abspaths()) if str(p) in readable])
     if len(y_model) == 0:
@@ -69,6 +102,7 @@ def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int 
                                                                  "labels": y_model}, {})["in_site"]
         selective["shift_verdict"] = classifier.reliability.shift(scored.ood_scores)
     pred = proba.argmax(1)
+    rowfile.partial.unlink(missing_ok=True)  # the caller writes the result next
     return {
         "model": classifier.name,
         "model_sha256": classifier.card.get("sha256"),

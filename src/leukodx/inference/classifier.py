@@ -316,7 +316,7 @@ class Classifier:
         return names, arrays, errors + [e for p in parts for e in p[2]]
 
     def stream(self, items: Sequence[tuple[str, object]], coverage: float = DEFAULT_COVERAGE, batch_size: int = 64,
-               chunk: int = CHUNK, workers: int | None = None, decimals: int | None = None,
+               chunk: int | None = None, workers: int | None = None, decimals: int | None = None,
                adapted: "Classifier | None" = None) -> Iterator[Chunk]:
         """Rows for ``items`` (``(name, path or array)``, as ``expand_inputs`` gives), one ``Chunk`` at a
         time, in input order. Chunks are decoded and preprocessed by ``workers`` processes (default: one
@@ -327,16 +327,18 @@ class Classifier:
         import contextlib
 
         check_coverage(coverage)
+        chunk = chunk or CHUNK
         pooled = min(workers or os.cpu_count() or 1, -(-len(items) // chunk)) > 1
         for prepared in self.prepared_chunks(items, chunk, workers):
             # with a pool the other cores are decoding: a second BLAS thread would only spin
             with one_blas_thread() if pooled else contextlib.nullcontext():
                 yield self._chunk(prepared, coverage, batch_size, decimals, adapted)
 
-    def prepared_chunks(self, items: Sequence[tuple[str, object]], chunk: int = CHUNK,
+    def prepared_chunks(self, items: Sequence[tuple[str, object]], chunk: int | None = None,
                         workers: int | None = None) -> Iterator[tuple[list[str], np.ndarray, list[dict]]]:
-        """``items`` decoded and preprocessed, ``chunk`` at a time in input order: (names, model inputs,
-        errors), by ``workers`` processes ahead of the caller (see ``stream``)."""
+        """``items`` decoded and preprocessed, ``chunk`` (default ``CHUNK``) at a time in input order:
+        (names, model inputs, errors), by ``workers`` processes ahead of the caller (see ``stream``)."""
+        chunk = chunk or CHUNK
         starts = range(0, len(items), chunk)
         workers = min(workers or os.cpu_count() or 1, len(starts))
         if workers <= 1:  # nothing to overlap with: no pool to start

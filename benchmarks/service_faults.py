@@ -1,8 +1,10 @@
 """Faults on the review service, on each database (PostgreSQL and the embedded SQLite file):
 
-1. ``kill -9`` of the worker while it runs a 100-cell analysis, then a new worker: the job is taken
-   again once the dead worker's heartbeat is stale (``--stale-after 15``) and completes, with one
-   result and exactly one cell per uploaded file.
+1. ``kill -9`` of the worker while it runs a 600-cell analysis, once it has written its first chunk
+   of rows to the job's work folder, then a new worker: the job is taken again once the dead
+   worker's heartbeat is stale (``--stale-after 15``), resumes from the rows the dead worker
+   finished (its log says how many) and completes, with one result and exactly one cell per
+   uploaded file.
 2. ``kill -9`` of the server in the middle of an upload (a 40 MB request sent slowly), then a restart:
    the case shows no file from the cut upload, the uploads folder holds no half-written file and no
    file without a database row, and the restarted server analyses a new upload.
@@ -26,6 +28,8 @@ from _common import write_result
 from _service import Service, cell_images, database_checks, prepare, start_worker, token, uploads_agree
 
 STALE = 15
+#: cells of the analysis the worker is killed in: three of the workers' 256-image chunks
+CELLS = 600
 
 
 def upload_cells(base: str, auth: dict, case: int, paths: list[Path]) -> list[int]:
@@ -45,20 +49,33 @@ def wait_job(base: str, auth: dict, job: int, until: tuple[str, ...], timeout: f
     raise TimeoutError(f"job {job} not {until} within {timeout} s")
 
 
+def _rows(partial: Path) -> int:
+    """Rows a job's work file holds (0 while there is none)."""
+    try:
+        with open(partial, "rb") as fh:
+            return sum(line.startswith(b'{"row"') for line in fh)
+    except OSError:
+        return 0
+
+
 def worker_killed(data_dir: Path, url: str) -> dict:
     service = Service(data_dir, url, "--no-worker", "--stale-after", str(STALE)).start()
     try:
         auth = token(service.base)
         case = httpx.post(f"{service.base}/api/cases", json={"label": "worker killed"}, headers=auth).json()["id"]
-        uploaded = upload_cells(service.base, auth, case, cell_images(100, offset=3000))
+        uploaded = upload_cells(service.base, auth, case, cell_images(CELLS, offset=3000))
         job = httpx.post(f"{service.base}/api/cases/{case}/analyses", json={"kind": "cells"}, headers=auth).json()["job_id"]
         first = start_worker(data_dir, url, "--stale-after", str(STALE), log_name="worker-1.log")
         wait_job(service.base, auth, job, ("running",))
-        time.sleep(2.0)  # well inside the analysis (model loading, decoding)
+        partial = data_dir / "work" / f"job-{job}" / "attempt-1" / "predictions.csv.partial.jsonl"
+        deadline = time.monotonic() + 300
+        while not _rows(partial) and time.monotonic() < deadline:  # the first chunk written: mid-case
+            time.sleep(0.02)
         before = httpx.get(f"{service.base}/api/jobs/{job}", headers=auth).json()
         first.kill()
         first.wait()
         killed_at = time.monotonic()
+        rows_at_kill = _rows(partial)
         second = start_worker(data_dir, url, "--stale-after", str(STALE), log_name="worker-2.log")
         try:
             final = wait_job(service.base, auth, job, ("done", "failed"))
@@ -68,7 +85,10 @@ def worker_killed(data_dir: Path, url: str) -> dict:
         recovered = time.monotonic() - killed_at
         results = httpx.get(f"{service.base}/api/cases/{case}/results", headers=auth).json()
         files = [c["file_id"] for c in results["cells"]]
-        return {"status_when_killed": before["status"], "final_status": final["status"], "attempts": final["attempts"],
+        resumed = [line for line in (data_dir / "worker-2.log").read_text().splitlines() if "resuming from" in line]
+        return {"status_when_killed": before["status"], "rows_written_when_killed": rows_at_kill,
+                "second_worker_log": resumed[0].split(": ", 1)[-1] if resumed else None,
+                "final_status": final["status"], "attempts": final["attempts"],
                 "seconds_to_done_after_kill": round(recovered, 1), "results": len(results["analyses"]),
                 "uploaded": len(uploaded), "cells": len(files), "lost": len(set(uploaded) - set(files)),
                 "duplicated": len(files) - len(set(files)),
@@ -149,7 +169,9 @@ def main() -> None:
     for database, entry in report.items():
         w, s, d = entry["worker kill -9 mid-job"], entry["server kill -9 mid-upload"], entry["database"]
         rows.append([database, "worker kill -9 mid-job",
-                     f"killed while {w['status_when_killed']}; job {w['final_status']} after {w['attempts']} attempts, "
+                     f"killed while {w['status_when_killed']}, {w['rows_written_when_killed']} of {w['uploaded']} rows "
+                     f"written; the next worker: {w['second_worker_log'] or 'no resume logged'}; "
+                     f"job {w['final_status']} after {w['attempts']} attempts, "
                      f"{w['seconds_to_done_after_kill']} s after the kill (stale after {STALE} s); {w['results']} result, "
                      f"{w['cells']}/{w['uploaded']} cells, lost {w['lost']}, duplicated {w['duplicated']}",
                      "yes" if w["ok"] else "**no**"])

@@ -86,6 +86,9 @@ def _take_over(settings, job_id: int, attempt: int) -> Path:
                 shutil.copyfile(partial, work / partial.name)
             except OSError:  # gone meanwhile: start afresh
                 continue
+            with open(work / partial.name, "rb") as fh:
+                rows = sum(line.startswith(b'{"row"') for line in fh)
+            log.info("job %s attempt %s: resuming from %d image(s) attempt %s finished", job_id, attempt, rows, earlier)
             break
     return work
 

@@ -87,7 +87,7 @@ def worker_killed(data_dir: Path, url: str) -> dict:
         files = [c["file_id"] for c in results["cells"]]
         resumed = [line for line in (data_dir / "worker-2.log").read_text().splitlines() if "resuming from" in line]
         return {"status_when_killed": before["status"], "rows_written_when_killed": rows_at_kill,
-                "second_worker_log": resumed[0].split(": ", 1)[-1] if resumed else None,
+                "second_worker_log": resumed[0].split(": ", 1)[-1].strip() if resumed else None,
                 "final_status": final["status"], "attempts": final["attempts"],
                 "seconds_to_done_after_kill": round(recovered, 1), "results": len(results["analyses"]),
                 "uploaded": len(uploaded), "cells": len(files), "lost": len(set(uploaded) - set(files)),

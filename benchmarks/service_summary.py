@@ -29,7 +29,10 @@ def main() -> None:
          f"lost {s['lost']}, duplicated {s['duplicated']}, failed jobs {s['failed_jobs']}",
          "yes" if s["lost"] == 0 and s["duplicated"] == 0 and s["failed_jobs"] == 0 else "**no**"],
         ["kill -9 of the worker mid-job, then a new worker (PostgreSQL, SQLite)",
-         "; ".join(f"{db}: {e['worker kill -9 mid-job']['final_status']} after "
+         "; ".join(f"{db}: killed after {e['worker kill -9 mid-job'].get('rows_written_when_killed', '?')} of "
+                   f"{e['worker kill -9 mid-job']['uploaded']} rows, the next worker "
+                   f"{(e['worker kill -9 mid-job'].get('second_worker_log') or 'did not resume').split(' attempt ')[0]}, "
+                   f"{e['worker kill -9 mid-job']['final_status']} after "
                    f"{e['worker kill -9 mid-job']['attempts']} attempts, "
                    f"{e['worker kill -9 mid-job']['seconds_to_done_after_kill']} s" for db, e in faults["report"].items()),
          "one result, every cell once", "yes" if worker_ok else "**no**"],

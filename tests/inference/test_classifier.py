@@ -207,8 +207,11 @@ def test_detector_and_segmenter_take_the_same_device_rule(monkeypatch, real_jpeg
     from leukodx.smear.segmentation import load_segmenter
 
     monkeypatch.setattr(device, "cuda_present", lambda: False)
-    det, seg = load_detector(), load_segmenter()
+    det, seg = load_detector(backend="torch"), load_segmenter()
     assert det.device == seg.device == "cpu" and next(det.net.parameters()).device.type == "cpu"
+    assert load_detector().backend == "onnx"  # auto on the CPU: ONNX Runtime
+    with pytest.raises(ValueError, match="expected one of auto, onnx, torch"):
+        load_detector(backend="tensorrt")
     with pytest.raises(ValueError, match="no CUDA device here"):
         load_segmenter(device="cuda")
     assert main(["detect", str(real_jpeg), "-o", str(tmp_path / "d"), "--device", "cuda"]) == 2

@@ -85,3 +85,57 @@ def test_a_field_over_the_one_pass_limit_is_tiled_and_boxes_stay_inside(bccd):
     out = leukodx.load("bccd-frcnn").detect(big)
     assert len(out["boxes"]) >= 10 * len(one["boxes"])  # 20 copies; seams may drop a few cells
     assert out["boxes"][:, [0, 2]].max() <= 2560 and out["boxes"][:, [1, 3]].max() <= 2400
+
+
+def test_the_onnx_detector_finds_what_the_pytorch_network_finds(bccd):
+    """ONNX Runtime (the CPU default) against PyTorch on real fields at their own size and rescaled to
+    odd sizes (the graph computes each field's resize as PyTorch does): the same boxes, classes,
+    scores and OOD features."""
+    from PIL import Image
+
+    from leukodx.data.registry import load_fields
+    from leukodx.smear.detector import detections_agree
+
+    onnx, torch_det = load_detector(backend="onnx"), load_detector(backend="torch")
+    assert (onnx.backend, torch_det.backend) == ("onnx", "torch") and onnx.onnx_sha256
+    images, _ = load_fields(bccd, bccd.splits["test"][:3])
+    for rgb in images:
+        for factor in (1.0, 0.73, 1.29):
+            size = (round(rgb.shape[1] * factor) | 1, round(rgb.shape[0] * factor) | 1)  # odd sides
+            field = rgb if factor == 1.0 else np.asarray(Image.fromarray(rgb).resize(size))
+            a, b = onnx.detect(field), torch_det.detect(field)
+            assert len(b["boxes"]) and detections_agree(a, b, min_score=0.05), field.shape
+
+
+def test_a_changed_cached_detector_export_is_made_again_and_detect_starts_without_pytorch(bccd):
+    """The stamp vouches for the bundle and the very file: a changed export is made again from the
+    verified weights (and the digest of what runs is reported); a vouched one loads without PyTorch."""
+    import subprocess
+    import sys
+
+    import onnx
+    from onnx import numpy_helper
+
+    from leukodx._hashing import sha256_file
+    from leukodx.data.registry import load_fields
+    from leukodx.smear.detector import export_path
+
+    (field,), _ = load_fields(bccd, bccd.splits["test"][:1])
+    clean = load_detector(backend="onnx")
+    expected = clean.detect(field)
+    path = export_path(clean.card)
+    assert clean.onnx_sha256 == sha256_file(path)
+    model = onnx.load(str(path))
+    last = [t for t in model.graph.initializer if len(t.dims) == 1][-1]
+    last.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(last) + 5.0, last.name))
+    onnx.save(model, str(path))
+    tampered = sha256_file(path)
+    again = load_detector(backend="onnx")
+    assert again.onnx_sha256 == sha256_file(path) != tampered
+    got = again.detect(field)
+    assert np.array_equal(got["boxes"], expected["boxes"]) and np.array_equal(got["scores"], expected["scores"])
+    code = ("import sys; from leukodx.smear.detector import load_detector; import numpy as np; "
+            "d = load_detector(backend='onnx'); d.detect(np.zeros((480, 640, 3), np.uint8)); "
+            "print(sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -71,6 +71,8 @@ def register(app: typer.Typer) -> None:
                                                             "fields, detector, model and options): finished fields "
                                                             "are not redone."),
         device: str = Device,
+        backend: str = typer.Option("auto", help="Detector backend: auto (ONNX Runtime on a CPU, PyTorch on a GPU) "
+                                                 "| onnx | torch"),
     ) -> None:
         """Find every cell in smear fields, type the white cells, count them; bad files are reported and skipped.
         Streamed: each field's files are written as it finishes; cells.csv and summary.json at the end."""
@@ -78,7 +80,7 @@ def register(app: typer.Typer) -> None:
 
         summary = analyze_fields(inputs, output, detector=detector, model=model, pixel_scale=pixel_scale,
                                  um_per_px=um_per_px, overlay=overlay, log=lambda m: err.print(m), resume=resume,
-                                 device=device)
+                                 device=device, backend=backend)
         if not summary["n_fields"]:
             err.print(f"error: no readable field ({len(summary['errors'])} unreadable); only summary.json written to "
                       f"{output}")

@@ -349,7 +349,8 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
         "model_sha256": "+".join(str(s) for s in shas), "inputs_sha256": inputs_digest(str(p) for p in paths),
         "n_inputs": len(paths), "kind": kind, "backend": clf.backend, "precision": clf.precision,
         "coverage": coverage, "adapt_bn": adapt_bn, "explain": explain, "smear": analyzer is not None,
-        "pixel_scale": pixel_scale, "um_per_px": um_per_px}, resume=resume)
+        "pixel_scale": pixel_scale, "um_per_px": um_per_px,
+        "detector_backend": analyzer.detector.backend if analyzer else None}, resume=resume)
     done = rowfile.start()  # before anything is removed: a refused --resume leaves the folder as it was
     for stale in case_files(work_dir).values():  # an earlier run's files never sit beside an unfinished one
         stale.unlink(missing_ok=True)
@@ -511,7 +512,8 @@ def _smear_summary(analyzer, fields: Iterable[dict], pixel_scale: float | None, 
     for f in fields:
         totals.add(f)
         listed.append({k: v for k, v in f.items() if k != "cells"} | {"cells": len(f["cells"])})
-    return {"detector": {"name": analyzer.detector.name, "sha256": analyzer.detector.card.get("sha256")},
+    return {"detector": {"name": analyzer.detector.name, "sha256": analyzer.detector.card.get("sha256"),
+                         "backend": analyzer.detector.backend, "onnx_sha256": analyzer.detector.onnx_sha256},
             "scale_given": {"pixel_scale": pixel_scale, "um_per_px": um_per_px},
             "summary": totals.summary(), "fields": listed}
 

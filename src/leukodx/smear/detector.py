@@ -5,23 +5,31 @@ training (BCCD's 640 x 480 fields): a field up to ~4 Mpx goes through in one pas
 a larger one is cut into overlapping 640 x 480 tiles (``leukodx.smear.tiling``). ``input_scale``
 shrinks the input before the network (0.5 halves compute; platelets stay ~20 px).
 
-Weights are a safetensors file and a JSON card, like every leukodx model; no pickle is read.
+Weights are a safetensors file and a JSON card, like every leukodx model; no pickle is read. On a
+CPU the network runs from its ONNX export through ONNX Runtime (``backend='auto'``): exported once
+from the verified weights into the cache, trusted only after it answers probe fields as the PyTorch
+network does, and from then on loaded without importing PyTorch (``leukodx.smear.detector_net``
+holds the PyTorch side).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
-from leukodx.models.bundle import interpreting, load_network, save_bundle
+from leukodx.models.bundle import interpreting, save_bundle
 from leukodx.smear.tiling import DEFAULT_OVERLAP, iter_tile_batches, merge_tile_detections
 
+log = logging.getLogger(__name__)
+
 DETECTION_CLASSES = ("RBC", "WBC", "Platelets")
+BACKENDS = ("auto", "onnx", "torch")
+#: bumped when the exported graph changes, so a cached export of an older graph is not reused
+EXPORT_VERSION = 1
 #: fields up to this size (about 2,000 x 2,000 px) are detected in one pass; larger ones are tiled
 WHOLE_FIELD_PIXELS = 4_200_000
 
@@ -51,63 +59,23 @@ class DetectorConfig:
         return asdict(self)
 
 
-class TimmFPN(nn.Module):
-    """A timm feature extractor (strides 4-32) with a torchvision feature pyramid on top."""
-
-    def __init__(self, name: str, channels: int):
-        super().__init__()
-        import timm
-        from torchvision.ops import FeaturePyramidNetwork
-        from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
-
-        self.body = timm.create_model(name, features_only=True, out_indices=(1, 2, 3, 4), pretrained=False)
-        self.fpn = FeaturePyramidNetwork(self.body.feature_info.channels(), channels, extra_blocks=LastLevelMaxPool())
-        self.out_channels = channels
-
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.body(x))))
-
-
-def build_detector(config: DetectorConfig) -> nn.Module:
-    """A Faster R-CNN sized for CPU: small box head, fewer proposals, fixed input size."""
-    from torchvision.models.detection import FasterRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-
-    backbone = TimmFPN(config.backbone, config.fpn_channels)
-    levels = len(config.anchor_sizes)
-    anchors = AnchorGenerator(tuple((s,) for s in config.anchor_sizes), ((0.5, 1.0, 2.0),) * levels)
-    side = int(round(min(config.tile) * config.input_scale))
-    long_side = int(round(max(config.tile) * config.input_scale))
-    return FasterRCNN(
-        backbone, num_classes=None, min_size=side, max_size=long_side,
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25],
-        rpn_anchor_generator=anchors,
-        box_head=TwoMLPHead(config.fpn_channels * 7 * 7, 256),
-        box_predictor=FastRCNNPredictor(256, len(config.classes) + 1),
-        rpn_batch_size_per_image=128, box_batch_size_per_image=128,
-        rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500,
-        rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=config.max_detections * 2,
-        box_detections_per_img=config.max_detections, box_score_thresh=config.score_threshold,
-    )
-
-
-def tile_tensor(tile_rgb: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, H, W) float in [0, 1], the form torchvision detectors take."""
-    return torch.from_numpy(np.array(tile_rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255.0)
-
-
 @dataclass
 class CellDetector:
-    """A loaded detector: ``detect_tiles`` runs the network on full-size tiles."""
+    """A loaded detector: ``detect`` finds every cell of a field, ``detect_tiles`` runs the network on
+    whole tiles. ``net`` is the PyTorch network (built from the bundle on first use when ONNX Runtime
+    serves the detections); ``session`` the ONNX Runtime session, or None for the PyTorch backend."""
 
-    net: nn.Module
+    net: object
     config: DetectorConfig
     card: dict = field(default_factory=dict)
     #: per-field OOD statistics of the backbone's deepest features (``leukodx.models.reliability``)
     reliability: object = None
     #: where the network runs ('cpu' or 'cuda'; ``load_detector(device=...)``)
     device: str = "cpu"
+    session: object = None
+    directory: Path | None = None
+    #: sha256 of the ONNX file that runs (None for the PyTorch backend)
+    onnx_sha256: str | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -117,24 +85,33 @@ class CellDetector:
     def name(self) -> str:
         return self.card.get("name", "detector")
 
+    @property
+    def backend(self) -> str:
+        return "onnx" if self.session is not None else "torch"
+
+    def torch_net(self):
+        """The PyTorch network, built from the verified bundle if it has not been yet."""
+        if self.net is None:
+            self.net = _load_net(self.directory)[0].to(self.device)
+        return self.net
+
     def detect_tiles(self, tiles: list[np.ndarray]) -> list[dict]:
-        """Boxes (N, 4) xyxy in tile pixels, labels (N,) class indices, scores (N,) per tile, and
-        ``features``: the backbone's deepest map averaged over the tile (for the OOD check; free,
-        taken from the same pass)."""
+        """Per tile (each whole, at its own size): boxes (N, 4) xyxy in tile pixels, labels (N,) class
+        indices, scores (N,), and ``features``: the backbone's deepest map averaged over the tile (for
+        the OOD check; free, taken from the same pass)."""
         if not tiles:
             return []
-        self.net.eval()
-        seen: list[torch.Tensor] = []
-        hook = self.net.backbone.body.register_forward_hook(lambda m, i, o: seen.append(o[-1].mean(dim=(2, 3))))
-        try:
-            with torch.inference_mode():
-                out = self.net([tile_tensor(t).to(self.device) for t in tiles])
-        finally:
-            hook.remove()
-        pooled = seen[-1].cpu().numpy().astype(np.float64)
-        out = [{k: v.cpu() for k, v in o.items()} for o in out]
-        return [{"boxes": o["boxes"].numpy().astype(np.float32), "labels": (o["labels"].numpy() - 1).astype(int),
-                 "scores": o["scores"].numpy().astype(np.float32), "features": f} for o, f in zip(out, pooled)]
+        if self.session is None:
+            from leukodx.smear.detector_net import detect_torch
+
+            return detect_torch(self.torch_net().eval(), self.config, tiles, self.device)
+        out = []
+        for tile in tiles:
+            image = np.ascontiguousarray(np.transpose(tile, (2, 0, 1)), dtype=np.float32) / np.float32(255.0)
+            boxes, labels, scores, features = self.session.run(None, {"image": image})
+            out.append({"boxes": boxes.astype(np.float32), "labels": (labels - 1).astype(int),
+                        "scores": scores.astype(np.float32), "features": features.astype(np.float64)})
+        return out
 
     def field_ood(self, detections: dict) -> tuple[float | None, bool | None]:
         """(OOD score, flagged) of a field from its detections' features; (None, None) without statistics."""
@@ -151,7 +128,7 @@ class CellDetector:
         """
         h, w = rgb.shape[:2]
         if h * w <= WHOLE_FIELD_PIXELS:
-            return self._detect_whole(rgb)
+            return self.detect_tiles([rgb])[0]
         origins, per_tile = [], []
         for chunk, tiles in iter_tile_batches(rgb, self.config.tile, overlap, batch):
             origins.extend(chunk)
@@ -159,37 +136,145 @@ class CellDetector:
         merged = merge_tile_detections(per_tile, origins, rgb.shape[:2], self.config.tile)
         return {**merged, "features": np.mean([t["features"] for t in per_tile], axis=0)}
 
-    def _detect_whole(self, rgb: np.ndarray) -> dict:
-        transform = self.net.transform
-        saved = transform.min_size, transform.max_size
-        h, w = rgb.shape[:2]
-        # the transform rescales every image to min_size; setting it from this field keeps the scale fixed
-        transform.min_size = (max(1, int(round(min(h, w) * self.config.input_scale))),)
-        transform.max_size = max(1, int(round(max(h, w) * self.config.input_scale)))
-        try:
-            return self.detect_tiles([rgb])[0]
-        finally:
-            transform.min_size, transform.max_size = saved
 
-
-def save_detector(directory: str | os.PathLike, net: nn.Module, config: DetectorConfig, card: dict) -> dict:
+def save_detector(directory: str | os.PathLike, net, config: DetectorConfig, card: dict) -> dict:
     """Weights + card, written atomically; the card gains the config, sha256 and size."""
     return save_bundle(directory, net, {**card, "task": "detection", "detector": config.as_dict(),
                                         "classes": list(config.classes)})
 
 
-def load_detector(name_or_path: str | os.PathLike = "bccd-frcnn", device: str = "auto") -> CellDetector:
+def _load_net(directory: Path):
+    from leukodx.models.bundle import load_network
+    from leukodx.smear.detector_net import build_detector
+
+    return load_network(directory, "detection", lambda card: build_detector(DetectorConfig.from_dict(card["detector"])))
+
+
+def load_detector(name_or_path: str | os.PathLike = "bccd-frcnn", device: str = "auto",
+                  backend: str = "auto") -> CellDetector:
     """A bundled detector by name or a folder; the weights' sha256 is checked against the card.
-    ``device``: auto (a CUDA GPU when present) | cpu | cuda (``leukodx.models.device``)."""
+    ``device``: auto (a CUDA GPU when present) | cpu | cuda (``leukodx.models.device``).
+    ``backend``: auto (ONNX Runtime on a CPU, PyTorch on a GPU) | onnx | torch."""
+    from leukodx.errors import InvalidInputError
+    from leukodx.models.bundle import resolve_bundle, verify_bundle
     from leukodx.models.device import resolve_device
     from leukodx.models.reliability import load_reliability
 
+    if backend not in BACKENDS:
+        raise InvalidInputError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     where = resolve_device(device)
-    net, card, directory = load_network(name_or_path, "detection",
-                                        lambda card: build_detector(DetectorConfig.from_dict(card["detector"])))
+    if backend == "onnx" and where != "cpu":
+        raise InvalidInputError("--backend onnx runs on the CPU; use --device cpu (or --backend torch on the GPU)")
+    directory = resolve_bundle(name_or_path, "detection")
+    card, _ = verify_bundle(directory, "detection")
     with interpreting(directory):
-        return CellDetector(net.to(where), DetectorConfig.from_dict(card["detector"]), card,
-                            load_reliability(directory, card), device=where)
+        config = DetectorConfig.from_dict(card["detector"])
+        detector = CellDetector(None, config, card, load_reliability(directory, card), device=where,
+                                directory=directory)
+    use_onnx = backend == "onnx" or (backend == "auto" and where == "cpu" and _onnxruntime_available())
+    if use_onnx:
+        detector.session, detector.onnx_sha256 = _onnx_session(detector)
+    else:
+        detector.torch_net()
+    return detector
+
+
+def _onnxruntime_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def export_path(card: dict) -> Path:
+    """Where a detector's ONNX export is kept: the cache, or a private temporary folder when the cache
+    cannot be written (the export is then made again by the next process)."""
+    from leukodx.data.cache import writable_cache_dir
+
+    folder = writable_cache_dir("onnx")
+    if folder is None:
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="leukodx-onnx-"))
+    return folder / f"{str(card.get('sha256', 'unsaved'))[:24]}-detector-v{EXPORT_VERSION}.onnx"
+
+
+def _onnx_session(detector: CellDetector):
+    """(session, sha256) of the detector's cached ONNX export. An export is trusted only after it
+    answers probe fields (random, of two sizes) as the verified PyTorch network does; a stamp beside it
+    then records the bundle's and the file's sha256, and later runs that find both unchanged start
+    without PyTorch. A file the stamp does not vouch for (changed, stale, unreadable) is exported again."""
+    import json
+
+    from leukodx import _atomic
+    from leukodx._hashing import sha256_file
+    from leukodx.errors import IntegrityError
+
+    path = export_path(detector.card)
+    stamp = path.with_name(path.name + ".verified.json")
+    try:
+        record = json.loads(stamp.read_text())
+        if record.get("bundle_sha256") == detector.card.get("sha256") and path.exists():
+            digest = sha256_file(path)
+            if digest == record.get("onnx_sha256"):
+                return _session(path), digest
+    except (OSError, ValueError, AttributeError):
+        pass
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime cannot read it: rebuilt below
+        log.warning("%s: cached detector export unreadable (%s); rebuilt", path, type(exc).__name__)
+    from leukodx.smear.detector_net import export_detector
+
+    for _ in range(2):  # a file the stamp does not vouch for is made again from the verified weights
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _atomic.atomic_path(path) as tmp:
+            export_detector(detector.torch_net(), detector.config, tmp)
+        try:
+            session = _session(path)
+        except Exception:  # noqa: BLE001 - a damaged cache file: rebuild it
+            continue
+        if _answers_like_torch(detector, session):
+            digest = sha256_file(path)
+            try:
+                _atomic.write_json(stamp, {"bundle_sha256": detector.card.get("sha256"), "onnx_sha256": digest,
+                                           "checked": "boxes, labels, scores and features of probe fields match "
+                                                      "PyTorch's"})
+            except OSError:
+                pass  # no stamp: the next run checks against PyTorch again
+            return session, digest
+        log.warning("%s: the ONNX export does not reproduce %s's network; rebuilt", path, detector.name)
+    raise IntegrityError(f"{path}: the ONNX export of {detector.name} does not reproduce its PyTorch network")
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _answers_like_torch(detector: CellDetector, session) -> bool:
+    """Detections and features of probe fields (random, a new draw each time; a BCCD-sized one and one of
+    odd size) agree with the PyTorch network's."""
+    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+    h, w = detector.config.tile
+    probes = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8), rng.integers(0, 256, (h // 2 + 37, w - 101, 3),
+                                                                            dtype=np.uint8)]
+    want = CellDetector(detector.torch_net(), detector.config, detector.card, device="cpu").detect_tiles(probes)
+    got = CellDetector(None, detector.config, detector.card, session=session).detect_tiles(probes)
+    return all(detections_agree(g, w) for g, w in zip(got, want))
+
+
+def detections_agree(a: dict, b: dict, min_score: float = 0.3, atol_px: float = 0.5) -> bool:
+    """Two runs' detections of one field agree: features within float tolerance, the same boxes above
+    ``min_score`` (same classes, corners within ``atol_px``), scores within 1e-3."""
+    if not np.allclose(a["features"], b["features"], rtol=1e-3, atol=1e-3):
+        return False
+    ka, kb = a["scores"] >= min_score, b["scores"] >= min_score
+    if ka.sum() != kb.sum():
+        return False
+    return (np.array_equal(a["labels"][ka], b["labels"][kb]) and np.allclose(a["boxes"][ka], b["boxes"][kb], atol=atol_px)
+            and np.allclose(a["scores"][ka], b["scores"][kb], atol=1e-3))
 
 
 def fit_detector_reliability(detector: CellDetector, train_fields: list[np.ndarray], val_fields: list[np.ndarray],
@@ -213,7 +298,7 @@ def refit_detector_reliability(name_or_path: str | os.PathLike = "bccd-frcnn", d
     from leukodx.models.bundle import resolve_bundle
     from leukodx.models.reliability import attach_reliability
 
-    detector = load_detector(name_or_path)
+    detector = load_detector(name_or_path, backend="torch")  # the statistics of the network as trained
     directory = resolve_bundle(name_or_path, "detection")
     data = detector.card.get("data", {})
     index = load_dataset(data.get("dataset", "bccd"), data_root)

@@ -26,7 +26,8 @@ BATCH_FILES = ("summary.json", "cells.csv")
 
 def analyze_fields(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, detector="bccd-frcnn",
                    model=None, pixel_scale: float | None = None, um_per_px: float | None = None,
-                   overlay: bool = True, log=print, resume: bool = False, device: str = "auto") -> dict:
+                   overlay: bool = True, log=print, resume: bool = False, device: str = "auto",
+                   backend: str = "auto") -> dict:
     """Analyse every readable field in ``inputs``; unreadable ones are listed and skipped.
 
     Streamed: per-field files are written as each field finishes and each field's result is appended
@@ -43,7 +44,7 @@ def analyze_fields(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
 
     out_dir = Path(out_dir)
     paths, errors = collect_images(inputs)
-    analyzer = SmearAnalyzer(detector if isinstance(detector, CellDetector) else load_detector(detector, device),
+    analyzer = SmearAnalyzer(detector if isinstance(detector, CellDetector) else load_detector(detector, device, backend),
                              model if isinstance(model, Classifier) else load_model(model or DEFAULT_CELL_MODEL),
                              pixel_scale=pixel_scale, um_per_px=um_per_px)
     for e in errors:
@@ -52,7 +53,8 @@ def analyze_fields(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, 
         "model": f"{analyzer.detector.name} + {analyzer.classifier.name}",
         "model_sha256": f"{analyzer.detector.card.get('sha256')}+{analyzer.classifier.card.get('sha256')}",
         "inputs_sha256": inputs_digest(str(p) for p in paths), "n_inputs": len(paths),
-        "pixel_scale": pixel_scale, "um_per_px": um_per_px, "overlay": overlay}, resume=resume)
+        "pixel_scale": pixel_scale, "um_per_px": um_per_px, "overlay": overlay,
+        "detector_backend": analyzer.detector.backend}, resume=resume)
     done = rows.start()  # before anything is removed: a refused --resume leaves the folder as it was
     for name in BATCH_FILES:
         (out_dir / name).unlink(missing_ok=True)
@@ -126,6 +128,7 @@ def _summary(inputs, rows, listing_errors: list[dict], analyzer, pixel_scale, um
         "summary": totals.summary() if n else {"counts": None, "flags": ["no readable field"]},
         "errors": listing_errors + list(rows.entries("error")),
         "detector": {"name": analyzer.detector.name, "sha256": analyzer.detector.card.get("sha256"),
+                     "backend": analyzer.detector.backend, "onnx_sha256": analyzer.detector.onnx_sha256,
                      "count_thresholds": analyzer.thresholds},
         "classifier": {"name": analyzer.classifier.name, "sha256": analyzer.classifier.card.get("sha256"),
                        "abstain_below": analyzer.classifier.abstain_below},

@@ -16,7 +16,8 @@ from leukodx.data.registry import load_fields
 from leukodx.errors import InvalidInputError
 from leukodx.models.card import build_card
 from leukodx.preprocessing.augment import Augment, augment_batch
-from leukodx.smear.detector import CellDetector, DetectorConfig, build_detector, tile_tensor
+from leukodx.smear.detector import CellDetector, DetectorConfig
+from leukodx.smear.detector_net import build_detector, tile_tensor
 from leukodx.smear.metrics import coco_average_precision, count_errors
 from leukodx.training.engine import Engine
 

@@ -23,6 +23,11 @@ from leukodx import _atomic
 from leukodx.errors import InvalidInputError
 
 FORMATS = (".csv", ".jsonl", ".json", ".parquet")
+
+
+class ResumeRefused(InvalidInputError):
+    """``resume`` found a partial file this run cannot continue (another model, options or input list,
+    or not a leukodx partial file)."""
 KEY = "input"
 
 
@@ -78,7 +83,7 @@ class RowFile:
                     try:
                         found = json.loads(next(fh))["manifest"]
                     except (StopIteration, ValueError, KeyError, TypeError):
-                        raise InvalidInputError(f"{self.partial}: not a leukodx partial result; remove it or write "
+                        raise ResumeRefused(f"{self.partial}: not a leukodx partial result; remove it or write "
                                                 "elsewhere") from None
                     self._check_same(found)
                     for line in fh:
@@ -96,12 +101,12 @@ class RowFile:
     def _check_same(self, found: dict) -> None:
         for key, what in (("model_sha256", "model"), ("inputs_sha256", "input list"), ("format", "output format")):
             if found.get(key) != self.manifest.get(key):
-                raise InvalidInputError(
+                raise ResumeRefused(
                     f"--resume {self.partial}: written by another {what} ({found.get('model', '?')} over "
                     f"{found.get('n_inputs', '?')} inputs); remove it or write elsewhere")
         for key, value in self.manifest.items():
             if key not in ("model_sha256", "inputs_sha256", "format") and found.get(key) != value:
-                raise InvalidInputError(f"--resume {self.partial}: written with {key} {found.get(key)!r}, "
+                raise ResumeRefused(f"--resume {self.partial}: written with {key} {found.get(key)!r}, "
                                         f"now {value!r}; remove it or write elsewhere")
 
     def append(self, rows: Sequence[dict], errors: Sequence[dict] = (), extras: Sequence[dict] | None = None) -> None:

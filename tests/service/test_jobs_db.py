@@ -92,10 +92,12 @@ def test_the_audit_trail_refuses_updates_and_deletes_in_the_database(factory):
         assert [(e.action, e.after) for e in s.scalars(select(AuditEvent))] == [("signoff", "signed")]
 
 
+@pytest.mark.parametrize("file_added", [False, True])
 def test_a_retried_image_job_resumes_from_the_rows_its_dead_worker_finished(factory, settings, pbc_folder,
-                                                                             monkeypatch):
+                                                                             monkeypatch, file_added):
     """The worker streams a case into its attempt's work folder; killed mid-case, the job's next
-    attempt copies the finished rows, analyses only the rest, and stores every cell once."""
+    attempt copies the finished rows, analyses only the rest, and stores every cell once. A file added
+    to the case meanwhile makes the next attempt start afresh (the rows no longer fit the case)."""
     import shutil
 
     from leukodx.diagnosis import case as case_module
@@ -132,12 +134,28 @@ def test_a_retried_image_job_resumes_from_the_rows_its_dead_worker_finished(fact
         job.heartbeat = utcnow() - _dt.timedelta(hours=1)
         s.commit()
     assert (job_work(settings, job.id, 1) / "predictions.csv.partial.jsonl").exists()
+    n = 12
+    if file_added:
+        extra = sorted(pbc_folder.rglob("*.jpg"))[12]
+        shutil.copy(extra, settings.uploads / "f12.jpg")
+        with factory() as s:
+            s.add(StoredFile(case_id=case, original_name=extra.name, stored_name="f12.jpg", kind="image",
+                             size=extra.stat().st_size, sha256="0" * 64))
+            s.commit()
+        n = 13
+    def counted(self, arrays, batch_size=64):
+        if len(arrays) == 4:
+            chunks.append(len(arrays))
+        return real(self, arrays, batch_size)
+
+    monkeypatch.setattr(Classifier, "score_arrays", counted)
     chunks.clear()
     assert run_one(factory, settings, "heir") == job.id
-    assert chunks == [4]  # two of the three chunks were finished by the dead worker
+    # two of the three chunks were finished by the dead worker; with a file added, all are done again
+    assert chunks == ([4, 4, 4] if file_added else [4])
     with factory() as s:
         job = s.scalar(select(Job))
         cells = s.scalars(select(Cell)).all()
         assert job.status == "done" and job.attempts == 2
-        assert len(cells) == 12 and len({c.file_id for c in cells}) == 12 and all(c.thumbnail for c in cells)
+        assert len(cells) == n and len({c.file_id for c in cells}) == n and all(c.thumbnail for c in cells)
     assert not (settings.work / f"job-{job.id}").exists()

@@ -167,8 +167,15 @@ def analyse(factory: sessionmaker, settings, case_id: int, kind: str, work: Path
     if kind in ("cells", "fields"):
         from leukodx.diagnosis.case import analyse_case
 
-        # resumed: an earlier attempt's finished images (its worker died) are not analysed again
-        run = analyse_case(list(paths), work, kind=kind, smear=kind == "fields", resume=True)
+        from leukodx._rowfile import ResumeRefused
+
+        # resumed: an earlier attempt's finished images (its worker died) are not analysed again, unless the
+        # case's files or the models changed since: then afresh
+        try:
+            run = analyse_case(list(paths), work, kind=kind, smear=kind == "fields", resume=True)
+        except ResumeRefused as exc:
+            log.info("case %s: %s; analysed afresh", case_id, exc)
+            run = analyse_case(list(paths), work, kind=kind, smear=kind == "fields")
         result = run.result
         outcome = {"kind": kind, "model": result["model"]["name"], "sha256": result["model"]["sha256"],
                    "versions": versions(), "classes": result["model"]["classes"],

@@ -119,6 +119,32 @@ def test_list_images_walks_folders_and_skips_hidden_and_non_images(tmp_path, rea
         list_images([tmp_path / "missing"])
 
 
+def test_walked_paths_read_as_pathlib_writes_them_and_the_walk_keeps_nothing(tmp_path, monkeypatch):
+    """The walk joins names with os.path (pathlib interns every name, for good), in the same text as
+    pathlib, "." and nested folders included; what it lists is released with the list."""
+    import gc
+    import weakref
+
+    from leukodx.data.images import list_image_paths
+
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    for p in ("a.jpg", "sub/b.png", "sub/deeper/c.jpg"):
+        (tmp_path / p).write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    for root in (".", "sub", "./sub", "sub/", str(tmp_path)):
+        want = [str(p) for p in list_images([root])]
+        assert list(list_image_paths([root])) == want and want
+    assert list(list_image_paths(["."])) == ["a.jpg", "sub/b.png", "sub/deeper/c.jpg"]
+    listed = list_image_paths(["."])  # the walk's own list, taken over
+    gone = weakref.ref(listed)
+    gc.disable()  # released by reference counting, not by a later garbage collection of a cycle
+    try:
+        del listed
+        assert gone() is None
+    finally:
+        gc.enable()
+
+
 def test_image_over_the_pixel_limit_is_refused_before_decoding(cell, tmp_path):
     path = tmp_path / "big.png"
     cell.save(path)

@@ -273,7 +273,11 @@ def list_image_paths(inputs: list[str | os.PathLike], errors: list[dict] | None 
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found.extend(_walk_images(p, errors))
+            walked = _walk_images(p, errors)
+            if len(found):
+                found.extend(walked)
+            else:  # taken over, not copied
+                found = walked
         elif p.exists():
             found.append(str(p))
         else:
@@ -295,6 +299,11 @@ def _walk_images(folder: Path, errors: list[dict] | None) -> PathList:
 
     seen: set[str] = set()
 
+    def join(directory: str, name: str) -> str:
+        # str(Path(directory) / name) without pathlib, which interns every name for good (~40 bytes a
+        # file, never freed); the same text, "." included
+        return name if directory == "." else os.path.join(directory, name)
+
     def visit(directory: str) -> None:
         """Depth first, entries by name: the order of sorted Path objects, with no sort over all paths."""
         real = os.path.realpath(directory)
@@ -308,14 +317,18 @@ def _walk_images(folder: Path, errors: list[dict] | None) -> PathList:
             unreadable(exc)
             return
         for name in names:
-            if os.path.isdir(os.path.join(directory, name)):  # follows symbolic links, as the walk always has
-                visit(os.path.join(directory, name))
+            path = join(directory, name)
+            if os.path.isdir(path):  # follows symbolic links, as the walk always has
+                visit(path)
             elif is_image_file(name):
-                images.append(str(Path(directory) / name))
+                images.append(path)
             elif not name.startswith("."):
                 other[os.path.splitext(name)[1].lower() or "(no extension)"] += 1
 
-    visit(str(folder))
+    try:
+        visit(str(folder))
+    finally:
+        visit = None  # noqa: F841 - the recursive closure refers to itself: the cycle is broken so the lists go now
     if other:
         kinds = ", ".join(f"{ext} x{n}" for ext, n in other.most_common())
         log.warning("%s: %d file(s) that are not images skipped (%s)", folder, sum(other.values()), kinds)

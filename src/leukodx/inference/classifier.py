@@ -539,7 +539,11 @@ class InputList(Sequence):
         self._paths.append(path)
 
     def add_paths(self, paths: PathList) -> None:
-        self._paths.extend(paths)
+        """``paths`` appended; the first list is taken over, not copied (the caller gives it up)."""
+        if len(self._paths):
+            self._paths.extend(paths)
+        else:
+            self._paths = paths
 
     def add_array(self, name: str, array) -> None:
         self._array_at.append(len(self))

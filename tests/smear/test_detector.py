@@ -139,3 +139,17 @@ def test_a_changed_cached_detector_export_is_made_again_and_detect_starts_withou
             "print(sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_detections_agree_across_the_score_threshold_but_not_on_another_box():
+    from leukodx.smear.detector import detections_agree
+
+    def run(score, x0=10.0, label=1):
+        return {"boxes": np.array([[x0, 10, 50, 50], [100, 100, 140, 140]], np.float32), "labels": np.array([label, 0]),
+                "scores": np.array([score, 0.9], np.float32), "features": np.ones(4)}
+
+    assert detections_agree(run(0.3004), run(0.2998))  # one side just below the threshold: the same box
+    assert not detections_agree(run(0.8), run(0.8, x0=12.0))  # moved by 2 px
+    assert not detections_agree(run(0.8), run(0.8, label=2))
+    assert not detections_agree(run(0.8), run(0.79))
+    assert detections_agree(run(0.1), run(0.2))  # both below the threshold: not compared

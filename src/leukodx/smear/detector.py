@@ -288,3 +288,40 @@ def detections_agree(a: dict, b: dict, min_score: float = 0.3, atol_px: float = 
             if not near.any():
                 return False
     return True
+
+
+def fit_detector_reliability(detector: CellDetector, train_fields: list[np.ndarray], val_fields: list[np.ndarray],
+                             fitted_on: dict | None = None):
+    """Per-field OOD statistics: mean and covariance of the training fields' pooled backbone
+    features, threshold at the validation fields' 95th percentile (few fields: shrunk covariance)."""
+    from leukodx.models.reliability import fit_unlabelled
+
+    train = np.stack([detector.detect(f)["features"] for f in train_fields])
+    val = np.stack([detector.detect(f)["features"] for f in val_fields])
+    return fit_unlabelled(train, val, {"train_fields": len(train), "val_fields": len(val), **(fitted_on or {})})
+
+
+def refit_detector_reliability(name_or_path: str | os.PathLike = "bccd-frcnn", data_root=None,
+                               fitted_on: dict | None = None) -> dict:
+    """``leukodx reliability fit DETECTOR`` (and the end of ``train-detector``): statistics from the
+    train / val fields its card lists, written into its bundle."""
+    from leukodx._versions import provenance
+    from leukodx.data.registry import load_dataset, load_fields
+    from leukodx.errors import InvalidInputError
+    from leukodx.models.bundle import resolve_bundle
+    from leukodx.models.reliability import attach_reliability
+
+    detector = load_detector(name_or_path, backend="torch")  # the statistics of the network as trained
+    directory = resolve_bundle(name_or_path, "detection")
+    data = detector.card.get("data", {})
+    index = load_dataset(data.get("dataset", "bccd"), data_root)
+    ids = {str(r.get("id", i)): i for i, r in enumerate(index.records)}
+    missing = [t for t in data.get("train_ids", []) + data.get("val_ids", []) if t not in ids]
+    if missing or not data.get("train_ids"):
+        raise InvalidInputError(f"{directory}: its card's training fields are not all in {index.name} "
+                                f"(e.g. {missing[0] if missing else 'no train_ids'})")
+    train, _ = load_fields(index, [ids[t] for t in data["train_ids"]])
+    val, _ = load_fields(index, [ids[t] for t in data["val_ids"]])
+    rel = fit_detector_reliability(detector, train, val,
+                                   fitted_on or {"refit": "weights unchanged", "provenance": provenance()})
+    return attach_reliability(directory, detector.card, rel)

@@ -23,12 +23,12 @@ from leukodx import _atomic
 from leukodx.errors import InvalidInputError
 
 FORMATS = (".csv", ".jsonl", ".json", ".parquet")
+KEY = "input"
 
 
 class ResumeRefused(InvalidInputError):
     """``resume`` found a partial file this run cannot continue (another model, options or input list,
     or not a leukodx partial file)."""
-KEY = "input"
 
 
 def inputs_digest(names: Iterable[str]) -> str:

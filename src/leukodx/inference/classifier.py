@@ -21,7 +21,6 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from leukodx import _atomic
 from leukodx._csv import csv_text
 from leukodx._progress import track
 from leukodx.data.cache import writable_cache_dir
@@ -191,65 +190,15 @@ class Classifier:
         return folder / name
 
     def _onnx_session(self):
-        """The ONNX Runtime session of the cached export. A new export is trusted only after it answers
-        a random probe as the verified PyTorch network does; then a stamp beside it records the bundle's
-        and the file's sha256, and later runs that find both digests unchanged start without PyTorch.
-        A changed or stale file is rebuilt, once; ``onnx_sha256`` records the digest of the file that runs."""
-        from leukodx._hashing import sha256_file
-        from leukodx.errors import IntegrityError
-        from leukodx.inference.onnx_backend import OnnxSession, export_onnx
+        """The ONNX Runtime session of the cached export (``onnx_backend.cached_session``): trusted once it
+        answers a random probe as the verified PyTorch network does, stamped, and from then on started
+        without PyTorch; ``onnx_sha256`` records the digest of the file that runs."""
+        from leukodx.inference.onnx_backend import cached_session, export_onnx
 
-        path = self.onnx_path()
-        stamp = path.with_name(path.name + ".verified.json")
-        session = self._stamped_session(path, stamp)
-        if session is not None:
-            return session
-        for attempt in range(2):
-            if attempt or not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                export_onnx(self.net, self.preprocess.size, path, features=True)
-            try:
-                session = OnnxSession(path)
-            except Exception as exc:  # a damaged cache file: rebuild it
-                if isinstance(exc, LeukodxError):
-                    raise
-                continue
-            if self._answers_like_torch(session):
-                self.onnx_sha256 = sha256_file(path)
-                try:
-                    _atomic.write_json(stamp, {"bundle_sha256": self.card.get("sha256"), "onnx_sha256": self.onnx_sha256,
-                                               "checked": "logits and features of a random probe match PyTorch's"})
-                except OSError:
-                    pass  # no stamp: the next run checks against PyTorch again
-                return session
-            log.warning("%s: the cached ONNX file does not reproduce %s's weights; rebuilt from the verified bundle",
-                        path, self.name)
-        raise IntegrityError(f"{path}: the ONNX export of {self.name} does not reproduce its PyTorch network")
-
-    def _stamped_session(self, path: Path, stamp: Path):
-        """The cached export's session when its stamp vouches for this bundle and this very file."""
-        import json
-
-        from leukodx._hashing import sha256_file
-        from leukodx.inference.onnx_backend import OnnxSession
-
-        if not (path.exists() and stamp.exists()):
-            return None
-        try:
-            record = json.loads(stamp.read_text())
-            if record.get("bundle_sha256") != self.card.get("sha256"):
-                return None
-            digest = sha256_file(path)
-            if digest != record.get("onnx_sha256"):
-                return None
-            session = OnnxSession(path)
-        except (OSError, ValueError, AttributeError):
-            return None
-        except Exception as exc:  # noqa: BLE001 - ONNX Runtime cannot read it: rebuilt by the caller
-            if isinstance(exc, LeukodxError):
-                raise
-            return None
-        self.onnx_sha256 = digest
+        session, self.onnx_sha256 = cached_session(
+            self.onnx_path(), self.card.get("sha256"),
+            lambda path: export_onnx(self.net, self.preprocess.size, path, features=True),
+            self._answers_like_torch, self.name, "logits and features of a random probe match PyTorch's")
         return session
 
     def _answers_like_torch(self, session) -> bool:

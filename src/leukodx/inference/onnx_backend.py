@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from leukodx import _atomic
 from leukodx.errors import LeukodxError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -64,6 +67,10 @@ class OnnxSession:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
 
+    def run(self, feeds: dict) -> list[np.ndarray]:
+        """Every output of the graph, in its order, for ``feeds`` (input name -> array)."""
+        return self.session.run(None, feeds)
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(["logits"], {"image": np.ascontiguousarray(x, dtype=np.float32)})[0]
 
@@ -72,6 +79,69 @@ class OnnxSession:
         out = self.session.run(self.output_names, {"image": np.ascontiguousarray(x, dtype=np.float32)})
         named = dict(zip(self.output_names, out))
         return named["logits"], named.get("features")
+
+
+def cached_session(path: Path, bundle_sha256: str | None, export: Callable[[Path], None],
+                   agrees: Callable[["OnnxSession"], bool], name: str, checked: str,
+                   reuse_unvouched: bool = True) -> tuple["OnnxSession", str]:
+    """The session of a model's cached ONNX export at ``path``, and the sha256 of the file that runs.
+
+    A stamp beside the file that vouches for this bundle and this very file lets it load at once, without
+    PyTorch. Otherwise the file (the one there when ``reuse_unvouched``, else a new ``export``) is
+    trusted only once ``agrees(session)`` (it answers probes as the verified PyTorch network does); the
+    stamp is then written. One that disagrees or cannot be read is exported again, once; then
+    ``IntegrityError``."""
+    from leukodx._hashing import sha256_file
+    from leukodx.errors import IntegrityError
+
+    stamp = path.with_name(path.name + ".verified.json")
+    vouched = _vouched(path, stamp, bundle_sha256)
+    if vouched is not None:
+        return vouched
+    for attempt in range(2):
+        if attempt or not reuse_unvouched or not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            export(path)
+        try:
+            session = OnnxSession(path)
+        except Exception as exc:  # a damaged cache file: rebuild it
+            if isinstance(exc, LeukodxError):
+                raise
+            continue
+        if agrees(session):
+            digest = sha256_file(path)
+            try:
+                _atomic.write_json(stamp, {"bundle_sha256": bundle_sha256, "onnx_sha256": digest, "checked": checked})
+            except OSError:
+                pass  # no stamp: the next run checks against PyTorch again
+            return session, digest
+        log.warning("%s: the cached ONNX file does not reproduce %s's weights; rebuilt from the verified bundle",
+                    path, name)
+    raise IntegrityError(f"{path}: the ONNX export of {name} does not reproduce its PyTorch network")
+
+
+def _vouched(path: Path, stamp: Path, bundle_sha256: str | None) -> tuple["OnnxSession", str] | None:
+    """(session, sha256) of the cached export when its stamp vouches for this bundle and this very file."""
+    import json
+
+    from leukodx._hashing import sha256_file
+
+    if not (path.exists() and stamp.exists()):
+        return None
+    try:
+        record = json.loads(stamp.read_text())
+        if record.get("bundle_sha256") != bundle_sha256:
+            return None
+        digest = sha256_file(path)
+        if digest != record.get("onnx_sha256"):
+            return None
+        return OnnxSession(path), digest
+    except (OSError, ValueError, AttributeError):
+        return None
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime cannot read it: rebuilt by the caller
+        if isinstance(exc, LeukodxError):
+            raise
+        return None
 
 
 PARITY_TOLERANCE = 1e-4

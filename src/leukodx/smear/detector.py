@@ -108,7 +108,7 @@ class CellDetector:
         out = []
         for tile in tiles:
             image = np.ascontiguousarray(np.transpose(tile, (2, 0, 1)), dtype=np.float32) / np.float32(255.0)
-            boxes, labels, scores, features = self.session.run(None, {"image": image})
+            boxes, labels, scores, features = self.session.run({"image": image})
             out.append({"boxes": boxes.astype(np.float32), "labels": (labels - 1).astype(int),
                         "scores": scores.astype(np.float32), "features": features.astype(np.float64)})
         return out
@@ -207,58 +207,22 @@ def export_path(card: dict) -> Path:
 
 
 def _onnx_session(detector: CellDetector):
-    """(session, sha256) of the detector's cached ONNX export. An export is trusted only after it
-    answers probe fields (random, of two sizes) as the verified PyTorch network does; a stamp beside it
-    then records the bundle's and the file's sha256, and later runs that find both unchanged start
-    without PyTorch. A file the stamp does not vouch for (changed, stale, unreadable) is exported again."""
-    import json
-
+    """(session, sha256) of the detector's cached ONNX export (``onnx_backend.cached_session``): trusted
+    once probe fields (random, of two sizes) come out as the verified PyTorch network finds them; a file
+    the stamp does not vouch for is exported again rather than probed (a random field may hold no box
+    that a changed box head would move)."""
     from leukodx import _atomic
-    from leukodx._hashing import sha256_file
-    from leukodx.errors import IntegrityError
+    from leukodx.inference.onnx_backend import cached_session
 
-    path = export_path(detector.card)
-    stamp = path.with_name(path.name + ".verified.json")
-    try:
-        record = json.loads(stamp.read_text())
-        if record.get("bundle_sha256") == detector.card.get("sha256") and path.exists():
-            digest = sha256_file(path)
-            if digest == record.get("onnx_sha256"):
-                return _session(path), digest
-    except (OSError, ValueError, AttributeError):
-        pass
-    except Exception as exc:  # noqa: BLE001 - ONNX Runtime cannot read it: rebuilt below
-        log.warning("%s: cached detector export unreadable (%s); rebuilt", path, type(exc).__name__)
-    from leukodx.smear.detector_net import export_detector
+    def export(path: Path) -> None:
+        from leukodx.smear.detector_net import export_detector
 
-    for _ in range(2):  # a file the stamp does not vouch for is made again from the verified weights
-        path.parent.mkdir(parents=True, exist_ok=True)
         with _atomic.atomic_path(path) as tmp:
             export_detector(detector.torch_net(), detector.config, tmp)
-        try:
-            session = _session(path)
-        except Exception:  # noqa: BLE001 - a damaged cache file: rebuild it
-            continue
-        if _answers_like_torch(detector, session):
-            digest = sha256_file(path)
-            try:
-                _atomic.write_json(stamp, {"bundle_sha256": detector.card.get("sha256"), "onnx_sha256": digest,
-                                           "checked": "boxes, labels, scores and features of probe fields match "
-                                                      "PyTorch's"})
-            except OSError:
-                pass  # no stamp: the next run checks against PyTorch again
-            return session, digest
-        log.warning("%s: the ONNX export does not reproduce %s's network; rebuilt", path, detector.name)
-    raise IntegrityError(f"{path}: the ONNX export of {detector.name} does not reproduce its PyTorch network")
 
-
-def _session(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return cached_session(export_path(detector.card), detector.card.get("sha256"), export,
+                          lambda session: _answers_like_torch(detector, session), detector.name,
+                          "boxes, labels, scores and features of probe fields match PyTorch's", reuse_unvouched=False)
 
 
 def _answers_like_torch(detector: CellDetector, session) -> bool:
@@ -270,7 +234,7 @@ def _answers_like_torch(detector: CellDetector, session) -> bool:
                                                                             dtype=np.uint8)]
     want = CellDetector(detector.torch_net(), detector.config, detector.card, device="cpu").detect_tiles(probes)
     got = CellDetector(None, detector.config, detector.card, session=session).detect_tiles(probes)
-    return all(detections_agree(g, w) for g, w in zip(got, want))
+    return all(detections_agree(a, b) for a, b in zip(got, want))
 
 
 def detections_agree(a: dict, b: dict, min_score: float = 0.3, atol_px: float = 0.5, score_tol: float = 1e-3) -> bool:

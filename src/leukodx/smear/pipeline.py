@@ -113,7 +113,7 @@ class SmearAnalyzer:
         """
         from leukodx.models.device import one_blas_thread
 
-        with one_blas_thread():  # PyTorch's threads hold the cores: extra BLAS threads would only spin
+        with one_blas_thread():  # the detector's threads hold the cores: extra BLAS threads would only spin
             return self._analyze(rgb, name)
 
     def _analyze(self, rgb: np.ndarray, name: str) -> dict:

@@ -166,7 +166,9 @@ def test_review_flow_in_chromium(live, page, shots):
 
     page.keyboard.press("Enter")  # zoom on the selected cell: its full-resolution image
     page.wait_for_selector("#zoom:not([hidden])")
-    page.wait_for_function("document.getElementById('zoom-img').complete && "
+    # predicates as functions: Playwright evaluates a function string once, but re-evaluates a bare
+    # expression on every poll, which the page's CSP (no 'unsafe-eval') refuses once the first check fails
+    page.wait_for_function("() => document.getElementById('zoom-img').complete && "
                            "document.getElementById('zoom-img').naturalWidth > 0")
     natural = page.eval_on_selector("#zoom-img", "img => [img.naturalWidth, img.naturalHeight]")
     assert max(natural) >= max(Image.open(cells[0]).size) * 0.9
@@ -175,7 +177,7 @@ def test_review_flow_in_chromium(live, page, shots):
     assert page.locator("#zoom").is_hidden()
 
     page.click('.tabs button[data-tab="audit"]')
-    page.wait_for_function("document.querySelectorAll('#audit tbody tr').length === 5")
+    page.wait_for_function("() => document.querySelectorAll('#audit tbody tr').length === 5")
     page.screenshot(path=shots / "06-audit.png")
 
     page.click("#signoff")
@@ -200,7 +202,7 @@ def test_review_flow_in_chromium(live, page, shots):
     bccd = load_dataset("bccd")
     _new_case(page, "smear fields", [bccd.root / bccd.records[i]["path"] for i in bccd.splits["test"][:2]], "fields")
     page.click('.tabs button[data-tab="fields"]')
-    page.wait_for_function("[...document.querySelectorAll('#fields .overlay img')].every(i => i.complete && i.naturalWidth)")
+    page.wait_for_function("() => [...document.querySelectorAll('#fields .overlay img')].every(i => i.complete && i.naturalWidth)")
     assert page.locator("#fields svg rect").count() >= 10 and page.locator(".legend span").count() == 4
     page.screenshot(path=shots / "09-fields.png")
 

@@ -7,8 +7,8 @@ import pytest
 
 from leukodx.data.images import read_image
 from leukodx.data.registry import load_dataset
-from leukodx.preprocessing.stain import (REINHARD_REFERENCE, lab_to_rgb, macenko, macenko_reference, reinhard,
-                                         rgb_to_lab)
+from leukodx.preprocessing.stain import (LEVELS_REFERENCE, REINHARD_REFERENCE, lab_to_rgb, levels, macenko,
+                                         macenko_reference, reinhard, rgb_to_lab)
 from leukodx.preprocessing.transforms import Preprocess
 
 
@@ -49,6 +49,32 @@ def test_macenko_maps_onto_the_reference_stains(two_sites):
 def test_macenko_leaves_blank_glass_unchanged():
     blank = np.full((64, 64, 3), 250, dtype=np.uint8)
     assert np.array_equal(macenko(blank), blank)
+
+
+def _anchors(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = rgb.reshape(-1, 3).astype(np.float64)
+    lum = x.sum(axis=1)
+    lo, hi = np.percentile(lum, (2.0, 90.0))
+    return x[lum <= lo].mean(axis=0), x[lum >= hi].mean(axis=0)
+
+
+def test_levels_maps_both_sites_onto_the_reference_black_and_white_points(two_sites):
+    a, b = two_sites
+    gap_before = np.abs(_anchors(a)[1] - _anchors(b)[1]).max()
+    assert gap_before > 25  # the Jiangxi glass is yellow: its blue channel is far below pbc's
+    for rgb in two_sites:
+        out = levels(rgb)
+        assert out.shape == rgb.shape and out.dtype == np.uint8
+        dark, bright = _anchors(out)
+        # channels saturated in the source stay saturated, hence the looser white point
+        assert np.abs(dark - LEVELS_REFERENCE["dark"]).max() < 12
+        assert np.abs(bright - LEVELS_REFERENCE["bright"]).max() < 12
+    assert np.abs(_anchors(levels(a))[1] - _anchors(levels(b))[1]).max() < gap_before / 3
+
+
+def test_levels_leaves_a_flat_image_unchanged():
+    blank = np.full((32, 32, 3), 250, dtype=np.uint8)
+    assert np.array_equal(levels(blank), blank)
 
 
 def test_preprocess_resize_modes_and_bad_settings(two_sites):

@@ -65,6 +65,9 @@ VARIANTS = {v.name: v for v in (
     Variant("cell-crop+stain-aug", resize="cell-crop", augment="stain"),
     Variant("cell-crop+stain-aug+groupnorm", arch="regnetx_002_gn", resize="cell-crop", augment="stain"),
     Variant("cell-crop+reinhard+stain-aug", resize="cell-crop", stain="reinhard", augment="stain"),
+    # the image's own black and white points mapped onto one reference (a yellow glass, pale nuclei)
+    Variant("cell-crop+levels", resize="cell-crop", stain="levels"),
+    Variant("cell-crop+levels+adabn", resize="cell-crop", stain="levels", adabn=True),
     # the screening budget above leaves the networks under-trained (in-site accuracy 0.5-0.75); the
     # finalists again with 20 epochs and up to 500 cells per class per site
     Variant("baseline-large", epochs=20, per_class=500, val_per_class=60),

@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
         quick: bool = typer.Option(False, help="Smoke run: 32 px, 2 epochs, 12 images/class, 2 folds."),
         cross: Optional[list[str]] = typer.Option(None, "--cross", help="Also test on this dataset's shared classes."),
         augment: Optional[str] = typer.Option(None, help="Ablation: augmentation preset for every recipe."),
-        stain: Optional[str] = typer.Option(None, help="Ablation: none | reinhard | macenko for every recipe."),
+        stain: Optional[str] = typer.Option(None, help="Ablation: none | reinhard | macenko | levels for every recipe."),
         no_cv: bool = typer.Option(False, "--no-cv", help="Skip cross-validation (ablations)."),
         pretrained: Optional[str] = typer.Option(None, help="Local .safetensors weights for network recipes."),
         output_dir: Optional[Path] = typer.Option(None, help="Where per-run JSON files go (default: "

@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         patience: int = typer.Option(6, help="Early-stopping patience in epochs."),
         seed: int = Seed,
         split: Optional[Path] = typer.Option(None, help="Split file (default: the bundled split, else a new one)."),
-        stain: str = typer.Option("none", help="Colour normalization: none | reinhard | macenko."),
+        stain: str = typer.Option("none", help="Colour normalization: none | reinhard | macenko | levels."),
         resize: str = typer.Option("resize", help="resize | center-crop | pad | cell-crop"),
         augment: str = typer.Option("all", help="all | light | none | flip | rotation | color | stain"),
         pretrained: Optional[Path] = typer.Option(None, help="Local .safetensors backbone weights."),

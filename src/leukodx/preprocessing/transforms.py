@@ -25,7 +25,7 @@ class Preprocess:
     'center-crop' crops the centre square, 'pad' pads with white, 'cell-crop' crops a square around
     the white cell's nucleus so the cell fills the same fraction of the input whatever the crop size
     or magnification of the source, padding with the image's own background colour);
-    stain: 'none' | 'reinhard' | 'macenko'; mean/std: per-channel normalization in [0, 1] units."""
+    stain: 'none' | 'reinhard' | 'macenko' | 'levels'; mean/std: per-channel normalization in [0, 1] units."""
 
     size: int = 64
     resize: str = "resize"

@@ -34,6 +34,7 @@ from leukodx.data.sites import CELL_SITES, site_sides
 from leukodx.data.vocabulary import normalize_label
 from leukodx.evaluation.reliability import reliability_figures
 from leukodx.inference.classifier import load_model
+from leukodx.models.reliability import MIN_EXCEED, SHIFT_P
 
 CAP = 100          # test cells per class per site
 N_FIELDS = 100     # smear fields per set for the not-a-cell check
@@ -194,7 +195,9 @@ def _notes(results: dict) -> list[str]:
     o = results["overhead"]
     return ["OOD score: Mahalanobis distance of the penultimate features to the nearest class mean (shared "
             "covariance, training cells); flagged above the 95th percentile of the validation cells' scores. "
-            "Shift: a batch is flagged when its number of flagged cells would occur with p < 0.001 at the 5% rate.",
+            f"Shift: a batch is flagged when its number of flagged cells would occur with p < {SHIFT_P / 2:g} at the "
+            f"5% rate, or when its OOD scores run higher than the validation cells' (one-sided Mann-Whitney U, "
+            f"p < {SHIFT_P / 2:g}, above them in at least {MIN_EXCEED:.0%} of pairs).",
             "Conformal: APS sets from the validation cells' scores; coverage = share of test cells whose true class "
             "is in the set (cells of a class the model lacks are left out of coverage and accuracy).",
             "Accuracy 'top 80% / top 50%': keeping only the most confident share of the cells (risk-coverage).",

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 __all__ = ["estimate", "percentile_ci", "bootstrap", "bootstrap_estimate", "finite_or_none", "wilson_interval",
-           "binomial_tail"]
+           "binomial_tail", "rank_sum_greater"]
 
 
 def finite_or_none(x) -> float | None:
@@ -89,3 +89,28 @@ def binomial_tail(k: int, n: int, p: float) -> float:
     if k <= 0:
         return 1.0
     return float(bdtrc(k - 1, n, p))
+
+
+def rank_sum_greater(x: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """One-sided Mann-Whitney U test that ``x`` tends to exceed ``reference`` (normal approximation,
+    tie and continuity corrections, as ``scipy.stats.mannwhitneyu(x, reference, alternative='greater',
+    method='asymptotic')``): the p-value, and the share of (x, reference) pairs in which x is larger
+    (ties count half; 0.5 when the two come from one distribution). NaN p-value when either is empty."""
+    from scipy.special import ndtr  # without importing scipy.stats (~0.5 s)
+
+    x = np.asarray(x, dtype=np.float64).ravel()
+    ref = np.sort(np.asarray(reference, dtype=np.float64).ravel())
+    n, m = len(x), len(ref)
+    if n == 0 or m == 0:
+        return float("nan"), float("nan")
+    below = np.searchsorted(ref, x, side="left")
+    ties = np.searchsorted(ref, x, side="right") - below
+    u = float(below.sum() + 0.5 * ties.sum())
+    _, counts = np.unique(np.concatenate([x, ref]), return_counts=True)
+    tie_term = float(((counts.astype(np.float64) ** 3) - counts).sum())
+    total = n + m
+    var = n * m / 12.0 * ((total + 1) - tie_term / (total * (total - 1))) if total > 1 else 0.0
+    if var <= 0:
+        return 1.0, u / (n * m)
+    z = (u - n * m / 2.0 - 0.5) / math.sqrt(var)
+    return float(ndtr(-z)), u / (n * m)

@@ -15,8 +15,9 @@ from leukodx.data.sites import site_sides
 from leukodx.data.vocabulary import normalize_label
 from leukodx.errors import IntegrityError, InvalidInputError
 from leukodx.inference.classifier import load_model
-from leukodx.models.reliability import (RELIABILITY_FILE, aps_scores, aps_sets, aps_tiebreak, check_coverage,
-                                        conformal_quantile)
+from leukodx.models.reliability import (MIN_EXCEED, RELIABILITY_FILE, aps_scores, aps_sets, aps_tiebreak,
+                                        check_coverage, conformal_quantile)
+from leukodx.stats import rank_sum_greater
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,36 @@ def test_tiebreak_is_spread_over_the_unit_interval():
     u = aps_tiebreak(rng.dirichlet(np.ones(8), size=4000))
     counts = np.histogram(u, bins=10, range=(0, 1))[0]
     assert counts.min() > 300 and counts.max() < 500
+
+
+def test_rank_sum_test_matches_scipy():
+    from scipy.stats import mannwhitneyu
+
+    rng = np.random.default_rng(0)
+    for n, m, shift in ((100, 160, 0.3), (5, 7, 0.0), (300, 4000, 0.1), (50, 50, -0.5)):
+        x, ref = rng.normal(shift, 1, n).round(1), rng.normal(0, 1, m).round(1)  # rounded: many ties
+        want = mannwhitneyu(x, ref, alternative="greater", method="asymptotic")
+        p, exceed = rank_sum_greater(x, ref)
+        assert p == pytest.approx(want.pvalue, rel=1e-9) and exceed == pytest.approx(want.statistic / (n * m))
+    assert np.isnan(rank_sum_greater(np.zeros(0), np.ones(3))[0])
+
+
+def test_shift_check_reads_the_whole_score_distribution(pbc_model):
+    rel = pbc_model.reliability
+    # 100 inputs whose scores all sit in the upper half of the validation images', none above the
+    # threshold: the count test sees nothing, the rank test sees scores that run high
+    high = np.quantile(rel.reference, np.linspace(0.55, 0.9, 100))
+    assert not rel.is_ood(high).any()
+    verdict = rel.shift(high)
+    assert verdict["flagged"] is True and verdict["n_ood"] == 0
+    assert verdict["rank_test"]["exceed"] >= MIN_EXCEED and "run higher" in verdict["reason"]
+    assert verdict["p_value"] < 1e-3
+    # a large batch barely above the reference: unlikely by chance, too small to matter, not flagged
+    rng = np.random.default_rng(0)
+    slight = np.quantile(rel.reference, rng.uniform(0.15, 0.94, 20000))
+    verdict = rel.shift(slight)
+    assert verdict["rank_test"]["p_value"] < 1e-6 and verdict["rank_test"]["exceed"] < MIN_EXCEED
+    assert verdict["flagged"] is False and verdict["p_value"] > 1e-3
 
 
 def test_in_site_cells_pass_and_another_labs_cells_are_flagged(pbc_model):

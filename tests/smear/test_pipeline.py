@@ -113,3 +113,20 @@ def test_fields_like_the_detectors_pass_and_another_labs_are_flagged(analyzer, b
     summary = summarize_fields(fields + [own])
     assert summary["shift"]["flagged"] is True and summary["flags"][0].startswith("shift:")
     assert summarize_fields([own])["shift"]["flagged"] is False
+
+
+def test_case_shift_reads_the_field_scores_against_the_detectors_reference(analyzer, bccd_field):
+    """Fields whose OOD scores all sit high within the detector's validation range, none past its
+    threshold: the analyzer's totals (which hold the detector's reference) flag the case by the rank
+    test; counts alone could not."""
+    rel = analyzer.detector.reliability
+    rgb, _ = bccd_field
+    own = analyzer.analyze(rgb, "bccd")
+    high = np.quantile(rel.reference, np.linspace(0.6, 0.9, 40))
+    fields = [{**own, "field": f"f{i}", "ood_score": float(s), "ood": False} for i, s in enumerate(high)]
+    totals = analyzer.totals()
+    for f in fields:
+        totals.add(f)
+    shift = totals.summary()["shift"]
+    assert shift["flagged"] is True and shift["n_ood"] == 0 and "run higher" in shift["reason"]
+    assert summarize_fields(fields)["shift"]["flagged"] is False  # no reference: the count test only

@@ -506,9 +506,7 @@ def _smear_analyzer(pixel_scale: float | None, um_per_px: float | None):
 def _smear_summary(analyzer, fields: Iterable[dict], pixel_scale: float | None, um_per_px: float | None) -> dict:
     """Cells, counts and differential per field and for the case (the detector and cell-type model);
     one pass over ``fields``, keeping each field's result without its cells."""
-    from leukodx.smear.pipeline import FieldTotals
-
-    totals, listed = FieldTotals(), []
+    totals, listed = analyzer.totals(), []
     for f in fields:
         totals.add(f)
         listed.append({k: v for k, v in f.items() if k != "cells"} | {"cells": len(f["cells"])})

@@ -23,6 +23,7 @@ from leukodx.errors import InvalidInputError
 from leukodx.data.vocabulary import is_leukocyte, leukocyte_classes
 from leukodx.smear.classical import NucleusThreshold, nucleus_mask
 from leukodx.models.reliability import shift_verdict
+from leukodx.stats import rank_sum_greater
 from leukodx.smear.evaluate import counted
 from leukodx.smear.scale import Scale, estimate_scale, given_scale, to_detector_scale
 from leukodx.smear.tiling import background_colour
@@ -166,6 +167,11 @@ class SmearAnalyzer:
     def has_blast_class(self) -> bool:
         return "blast" in self.classifier.classes
 
+    def totals(self) -> "FieldTotals":
+        """An empty ``FieldTotals`` for this analyzer's fields (its shift check reads the detector's reference)."""
+        rel = self.detector.reliability
+        return FieldTotals(None if rel is None else rel.reference)
+
     def _classify_white_cells(self, rgb: np.ndarray, white: list[dict], pixel_scale: float) -> None:
         fill = background_colour(rgb)
         crops = [self.classifier.preprocess(square_crop(rgb, c["box"], CROP_FACTOR, fill)) for c in white]
@@ -232,9 +238,12 @@ _ADDITIVE = ("counts", "white_cell_types", "white_cells_typed", "not_leukocyte",
 
 class FieldTotals:
     """``summarize_fields`` one field at a time: running sums of each field's tally, so a batch of any
-    number of fields is summarized without holding its fields (only a number or two per field)."""
+    number of fields is summarized without holding its fields (only a number or two per field).
+    ``reference``: the detector's validation fields' OOD scores, for the shift check's rank test."""
 
-    def __init__(self):
+    def __init__(self, reference: np.ndarray | None = None):
+        self.reference = reference
+        self.ood_scores: list[float] = []
         self.leukocyte_types: list[str] | None = None
         self.tally: dict | None = None
         self.counted = self.uncounted = self.quality = self.empty = 0
@@ -248,6 +257,8 @@ class FieldTotals:
         if f.get("ood") is not None:
             self.judged += 1
             self.flagged_ood += bool(f["ood"])
+            if f.get("ood_score") is not None:
+                self.ood_scores.append(float(f["ood_score"]))
         if f.get("scale"):
             self.sources.add(f["scale"]["source"])
         if not f.get("counted", True):
@@ -302,7 +313,9 @@ class FieldTotals:
             flags.append(f"{self.quality} field(s) with image-quality warnings")
         if self.empty:
             flags.append(f"{self.empty} field(s) with no cell found")
-        shift = (shift_verdict(self.flagged_ood, self.judged, unit="fields",
+        rank = (rank_sum_greater(np.asarray(self.ood_scores), self.reference)
+                if self.reference is not None and len(self.reference) and self.ood_scores else None)
+        shift = (shift_verdict(self.flagged_ood, self.judged, unit="fields", rank=rank,
                                advice="Check the overlays by eye; give the camera's scale with --um-per-px, and for "
                                       "another stain try --detector bccd-frcnn-aug.") if self.judged else
                  {"flagged": None, "score": None, "reason": "OOD check unavailable: the detector's bundle has no "

@@ -114,9 +114,7 @@ def _cell_rows(field: dict) -> list[dict]:
 
 def _summary(inputs, rows, listing_errors: list[dict], analyzer, pixel_scale, um_per_px, complete: bool) -> dict:
     """The batch's summary, from the fields in the row file (read back one at a time)."""
-    from leukodx.smear.pipeline import FieldTotals
-
-    totals = FieldTotals()
+    totals = analyzer.totals()
     n = 0
     for field in rows.entries("row"):
         totals.add(field)

@@ -3,6 +3,12 @@
 AdamW with a one-cycle learning rate, label smoothing, class-imbalance handling, early stopping
 on validation macro-F1, mixed precision on a GPU, seeded batches and augmentation, a checkpoint
 after every epoch from which ``resume=True`` continues.
+
+``site_batches`` (multi-site training): every batch is drawn from one site, so each batch-norm
+layer normalizes a site by that site's own statistics during training, as test-time adaptation
+(AdaBN, ``training.adaptation``) does for a new lab: the network learns features that hold once
+each site is normalized by itself (domain-specific batch normalization; Chang et al. 2019, CVPR).
+Validation then adapts the batch norm to each validation site's images before scoring them.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class TrainConfig:
     patience: int = 6  # epochs without val macro-F1 gain before stopping
     seed: int = 0
     pretrained: str | None = None  # local .safetensors file
+    site_batches: bool = False  # every batch from one site; validation adapted per site (needs groups)
     preprocess: Preprocess = field(default_factory=Preprocess)
     augment: Augment = field(default_factory=Augment)
 
@@ -47,6 +54,9 @@ class TrainConfig:
             raise InvalidInputError(f"imbalance {self.imbalance!r}: expected one of {IMBALANCE_MODES}")
         if self.epochs < 1 or self.batch_size < 1:
             raise InvalidInputError("epochs and batch size must be at least 1")
+        if self.site_batches and self.imbalance == "sampler":
+            raise InvalidInputError("site batches and the class-balanced sampler cannot be combined: use "
+                                    "imbalance 'weights'")
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -98,16 +108,51 @@ def _class_weights(y: np.ndarray, k: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
+def _site_batches(groups: np.ndarray, batch_size: int) -> tuple[list[torch.Tensor], int]:
+    """Each site's training indices, and how many one-site batches an epoch has (a site's last
+    partial batch is dropped unless it is the site's only one)."""
+    sites = [torch.from_numpy(np.flatnonzero(groups == g)) for g in np.unique(groups)]
+    return sites, sum(max(1, len(ix) // batch_size) for ix in sites)
+
+
+def _one_site_order(sites: list[torch.Tensor], batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """An epoch of one-site batches, in random order."""
+    batches = []
+    for ix in sites:
+        ix = ix[torch.randperm(len(ix), generator=gen)]
+        batches += [ix[s:s + batch_size] for s in range(0, max(1, len(ix) // batch_size) * batch_size, batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
+def predict_logits_per_site(net: torch.nn.Module, arrays: np.ndarray, groups: np.ndarray, pre: Preprocess
+                            ) -> np.ndarray:
+    """``predict_logits`` with the batch norm adapted to each site's images first (AdaBN), in input order."""
+    from leukodx.training.adaptation import adapt_batchnorm
+
+    out = None
+    for g in np.unique(groups):
+        mine = np.flatnonzero(groups == g)
+        logits = predict_logits(adapt_batchnorm(net, arrays[mine], pre), arrays[mine], pre)
+        out = np.zeros((len(arrays), logits.shape[1]), dtype=logits.dtype) if out is None else out
+        out[mine] = logits
+    return out
+
+
 def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int,
         config: TrainConfig, workdir: str | Path, resume: bool = False, show_progress: bool = True,
-        on_epoch_end: Callable[[dict], None] | None = None) -> FitResult:
+        on_epoch_end: Callable[[dict], None] | None = None, groups: np.ndarray | None = None,
+        val_groups: np.ndarray | None = None) -> FitResult:
     """Train on uint8 arrays (N, S, S, 3); returns the best-on-validation network, calibrated.
 
     The loop is the shared :class:`~leukodx.training.engine.Engine`; ``on_epoch_end`` receives each
-    epoch's record after its checkpoint is written.
+    epoch's record after its checkpoint is written. ``groups`` / ``val_groups``: the site of each
+    training / validation image, needed by ``config.site_batches``.
     """
     if len(x_train) == 0 or len(x_val) == 0:
         raise InvalidInputError("training and validation sets must both be non-empty")
+    if config.site_batches and (groups is None or val_groups is None
+                                or len(groups) != len(x_train) or len(val_groups) != len(x_val)):
+        raise InvalidInputError("site batches need the site of every training and validation image")
     workdir = Path(workdir)
     dev = device()
     torch.manual_seed(config.seed)
@@ -115,6 +160,8 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.n
     net = create_network(config.arch, n_classes, pretrained=config.pretrained or False).to(dev)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = max(1, len(x_train) // config.batch_size)
+    if config.site_batches:
+        site_index, steps = _site_batches(np.asarray(groups), config.batch_size)
     # OneCycleLR divides by zero when its warm-up phase is under one step (tiny smoke runs)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(8, config.epochs * steps),
                                                     pct_start=0.25)
@@ -130,11 +177,14 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.n
 
     def train_round(epoch: int, advance) -> dict:
         net.train()
-        order = (torch.multinomial(sample_p, steps * config.batch_size, replacement=True, generator=gen)
-                 if sample_p is not None else torch.randperm(len(x_train), generator=gen))
+        if config.site_batches:
+            batches = _one_site_order(site_index, config.batch_size, gen)
+        else:
+            order = (torch.multinomial(sample_p, steps * config.batch_size, replacement=True, generator=gen)
+                     if sample_p is not None else torch.randperm(len(x_train), generator=gen))
+            batches = [order[s * config.batch_size:(s + 1) * config.batch_size] for s in range(steps)]
         total_loss = 0.0
-        for s in range(steps):
-            idx = order[s * config.batch_size:(s + 1) * config.batch_size]
+        for s, idx in enumerate(batches):
             x = augment_batch(to_input(x_train_t[idx], config.preprocess), config.augment, gen)
             x = normalize(x, config.preprocess).to(dev)
             y = y_train_t[idx].to(dev)
@@ -150,8 +200,13 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.n
             advance(f"epoch {epoch + 1}/{config.epochs} loss {total_loss / (s + 1):.3f}")
         return {"epoch": epoch, "train_loss": total_loss / steps}
 
+    def val_outputs() -> np.ndarray:
+        if config.site_batches:
+            return predict_logits_per_site(net, x_val, np.asarray(val_groups), config.preprocess)
+        return predict_logits(net, x_val, config.preprocess)
+
     def validate(epoch: int) -> dict:
-        val_logits = predict_logits(net, x_val, config.preprocess)
+        val_logits = val_outputs()
         val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(y_val.astype(np.int64))))
         m = _from_confusion(confusion(y_val, val_logits.argmax(1), n_classes))
         return {"val_loss": val_loss, "val_accuracy": float(m["accuracy"]), "val_macro_f1": float(m["macro_f1"])}
@@ -172,7 +227,7 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.n
                     callbacks=[_EpochEnd()], show_progress=show_progress, label="train")
     outcome = engine.fit(resume=resume)
     history = [{k: v for k, v in h.items() if k != "round"} for h in outcome.history]
-    val_logits = predict_logits(net, x_val, config.preprocess)
+    val_logits = val_outputs()
     temperature = fit_temperature(val_logits, y_val)
     return FitResult(net=net.cpu(), temperature=temperature, history=history, best_epoch=outcome.best["round"],
                      seconds=outcome.seconds, val_logits=val_logits)

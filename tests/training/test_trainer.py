@@ -83,3 +83,43 @@ def test_config_is_recorded_as_plain_json():
     assert json.loads(json.dumps(d))["preprocess"]["size"] == 64
     with pytest.raises(ValueError, match="imbalance"):
         TrainConfig(imbalance="magic")
+
+
+def test_site_batches_draw_every_batch_from_one_site():
+    import torch
+
+    from leukodx.training.trainer import _one_site_order, _site_batches
+
+    groups = np.array([0] * 50 + [1] * 30 + [2] * 7)  # a site smaller than one batch keeps one batch
+    sites, steps = _site_batches(groups, 16)
+    assert steps == 3 + 1 + 1
+    order = _one_site_order(sites, 16, torch.Generator().manual_seed(0))
+    assert len(order) == steps
+    assert all(len(set(groups[b.numpy()])) == 1 for b in order)
+    assert sorted(len(b) for b in order) == [7, 16, 16, 16, 16]
+    again = _one_site_order(sites, 16, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(order, again))  # seeded
+
+
+def test_site_batches_train_and_validate_per_site(small_pbc, tmp_path):
+    """Two 'sites' (the second one's images darkened): training runs on one-site batches and the
+    validation figures are those of the network adapted to each validation site."""
+    from leukodx.training.trainer import predict_logits, predict_logits_per_site
+
+    x_tr, y_tr, x_va, y_va = small_pbc
+    groups = np.arange(len(y_tr)) % 2
+    val_groups = np.arange(len(y_va)) % 2
+    x_tr, x_va = x_tr.copy(), x_va.copy()
+    x_tr[groups == 1] //= 2
+    x_va[val_groups == 1] //= 2
+    config = TrainConfig(arch="resnet10t", epochs=1, batch_size=16, lr=3e-3, preprocess=Preprocess(size=32),
+                         site_batches=True)
+    result = fit(x_tr, y_tr, x_va, y_va, 3, config, tmp_path, show_progress=False, groups=groups,
+                 val_groups=val_groups)
+    assert np.allclose(result.val_logits, predict_logits_per_site(result.net, x_va, val_groups, config.preprocess),
+                       atol=1e-4)
+    assert not np.allclose(result.val_logits, predict_logits(result.net, x_va, config.preprocess), atol=1e-3)
+    with pytest.raises(ValueError, match="site of every"):
+        fit(x_tr, y_tr, x_va, y_va, 3, config, tmp_path / "b", show_progress=False)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        TrainConfig(site_batches=True, imbalance="sampler")

@@ -64,16 +64,17 @@ IMAGE_CAUSES = "the site, stain, scanner or magnification likely differs from th
 
 
 def shift_verdict(flagged: int, n: int, false_alarm: float = DEFAULT_FALSE_ALARM, unit: str = "inputs",
-                  advice: str = ADAPT_ADVICE, causes: str = IMAGE_CAUSES,
-                  rank: tuple[float, float] | None = None) -> dict:
-    """A batch's shift verdict from how many of its ``n`` inputs were flagged OOD and, where the scores
-    and a reference were at hand, ``rank`` = ``rank_sum_greater(scores, reference)`` (p-value, share
-    of pairs exceeded). Flagged when either test's p is below ``SHIFT_P / 2`` (the rank test's only
+                  advice: str = ADAPT_ADVICE, causes: str = IMAGE_CAUSES, scores=None, reference=None) -> dict:
+    """A batch's shift verdict from how many of its ``n`` inputs were flagged OOD and, where the batch's
+    OOD ``scores`` and the validation images' (``reference``) are given, how its scores compare
+    (``rank_sum_greater``). Flagged when either test's p is below ``SHIFT_P / 2`` (the rank test's only
     with at least ``MIN_EXCEED`` of pairs exceeded); ``advice`` ends the sentence."""
     if n == 0:
         return {"flagged": False, "score": None, "p_value": None, "n": 0, "n_ood": 0, "reason": f"no {unit} to judge"}
     p_count = binomial_tail(flagged, n, false_alarm)
     share = flagged / n
+    rank = (rank_sum_greater(scores, reference)
+            if scores is not None and reference is not None and len(scores) and len(reference) else None)
     p_rank, exceed = rank if rank is not None else (float("nan"), float("nan"))
     by_count = p_count < SHIFT_P / 2
     by_rank = bool(p_rank < SHIFT_P / 2 and exceed >= MIN_EXCEED)  # NaN compares False
@@ -187,8 +188,8 @@ class Reliability:
         """Whether a batch as a whole departs from the training data, as a plain sentence (``wording``:
         ``shift_verdict``'s unit, causes, advice)."""
         scores = np.asarray(scores, dtype=np.float64)
-        rank = rank_sum_greater(scores, self.reference) if len(self.reference) and len(scores) else None
-        return shift_verdict(int(np.sum(scores > self.threshold)), len(scores), self.false_alarm, rank=rank, **wording)
+        return shift_verdict(int(np.sum(scores > self.threshold)), len(scores), self.false_alarm, scores=scores,
+                             reference=self.reference, **wording)
 
     @property
     def has_conformal(self) -> bool:

@@ -23,7 +23,6 @@ from leukodx.errors import InvalidInputError
 from leukodx.data.vocabulary import is_leukocyte, leukocyte_classes
 from leukodx.smear.classical import NucleusThreshold, nucleus_mask
 from leukodx.models.reliability import shift_verdict
-from leukodx.stats import rank_sum_greater
 from leukodx.smear.evaluate import counted
 from leukodx.smear.scale import Scale, estimate_scale, given_scale, to_detector_scale
 from leukodx.smear.tiling import background_colour
@@ -313,9 +312,8 @@ class FieldTotals:
             flags.append(f"{self.quality} field(s) with image-quality warnings")
         if self.empty:
             flags.append(f"{self.empty} field(s) with no cell found")
-        rank = (rank_sum_greater(np.asarray(self.ood_scores), self.reference)
-                if self.reference is not None and len(self.reference) and self.ood_scores else None)
-        shift = (shift_verdict(self.flagged_ood, self.judged, unit="fields", rank=rank,
+        shift = (shift_verdict(self.flagged_ood, self.judged, unit="fields", scores=self.ood_scores,
+                               reference=self.reference,
                                advice="Check the overlays by eye; give the camera's scale with --um-per-px, and for "
                                       "another stain try --detector bccd-frcnn-aug.") if self.judged else
                  {"flagged": None, "score": None, "reason": "OOD check unavailable: the detector's bundle has no "

@@ -378,7 +378,6 @@ def segment_files(inputs, out_dir: str | os.PathLike, seg: Segmenter) -> tuple[i
     from leukodx.data.images import collect_images, image_size
     from leukodx.errors import Interrupted
     from leukodx.models.reliability import shift_verdict
-    from leukodx.stats import rank_sum_greater
 
     out_dir = Path(out_dir)
     paths, errors = collect_images(inputs)
@@ -418,10 +417,9 @@ def segment_files(inputs, out_dir: str | os.PathLike, seg: Segmenter) -> tuple[i
         shift = {"flagged": None, "score": None, "reason": "OOD check unavailable: the segmenter's bundle has no "
                                                           "reliability statistics (leukodx reliability fit)"}
     else:
-        scores = np.asarray([r["ood_score"] for r in rows], dtype=np.float64)
-        rank = rank_sum_greater(scores, seg.reliability.reference) if len(scores) and len(seg.reliability.reference) else None
         shift = shift_verdict(sum(r["ood"] for r in rows), len(rows), seg.reliability.false_alarm, unit="images",
-                              advice="Check the masks by eye before using the areas.", rank=rank)
+                              advice="Check the masks by eye before using the areas.",
+                              scores=[float(r["ood_score"]) for r in rows], reference=seg.reliability.reference)
     return len(rows), errors, shift
 
 

@@ -36,7 +36,8 @@ def main() -> None:
                 "per_class_f1": {c: v["f1"] for c, v in m["per_class"].items() if v["support"]},
                 "training_seconds": train["seconds"], "epochs_run": train["epochs_run"],
                 "arch": clf.card["arch"], "input_size": clf.card["input_size"],
-                "size_bytes": clf.card["size_bytes"], "sha256": clf.card["sha256"]}
+                "size_bytes": clf.card["size_bytes"], "sha256": clf.card["sha256"], "backend": clf.backend,
+                "precision": clf.precision}
             rows.append([name, dataset, result["n"], ci(m["accuracy"]), ci(m["macro_f1"]), ci(m["ece"]),
                          f"{clf.card['arch']} @ {clf.card['input_size']} px", f"{train['seconds'] / 60:.1f}",
                          f"{clf.card['size_bytes'] / 1e6:.1f}"])
@@ -48,7 +49,9 @@ def main() -> None:
                   "new site (see leakage_audit.md and LOSO.md). wbc-multisite is scored on every class it knows, "
                   "each site's labels mapped through the shared vocabulary.",
                   "Trained from scratch (no ImageNet weights) by `leukodx train`; the exact commands are in "
-                  "benchmarks/train_bundled.sh."])
+                  "benchmarks/train_bundled.sh.",
+                  "Scored as `leukodx evaluate` scores by default: "
+                  + ", ".join(sorted({f"{v['model']} {v['backend']} {v['precision']}" for v in out.values()})) + "."])
 
 
 if __name__ == "__main__":

@@ -81,6 +81,9 @@ VARIANTS = {v.name: v for v in (
     # the finalist at 96 px: granules (eosinophil against neutrophil) are barely resolved at 64
     Variant("cell-crop+stain-aug-96-large", size=96, resize="cell-crop", augment="stain", epochs=20, per_class=500,
             val_per_class=60),
+    # the finalist with twice the cells per class and site (is it still data-starved?)
+    Variant("cell-crop+stain-aug-1000", resize="cell-crop", augment="stain", epochs=20, per_class=1000,
+            val_per_class=60),
     # the finalist trained as it is used: one-site batches, batch norm adapted at every test site
     Variant("cell-crop+stain-aug+site-bn-large", resize="cell-crop", augment="stain", adabn=True, site_batches=True,
             epochs=20, per_class=500, val_per_class=60),

@@ -108,11 +108,15 @@ def _class_weights(y: np.ndarray, k: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
+def _n_site_batches(n: int, batch_size: int) -> int:
+    """One-site batches from a site of ``n`` images: its last partial batch is dropped unless it is its only one."""
+    return max(1, n // batch_size)
+
+
 def _site_batches(groups: np.ndarray, batch_size: int) -> tuple[list[torch.Tensor], int]:
-    """Each site's training indices, and how many one-site batches an epoch has (a site's last
-    partial batch is dropped unless it is the site's only one)."""
+    """Each site's training indices, and how many one-site batches an epoch has."""
     sites = [torch.from_numpy(np.flatnonzero(groups == g)) for g in np.unique(groups)]
-    return sites, sum(max(1, len(ix) // batch_size) for ix in sites)
+    return sites, sum(_n_site_batches(len(ix), batch_size) for ix in sites)
 
 
 def _one_site_order(sites: list[torch.Tensor], batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -120,7 +124,7 @@ def _one_site_order(sites: list[torch.Tensor], batch_size: int, gen: torch.Gener
     batches = []
     for ix in sites:
         ix = ix[torch.randperm(len(ix), generator=gen)]
-        batches += [ix[s:s + batch_size] for s in range(0, max(1, len(ix) // batch_size) * batch_size, batch_size)]
+        batches += [ix[k * batch_size:(k + 1) * batch_size] for k in range(_n_site_batches(len(ix), batch_size))]
     return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
 
 

@@ -123,3 +123,39 @@ def test_site_batches_train_and_validate_per_site(small_pbc, tmp_path):
         fit(x_tr, y_tr, x_va, y_va, 3, config, tmp_path / "b", show_progress=False)
     with pytest.raises(ValueError, match="cannot be combined"):
         TrainConfig(site_batches=True, imbalance="sampler")
+
+
+def test_few_shot_fit_keeps_the_target_sites_batchnorm_statistics(small_pbc, tmp_path):
+    """AdaBN on the few target cells, then fine-tuning that moves the weights but not those statistics."""
+    from dataclasses import replace
+
+    import torch
+    from safetensors.torch import save_file
+
+    from leukodx.models.architectures import create_network
+    from leukodx.training.adaptation import adapt_batchnorm, few_shot_fit
+
+    x_tr, y_tr, _, _ = small_pbc
+    torch.manual_seed(0)
+    parent = create_network("resnet10t", 3).eval()
+    x_k, y_k = x_tr[::8], y_tr[::8]  # 5 labelled cells per class
+    config = replace(_config(epochs=2), batch_size=5)
+
+    def bn_stats(net):
+        return {k: v.clone() for k, v in net.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+
+    def weights(net):
+        return {k: v.clone() for k, v in net.state_dict().items() if k.endswith("weight")}
+
+    expected = bn_stats(adapt_batchnorm(parent, x_k, config.preprocess))
+    tuned = few_shot_fit(parent, x_k, y_k, 3, config, tmp_path / "frozen").net
+    assert expected and all(torch.equal(v, bn_stats(tuned)[k]) for k, v in expected.items())
+    moved = [k for k, v in weights(parent).items() if not torch.equal(v, weights(tuned)[k])]
+    assert len(moved) == len(weights(parent))
+    # the same fine-tuning without freezing overwrites them with the last few batches'
+    start = tmp_path / "start.safetensors"
+    save_file({k: v.contiguous() for k, v in adapt_batchnorm(parent, x_k, config.preprocess).state_dict().items()},
+              str(start))
+    loose = fit(x_k, y_k, x_k, y_k, 3, replace(config, pretrained=str(start)), tmp_path / "loose",
+                show_progress=False).net
+    assert not all(torch.equal(v, bn_stats(loose)[k]) for k, v in expected.items())

@@ -214,22 +214,17 @@ def _learning_curve(result, variant: Variant, pre: Preprocess, take, held: str, 
                     n_boot: int) -> dict:
     import tempfile
 
-    from safetensors.torch import save_file
-
     from leukodx.inference.adapt import fine_tune_config
-    from leukodx.training.trainer import fit
+    from leukodx.training.adaptation import few_shot_fit
 
     x_test, y_test = take(held, "test", variant.test_per_class)
     curve = {"0": {"n_adaptation": 0, **_scores(result.net, x_test, y_test, pre, result.temperature,
                                                   variant.adabn, n_boot)}}
     with tempfile.TemporaryDirectory() as work:
-        parent = Path(work) / "parent.safetensors"
-        save_file({k: v.contiguous() for k, v in result.net.state_dict().items()}, str(parent))
         for k in ks:
             x_k, y_k = take(held, "train", k)
-            config = fine_tune_config(variant.arch, pre, len(y_k), epochs=8, lr=1e-3, seed=variant.seed,
-                                      parent_weights=parent)
-            tuned = fit(x_k, y_k, x_k, y_k, len(SHARED), config, Path(work) / f"k{k}", show_progress=False)
+            config = fine_tune_config(variant.arch, pre, len(y_k), seed=variant.seed)
+            tuned = few_shot_fit(result.net, x_k, y_k, len(SHARED), config, Path(work) / f"k{k}")
             curve[str(k)] = {"n_adaptation": int(len(y_k)),
                              **_scores(tuned.net, x_test, y_test, pre, result.temperature, False, n_boot)}
     return curve

@@ -262,8 +262,8 @@ def register(app: typer.Typer) -> None:
         images: Path = typer.Option(..., "--images", help="Folder of class sub-folders: k labelled cells per class "
                                                           "from the lab's own scanner."),
         output: Path = OutputDir("Folder for the adapted bundle."),
-        epochs: int = typer.Option(8, help="Fine-tuning epochs."),
-        lr: float = typer.Option(1e-3, help="Peak learning rate of the fine-tuning."),
+        epochs: Optional[int] = typer.Option(None, help="Fine-tuning epochs (default: the recipe's)."),
+        lr: Optional[float] = typer.Option(None, help="Peak learning rate of the fine-tuning (default: the recipe's)."),
         seed: int = Seed,
         name: Optional[str] = typer.Option(None, help="Name in the new card (default: the output folder name)."),
         data_root: Optional[Path] = DataRoot,

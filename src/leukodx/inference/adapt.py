@@ -2,8 +2,9 @@
 lab's own scanner, and write a new bundle that records its parent.
 
 The adaptation images are a folder of class sub-folders named by the model's classes (or the
-shared vocabulary's names and aliases). Fine-tuning runs on the one training engine, starting
-from the parent's weights; the figures reported for the new bundle are cross-validated on the
+shared vocabulary's names and aliases). The recipe (``training.adaptation.few_shot_fit``): batch-norm
+statistics re-estimated on the adaptation images (AdaBN), then every weight fine-tuned from the
+parent's on the one training engine with those statistics held fixed; the figures reported for the new bundle are cross-validated on the
 adaptation images (each fold fine-tuned without the images it is scored on), since a few cells
 per class leave nothing else to test on.
 """
@@ -28,11 +29,15 @@ from leukodx.inference.classifier import Classifier
 from leukodx.models.bundle import save_bundle
 from leukodx.models.card import build_card
 from leukodx.preprocessing.augment import augment_preset
+from leukodx.training.adaptation import few_shot_fit, has_batchnorm
 from leukodx.training.calibration import fit_temperature, softmax
-from leukodx.training.trainer import TrainConfig, fit, predict_logits
+from leukodx.training.trainer import TrainConfig, predict_logits
 
 log = logging.getLogger("leukodx.adapt")
 MIN_PER_CLASS = 2
+#: the fine-tuning recipe's defaults (epochs over the k cells per class, one-cycle peak learning rate)
+EPOCHS = 30
+LR = 3e-4
 
 
 def _key(name: str) -> str:
@@ -74,16 +79,17 @@ def overlaps_training_data(clf: Classifier, images: Path, data_root=None) -> str
     return None
 
 
-def fine_tune_config(arch: str, preprocess, n_images: int, epochs: int, lr: float, seed: int,
-                     parent_weights: str | os.PathLike) -> TrainConfig:
-    """The fine-tuning recipe: the parent's weights, light augmentation, every epoch run (no early stop)."""
-    return TrainConfig(arch=arch, epochs=epochs, batch_size=max(2, min(32, n_images)), lr=lr, patience=epochs,
-                       seed=seed, pretrained=str(parent_weights), preprocess=preprocess,
-                       augment=augment_preset("light"))
+def fine_tune_config(arch: str, preprocess, n_images: int, epochs: int = EPOCHS, lr: float = LR,
+                     seed: int = 0) -> TrainConfig:
+    """The fine-tuning recipe (``few_shot_fit`` adds the parent's weights and frozen batch norm): light
+    augmentation, every epoch run (no early stop), batches of a third of the images up to 16, so even
+    k = 5 per class gives a few steps per epoch."""
+    return TrainConfig(arch=arch, epochs=epochs, batch_size=max(2, min(16, n_images // 3)), lr=lr, patience=epochs,
+                       seed=seed, preprocess=preprocess, augment=augment_preset("light"))
 
 
-def adapt(model: str | os.PathLike, images: str | os.PathLike, output: str | os.PathLike, epochs: int = 8,
-          lr: float = 1e-3, seed: int = 0, name: str | None = None, data_root=None,
+def adapt(model: str | os.PathLike, images: str | os.PathLike, output: str | os.PathLike, epochs: int | None = None,
+          lr: float | None = None, seed: int = 0, name: str | None = None, data_root=None,
           show_progress: bool = False) -> dict:
     """Fine-tune ``model`` on the labelled cells under ``images``; write and return the new bundle's card."""
     images, output = Path(images), Path(output)
@@ -95,6 +101,7 @@ def adapt(model: str | os.PathLike, images: str | os.PathLike, output: str | os.
     if few:
         raise InvalidInputError(f"{images}: adaptation needs at least {MIN_PER_CLASS} images per class "
                                 f"({', '.join(f'{c} has {n}' for c, n in few.items())})")
+    epochs, lr = EPOCHS if epochs is None else epochs, LR if lr is None else lr
     if epochs < 1 or not (0 < lr < 1):
         raise InvalidInputError(f"epochs {epochs}, lr {lr}: epochs >= 1 and 0 < lr < 1")
     warning = overlaps_training_data(clf, images, data_root)
@@ -103,7 +110,7 @@ def adapt(model: str | os.PathLike, images: str | os.PathLike, output: str | os.
     x = cached_arrays(index, clf.preprocess)
     y = np.asarray([mapping[index.classes[v]] for v in index.labels], dtype=int)
     parent_weights = Path(clf.bundle_dir) / str(clf.card.get("weights", "model.safetensors"))
-    config = fine_tune_config(clf.card["arch"], clf.preprocess, len(y), epochs, lr, seed, parent_weights)
+    config = fine_tune_config(clf.card["arch"], clf.preprocess, len(y), epochs, lr, seed)
     k = len(clf.classes)
 
     # cross-validated figures: each fold fine-tuned without the images it is scored on
@@ -118,9 +125,9 @@ def adapt(model: str | os.PathLike, images: str | os.PathLike, output: str | os.
     with tempfile.TemporaryDirectory() as work:
         for f in range(folds):
             tr, te = fold_of != f, fold_of == f
-            result = fit(x[tr], y[tr], x[tr], y[tr], k, config, Path(work) / f"fold{f}", show_progress=False)
+            result = few_shot_fit(clf.net, x[tr], y[tr], k, config, Path(work) / f"fold{f}")
             oof_logits[te] = predict_logits(result.net, x[te], clf.preprocess)
-        final = fit(x, y, x, y, k, config, Path(work) / "final", show_progress=show_progress)
+        final = few_shot_fit(clf.net, x, y, k, config, Path(work) / "final", show_progress=show_progress)
     temperature = fit_temperature(oof_logits, y)
     present = sorted(set(y.tolist()))
     cv = classification_metrics(y, softmax(oof_logits, temperature), clf.classes, n_boot=500)
@@ -138,7 +145,10 @@ def adapt(model: str | os.PathLike, images: str | os.PathLike, output: str | os.
                  "adaptation_cv": {key: cv[key] for key in ("accuracy", "balanced_accuracy", "macro_f1", "ece", "n")},
                  "parent_on_adaptation_images": {key: before[key] for key in ("accuracy", "macro_f1", "n")},
                  "parent_test": clf.card.get("metrics", {}).get("test", {}).get("accuracy")},
-        training={"config": config.as_dict() | {"pretrained": f"parent {clf.name} ({clf.card['sha256'][:12]})"},
+        training={"config": config.as_dict() | {"pretrained": f"parent {clf.name} ({clf.card['sha256'][:12]})",
+                                                "freeze_batchnorm": has_batchnorm(clf.net),
+                                                "recipe": "AdaBN on the adaptation images, then fine-tuning "
+                                                          "with batch-norm statistics frozen"},
                   "folds": folds, "epochs": epochs, "seconds": round(final.seconds, 1),
                   "parent_weights_sha256": sha256_file(parent_weights)},
         intended_use=f"Research use: {clf.name} adapted to the site of {images}. Not a medical device.",

@@ -1,19 +1,28 @@
-"""Test-time adaptation without labels: batch-norm statistics re-estimated on the target site (AdaBN).
+"""Adapting a trained network to another site.
 
-Li et al. 2016 ("Revisiting batch normalization for practical domain adaptation"): a network's
-batch-norm layers normalize with the training site's feature statistics; recomputing them on the
-target site's unlabelled images removes much of a site shift. The weights are not changed.
+- **AdaBN, without labels** (Li et al. 2016, "Revisiting batch normalization for practical domain
+  adaptation"): a network's batch-norm layers normalize with the training site's feature
+  statistics; recomputing them on the target site's unlabelled images removes much of a site
+  shift. The weights are not changed.
+- **Few-shot fine-tuning** (``few_shot_fit``), with k labelled cells per class: AdaBN on the
+  target images first, then every weight fine-tuned with those batch-norm statistics held fixed,
+  so the few cells move the weights, never the statistics.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import torch
 
 from leukodx.preprocessing.transforms import Preprocess, normalize_batch
+
+if TYPE_CHECKING:
+    from leukodx.training.trainer import FitResult, TrainConfig
 
 
 def has_batchnorm(net: torch.nn.Module) -> bool:
@@ -57,3 +66,21 @@ def adapt_batchnorm(net: torch.nn.Module, arrays: np.ndarray | Iterable[np.ndarr
     if held:
         step(np.concatenate(pending))
     return adapted.eval()
+
+
+def few_shot_fit(parent: torch.nn.Module, x: np.ndarray, y: np.ndarray, n_classes: int, config: "TrainConfig",
+                 workdir: str | Path, show_progress: bool = False) -> "FitResult":
+    """``parent`` fine-tuned on the labelled target images ``x`` (uint8, after ``config.preprocess``) with
+    labels ``y``: batch-norm statistics re-estimated on ``x`` (AdaBN), then ``config``'s fine-tuning with
+    them frozen, on the one training engine (validated on ``x`` itself: a few cells leave nothing else)."""
+    from safetensors.torch import save_file
+
+    from leukodx.training.trainer import fit
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    start = workdir / "adabn-parent.safetensors"
+    adapted = adapt_batchnorm(parent, x, config.preprocess)
+    save_file({k: v.contiguous() for k, v in adapted.state_dict().items()}, str(start))
+    config = replace(config, pretrained=str(start), freeze_batchnorm=has_batchnorm(parent))
+    return fit(x, y, x, y, n_classes, config, workdir / "fit", show_progress=show_progress)

@@ -46,6 +46,9 @@ class TrainConfig:
     seed: int = 0
     pretrained: str | None = None  # local .safetensors file
     site_batches: bool = False  # every batch from one site; validation adapted per site (needs groups)
+    #: batch-norm layers keep their running statistics while the weights learn (few-shot fine-tuning after
+    #: AdaBN: a batch of a dozen cells would otherwise overwrite the target site's statistics)
+    freeze_batchnorm: bool = False
     preprocess: Preprocess = field(default_factory=Preprocess)
     augment: Augment = field(default_factory=Augment)
 
@@ -181,6 +184,10 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.n
 
     def train_round(epoch: int, advance) -> dict:
         net.train()
+        if config.freeze_batchnorm:
+            for m in net.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         if config.site_batches:
             batches = _one_site_order(site_index, config.batch_size, gen)
         else:

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import leukodx
 from leukodx.cli.app import main
@@ -32,13 +33,20 @@ def test_adapt_writes_a_child_bundle_with_cross_validated_figures(tmp_path):
     assert main(["adapt", "-m", "pbc-celltype", "--images", str(images), "-o", str(out), "--epochs", "1"]) == 0
     card = json.loads((out / "card.json").read_text())
     parent = leukodx.load("pbc-celltype").card
+    assert card["training"]["config"]["freeze_batchnorm"] is True
     assert card["parent"] == {"name": "pbc-celltype", "sha256": parent["sha256"], "data": "pbc"}
     assert card["data"]["adaptation_counts"] == {c: 3 for c in ("basophil", "eosinophil", "lymphocyte",
                                                                  "monocyte", "neutrophil")}
     assert card["metrics"]["adaptation_cv"]["n"] == 15 and card["classes"] == parent["classes"]
     assert card["sha256"] != parent["sha256"]
     adapted = leukodx.load(out)
-    assert adapted.predict([images / "neutrophil"]).rows
+    rows = adapted.predict(sorted((images / "neutrophil").iterdir())).rows
+    assert len(rows) == 3 and all(isinstance(r["ood"], bool) and r["prediction_set"] for r in rows)
+    # the adapted bundle keeps a guard of its own: a black square is out of distribution
+    black = tmp_path / "black.png"
+    Image.new("RGB", (144, 144)).save(black)
+    assert adapted.predict([black]).rows[0]["ood"] is True
+    assert card["reliability"]["fitted_on"]["adaptation_images"] == 15 and card["reliability"]["n_conformal"] == 15
 
 
 def test_adapt_refuses_too_few_images_and_unknown_classes(tmp_path, capsys):

@@ -28,9 +28,10 @@ from leukodx.evaluation.metrics import classification_metrics
 from leukodx.inference.classifier import Classifier
 from leukodx.models.bundle import save_bundle
 from leukodx.models.card import build_card
+from leukodx.models.reliability import aps_scores, attach_reliability, fit_ood_crossfit
 from leukodx.preprocessing.augment import augment_preset
 from leukodx.training.adaptation import few_shot_fit, has_batchnorm
-from leukodx.training.calibration import fit_temperature, softmax
+from leukodx.training.calibration import fit_temperature, network_outputs, softmax
 from leukodx.training.trainer import TrainConfig, predict_logits
 
 log = logging.getLogger("leukodx.adapt")
@@ -154,6 +155,14 @@ def adapt(model: str | os.PathLike, images: str | os.PathLike, output: str | os.
         intended_use=f"Research use: {clf.name} adapted to the site of {images}. Not a medical device.",
         limits=[f"Adapted on {len(y)} labelled images ({', '.join(f'{c} {n}' for c, n in counts.items())}); "
                 "its figures are cross-validated on those few images.",
+                "Its OOD threshold and conformal scores come from those few images too: the OOD features are the "
+                "adapted network's own training images', so expect more than the nominal false alarms on new ones.",
                 *(clf.card.get("limits") or [])] + ([warning] if warning else []),
     )
-    return save_bundle(output, final.net, card)
+    card = save_bundle(output, final.net, card)
+    _, features = network_outputs(final.net, x, clf.preprocess)
+    rel = fit_ood_crossfit(features, y, folds=max(2, min(5, min(counts.values()))), seed=seed,
+                           fitted_on={"adaptation_images": int(len(y)), "method": "cross-fitted on the adaptation "
+                                      "images; conformal scores from their cross-validated probabilities"})
+    rel.conformal = np.sort(aps_scores(softmax(oof_logits, temperature), y))
+    return attach_reliability(output, card, rel)

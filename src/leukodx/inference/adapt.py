@@ -2,11 +2,11 @@
 lab's own scanner, and write a new bundle that records its parent.
 
 The adaptation images are a folder of class sub-folders named by the model's classes (or the
-shared vocabulary's names and aliases). The recipe (``training.adaptation.few_shot_fit``): batch-norm
-statistics re-estimated on the adaptation images (AdaBN), then every weight fine-tuned from the
-parent's on the one training engine with those statistics held fixed; the figures reported for the new bundle are cross-validated on the
-adaptation images (each fold fine-tuned without the images it is scored on), since a few cells
-per class leave nothing else to test on.
+shared vocabulary's names and aliases). The recipe (``training.adaptation.few_shot_fit``):
+batch-norm statistics re-estimated on the adaptation images (AdaBN), then every weight fine-tuned
+from the parent's on the one training engine with those statistics held fixed. The figures
+reported for the new bundle are cross-validated on the adaptation images (each fold fine-tuned
+without the images it is scored on), since a few cells per class leave nothing else to test on.
 """
 
 from __future__ import annotations

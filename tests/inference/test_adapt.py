@@ -27,7 +27,7 @@ def _folder(tmp_path, dataset, per_class, rename=None):
 
 
 @pytest.mark.slow
-def test_adapt_writes_a_child_bundle_with_cross_validated_figures(tmp_path):
+def test_adapt_writes_a_child_bundle_with_cross_validated_figures(tmp_path, aria_folder):
     images = _folder(tmp_path, "wbc-seg-2", 3)  # basophil has 3 images in wbc-seg-2: every class >= 2
     out = tmp_path / "adapted"
     assert main(["adapt", "-m", "pbc-celltype", "--images", str(images), "-o", str(out), "--epochs", "1"]) == 0
@@ -45,7 +45,9 @@ def test_adapt_writes_a_child_bundle_with_cross_validated_figures(tmp_path):
     # the adapted bundle keeps a guard of its own: a black square is out of distribution
     black = tmp_path / "black.png"
     Image.new("RGB", (144, 144)).save(black)
-    assert adapted.predict([black]).rows[0]["ood"] is True
+    field = sorted(aria_folder.rglob("*.jpg"))[0]  # a smear field, not a cell
+    assert [r["ood"] for r in adapted.predict([black, field]).rows] == [True, True]
+    assert card["reliability"]["style_dim"] > 0  # the style part (stain, scanner) is scored on its own
     assert card["reliability"]["fitted_on"]["adaptation_images"] == 15 and card["reliability"]["n_conformal"] == 15
 
 

@@ -28,6 +28,7 @@ from leukodx.evaluation.metrics import classification_metrics
 from leukodx.inference.classifier import Classifier
 from leukodx.models.bundle import save_bundle
 from leukodx.models.card import build_card
+from leukodx.models.features import last_linear
 from leukodx.models.reliability import aps_scores, attach_reliability, fit_ood_crossfit
 from leukodx.preprocessing.augment import augment_preset
 from leukodx.training.adaptation import few_shot_fit, has_batchnorm
@@ -122,12 +123,15 @@ def adapt(model: str | os.PathLike, images: str | os.PathLike, output: str | os.
         members = rng.permutation(np.flatnonzero(y == c))
         fold_of[members] = np.arange(len(members)) % folds
     oof_logits = np.zeros((len(y), k), dtype=np.float64)
+    fold_features = []  # every image as each fold's network sees it: the OOD threshold's held-out scores
     parent_logits = predict_logits(clf.net, x, clf.preprocess)
     with tempfile.TemporaryDirectory() as work:
         for f in range(folds):
             tr, te = fold_of != f, fold_of == f
             result = few_shot_fit(clf.net, x[tr], y[tr], k, config, Path(work) / f"fold{f}")
-            oof_logits[te] = predict_logits(result.net, x[te], clf.preprocess)
+            logits, features = network_outputs(result.net, x, clf.preprocess)
+            oof_logits[te] = logits[te]
+            fold_features.append(features)
         final = few_shot_fit(clf.net, x, y, k, config, Path(work) / "final", show_progress=show_progress)
     temperature = fit_temperature(oof_logits, y)
     present = sorted(set(y.tolist()))
@@ -155,14 +159,17 @@ def adapt(model: str | os.PathLike, images: str | os.PathLike, output: str | os.
         intended_use=f"Research use: {clf.name} adapted to the site of {images}. Not a medical device.",
         limits=[f"Adapted on {len(y)} labelled images ({', '.join(f'{c} {n}' for c, n in counts.items())}); "
                 "its figures are cross-validated on those few images.",
-                "Its OOD threshold and conformal scores come from those few images too: the OOD features are the "
-                "adapted network's own training images', so expect more than the nominal false alarms on new ones.",
+                "Its OOD threshold and conformal scores come from those few images too (cross-validated), so the "
+                "false-alarm rate on new cells of this site is only roughly the nominal one.",
                 *(clf.card.get("limits") or [])] + ([warning] if warning else []),
     )
     card = save_bundle(output, final.net, card)
     _, features = network_outputs(final.net, x, clf.preprocess)
-    rel = fit_ood_crossfit(features, y, folds=max(2, min(5, min(counts.values()))), seed=seed,
-                           fitted_on={"adaptation_images": int(len(y)), "method": "cross-fitted on the adaptation "
-                                      "images; conformal scores from their cross-validated probabilities"})
+    rel = fit_ood_crossfit(features, y, fold=fold_of, fold_features=fold_features,
+                           pen_dim=last_linear(final.net).in_features,
+                           fitted_on={"adaptation_images": int(len(y)), "method": "statistics of the adapted network's "
+                                      "features (penultimate and style) of the adaptation images; threshold from each image scored by its "
+                                      "cross-validation fold's network and statistics fitted without it; conformal "
+                                      "scores from the cross-validated probabilities"})
     rel.conformal = np.sort(aps_scores(softmax(oof_logits, temperature), y))
     return attach_reliability(output, card, rel)

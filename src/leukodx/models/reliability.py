@@ -281,18 +281,36 @@ SMALL_SAMPLE_SHRINKAGE = 0.5
 
 def fit_ood_crossfit(features: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0,
                      false_alarm: float = DEFAULT_FALSE_ALARM, fitted_on: dict | None = None,
-                     shrinkage: float = SMALL_SAMPLE_SHRINKAGE) -> Reliability:
+                     shrinkage: float = SMALL_SAMPLE_SHRINKAGE, fold: np.ndarray | None = None,
+                     fold_features: list[np.ndarray] | None = None, pen_dim: int | None = None) -> Reliability:
     """OOD statistics for a model with no validation set to spare (tens of samples): each training
-    sample is scored by statistics fitted without it (``folds``-fold), those scores set the
-    threshold, and the final statistics use every sample. No conformal scores (none are stored)."""
+    sample is scored by statistics fitted without it (``folds``-fold, or each sample's ``fold``),
+    those scores set the threshold, and the final statistics use every sample. No conformal scores
+    (none are stored).
+
+    ``fold_features[f]``: every sample's features as fold ``f``'s own model sees them, for a model
+    that learns its features from these samples (a fine-tuned network sees its training images
+    closer than new ones, so scoring them with the final model would set the threshold too low).
+    ``pen_dim``: the features carry a style part from that column on; each part's distance is then
+    divided by its 95th percentile over the held-out scores, as ``fit_reliability`` does on
+    validation images, and the larger counts."""
     features, labels = np.asarray(features, dtype=np.float64), np.asarray(labels)
-    fold = np.random.default_rng(seed).permutation(len(labels)) % folds
-    held = np.empty(len(labels))
-    for f in range(folds):
-        part = _fit_statistics(features[fold != f], labels[fold != f], false_alarm, None, shrinkage)
-        held[fold == f] = part.ood_scores(features[fold == f])
-    rel = _fit_statistics(features, labels, false_alarm, fitted_on, shrinkage)
-    rel.reference = np.sort(held)
+    fold = np.random.default_rng(seed).permutation(len(labels)) % folds if fold is None else np.asarray(fold)
+    rel = _fit_statistics(features, labels, false_alarm, fitted_on, shrinkage, pen_dim)
+    pen_held, style_held = np.empty(len(labels)), np.empty(len(labels))
+    for f in np.unique(fold):
+        seen = features if fold_features is None else np.asarray(fold_features[f], dtype=np.float64)
+        part = _fit_statistics(seen[fold != f], labels[fold != f], false_alarm, None, shrinkage, pen_dim)
+        held = seen[fold == f]
+        pen_held[fold == f] = _nearest(held[:, :part.means.shape[1]], part.means, part.whitener)
+        if rel.style_means is not None:
+            style_held[fold == f] = _nearest(held[:, pen_dim:], part.style_means, part.style_whitener)
+    if rel.style_means is None:
+        rel.reference = np.sort(pen_held)
+    else:
+        pen_q, style_q = float(np.quantile(pen_held, 0.95)) or 1.0, float(np.quantile(style_held, 0.95)) or 1.0
+        rel.pen_scale, rel.style_scale = np.full(len(rel.means), pen_q), np.full(len(rel.style_means), style_q)
+        rel.reference = np.sort(np.maximum(pen_held / pen_q, style_held / style_q))
     rel.threshold = float(np.quantile(rel.reference, 1 - false_alarm, method="higher"))
     return rel
 

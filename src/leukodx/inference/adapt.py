@@ -167,9 +167,10 @@ def adapt(model: str | os.PathLike, images: str | os.PathLike, output: str | os.
     _, features = network_outputs(final.net, x, clf.preprocess)
     rel = fit_ood_crossfit(features, y, fold=fold_of, fold_features=fold_features,
                            pen_dim=last_linear(final.net).in_features,
-                           fitted_on={"adaptation_images": int(len(y)), "method": "statistics of the adapted network's "
-                                      "features (penultimate and style) of the adaptation images; threshold from each image scored by its "
-                                      "cross-validation fold's network and statistics fitted without it; conformal "
-                                      "scores from the cross-validated probabilities"})
+                           fitted_on={"adaptation_images": int(len(y)),
+                                      "method": "statistics of the adapted network's features (penultimate and style) "
+                                                "of the adaptation images; threshold from each image scored by its "
+                                                "cross-validation fold's network and statistics fitted without it; "
+                                                "conformal scores from the cross-validated probabilities"})
     rel.conformal = np.sort(aps_scores(softmax(oof_logits, temperature), y))
     return attach_reliability(output, card, rel)

@@ -164,3 +164,54 @@ def test_refit_writes_statistics_a_trained_model_also_gets(tiny_pbc_model, tmp_p
     assert entry["n_conformal"] == trained["n_conformal"] and entry["feature_dim"] == trained["feature_dim"]
     assert entry["threshold"] > 0 and (bundle / RELIABILITY_FILE).is_file()
     assert load_model(bundle).reliability is not None
+
+
+def test_style_bank_distances_are_each_sites_nearest_neighbour(pbc_model, monkeypatch):
+    import leukodx.models.reliability as reliability
+    from scipy.spatial.distance import cdist
+
+    x, _ = _cells(pbc_model, "pbc", 6)
+    style = pbc_model.forward(x)[1][:, pbc_model.reliability.pen_dim:]
+    sites = np.arange(len(style)) % 3
+    bank, bank_sites, center, spread = reliability._style_bank(style, sites, per_site=5)
+    assert bank.dtype == np.float32 and np.bincount(bank_sites).tolist() == [5, 5, 5]
+    queries = (style - center) / spread
+    monkeypatch.setattr(reliability, "_BANK_CHUNK", 7)  # several chunks, the last one short
+    got = reliability._bank_distances(queries, bank, bank_sites)
+    brute = cdist(queries, bank.astype(np.float64), "sqeuclidean")
+    want = np.stack([brute[:, bank_sites == g].min(axis=1) for g in range(3)], axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    # a bank image is its own nearest neighbour at its site
+    own = reliability._bank_distances(bank, bank, bank_sites)[np.arange(len(bank)), bank_sites]
+    np.testing.assert_allclose(own, 0.0, atol=1e-3)
+
+
+def test_another_labs_cells_between_training_images_are_flagged_by_the_bank(pbc_model):
+    """pbc-celltype's style bank against the same statistics with one Gaussian per site (the scoring of
+    bundles made before the bank): deepapl's cells (another lab, the same scanner make) are told from
+    pbc's held-out cells at least as well, and the old form still loads and scores."""
+    from leukodx.evaluation.reliability import ood_auroc
+    import dataclasses
+    import tempfile
+
+    from leukodx.models.reliability import _gaussian_clusters, load_reliability, save_reliability
+
+    rel = pbc_model.reliability
+    assert rel.style_bank is not None and rel.card_entry("x")["ood_score"].endswith("nearest-neighbour style)")
+    x_in, _ = _cells(pbc_model, "pbc", 25)
+    x_out, _ = _cells(pbc_model, "deepapl", 25)
+    f_in, f_out = pbc_model.forward(x_in)[1], pbc_model.forward(x_out)[1]
+    bank_style = [rel.style_distances(f[:, rel.pen_dim:]).min(axis=1) for f in (f_in, f_out)]
+    # the old form, fitted on the bank's images
+    bank_raw = rel.style_bank.astype(np.float64) * rel.style_spread + rel.style_center
+    means, whitener = _gaussian_clusters(bank_raw, rel.bank_sites, 1e-3)
+    old = dataclasses.replace(rel, style_bank=None, bank_sites=None, style_center=None, style_spread=None,
+                              style_means=means, style_whitener=whitener)
+    gauss_style = [old.style_distances(f[:, rel.pen_dim:]).min(axis=1) for f in (f_in, f_out)]
+    assert ood_auroc(*bank_style) > 0.9
+    assert ood_auroc(*bank_style) >= ood_auroc(*gauss_style) - 0.02
+    with tempfile.TemporaryDirectory() as tmp:
+        entry = old.card_entry(save_reliability(tmp, old))
+        loaded = load_reliability(tmp, {"reliability": entry})
+    assert loaded.style_bank is None and "mahalanobis-nearest-site" in entry["ood_score"]
+    np.testing.assert_allclose(loaded.ood_scores(f_out), old.ood_scores(f_out))

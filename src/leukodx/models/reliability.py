@@ -3,12 +3,18 @@
 One home for every image classifier's reliability statistics, fitted once from the model's own
 data and stored in its bundle (``reliability.safetensors``, sha256 in the card):
 
-- **OOD score per input**: two Mahalanobis distances (Lee et al. 2018, who also combine layers),
-  each to the nearest of its clusters under one shared covariance, fitted on the training images:
-  of the penultimate features to the nearest class (of each training site, for multi-site
-  models), and of an early layer's *style* (per-channel mean and standard deviation at stride 4,
-  the colour and texture a stain and scanner leave) to the nearest training site. Each is divided
-  by its own 95th percentile on the validation images and the larger counts. The threshold is the
+- **OOD score per input**, two distances fitted on the training images: the Mahalanobis distance
+  (Lee et al. 2018) of the penultimate features to the nearest class (of each training site, for
+  multi-site models) under one shared covariance; and the distance of an early layer's *style*
+  (per-channel mean and standard deviation at stride 4, the colour and texture a stain and scanner
+  leave), standardized per channel, to its nearest neighbour among the training images of each site
+  (a bank of up to ``STYLE_BANK_PER_SITE`` per site; deep kNN, Sun et al. 2022). A site's look is
+  not one Gaussian: slides, stains and days spread it, and another lab's cells can sit near the
+  middle of that spread yet away from every training image (on the leave-one-site-out folds, pbc's
+  and deepapl's cells are told from the training sites' better by the nearest neighbour than by the
+  distance to the site mean; figures in ``benchmarks/results/reliability.md``). Bundles made before
+  the bank keep the site-mean form and are scored with it. Each distance is divided by its own 95th percentile
+  on the site's validation images and the larger counts. The threshold is the
   score's ``1 - false_alarm`` quantile on in-site validation images, so about ``false_alarm``
   (default 5%) of images like the training ones are flagged.
 - **Shift check per batch**, two tests (each at ``SHIFT_P / 2``): with that threshold, the number of
@@ -55,6 +61,8 @@ SHIFT_P = 1e-3
 MIN_EXCEED = 0.6
 #: covariance shrinkage towards its mean variance (features are many, training images per class few)
 SHRINKAGE = 1e-3
+#: training images per site kept as the style part's nearest-neighbour bank (stored in the bundle)
+STYLE_BANK_PER_SITE = 1500
 
 
 ADAPT_ADVICE = "Check a sample by eye, and consider `leukodx adapt` with a few labelled cells from this lab."
@@ -164,6 +172,12 @@ class Reliability:
     #: where the style part of a feature vector starts (None: no style part); the penultimate part is
     #: always the first ``means.shape[1]`` columns
     pen_dim: int | None = None
+    #: the style part: a bank of training images' standardized style features, and each one's site
+    style_bank: np.ndarray | None = None      # (N, E) float32, (style - style_center) / style_spread
+    bank_sites: np.ndarray | None = None      # (N,) the training site of each bank row
+    style_center: np.ndarray | None = None    # (E,)
+    style_spread: np.ndarray | None = None    # (E,)
+    #: bundles made before the bank: the style part's Gaussian per training site (still scored)
     style_means: np.ndarray | None = None     # (S, E) style mean per training site
     style_whitener: np.ndarray | None = None
     #: each cluster's distance is divided by the 95th percentile, on its own site's validation images,
@@ -178,10 +192,20 @@ class Reliability:
         """The OOD score per row (larger = less like training; see the module doc)."""
         f = np.asarray(features, dtype=np.float64)
         pen = _nearest(f[:, :self.means.shape[1]], self.means, self.whitener, self.pen_scale)
-        if self.style_means is None:
+        if not self.has_style:
             return pen
-        style = _nearest(f[:, self.pen_dim:], self.style_means, self.style_whitener, self.style_scale)
-        return np.maximum(pen, style)
+        return np.maximum(pen, _scaled_min(self.style_distances(f[:, self.pen_dim:]), self.style_scale))
+
+    @property
+    def has_style(self) -> bool:
+        return self.style_bank is not None or self.style_means is not None
+
+    def style_distances(self, style: np.ndarray) -> np.ndarray:
+        """(n, S) squared distance of each row's style part to each training site: to its nearest bank
+        image of that site (older bundles: the Mahalanobis distance to the site's mean)."""
+        if self.style_bank is None:
+            return _distances(style, self.style_means, self.style_whitener)
+        return _bank_distances((style - self.style_center) / self.style_spread, self.style_bank, self.bank_sites)
 
     def is_ood(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold
@@ -211,17 +235,24 @@ class Reliability:
         for key in ("pen_scale", "style_scale", "cluster_sites"):
             if getattr(self, key) is not None:
                 out[key] = np.asarray(getattr(self, key), dtype=np.float64)
+        if self.style_bank is not None:
+            out.update({"style_bank": self.style_bank, "bank_sites": self.bank_sites, "style_center": self.style_center,
+                        "style_spread": self.style_spread})
         if self.style_means is not None:
-            out.update({"style_means": self.style_means, "style_whitener": self.style_whitener,
-                        "pen_dim": np.array([self.pen_dim], dtype=np.float64)})
+            out.update({"style_means": self.style_means, "style_whitener": self.style_whitener})
+        if self.has_style:
+            out["pen_dim"] = np.array([self.pen_dim], dtype=np.float64)
         return out
 
     def card_entry(self, digest: str) -> dict:
         return {"file": RELIABILITY_FILE, "sha256": digest,
-                "ood_score": ("max(mahalanobis-nearest-class, mahalanobis-nearest-site style)"
+                "ood_score": ("max(mahalanobis-nearest-class, nearest-neighbour style)" if self.style_bank is not None
+                              else "max(mahalanobis-nearest-class, mahalanobis-nearest-site style)"
                               if self.style_means is not None else "mahalanobis-nearest-cluster"),
                 "feature_dim": int(self.means.shape[1]),
-                "style_dim": None if self.style_means is None else int(self.style_means.shape[1]),
+                "style_dim": (int(self.style_bank.shape[1]) if self.style_bank is not None else
+                              int(self.style_means.shape[1]) if self.style_means is not None else None),
+                "style_bank": None if self.style_bank is None else int(len(self.style_bank)),
                 "clusters": int(len(self.means)), "threshold": round(self.threshold, 6),
                 "false_alarm": self.false_alarm,
                 "conformal": "APS (split conformal)" if self.has_conformal else None,
@@ -268,9 +299,9 @@ def _calibrate(rel: Reliability, val_features: np.ndarray, val_groups: np.ndarra
     f = val_features
     pen_d = _distances(f[:, :rel.means.shape[1]], rel.means, rel.whitener)
     rel.pen_scale = _site_scales(pen_d, rel.cluster_sites, val_groups)
-    if rel.style_means is not None:
-        style_d = _distances(f[:, rel.pen_dim:], rel.style_means, rel.style_whitener)
-        rel.style_scale = _site_scales(style_d, np.arange(len(rel.style_means)), val_groups)
+    if rel.has_style:
+        style_d = rel.style_distances(f[:, rel.pen_dim:])
+        rel.style_scale = _site_scales(style_d, np.arange(style_d.shape[1]), val_groups)
     rel.reference = np.sort(rel.ood_scores(val_features))
     rel.threshold = float(np.quantile(rel.reference, 1 - rel.false_alarm, method="higher"))
 
@@ -303,13 +334,13 @@ def fit_ood_crossfit(features: np.ndarray, labels: np.ndarray, folds: int = 5, s
         part = _fit_statistics(seen[fold != f], labels[fold != f], false_alarm, None, shrinkage, pen_dim)
         held = seen[fold == f]
         pen_held[fold == f] = _nearest(held[:, :part.means.shape[1]], part.means, part.whitener)
-        if rel.style_means is not None:
-            style_held[fold == f] = _nearest(held[:, pen_dim:], part.style_means, part.style_whitener)
-    if rel.style_means is None:
+        if rel.has_style:
+            style_held[fold == f] = part.style_distances(held[:, pen_dim:]).min(axis=1)
+    if not rel.has_style:
         rel.reference = np.sort(pen_held)
     else:
         pen_q, style_q = float(np.quantile(pen_held, 0.95)) or 1.0, float(np.quantile(style_held, 0.95)) or 1.0
-        rel.pen_scale, rel.style_scale = np.full(len(rel.means), pen_q), np.full(len(rel.style_means), style_q)
+        rel.pen_scale, rel.style_scale = np.full(len(rel.means), pen_q), np.full(int(rel.bank_sites.max()) + 1, style_q)
         rel.reference = np.sort(np.maximum(pen_held / pen_q, style_held / style_q))
     rel.threshold = float(np.quantile(rel.reference, 1 - false_alarm, method="higher"))
     return rel
@@ -327,6 +358,42 @@ def _nearest(features: np.ndarray, means: np.ndarray, whitener: np.ndarray, scal
     """Distance to the nearest of ``means``, each cluster's distance divided by its ``scale``."""
     d = _distances(features, means, whitener)
     return (d if scale is None else d / scale[None, :]).min(axis=1)
+
+
+def _scaled_min(d: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+    return (d if scale is None else d / scale[None, :]).min(axis=1)
+
+
+#: rows scored against the bank at a time (bounds the (rows, bank) distance matrix's memory)
+_BANK_CHUNK = 2048
+
+
+def _bank_distances(z: np.ndarray, bank: np.ndarray, bank_sites: np.ndarray) -> np.ndarray:
+    """(n, S) squared Euclidean distance of each row of ``z`` to its nearest ``bank`` row of each site."""
+    sites = int(bank_sites.max()) + 1
+    bank = np.asarray(bank, dtype=np.float32)
+    norms = (bank.astype(np.float64) ** 2).sum(1)
+    out = np.empty((len(z), sites))
+    for start in range(0, len(z), _BANK_CHUNK):
+        rows = np.asarray(z[start:start + _BANK_CHUNK], dtype=np.float32)
+        d = (rows.astype(np.float64) ** 2).sum(1)[:, None] - 2.0 * (rows @ bank.T) + norms[None, :]
+        for g in range(sites):
+            out[start:start + len(rows), g] = np.maximum(d[:, bank_sites == g].min(axis=1), 0.0)
+    return out
+
+
+def _style_bank(style: np.ndarray, groups: np.ndarray, per_site: int = STYLE_BANK_PER_SITE, seed: int = 0
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The style part's bank: up to ``per_site`` training images of each site (at random), standardized
+    per channel by the training images' mean and spread (a floor keeps a dead channel from counting)."""
+    rng = np.random.default_rng(seed)
+    keep = np.concatenate([rng.permutation(np.flatnonzero(groups == g))[:per_site] for g in np.unique(groups)])
+    keep.sort()
+    center = style.mean(axis=0)
+    spread = style.std(axis=0)
+    spread = np.maximum(spread, 1e-3 * float(spread.mean()) + 1e-12)
+    bank = ((style[keep] - center) / spread).astype(np.float32)
+    return bank, np.unique(groups, return_inverse=True)[1][keep].astype(np.int64), center, spread
 
 
 def _gaussian_clusters(features: np.ndarray, clusters: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
@@ -356,7 +423,7 @@ def _fit_statistics(features: np.ndarray, labels: np.ndarray, false_alarm: float
                       false_alarm=false_alarm, fitted_on=fitted_on, pen_dim=pen_dim if has_style else None,
                       cluster_sites=np.unique(clusters) // (int(labels.max()) + 1))
     if has_style:
-        rel.style_means, rel.style_whitener = _gaussian_clusters(features[:, pen_dim:], groups, shrinkage)
+        rel.style_bank, rel.bank_sites, rel.style_center, rel.style_spread = _style_bank(features[:, pen_dim:], groups)
     return rel
 
 
@@ -368,7 +435,8 @@ def save_reliability(directory: str | os.PathLike, rel: Reliability, name: str =
     path = Path(directory) / name
     path.parent.mkdir(parents=True, exist_ok=True)
     with _atomic.atomic_path(path) as tmp:
-        _save_tensors({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in rel.arrays().items()}, tmp,
+        _save_tensors({k: np.ascontiguousarray(v, dtype=np.float32 if k == "style_bank" else np.float64)
+                       for k, v in rel.arrays().items()}, tmp,
                       {"kind": "leukodx reliability"})
     return sha256_file(path)
 
@@ -391,6 +459,9 @@ def load_reliability(directory: str | os.PathLike | None, card: dict) -> Reliabi
                        fitted_on=entry.get("fitted_on"),
                        pen_dim=int(a["pen_dim"][0]) if "pen_dim" in a else None,
                        style_means=a.get("style_means"), style_whitener=a.get("style_whitener"),
+                       style_bank=None if "style_bank" not in a else a["style_bank"].astype(np.float32),
+                       bank_sites=a["bank_sites"].astype(int) if "bank_sites" in a else None,
+                       style_center=a.get("style_center"), style_spread=a.get("style_spread"),
                        pen_scale=a.get("pen_scale"), style_scale=a.get("style_scale"),
                        cluster_sites=a["cluster_sites"].astype(int) if "cluster_sites" in a else None)
 

@@ -115,6 +115,15 @@ def test_patient_case_gets_blast_fraction_and_apl_probability(tmp_path):
     assert result["model"]["name"] == "wbc-multisite"
     assert isinstance(s["apl_probability"], float) and 0 <= s["apl_probability"] <= 1
     assert s["apl_model"]["used"] and s["apl_model"]["cells"] == result["n_images"]
+    # the case kept each cell's features (float16) for the patient model: the same call as on the cells directly
+    from leukodx.inference.classifier import load_model
+    from leukodx.inference.patient import PatientModel
+
+    clf = load_model("wbc-multisite")
+    _, arrays, _ = clf.load_inputs([folder])
+    scored = clf.score_arrays(arrays)
+    direct = PatientModel.load("deepapl-apl").probability(scored.proba, scored.embedding)
+    assert s["apl_probability"] == pytest.approx(direct, abs=0.01)
     lo, hi = s["blast_fraction_ci95"]
     assert lo <= s["blast_fraction"] <= hi
     assert s["blast_fraction"] == pytest.approx(s["counts"]["blast"] / s["leukocytes_counted"], abs=1e-4)

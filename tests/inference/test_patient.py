@@ -20,6 +20,18 @@ def test_bag_features_are_mean_probabilities_and_top_class_fractions():
         bag_features(np.zeros((0, 3)), ["a", "b", "c"])
 
 
+def test_the_embedding_is_pooled_over_leukemic_looking_cells():
+    classes = ["lymphocyte", "blast", "immature_granulocyte"]
+    proba = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.25, 0.25], [0.0, 0.0, 1.0]])
+    embedding = np.array([[100.0, -100.0], [1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    x, names = bag_features(proba, classes, embedding)
+    # weights 0, 1, 0.5, 1: the lymphocyte does not count, the mixed cell half
+    np.testing.assert_allclose(x[6:], (embedding[1] + 0.5 * embedding[2] + embedding[3]) / 2.5)
+    assert names[6:] == ["leukemic_embedding_0", "leukemic_embedding_1"]
+    with pytest.raises(InvalidInputError, match="one row per cell"):
+        bag_features(proba, classes, embedding[:2])
+
+
 @pytest.fixture(scope="module")
 def small_apl(tmp_path_factory):
     """Fitted on 4 cells per patient typed by pbc-celltype (a model that never saw deepapl)."""
@@ -39,10 +51,17 @@ def test_apl_model_cross_validates_over_patients_and_saves_as_a_bundle(small_apl
     assert model.card["cell_model"] == "pbc-celltype" and model.card["cell_model_sha256"] == clf.card["sha256"]
     card = model.save(tmp / "apl")
     loaded = PatientModel.load(tmp / "apl")
-    bag = data["bags"][data["patients"][0]]
-    assert loaded.probability(bag) == pytest.approx(model.probability(bag), abs=1e-12)
-    x, _ = bag_features(bag, clf.classes)
-    assert model.probability(bag) == pytest.approx(float(predict_logistic(model.arrays, x[None])[0]))
+    bag, embedding = data["bags"][data["patients"][0]], data["embeddings"][data["patients"][0]]
+    assert model.uses_embedding and embedding.shape == (4, clf.embedding_dim)
+    assert loaded.probability(bag, embedding) == pytest.approx(model.probability(bag, embedding), abs=1e-12)
+    x, _ = bag_features(bag, clf.classes, embedding)
+    assert model.probability(bag, embedding) == pytest.approx(float(predict_logistic(model.arrays, x[None])[0]))
+    with pytest.raises(InvalidInputError, match="features"):
+        model.probability(bag)
+    every = model.contributions(bag, top=100, cell_embedding=embedding)
+    # each probability feature, and the pooled features as one driver
+    assert len(every) == 2 * len(clf.classes) + 1
+    assert [d["feature"] for d in every].count("leukemic_cell_morphology") == 1
     assert card["task"] == "patient-classification"
     assert card["data"]["dataset_fingerprint"] and len(card["data"]["split_sha256"]) == 64
 

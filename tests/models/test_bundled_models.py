@@ -183,8 +183,10 @@ def test_apl_model_floor_on_patients_the_cell_model_never_saw():
     scores, labels = [], []
     for patient in test_patients:
         rows = [i for i, g in enumerate(index.groups) if g == patient]
-        proba = clf.predict([index.abspath(i) for i in rows]).probabilities
-        scores.append(apl.probability(proba))
+        _, arrays, errors = clf.load_inputs([index.abspath(i) for i in rows])
+        scored = clf.score_arrays(arrays)
+        assert not errors
+        scores.append(apl.probability(scored.proba, scored.embedding))
         labels.append(index.meta["diagnosis"][patient] == "APL")
     assert 0 < sum(labels) < len(labels)
     assert roc_auc_score(labels, scores) >= APL_AUROC_FLOOR

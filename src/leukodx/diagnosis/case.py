@@ -149,24 +149,25 @@ def _cell_summary(rows: Iterable[dict], classes: list[str]) -> tuple[dict, list[
     return summary, flags
 
 
-def _apl_call(clf: Classifier, proba: np.ndarray) -> tuple[dict, list[str]]:
-    """The APL-vs-AML patient model over every cell of the case, when one fits this cell model."""
+def _apl_call(clf: Classifier, proba: np.ndarray, embedding: np.ndarray | None) -> tuple[dict, list[str]]:
+    """The APL-vs-AML patient model over every cell of the case (probabilities and penultimate
+    features), when one fits this cell model."""
     from leukodx.inference.patient import DEFAULT_APL_MODEL, PatientModel
 
     try:
         model = PatientModel.load(DEFAULT_APL_MODEL)
         model.check_cell_model(clf.card)
+        outside = model.outside_cohort(proba)
+        p = None if outside else model.probability(proba, embedding)
     except LeukodxError as exc:
         return {"apl_probability": None, "apl_model": {"name": DEFAULT_APL_MODEL, "used": False,
                                                        "reason": str(exc)}}, []
-    outside = model.outside_cohort(proba)
     if outside:
         return {"apl_probability": None, "apl_model": {"name": model.card["name"], "used": False,
                                                        "reason": outside}}, []
-    p = model.probability(proba)
     entry = {"apl_probability": round(p, 4),
              "apl_model": {"name": model.card["name"], "used": True, "sha256": model.card.get("sha256"),
-                           "cells": int(len(proba)), "drivers": model.contributions(proba),
+                           "cells": int(len(proba)), "drivers": model.contributions(proba, cell_embedding=embedding),
                            "auroc_cv": model.card.get("metrics", {}).get("auroc_unseen_patients"),
                            "meaning": "probability that this patient's acute myeloid leukemia is APL; "
                                       "meaningful only for a patient with AML"}}
@@ -373,6 +374,8 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
             for i, name in enumerate(names):
                 extra = {"proba": base.proba[i].tolist(), "thumbnail": kept["thumbnails"][i],
                          "ood_score": None if base.ood_scores is None else float(base.ood_scores[i])}
+                if kind == "cells":  # the patient model also reads what the cells look like
+                    extra["embedding"] = base64.b64encode(base.embedding[i].astype("<f2").tobytes()).decode("ascii")
                 if explain:
                     extra["heatmap"] = base64.b64encode(heat[name]).decode("ascii")
                 if analyzer is not None:
@@ -435,7 +438,10 @@ def _case_result(inputs, kind: str, evidence: str, clf: Classifier, analyzer, ro
         proba = np.empty((n_images, len(clf.classes)))
         for i, p in enumerate(rowfile.entries("proba")):
             proba[i] = p
-        apl, apl_flags = _apl_call(clf, proba)
+        kept = [np.frombuffer(base64.b64decode(e), dtype="<f2") for e in rowfile.entries("embedding")]
+        # a run resumed from a row file made before features were kept has none for its first cells
+        embedding = np.stack(kept).astype(np.float64) if len(kept) == n_images else None
+        apl, apl_flags = _apl_call(clf, proba, embedding)
         summary.update(apl)
         flags.extend(apl_flags)
     scores = None if clf.reliability is None else np.fromiter(rowfile.entries("ood_score"), dtype=float)

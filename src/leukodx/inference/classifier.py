@@ -78,6 +78,8 @@ class Scored:
 
     proba: np.ndarray
     ood_scores: np.ndarray | None = None
+    #: each input's penultimate features (the network's own description of the cell; the patient model pools them)
+    embedding: np.ndarray | None = None
 
 #: said in place of OOD figures for bundles made before leukodx fitted reliability statistics
 NO_RELIABILITY = ("OOD checks and conformal sets are unavailable for this model: its bundle has no reliability "
@@ -242,10 +244,21 @@ class Classifier:
             logits.append(lo)
             features.append(fe)
         if not logits:
-            return Scored(np.zeros((0, len(self.classes))), np.zeros(0) if self.reliability is not None else None)
+            return Scored(np.zeros((0, len(self.classes))), np.zeros(0) if self.reliability is not None else None,
+                          np.zeros((0, self.embedding_dim)))
         proba = self.proba_from_logits(np.concatenate(logits))
-        ood = self.reliability.ood_scores(np.concatenate(features)) if self.reliability is not None else None
-        return Scored(proba, ood)
+        features = np.concatenate(features)
+        ood = self.reliability.ood_scores(features) if self.reliability is not None else None
+        return Scored(proba, ood, features[:, :self.embedding_dim])
+
+    @property
+    def embedding_dim(self) -> int:
+        """Length of the penultimate features (the first part of ``forward``'s features)."""
+        if self.reliability is not None:
+            return int(self.reliability.means.shape[1])
+        from leukodx.models.features import last_linear
+
+        return int(last_linear(self.net).in_features)
 
     def proba_from_logits(self, logits: np.ndarray) -> np.ndarray:
         return softmax(logits, self.temperature)

@@ -1,11 +1,15 @@
 """A patient's call from their single cells: APL vs other AML as multiple-instance learning.
 
 Every cell of the patient goes through the white-cell model; the patient is the bag of its cells'
-calibrated probabilities. The bag becomes a fixed vector (per class: the mean probability and the
-fraction of cells whose top class it is) and an L2 logistic regression, its strength chosen by
-inner cross-validation, turns the vector into a probability. This is the aggregation DeepAPL
-(Sidhom et al. 2021) compares itself with, and the one a hematologist can read: it says which
-cell types moved the call.
+calibrated probabilities and penultimate features. The bag becomes a fixed vector: per class, the
+mean probability and the fraction of cells whose top class it is (the aggregation DeepAPL, Sidhom et
+al. 2021, compares itself with, and one a hematologist can read: it says which cell types moved the
+call); and, where the model was fitted with them, the mean features of the patient's leukemic-looking
+cells, each cell weighted by its probability of being a blast or an immature granulocyte (the class
+that holds promyelocytes): what those cells look like, not only how many there are (APL's abnormal
+promyelocytes differ from other AML's blasts in granules and nuclei, which the cell types do not
+name). An L2 logistic regression, its strength chosen by inner cross-validation, turns the vector
+into a probability.
 
 The model is a NumPy bundle (``task: patient-classification``) that names the cell model it was
 fitted on, with that model's weights sha256: a patient model is refused with another cell model.
@@ -28,14 +32,32 @@ DEFAULT_APL_MODEL = "deepapl-apl"
 MAX_COHORT_Z = 10.0
 
 
-def bag_features(proba: np.ndarray, classes: list[str]) -> tuple[np.ndarray, list[str]]:
-    """(cells, classes) probabilities of one patient -> (features,) vector and the feature names."""
+#: the cell classes whose features the patient's embedding pools (weights: their summed probability)
+LEUKEMIC_CLASSES = ("blast", "immature_granulocyte")
+EMBEDDING_PREFIX = "leukemic_embedding_"
+
+
+def bag_features(proba: np.ndarray, classes: list[str], embedding: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, list[str]]:
+    """(cells, classes) probabilities of one patient, and optionally their (cells, D) penultimate
+    features -> (features,) vector and the feature names (see the module doc)."""
     proba = np.asarray(proba, dtype=np.float64)
     if proba.ndim != 2 or proba.shape[1] != len(classes) or len(proba) == 0:
         raise InvalidInputError(f"a patient needs at least one cell's probabilities over {len(classes)} classes")
     top = np.bincount(proba.argmax(1), minlength=len(classes)) / len(proba)
     names = [f"mean_p_{c}" for c in classes] + [f"fraction_{c}" for c in classes]
-    return np.concatenate([proba.mean(0), top]), names
+    x = np.concatenate([proba.mean(0), top])
+    if embedding is None:
+        return x, names
+    embedding = np.asarray(embedding, dtype=np.float64)
+    if embedding.ndim != 2 or len(embedding) != len(proba):
+        raise InvalidInputError(f"a patient's cell features must be one row per cell ({len(proba)} cells)")
+    from leukodx.data.vocabulary import normalize_label
+
+    leukemic = [i for i, c in enumerate(classes) if normalize_label(c) in LEUKEMIC_CLASSES]
+    weight = proba[:, leukemic].sum(1) if leukemic else np.ones(len(proba))
+    pooled = (weight @ embedding) / weight.sum() if weight.sum() > 0 else embedding.mean(0)
+    return np.concatenate([x, pooled]), names + [f"{EMBEDDING_PREFIX}{i}" for i in range(embedding.shape[1])]
 
 
 @dataclass
@@ -53,17 +75,34 @@ class PatientModel:
     def positive(self) -> str:
         return self.classes[1]
 
-    def probability(self, cell_proba: np.ndarray) -> float:
-        x, _ = bag_features(cell_proba, self.cell_classes)
+    @property
+    def uses_embedding(self) -> bool:
+        """Whether the model reads the cells' penultimate features as well as their probabilities."""
+        return len(self.arrays["coef"]) > 2 * len(self.cell_classes)
+
+    def features(self, cell_proba: np.ndarray, cell_embedding: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, list[str]]:
+        if self.uses_embedding and cell_embedding is None:
+            raise InvalidInputError(f"{self.card.get('name', 'patient model')} reads the cells' features as well as "
+                                    "their probabilities; none were given")
+        x, names = bag_features(cell_proba, self.cell_classes, cell_embedding if self.uses_embedding else None)
+        if len(x) != len(self.arrays["coef"]):
+            raise InvalidInputError(f"{self.card.get('name', 'patient model')} expects {len(self.arrays['coef'])} "
+                                    f"bag features, the cells give {len(x)}")
+        return x, names
+
+    def probability(self, cell_proba: np.ndarray, cell_embedding: np.ndarray | None = None) -> float:
+        x, _ = self.features(cell_proba, cell_embedding)
         return float(predict_logistic(self.arrays, x[None])[0])
 
     def outside_cohort(self, cell_proba: np.ndarray) -> str | None:
         """Why this case's cell mix lies outside the patients the model was fitted on, or None.
 
         The model was fitted on AML and APL patients only; a probability for a case unlike all of them
-        (a healthy smear, a curated set of cell types) would be an extrapolation, so none is given."""
+        (a healthy smear, a curated set of cell types) would be an extrapolation, so none is given.
+        Judged on the cell mix (the probability features)."""
         x, names = bag_features(cell_proba, self.cell_classes)
-        z = np.abs((x - self.arrays["mean"]) / self.arrays["scale"])
+        z = np.abs((x - self.arrays["mean"][:len(x)]) / self.arrays["scale"][:len(x)])
         worst = int(np.argmax(z))
         if z[worst] > MAX_COHORT_Z:
             return (f"this case's cell mix is outside the {self.card.get('data', {}).get('patients', 'fitting')} "
@@ -77,13 +116,18 @@ class PatientModel:
             raise InvalidInputError(f"{self.card.get('name', 'patient model')} was fitted on cell model "
                                     f"{self.cell_model}; cells typed by {card.get('name')} cannot be used")
 
-    def contributions(self, cell_proba: np.ndarray, top: int = 3) -> list[dict]:
-        """The features that moved this patient's call most (standardized value x weight)."""
-        x, names = bag_features(cell_proba, self.cell_classes)
+    def contributions(self, cell_proba: np.ndarray, top: int = 3, cell_embedding: np.ndarray | None = None
+                      ) -> list[dict]:
+        """The features that moved this patient's call most (standardized value x weight); the pooled
+        features of the leukemic-looking cells count as one ("leukemic_cell_morphology", no value)."""
+        x, names = self.features(cell_proba, cell_embedding)
         z = (x - self.arrays["mean"]) / self.arrays["scale"] * self.arrays["coef"]
-        order = np.argsort(-np.abs(z))[:top]
-        return [{"feature": names[i], "value": round(float(x[i]), 4), "log_odds": round(float(z[i]), 3)}
-                for i in order]
+        k = 2 * len(self.cell_classes)
+        items = [{"feature": names[i], "value": round(float(x[i]), 4), "log_odds": round(float(z[i]), 3)}
+                 for i in range(k)]
+        if len(z) > k:
+            items.append({"feature": "leukemic_cell_morphology", "value": None, "log_odds": round(float(z[k:].sum()), 3)})
+        return sorted(items, key=lambda item: -abs(item["log_odds"]))[:top]
 
     def save(self, directory: str | os.PathLike) -> dict:
         from leukodx.models.bundle import save_arrays
@@ -100,7 +144,9 @@ class PatientModel:
                         cell_model_sha256=card["cell_model_sha256"], cell_classes=list(card["cell_classes"]),
                         arrays=arrays, card=card)
             uniform = np.full((2, len(model.cell_classes)), 1.0 / max(1, len(model.cell_classes)))
-            model.probability(uniform)  # arrays that do not fit together fail here
+            width = len(np.ravel(model.arrays.get("coef", []))) - 2 * len(model.cell_classes)
+            # arrays that do not fit together fail here
+            model.probability(uniform, np.zeros((2, width)) if width > 0 else None)
             return model
 
 
@@ -160,9 +206,11 @@ def patient_auroc(y: np.ndarray, score: np.ndarray, rows: np.ndarray, n_boot: in
             "n_apl": int(y[rows].sum())}
 
 
-def cell_probabilities_by_patient(clf, index, cells_per_patient: int | None = None) -> dict[str, np.ndarray]:
+def cell_outputs_by_patient(clf, index, cells_per_patient: int | None = None
+                            ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Every cell of every patient through ``clf`` (or the first ``cells_per_patient`` of each, for
-    quick checks): patient id -> (cells, classes) probabilities."""
+    quick checks): patient id -> (cells, classes) probabilities, and patient id -> (cells, D)
+    penultimate features."""
     from leukodx._progress import track
 
     if index.groups is None:
@@ -175,17 +223,19 @@ def cell_probabilities_by_patient(clf, index, cells_per_patient: int | None = No
             if seen[g] <= cells_per_patient:
                 keep.append(i)
         index = index.subset(keep)
-    out: dict[str, list[np.ndarray]] = {}
+    proba: dict[str, list[np.ndarray]] = {}
+    embedding: dict[str, list[np.ndarray]] = {}
     paths = index.abspaths()
     batch = 256
     for start in track(range(0, len(paths), batch), "cells", total=(len(paths) + batch - 1) // batch):
         _, arrays, errors = clf.load_inputs(paths[start:start + batch])
         if errors:  # a bag missing cells would be a different patient: refuse rather than skip
             raise InvalidInputError(f"{errors[0]['error']} ({len(errors)} unreadable cell image(s))")
-        proba = clf.predict_arrays(arrays)
-        for g, p in zip(index.groups[start:start + batch], proba):
-            out.setdefault(str(g), []).append(p)
-    return {g: np.stack(v) for g, v in out.items()}
+        scored = clf.score_arrays(arrays)
+        for g, p, e in zip(index.groups[start:start + batch], scored.proba, scored.embedding):
+            proba.setdefault(str(g), []).append(p)
+            embedding.setdefault(str(g), []).append(e.astype(np.float32))
+    return {g: np.stack(v) for g, v in proba.items()}, {g: np.stack(v) for g, v in embedding.items()}
 
 
 def apl_dataset(clf, data_root=None, cells_per_patient: int | None = None) -> dict:
@@ -197,13 +247,13 @@ def apl_dataset(clf, data_root=None, cells_per_patient: int | None = None) -> di
     diagnosis = index.meta.get("diagnosis") or {}
     if not diagnosis:
         raise InvalidInputError(f"{index.root}: patients.csv with each patient's diagnosis is missing")
-    bags = cell_probabilities_by_patient(clf, index, cells_per_patient)
+    bags, embeddings = cell_outputs_by_patient(clf, index, cells_per_patient)
     patients = sorted(p for p in bags if diagnosis.get(p) in ("APL", "AML"))
-    feats = [bag_features(bags[p], clf.classes) for p in patients]
+    feats = [bag_features(bags[p], clf.classes, embeddings[p]) for p in patients]
     trained_on = _cell_model_training_patients(clf.card)
     return {"patients": patients, "x": np.stack([f for f, _ in feats]), "feature_names": feats[0][1],
             "y": np.asarray([diagnosis[p] == "APL" for p in patients], dtype=int), "bags": bags,
-            "unseen": np.asarray([p not in trained_on for p in patients]),
+            "embeddings": embeddings, "unseen": np.asarray([p not in trained_on for p in patients]),
             "n_cells": {p: int(len(bags[p])) for p in patients}, "fingerprint": index.fingerprint()}
 
 
@@ -262,7 +312,11 @@ def train_apl_model(clf, data_root=None, repeats: int = 20, seed: int = 0, name:
                 "Licence of the training cells: research use (copyright The Johns Hopkins University 2020).",
                 "Valid only with the cell model it names (cell_model, cell_model_sha256)."],
         cell_model=clf.name, cell_model_sha256=clf.card.get("sha256"), cell_classes=list(clf.classes),
-        features=data["feature_names"], method="logistic regression (L2, C by inner CV) on bag features")
+        cell_model_precision=clf.precision,
+        features=[n for n in data["feature_names"] if not n.startswith(EMBEDDING_PREFIX)] + [
+            f"{EMBEDDING_PREFIX}0..{len(data['feature_names']) - 2 * len(clf.classes) - 1}: the cell model's "
+            f"penultimate features, averaged over the patient's cells weighted by P({' + '.join(LEUKEMIC_CLASSES)})"],
+        method="logistic regression (L2, C by inner CV) on bag features")
     model = PatientModel(classes=["AML", "APL"], cell_model=clf.name, cell_model_sha256=clf.card.get("sha256"),
                          cell_classes=list(clf.classes), arrays=arrays, card=card)
     return model, {"data": data, "cv": cv, "metrics": metrics}

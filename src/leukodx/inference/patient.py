@@ -126,7 +126,8 @@ class PatientModel:
         items = [{"feature": names[i], "value": round(float(x[i]), 4), "log_odds": round(float(z[i]), 3)}
                  for i in range(k)]
         if len(z) > k:
-            items.append({"feature": "leukemic_cell_morphology", "value": None, "log_odds": round(float(z[k:].sum()), 3)})
+            items.append({"feature": "leukemic_cell_morphology", "value": None,
+                          "log_odds": round(float(z[k:].sum()), 3)})
         return sorted(items, key=lambda item: -abs(item["log_odds"]))[:top]
 
     def save(self, directory: str | os.PathLike) -> dict:

@@ -4,10 +4,12 @@ Cell level: the shipped white-cell model on deepapl's patient-held-out test side
 never saw), blast vs every other cell (one-vs-rest AUROC) and per-class F1, bootstrap CIs.
 
 Patient level: the shipped APL model's figures (its card: repeated patient-grouped CV on all 82
-discovery patients, and on the 26 outside the cell model's training), beside comparators put
+discovery patients, and on the 13 outside the cell model's training), beside comparators put
 through the same CV: the expert-labelled promyelocyte share of a patient's cells (the baseline
-DeepAPL compares itself with), the cell model's immature-granulocyte share alone (no fitting), and
-the same bag model over ``pbc-celltype`` (a cell model that never saw a deepapl cell).
+DeepAPL compares itself with), the cell model's immature-granulocyte share alone (no fitting), the
+same bag model without the pooled features of the leukemic-looking cells (cell probabilities only:
+the ablation of what those cells look like), and the same bag model over ``pbc-celltype`` (a cell
+model that never saw a deepapl cell).
 
 Run: ``python benchmarks/apl.py`` (after ``leukodx train-apl``; ~3 min on 2 cores).
 """
@@ -59,12 +61,15 @@ def main() -> None:
     pbc = load_model("pbc-celltype")
     pbc_data = apl_dataset(pbc)
     pbc_cv = cross_validate(pbc_data["x"], pbc_data["y"])
+    probs_only = cross_validate(data["x"][:, :2 * len(clf.classes)], y)["oof"]
     comparators = {
         "expert promyelocyte share (labels, no model)": {"all": patient_auroc(y, share, everyone),
                                                           "unseen": patient_auroc(y, share, everyone[unseen])},
         f"{clf.name} immature-granulocyte share (no fitting)": {
             "all": patient_auroc(y, data["x"][:, ig], everyone), "unseen": patient_auroc(y, data["x"][:, ig], everyone[unseen])},
         "bag model over pbc-celltype (never saw deepapl)": {"all": patient_auroc(y, pbc_cv["oof"], everyone), "unseen": None},
+        "same bag model, cell probabilities only (no pooled features)": {
+            "all": patient_auroc(y, probs_only, everyone), "unseen": patient_auroc(y, probs_only, everyone[unseen])},
     }
     card = apl.card["metrics"]
     rows = [["cell", f"blast vs non-blast AUROC, {clf.name}", ci(cells["blast_auroc"]),

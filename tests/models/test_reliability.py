@@ -173,16 +173,17 @@ def test_style_bank_distances_are_each_sites_nearest_neighbour(pbc_model, monkey
     x, _ = _cells(pbc_model, "pbc", 6)
     style = pbc_model.forward(x)[1][:, pbc_model.reliability.pen_dim:]
     sites = np.arange(len(style)) % 3
+    monkeypatch.setattr(reliability, "MIN_BANK_PER_SITE", 5)
     bank, bank_sites, center, spread = reliability._style_bank(style, sites, per_site=5)
     assert bank.dtype == np.float32 and np.bincount(bank_sites).tolist() == [5, 5, 5]
     queries = (style - center) / spread
     monkeypatch.setattr(reliability, "_BANK_CHUNK", 7)  # several chunks, the last one short
-    got = reliability._bank_distances(queries, bank, bank_sites)
+    got = reliability._bank_distances(queries, bank, bank_sites, 3)
     brute = cdist(queries, bank.astype(np.float64), "sqeuclidean")
     want = np.stack([brute[:, bank_sites == g].min(axis=1) for g in range(3)], axis=1)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
     # a bank image is its own nearest neighbour at its site
-    own = reliability._bank_distances(bank, bank, bank_sites)[np.arange(len(bank)), bank_sites]
+    own = reliability._bank_distances(bank, bank, bank_sites, 3)[np.arange(len(bank)), bank_sites]
     np.testing.assert_allclose(own, 0.0, atol=1e-3)
 
 
@@ -194,19 +195,16 @@ def test_another_labs_cells_between_training_images_are_flagged_by_the_bank(pbc_
     import dataclasses
     import tempfile
 
-    from leukodx.models.reliability import _gaussian_clusters, load_reliability, save_reliability
+    from leukodx.models.reliability import load_reliability, save_reliability
 
     rel = pbc_model.reliability
-    assert rel.style_bank is not None and rel.card_entry("x")["ood_score"].endswith("nearest-neighbour style)")
+    assert rel.style_bank is not None and "nearest-neighbour style" in rel.card_entry("x")["ood_score"]
     x_in, _ = _cells(pbc_model, "pbc", 25)
     x_out, _ = _cells(pbc_model, "deepapl", 25)
     f_in, f_out = pbc_model.forward(x_in)[1], pbc_model.forward(x_out)[1]
     bank_style = [rel.style_distances(f[:, rel.pen_dim:]).min(axis=1) for f in (f_in, f_out)]
-    # the old form, fitted on the bank's images
-    bank_raw = rel.style_bank.astype(np.float64) * rel.style_spread + rel.style_center
-    means, whitener = _gaussian_clusters(bank_raw, rel.bank_sites, 1e-3)
-    old = dataclasses.replace(rel, style_bank=None, bank_sites=None, style_center=None, style_spread=None,
-                              style_means=means, style_whitener=whitener)
+    # the old form: the same statistics without the bank (each site's Gaussian only)
+    old = dataclasses.replace(rel, style_bank=None, bank_sites=None, style_center=None, style_spread=None)
     gauss_style = [old.style_distances(f[:, rel.pen_dim:]).min(axis=1) for f in (f_in, f_out)]
     assert ood_auroc(*bank_style) > 0.9
     assert ood_auroc(*bank_style) >= ood_auroc(*gauss_style) - 0.02
@@ -215,3 +213,23 @@ def test_another_labs_cells_between_training_images_are_flagged_by_the_bank(pbc_
         loaded = load_reliability(tmp, {"reliability": entry})
     assert loaded.style_bank is None and "mahalanobis-nearest-site" in entry["ood_score"]
     np.testing.assert_allclose(loaded.ood_scores(f_out), old.ood_scores(f_out))
+
+
+def test_a_site_with_few_training_images_is_scored_by_its_gaussian(pbc_model):
+    """Nearest neighbours need a dense reference: a site below MIN_BANK_PER_SITE training images gets no
+    bank rows and keeps the Mahalanobis distance to its mean; a site above it is scored by the bank."""
+    from leukodx.models.reliability import MIN_BANK_PER_SITE, _distances, fit_reliability
+
+    x, y = _cells(pbc_model, "pbc", 20)
+    features = pbc_model.forward(x)[1]
+    small = MIN_BANK_PER_SITE // 2
+    groups = np.r_[np.zeros(len(y) - small, dtype=int), np.ones(small, dtype=int)]
+    assert len(y) - small >= MIN_BANK_PER_SITE
+    rel = fit_reliability(features, y, features, y, None, pen_dim=pbc_model.reliability.pen_dim, groups=groups,
+                          val_groups=groups)
+    assert set(rel.bank_sites.tolist()) == {0} and len(rel.style_means) == 2
+    style = features[:, rel.pen_dim:]
+    d = rel.style_distances(style)
+    np.testing.assert_allclose(d[:, 1], _distances(style, rel.style_means, rel.style_whitener)[:, 1])
+    # site 0 by its nearest bank image: its own bank images sit at distance 0
+    assert np.sum(d[:, 0] < 1e-3) == len(rel.style_bank)

@@ -12,8 +12,11 @@ data and stored in its bundle (``reliability.safetensors``, sha256 in the card):
   not one Gaussian: slides, stains and days spread it, and another lab's cells can sit near the
   middle of that spread yet away from every training image (on the leave-one-site-out folds, pbc's
   and deepapl's cells are told from the training sites' better by the nearest neighbour than by the
-  distance to the site mean; figures in ``benchmarks/results/reliability.md``). Bundles made before
-  the bank keep the site-mean form and are scored with it. Each distance is divided by its own 95th percentile
+  distance to the site mean; figures in ``benchmarks/results/reliability.md``). A site with fewer
+  than ``MIN_BANK_PER_SITE`` training images (a few-shot adaptation's dozens) is scored by the
+  Mahalanobis distance to its mean instead: among so few images a new cell of the same lab is as far
+  from its nearest neighbour as another lab's cell is. Bundles made before the bank keep the
+  site-mean form for every site. Each distance is divided by its own 95th percentile
   on the site's validation images and the larger counts. The threshold is the
   score's ``1 - false_alarm`` quantile on in-site validation images, so about ``false_alarm``
   (default 5%) of images like the training ones are flagged.
@@ -63,6 +66,8 @@ MIN_EXCEED = 0.6
 SHRINKAGE = 1e-3
 #: training images per site kept as the style part's nearest-neighbour bank (stored in the bundle)
 STYLE_BANK_PER_SITE = 1500
+#: a site needs this many training images for the nearest-neighbour bank (else its Gaussian)
+MIN_BANK_PER_SITE = 100
 
 
 ADAPT_ADVICE = "Check a sample by eye, and consider `leukodx adapt` with a few labelled cells from this lab."
@@ -177,7 +182,8 @@ class Reliability:
     bank_sites: np.ndarray | None = None      # (N,) the training site of each bank row
     style_center: np.ndarray | None = None    # (E,)
     style_spread: np.ndarray | None = None    # (E,)
-    #: bundles made before the bank: the style part's Gaussian per training site (still scored)
+    #: the style part's Gaussian per training site: scores the sites without bank rows (every site, in
+    #: bundles made before the bank)
     style_means: np.ndarray | None = None     # (S, E) style mean per training site
     style_whitener: np.ndarray | None = None
     #: each cluster's distance is divided by the 95th percentile, on its own site's validation images,
@@ -202,10 +208,17 @@ class Reliability:
 
     def style_distances(self, style: np.ndarray) -> np.ndarray:
         """(n, S) squared distance of each row's style part to each training site: to its nearest bank
-        image of that site (older bundles: the Mahalanobis distance to the site's mean)."""
+        image of that site, or for a site without bank rows the Mahalanobis distance to its mean."""
+        gauss = None if self.style_means is None else _distances(style, self.style_means, self.style_whitener)
         if self.style_bank is None:
-            return _distances(style, self.style_means, self.style_whitener)
-        return _bank_distances((style - self.style_center) / self.style_spread, self.style_bank, self.bank_sites)
+            return gauss
+        near = _bank_distances((style - self.style_center) / self.style_spread, self.style_bank, self.bank_sites,
+                               self.n_style_sites)
+        return near if gauss is None else np.where(np.isnan(near), gauss, near)
+
+    @property
+    def n_style_sites(self) -> int:
+        return len(self.style_means) if self.style_means is not None else int(self.bank_sites.max()) + 1
 
     def is_ood(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold
@@ -246,7 +259,8 @@ class Reliability:
 
     def card_entry(self, digest: str) -> dict:
         return {"file": RELIABILITY_FILE, "sha256": digest,
-                "ood_score": ("max(mahalanobis-nearest-class, nearest-neighbour style)" if self.style_bank is not None
+                "ood_score": ("max(mahalanobis-nearest-class, nearest-neighbour style (mahalanobis for sites with "
+                              f"fewer than {MIN_BANK_PER_SITE} training images))" if self.style_bank is not None
                               else "max(mahalanobis-nearest-class, mahalanobis-nearest-site style)"
                               if self.style_means is not None else "mahalanobis-nearest-cluster"),
                 "feature_dim": int(self.means.shape[1]),
@@ -340,7 +354,7 @@ def fit_ood_crossfit(features: np.ndarray, labels: np.ndarray, folds: int = 5, s
         rel.reference = np.sort(pen_held)
     else:
         pen_q, style_q = float(np.quantile(pen_held, 0.95)) or 1.0, float(np.quantile(style_held, 0.95)) or 1.0
-        rel.pen_scale, rel.style_scale = np.full(len(rel.means), pen_q), np.full(int(rel.bank_sites.max()) + 1, style_q)
+        rel.pen_scale, rel.style_scale = np.full(len(rel.means), pen_q), np.full(rel.n_style_sites, style_q)
         rel.reference = np.sort(np.maximum(pen_held / pen_q, style_held / style_q))
     rel.threshold = float(np.quantile(rel.reference, 1 - false_alarm, method="higher"))
     return rel
@@ -368,26 +382,28 @@ def _scaled_min(d: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
 _BANK_CHUNK = 2048
 
 
-def _bank_distances(z: np.ndarray, bank: np.ndarray, bank_sites: np.ndarray) -> np.ndarray:
-    """(n, S) squared Euclidean distance of each row of ``z`` to its nearest ``bank`` row of each site."""
-    sites = int(bank_sites.max()) + 1
+def _bank_distances(z: np.ndarray, bank: np.ndarray, bank_sites: np.ndarray, sites: int) -> np.ndarray:
+    """(n, sites) squared Euclidean distance of each row of ``z`` to its nearest ``bank`` row of each
+    site (NaN for a site without bank rows)."""
     bank = np.asarray(bank, dtype=np.float32)
     norms = (bank.astype(np.float64) ** 2).sum(1)
-    out = np.empty((len(z), sites))
+    out = np.full((len(z), sites), np.nan)
     for start in range(0, len(z), _BANK_CHUNK):
         rows = np.asarray(z[start:start + _BANK_CHUNK], dtype=np.float32)
         d = (rows.astype(np.float64) ** 2).sum(1)[:, None] - 2.0 * (rows @ bank.T) + norms[None, :]
-        for g in range(sites):
+        for g in np.unique(bank_sites):
             out[start:start + len(rows), g] = np.maximum(d[:, bank_sites == g].min(axis=1), 0.0)
     return out
 
 
 def _style_bank(style: np.ndarray, groups: np.ndarray, per_site: int = STYLE_BANK_PER_SITE, seed: int = 0
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The style part's bank: up to ``per_site`` training images of each site (at random), standardized
-    per channel by the training images' mean and spread (a floor keeps a dead channel from counting)."""
+    """The style part's bank: up to ``per_site`` training images of each site with at least
+    ``MIN_BANK_PER_SITE`` (at random), standardized per channel by the training images' mean and spread
+    (a floor keeps a dead channel from counting). Sites are numbered as ``np.unique(groups)`` orders them."""
     rng = np.random.default_rng(seed)
-    keep = np.concatenate([rng.permutation(np.flatnonzero(groups == g))[:per_site] for g in np.unique(groups)])
+    keep = np.concatenate([rng.permutation(np.flatnonzero(groups == g))[:per_site] for g in np.unique(groups)
+                           if np.sum(groups == g) >= MIN_BANK_PER_SITE] or [np.zeros(0, dtype=int)])
     keep.sort()
     center = style.mean(axis=0)
     spread = style.std(axis=0)
@@ -423,7 +439,10 @@ def _fit_statistics(features: np.ndarray, labels: np.ndarray, false_alarm: float
                       false_alarm=false_alarm, fitted_on=fitted_on, pen_dim=pen_dim if has_style else None,
                       cluster_sites=np.unique(clusters) // (int(labels.max()) + 1))
     if has_style:
-        rel.style_bank, rel.bank_sites, rel.style_center, rel.style_spread = _style_bank(features[:, pen_dim:], groups)
+        rel.style_means, rel.style_whitener = _gaussian_clusters(features[:, pen_dim:], groups, shrinkage)
+        bank = _style_bank(features[:, pen_dim:], groups)
+        if len(bank[0]):  # else no site has enough images: every site is scored by its Gaussian
+            rel.style_bank, rel.bank_sites, rel.style_center, rel.style_spread = bank
     return rel
 
 

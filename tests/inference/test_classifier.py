@@ -54,6 +54,20 @@ def test_onnx_runtime_matches_pytorch_logits(tiny_pbc_model, pbc_folder, tmp_pat
     assert np.abs(direct - torch_clf.logits(arrays[:3])).max() < 1e-4
 
 
+def test_an_onnx_file_without_the_features_output_still_predicts(tiny_pbc_model, pbc_folder, tmp_path):
+    """A logits-only ONNX file (exported without ``features``) and no statistics: probabilities, no
+    OOD scores and no embedding, as before either existed."""
+    clf = leukodx.load_model(tiny_pbc_model, backend="onnx")
+    _, arrays, _ = clf.load_inputs([pbc_folder])
+    session = OnnxSession(export_onnx(clf.net, clf.preprocess.size, tmp_path / "plain.onnx"))
+    session.outputs = lambda x: (session(x), None)
+    clf._onnx, clf.reliability = session, None
+    scored = clf.score_arrays(arrays)
+    assert scored.proba.shape == (len(arrays), len(clf.classes)) and scored.ood_scores is None
+    assert scored.embedding is None
+    assert len(clf.predict(arrays).rows) == len(arrays)
+
+
 def test_auto_backend_is_onnx_on_cpu(tiny_pbc_model):
     assert leukodx.load_model(tiny_pbc_model).backend == "onnx"
     with pytest.raises(ValueError, match="backend"):

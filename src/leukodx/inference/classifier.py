@@ -247,9 +247,10 @@ class Classifier:
             return Scored(np.zeros((0, len(self.classes))), np.zeros(0) if self.reliability is not None else None,
                           np.zeros((0, self.embedding_dim)))
         proba = self.proba_from_logits(np.concatenate(logits))
-        features = np.concatenate(features)
+        # an ONNX file exported without the features output gives none (nor OOD scores: no statistics then)
+        features = None if any(f is None for f in features) else np.concatenate(features)
         ood = self.reliability.ood_scores(features) if self.reliability is not None else None
-        return Scored(proba, ood, features[:, :self.embedding_dim])
+        return Scored(proba, ood, None if features is None else features[:, :self.embedding_dim])
 
     @property
     def embedding_dim(self) -> int:

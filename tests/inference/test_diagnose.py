@@ -157,3 +157,20 @@ def test_a_missing_file_is_reported_and_the_rest_of_the_case_diagnosed(pbc_folde
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_images"] == 2 and len(summary["errors"]) == 1
     assert "missing.jpg" in summary["errors"][0]["error"]
+
+
+def test_a_cell_model_without_features_gives_no_apl_probability_and_says_why(tmp_path):
+    """A logits-only ONNX file (no features output): the case is still typed and counted; the patient
+    model, which reads the cells' features, is not used, and the summary says why."""
+    from leukodx.inference.classifier import load_model
+    from leukodx.inference.onnx_backend import OnnxSession, export_onnx
+
+    clf = load_model("wbc-multisite", backend="onnx")
+    session = OnnxSession(export_onnx(clf.net, clf.preprocess.size, tmp_path / "plain.onnx"))
+    session.outputs = lambda x: (session(x), None)
+    clf._onnx, clf.reliability = session, None
+    files = sorted((load_dataset("deepapl").root / "images" / "Patient_01").rglob("*.jpg"))[:12]
+    result = diagnose(files, kind="cells", model=clf)
+    s = result["summary"]
+    assert result["n_images"] == 12 and s["apl_probability"] is None and not s["apl_model"]["used"]
+    assert "features" in s["apl_model"]["reason"]

@@ -374,7 +374,7 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
             for i, name in enumerate(names):
                 extra = {"proba": base.proba[i].tolist(), "thumbnail": kept["thumbnails"][i],
                          "ood_score": None if base.ood_scores is None else float(base.ood_scores[i])}
-                if kind == "cells":  # the patient model also reads what the cells look like
+                if kind == "cells" and base.embedding is not None:  # the patient model reads what the cells look like
                     extra["embedding"] = base64.b64encode(base.embedding[i].astype("<f2").tobytes()).decode("ascii")
                 if explain:
                     extra["heatmap"] = base64.b64encode(heat[name]).decode("ascii")

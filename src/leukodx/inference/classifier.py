@@ -244,8 +244,7 @@ class Classifier:
             logits.append(lo)
             features.append(fe)
         if not logits:
-            return Scored(np.zeros((0, len(self.classes))), np.zeros(0) if self.reliability is not None else None,
-                          np.zeros((0, self.embedding_dim)))
+            return Scored(np.zeros((0, len(self.classes))), np.zeros(0) if self.reliability is not None else None)
         proba = self.proba_from_logits(np.concatenate(logits))
         # an ONNX file exported without the features output gives none (nor OOD scores: no statistics then)
         features = None if any(f is None for f in features) else np.concatenate(features)

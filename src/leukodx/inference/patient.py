@@ -76,9 +76,14 @@ class PatientModel:
         return self.classes[1]
 
     @property
+    def embedding_width(self) -> int:
+        """How many pooled penultimate features follow the 2 x classes cell-mix features (0: none)."""
+        return len(np.ravel(self.arrays["coef"])) - 2 * len(self.cell_classes)
+
+    @property
     def uses_embedding(self) -> bool:
         """Whether the model reads the cells' penultimate features as well as their probabilities."""
-        return len(self.arrays["coef"]) > 2 * len(self.cell_classes)
+        return self.embedding_width > 0
 
     def features(self, cell_proba: np.ndarray, cell_embedding: np.ndarray | None = None
                  ) -> tuple[np.ndarray, list[str]]:
@@ -122,7 +127,7 @@ class PatientModel:
         features of the leukemic-looking cells count as one ("leukemic_cell_morphology", no value)."""
         x, names = self.features(cell_proba, cell_embedding)
         z = (x - self.arrays["mean"]) / self.arrays["scale"] * self.arrays["coef"]
-        k = 2 * len(self.cell_classes)
+        k = len(z) - self.embedding_width
         items = [{"feature": names[i], "value": round(float(x[i]), 4), "log_odds": round(float(z[i]), 3)}
                  for i in range(k)]
         if len(z) > k:
@@ -145,9 +150,8 @@ class PatientModel:
                         cell_model_sha256=card["cell_model_sha256"], cell_classes=list(card["cell_classes"]),
                         arrays=arrays, card=card)
             uniform = np.full((2, len(model.cell_classes)), 1.0 / max(1, len(model.cell_classes)))
-            width = len(np.ravel(model.arrays.get("coef", []))) - 2 * len(model.cell_classes)
             # arrays that do not fit together fail here
-            model.probability(uniform, np.zeros((2, width)) if width > 0 else None)
+            model.probability(uniform, np.zeros((2, model.embedding_width)) if model.uses_embedding else None)
             return model
 
 

@@ -370,8 +370,7 @@ def _distances(features: np.ndarray, means: np.ndarray, whitener: np.ndarray) ->
 def _nearest(features: np.ndarray, means: np.ndarray, whitener: np.ndarray, scale: np.ndarray | None = None
              ) -> np.ndarray:
     """Distance to the nearest of ``means``, each cluster's distance divided by its ``scale``."""
-    d = _distances(features, means, whitener)
-    return (d if scale is None else d / scale[None, :]).min(axis=1)
+    return _scaled_min(_distances(features, means, whitener), scale)
 
 
 def _scaled_min(d: np.ndarray, scale: np.ndarray | None) -> np.ndarray:

@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         split: Optional[Path] = typer.Option(None, help="Split file (default: the bundled split, else a new one)."),
         stain: str = typer.Option("none", help="Colour normalization: none | reinhard | macenko | levels."),
         resize: str = typer.Option("resize", help="resize | center-crop | pad | cell-crop"),
-        augment: str = typer.Option("all", help="all | light | none | flip | rotation | color | stain"),
+        augment: str = typer.Option("all", help="all | light | none | flip | rotation | color | stain | scale-stain"),
         pretrained: Optional[Path] = typer.Option(None, help="Local .safetensors backbone weights."),
         max_per_class: Optional[int] = typer.Option(None, help="Use at most this many training images per class (quick runs)."),
         name: Optional[str] = typer.Option(None, help="Model name in the card (default: output folder name)."),

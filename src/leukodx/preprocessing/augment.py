@@ -61,6 +61,9 @@ AUGMENT_PRESETS = {
     "color": Augment(flip=False, rotate=0.0, translate=0.0, scale=(1.0, 1.0), color=0.2),
     # every geometric change plus another lab's look: stain densities, hue, brightness, grey images
     "stain": Augment(color=0.2, stain=0.1, hue=0.04, grayscale=0.1),
+    # the same plus magnification x0.8-1.6: a cell zoomed in by another lab's optics or crop size
+    # (the detector's "scale-stain" does this for fields)
+    "scale-stain": Augment(color=0.2, stain=0.1, hue=0.04, grayscale=0.1, scale=(0.8, 1.6)),
 }
 
 # optical densities of haematoxylin, eosin and DAB per RGB channel (Ruifrok & Johnston 2001; skimage.color)

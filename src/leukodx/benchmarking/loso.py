@@ -87,9 +87,9 @@ VARIANTS = {v.name: v for v in (
     # the finalist trained as it is used: one-site batches, batch norm adapted at every test site
     Variant("cell-crop+stain-aug+site-bn-large", resize="cell-crop", augment="stain", adabn=True, site_batches=True,
             epochs=20, per_class=500, val_per_class=60),
-    # the crop's scale normalization costs the CellaVision sites most of what stain augmentation buys
-    # elsewhere: stain augmentation on the whole image, and with it magnification x0.8-1.6 (Jiangxi's
-    # and wbc-seg-2's cells are larger in the frame than the CellaVision crops')
+    # the finalist's augmentation without the nucleus crop (which of the two costs the CellaVision sites?),
+    # and with magnification x0.8-1.6 instead of the crop (Jiangxi's and wbc-seg-2's cells fill more of
+    # the frame than the CellaVision crops')
     Variant("stain-aug-large", augment="stain", epochs=20, per_class=500, val_per_class=60),
     Variant("scale-stain-aug-large", augment="scale-stain", epochs=20, per_class=500, val_per_class=60),
 )}

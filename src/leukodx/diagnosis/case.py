@@ -436,9 +436,12 @@ def _case_result(inputs, kind: str, evidence: str, clf: Classifier, analyzer, ro
     summary, flags = (_cell_summary if kind == "cells" else _field_summary)(rows(), clf.classes)
     if kind == "cells":
         proba = np.empty((n_images, len(clf.classes)))
-        for i, p in enumerate(rowfile.entries("proba")):
-            proba[i] = p
-        kept = [np.frombuffer(base64.b64decode(e), dtype="<f2") for e in rowfile.entries("embedding")]
+        kept = []
+        # one pass over the row file (thumbnails included) for both
+        for i, entry in enumerate(e for e in rowfile.lines() if "proba" in e):
+            proba[i] = entry["proba"]
+            if "embedding" in entry:
+                kept.append(np.frombuffer(base64.b64decode(entry["embedding"]), dtype="<f2"))
         # a run resumed from a row file made before features were kept has none for its first cells
         embedding = np.stack(kept).astype(np.float64) if len(kept) == n_images else None
         apl, apl_flags = _apl_call(clf, proba, embedding)

@@ -7,7 +7,7 @@ warping the whole uint8-cached batch with one ``grid_sample`` keeps the cores on
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,9 @@ class Augment:
 
 NO_AUGMENT = Augment(flip=False, rotate=0.0, translate=0.0, scale=(1.0, 1.0), color=0.0)
 
+#: every geometric change plus another lab's look: stain densities, hue, brightness, grey images
+_STAIN = Augment(color=0.2, stain=0.1, hue=0.04, grayscale=0.1)
+
 AUGMENT_PRESETS = {
     "all": Augment(),
     # flips and any rotation with faint colour jitter: for one-site sets with consistent staining
@@ -59,11 +62,10 @@ AUGMENT_PRESETS = {
     "flip": Augment(flip=True, rotate=0.0, translate=0.0, scale=(1.0, 1.0), color=0.0),
     "rotation": Augment(flip=False, rotate=180.0, translate=0.0, scale=(1.0, 1.0), color=0.0),
     "color": Augment(flip=False, rotate=0.0, translate=0.0, scale=(1.0, 1.0), color=0.2),
-    # every geometric change plus another lab's look: stain densities, hue, brightness, grey images
-    "stain": Augment(color=0.2, stain=0.1, hue=0.04, grayscale=0.1),
+    "stain": _STAIN,
     # the same plus magnification x0.8-1.6: a cell zoomed in by another lab's optics or crop size
     # (the detector's "scale-stain" does this for fields)
-    "scale-stain": Augment(color=0.2, stain=0.1, hue=0.04, grayscale=0.1, scale=(0.8, 1.6)),
+    "scale-stain": replace(_STAIN, scale=(0.8, 1.6)),
 }
 
 # optical densities of haematoxylin, eosin and DAB per RGB channel (Ruifrok & Johnston 2001; skimage.color)

@@ -7,7 +7,8 @@ import pytest
 
 import leukodx
 from leukodx.errors import InvalidInputError
-from leukodx.inference.patient import PatientModel, bag_features, predict_logistic, train_apl_model
+from leukodx.inference.patient import (PatientModel, bag_features, fit_instance, fit_platt, predict_logistic,
+                                       train_apl_model)
 
 
 def test_bag_features_are_mean_probabilities_and_top_class_fractions():
@@ -32,16 +33,89 @@ def test_the_embedding_is_pooled_over_leukemic_looking_cells():
         bag_features(proba, classes, embedding[:2])
 
 
+def test_instance_regression_ignores_cells_that_do_not_look_leukemic():
+    classes = ["lymphocyte", "blast"]
+    rng = np.random.default_rng(0)
+    bags = [np.array([[1.0, 0.0], [0.0, 1.0], [0.2, 0.8]]) for _ in range(6)]
+    embeddings = [rng.normal(size=(3, 4)) for _ in range(6)]
+    y = np.array([0, 1, 0, 1, 0, 1])
+    fitted = fit_instance(bags, embeddings, y, classes)
+    moved = [e.copy() for e in embeddings]
+    for e in moved:
+        e[0] += 50  # the lymphocyte (weight 0) of every patient
+    refit = fit_instance(bags, moved, y, classes)
+    for key in fitted:
+        np.testing.assert_allclose(refit[key], fitted[key], rtol=1e-6, atol=1e-9)
+    moved[0][1] += 50  # a blast
+    assert not np.allclose(fit_instance(bags, moved, y, classes)["cell_coef"], fitted["cell_coef"])
+    with pytest.raises(InvalidInputError, match="both classes"):
+        fit_instance(bags[:2], embeddings[:2], np.array([1, 1]), classes)
+
+
+def test_platt_scaling_maps_higher_scores_to_higher_probabilities():
+    score = np.array([-2.0, -1.0, -0.5, 0.2, 0.5, 1.0, 2.0, -0.1])
+    y = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    slope, intercept = fit_platt(score, y)
+    assert slope > 0
+    p = 1 / (1 + np.exp(-(slope * score + intercept)))
+    assert p[6] > 0.9 and p[0] < 0.1
+
+
 @pytest.fixture(scope="module")
 def small_apl(tmp_path_factory):
-    """Fitted on 4 cells per patient typed by pbc-celltype (a model that never saw deepapl)."""
+    """The instance model, fitted on 4 cells per patient typed by pbc-celltype (never saw deepapl)."""
     clf = leukodx.load("pbc-celltype")
     model, details = train_apl_model(clf, repeats=2, n_boot=50, cells_per_patient=4, name="apl-test")
     return clf, model, details, tmp_path_factory.mktemp("apl")
 
 
-def test_apl_model_cross_validates_over_patients_and_saves_as_a_bundle(small_apl):
+@pytest.fixture(scope="module")
+def small_bag_apl(small_apl):
+    clf = small_apl[0]
+    model, details = train_apl_model(clf, repeats=2, n_boot=50, cells_per_patient=4, name="apl-test",
+                                     method="bag")
+    return clf, model, details, small_apl[3]
+
+
+def test_instance_model_scores_a_patient_by_their_leukemic_looking_cells(small_apl):
     clf, model, details, tmp = small_apl
+    data = details["data"]
+    assert model.method == "instance" and model.card["training"]["method"] == "instance"
+    assert len(data["patients"]) == 82 and int(data["y"].sum()) == 22
+    auroc = model.card["metrics"]["auroc_all_patients"]
+    assert 0 <= auroc["ci95"][0] <= auroc["value"] <= auroc["ci95"][1] <= 1
+    model.save(tmp / "instance")
+    loaded = PatientModel.load(tmp / "instance")
+    assert loaded.method == "instance"
+    classes = list(clf.classes)
+    blast, lymph = classes.index("ig"), classes.index("lymphocyte")  # pbc-celltype has no blast class
+    bag = np.zeros((3, len(classes)))
+    bag[0, blast] = bag[1, blast] = bag[2, lymph] = 1.0
+    embedding = data["embeddings"][data["patients"][0]][:3].astype(np.float64)
+    p = loaded.probability(bag, embedding)
+    assert p == pytest.approx(model.probability(bag, embedding), abs=1e-12)
+    # the patient's score: the mean of its two leukemic-looking cells' log-odds, calibrated (not the lymphocyte)
+    logits = (embedding - model.arrays["cell_mean"]) / model.arrays["cell_scale"] @ model.arrays["cell_coef"]
+    slope, intercept = model.arrays["platt"]
+    z = slope * (logits[:2].mean() + model.arrays["cell_intercept"][0]) + intercept
+    assert p == pytest.approx(1 / (1 + np.exp(-z)))
+    other = embedding.copy()
+    other[2] += 10
+    assert loaded.probability(bag, other) == pytest.approx(p, abs=1e-12)
+    other[0] += 10
+    assert loaded.probability(bag, other) != pytest.approx(p, abs=1e-6)
+    drivers = loaded.contributions(bag, top=5, cell_embedding=embedding)
+    assert sorted(d["cell"] for d in drivers) == [0, 1, 2]
+    assert [abs(d["log_odds"]) for d in drivers] == sorted((abs(d["log_odds"]) for d in drivers), reverse=True)
+    assert next(d for d in drivers if d["cell"] == 2)["log_odds"] == 0
+    with pytest.raises(InvalidInputError, match="features"):
+        loaded.probability(bag)
+    with pytest.raises(InvalidInputError, match="expects"):
+        loaded.probability(bag, embedding[:, :5])
+
+
+def test_apl_model_cross_validates_over_patients_and_saves_as_a_bundle(small_bag_apl):
+    clf, model, details, tmp = small_bag_apl
     data = details["data"]
     assert len(data["patients"]) == 82 and int(data["y"].sum()) == 22
     assert all(n == 4 for n in data["n_cells"].values())
@@ -51,6 +125,7 @@ def test_apl_model_cross_validates_over_patients_and_saves_as_a_bundle(small_apl
     assert model.card["cell_model"] == "pbc-celltype" and model.card["cell_model_sha256"] == clf.card["sha256"]
     card = model.save(tmp / "apl")
     loaded = PatientModel.load(tmp / "apl")
+    assert loaded.method == "bag"
     bag, embedding = data["bags"][data["patients"][0]], data["embeddings"][data["patients"][0]]
     assert model.uses_embedding and embedding.shape == (4, clf.embedding_dim)
     assert loaded.probability(bag, embedding) == pytest.approx(model.probability(bag, embedding), abs=1e-12)

@@ -85,9 +85,12 @@ def register(app: typer.Typer) -> None:
     @app.command("train-apl")
     def train_apl(
         output: Path = typer.Option(..., "--output", "-o", help="Bundle folder to write (arrays + card.json)."),
-        model: str = typer.Option("wbc-multisite", "--model", "-m", help="Cell model whose probabilities form "
-                                                                         "each patient's bag."),
+        model: str = typer.Option("wbc-multisite", "--model", "-m", help="Cell model whose outputs (probabilities, "
+                                                                         "features) the patient model reads."),
         repeats: int = typer.Option(20, help="Repeats of the patient-level 5-fold cross-validation."),
+        method: str = typer.Option("instance", help="instance: a regression over each leukemic-looking cell, "
+                                                    "pooled per patient; bag: one vector per patient (the cell "
+                                                    "mix and its leukemic cells' mean features)."),
         name: Optional[str] = typer.Option(None, help="Model name in the card (default: output folder name)."),
         seed: int = Seed,
         threads: Optional[int] = Threads,
@@ -105,7 +108,8 @@ def register(app: typer.Typer) -> None:
         if threads:
             torch.set_num_threads(threads)
         clf = load_model(model)
-        patient_model, _ = train_apl_model(clf, data_root, repeats=repeats, seed=seed, name=name or output.name)
+        patient_model, _ = train_apl_model(clf, data_root, repeats=repeats, seed=seed, name=name or output.name,
+                                           method=method)
         card = patient_model.save(output)
         m = card["metrics"]
         for key, label in (("auroc_all_patients", "all patients"), ("auroc_unseen_patients", "patients unseen by the cell model")):

@@ -149,9 +149,10 @@ def _cell_summary(rows: Iterable[dict], classes: list[str]) -> tuple[dict, list[
     return summary, flags
 
 
-def _apl_call(clf: Classifier, proba: np.ndarray, embedding: np.ndarray | None) -> tuple[dict, list[str]]:
+def _apl_call(clf: Classifier, proba: np.ndarray, embedding: np.ndarray | None, names: Sequence[str]
+              ) -> tuple[dict, list[str]]:
     """The APL-vs-AML patient model over every cell of the case (probabilities and penultimate
-    features), when one fits this cell model."""
+    features), when one fits this cell model; drivers that are cells are named by their image."""
     from leukodx.inference.patient import DEFAULT_APL_MODEL, PatientModel
 
     try:
@@ -165,9 +166,13 @@ def _apl_call(clf: Classifier, proba: np.ndarray, embedding: np.ndarray | None) 
     if outside:
         return {"apl_probability": None, "apl_model": {"name": model.card["name"], "used": False,
                                                        "reason": outside}}, []
+    drivers = model.contributions(proba, cell_embedding=embedding)
+    for d in drivers:
+        if "cell" in d:
+            d["feature"] = f"cell {names[d['cell']]}"
     entry = {"apl_probability": round(p, 4),
              "apl_model": {"name": model.card["name"], "used": True, "sha256": model.card.get("sha256"),
-                           "cells": int(len(proba)), "drivers": model.contributions(proba, cell_embedding=embedding),
+                           "cells": int(len(proba)), "drivers": drivers,
                            "auroc_cv": model.card.get("metrics", {}).get("auroc_unseen_patients"),
                            "meaning": "probability that this patient's acute myeloid leukemia is APL; "
                                       "meaningful only for a patient with AML"}}
@@ -436,15 +441,16 @@ def _case_result(inputs, kind: str, evidence: str, clf: Classifier, analyzer, ro
     summary, flags = (_cell_summary if kind == "cells" else _field_summary)(rows(), clf.classes)
     if kind == "cells":
         proba = np.empty((n_images, len(clf.classes)))
-        kept = []
-        # one pass over the row file (thumbnails included) for both
+        kept, names = [], []
+        # one pass over the row file (thumbnails included) for all three
         for i, entry in enumerate(e for e in rowfile.lines() if "proba" in e):
             proba[i] = entry["proba"]
+            names.append(entry["row"]["input"])
             if "embedding" in entry:
                 kept.append(np.frombuffer(base64.b64decode(entry["embedding"]), dtype="<f2"))
         # a run resumed from a row file made before features were kept has none for its first cells
         embedding = np.stack(kept).astype(np.float64) if len(kept) == n_images else None
-        apl, apl_flags = _apl_call(clf, proba, embedding)
+        apl, apl_flags = _apl_call(clf, proba, embedding, names)
         summary.update(apl)
         flags.extend(apl_flags)
     scores = None if clf.reliability is None else np.fromiter(rowfile.entries("ood_score"), dtype=float)

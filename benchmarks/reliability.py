@@ -4,7 +4,8 @@ prediction of the shipped cell classifiers, and of the shipped recipe under leav
 1. Shipped models on each site's held-out test cells (up to ``CAP`` per class): ``pbc-celltype``
    (trained on pbc only: the other three sites are out of distribution for it) and
    ``wbc-multisite`` (trained on all four: in-site everywhere).
-2. Leave-one-site-out with the shipped recipe at its full budget (``cell-crop+stain-aug-large``):
+2. Leave-one-site-out with the shipped recipe at its full budget (the LOSO variant ``wbc-multisite``'s
+   card names, today ``stain-aug-large``):
    each fold's model fits its statistics on its own training / validation cells and is scored on
    the site it never saw, the setting of the issue's OOD target.
 3. Not-a-cell inputs given to the cell models: all-aria and BCCD smear fields, blanks, saturated
@@ -147,8 +148,10 @@ def main() -> None:
         results["models"][name] = {"sha256": clf.card["sha256"], "trained_on": trained_on, **figures,
                                    "not_a_cell": not_a_cell(clf, groups)}
         print(f"{name}: done", file=sys.stderr)
-    results["overhead"] = overhead(load_model("wbc-multisite"))
-    loso = run_loso(VARIANTS["cell-crop+stain-aug-large"], n_boot=200, reliability=True, log=lambda m: print(m, file=sys.stderr))
+    shipped = load_model("wbc-multisite")
+    results["overhead"] = overhead(shipped)
+    recipe = VARIANTS[shipped.card["metrics"]["leave_one_site_out"]["variant"]]
+    loso = run_loso(recipe, n_boot=200, reliability=True, log=lambda m: print(m, file=sys.stderr))
     results["loso"] = {"variant": loso["variant"], "folds": {s: {"reliability": f["reliability"],
                                                                  "left_out_accuracy": f["left_out"]["accuracy"]}
                                                              for s, f in loso["folds"].items()}}

@@ -137,7 +137,7 @@ def test_default_white_cell_model_is_multisite_with_blasts_and_lists_every_site(
     assert "Johns Hopkins" in card["data"]["license"] or "research" in card["data"]["license"].lower()
     assert set(card["metrics"]["test_by_site"]) == set(CELL_SITES)
     loso = card["metrics"]["leave_one_site_out"]
-    assert set(loso["left_out"]) == set(CELL_SITES) and loso["variant"] == "cell-crop+stain-aug-large"
+    assert set(loso["left_out"]) == set(CELL_SITES) and loso["variant"] == "stain-aug-large"
 
 
 def _site_sample(site: str, n: int, seed: int = 0):

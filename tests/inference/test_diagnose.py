@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,6 +116,11 @@ def test_patient_case_gets_blast_fraction_and_apl_probability(tmp_path):
     assert result["model"]["name"] == "wbc-multisite"
     assert isinstance(s["apl_probability"], float) and 0 <= s["apl_probability"] <= 1
     assert s["apl_model"]["used"] and s["apl_model"]["cells"] == result["n_images"]
+    # the instance model names the cells that moved the call most, by their image
+    names = {p.name for p in folder.iterdir()}
+    drivers = s["apl_model"]["drivers"]
+    assert drivers and all(d["feature"].startswith("cell ") for d in drivers)
+    assert all(Path(d["feature"][len("cell "):]).name in names for d in drivers)
     # the case kept each cell's features (float16) for the patient model: the same call as on the cells directly
     from leukodx.inference.classifier import load_model
     from leukodx.inference.patient import PatientModel

@@ -86,6 +86,26 @@ def test_shift_check_reads_the_whole_score_distribution(pbc_model):
     assert verdict["flagged"] is False and verdict["p_value"] > 1e-3
 
 
+def test_a_multi_site_batch_is_judged_against_the_training_site_it_resembles(pbc_model):
+    from dataclasses import replace
+
+    rng = np.random.default_rng(0)
+    # two training sites whose validation scores differ below the threshold (site 1 runs higher)
+    ref = np.concatenate([rng.uniform(0.0, 1.0, 2000), rng.uniform(0.5, 1.5, 2000)])
+    sites = np.repeat([0, 1], 2000)
+    order = np.argsort(ref, kind="stable")
+    pooled = replace(pbc_model.reliability, reference=ref[order], reference_sites=None,
+                     threshold=float(np.quantile(ref, 0.95)))
+    per_site = replace(pooled, reference_sites=sites[order])
+    like_site_1 = rng.uniform(0.5, 1.5, 100)
+    assert pooled.shift(like_site_1)["flagged"] is True  # against the pool it runs high...
+    verdict = per_site.shift(like_site_1)
+    assert verdict["flagged"] is False and abs(verdict["rank_test"]["exceed"] - 0.5) < 0.1  # ...not against its site
+    np.testing.assert_array_equal(per_site.closest_reference(like_site_1), np.sort(ref[sites == 1]))
+    beyond_both = rng.uniform(1.0, 2.0, 100)
+    assert per_site.shift(beyond_both)["flagged"] is True
+
+
 def test_in_site_cells_pass_and_another_labs_cells_are_flagged(pbc_model):
     rel = pbc_model.reliability
     x_in, y_in = _cells(pbc_model, "pbc", 40)

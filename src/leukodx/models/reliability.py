@@ -27,7 +27,10 @@ data and stored in its bundle (``reliability.safetensors``, sha256 in the card):
   few pass the threshold. The rank test counts only when the shift is large enough to matter as
   well as unlikely by chance: the batch's scores beat the reference's in at least ``MIN_EXCEED`` of
   pairs (a large case of a few thousand cells from a training site would otherwise be flagged for
-  a difference of no consequence).
+  a difference of no consequence). A multi-site model's reference is each training site's own
+  validation images, and the batch is compared with the site it departs from least: the per-site
+  scaling matches the sites' 95th percentiles, not their whole distributions, and a batch of one
+  training site's new patients would otherwise be judged against a pool that another site dominates.
 - **Conformal prediction sets** (split conformal, APS: Romano et al. 2020): nonconformity scores
   of the validation images kept in the bundle, so any coverage can be asked for at run time. The
   APS tie-break ``u`` is derived from the input's own probabilities, so a set never depends on
@@ -192,6 +195,8 @@ class Reliability:
     pen_scale: np.ndarray | None = None       # (K,) per penultimate cluster
     style_scale: np.ndarray | None = None     # (S,) per style cluster (site)
     cluster_sites: np.ndarray | None = None   # (K,) the training site of each penultimate cluster
+    #: the site of each ``reference`` score (multi-site models; None: one pooled reference)
+    reference_sites: np.ndarray | None = None
 
     # --- scoring ---------------------------------------------------------------------------------
     def ood_scores(self, features: np.ndarray) -> np.ndarray:
@@ -228,7 +233,18 @@ class Reliability:
         ``shift_verdict``'s unit, causes, advice)."""
         scores = np.asarray(scores, dtype=np.float64)
         return shift_verdict(int(np.sum(scores > self.threshold)), len(scores), self.false_alarm, scores=scores,
-                             reference=self.reference, **wording)
+                             reference=self.closest_reference(scores), **wording)
+
+    def closest_reference(self, scores: np.ndarray) -> np.ndarray:
+        """The validation scores of the training site whose distribution ``scores`` exceed least (each site
+        with at least ``MIN_SITE_VAL`` of them), or the pooled reference for a one-site model."""
+        if self.reference_sites is None or len(scores) == 0:
+            return self.reference
+        sites = [g for g in np.unique(self.reference_sites) if np.sum(self.reference_sites == g) >= MIN_SITE_VAL]
+        if len(sites) < 2:
+            return self.reference
+        parts = [self.reference[self.reference_sites == g] for g in sites]
+        return min(parts, key=lambda part: rank_sum_greater(scores, part)[1])
 
     @property
     def has_conformal(self) -> bool:
@@ -245,7 +261,7 @@ class Reliability:
         out = {"means": self.means, "whitener": self.whitener, "reference": self.reference,
                "conformal": self.conformal, "threshold": np.array([self.threshold]),
                "false_alarm": np.array([self.false_alarm])}
-        for key in ("pen_scale", "style_scale", "cluster_sites"):
+        for key in ("pen_scale", "style_scale", "cluster_sites", "reference_sites"):
             if getattr(self, key) is not None:
                 out[key] = np.asarray(getattr(self, key), dtype=np.float64)
         if self.style_bank is not None:
@@ -316,7 +332,10 @@ def _calibrate(rel: Reliability, val_features: np.ndarray, val_groups: np.ndarra
     if rel.has_style:
         style_d = rel.style_distances(f[:, rel.pen_dim:])
         rel.style_scale = _site_scales(style_d, np.arange(style_d.shape[1]), val_groups)
-    rel.reference = np.sort(rel.ood_scores(val_features))
+    scores = rel.ood_scores(val_features)
+    order = np.argsort(scores, kind="stable")
+    rel.reference = scores[order]
+    rel.reference_sites = val_groups[order] if len(np.unique(val_groups)) > 1 else None
     rel.threshold = float(np.quantile(rel.reference, 1 - rel.false_alarm, method="higher"))
 
 
@@ -481,7 +500,8 @@ def load_reliability(directory: str | os.PathLike | None, card: dict) -> Reliabi
                        bank_sites=a["bank_sites"].astype(int) if "bank_sites" in a else None,
                        style_center=a.get("style_center"), style_spread=a.get("style_spread"),
                        pen_scale=a.get("pen_scale"), style_scale=a.get("style_scale"),
-                       cluster_sites=a["cluster_sites"].astype(int) if "cluster_sites" in a else None)
+                       cluster_sites=a["cluster_sites"].astype(int) if "cluster_sites" in a else None,
+                       reference_sites=a["reference_sites"].astype(int) if "reference_sites" in a else None)
 
 
 def attach_reliability(directory: str | os.PathLike, card: dict, rel: Reliability) -> dict:

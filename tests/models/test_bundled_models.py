@@ -137,6 +137,9 @@ def test_default_white_cell_model_is_multisite_with_blasts_and_lists_every_site(
         assert entry["split_sha256"] == sha256_file(site_split(name)[1])
     assert "Johns Hopkins" in card["data"]["license"] or "research" in card["data"]["license"].lower()
     assert set(card["metrics"]["test_by_site"]) == set(CELL_SITES)
+    # the shift check's rank test compares a batch with each training site's own validation scores
+    reference_sites = leukodx.load(DEFAULT_CELL_MODEL).reliability.reference_sites
+    assert reference_sites is not None and len(np.unique(reference_sites)) == len(CELL_SITES)
     loso = card["metrics"]["leave_one_site_out"]
     assert set(loso["left_out"]) == set(CELL_SITES) and loso["variant"] == "stain-aug-large"
 

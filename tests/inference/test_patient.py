@@ -84,6 +84,10 @@ def test_instance_model_scores_a_patient_by_their_leukemic_looking_cells(small_a
     assert len(data["patients"]) == 82 and int(data["y"].sum()) == 22
     auroc = model.card["metrics"]["auroc_all_patients"]
     assert 0 <= auroc["ci95"][0] <= auroc["value"] <= auroc["ci95"][1] <= 1
+    # calibrated on single models' out-of-fold scores (each repeat's), not their average over repeats
+    repeats = details["cv"]["oof_repeats"]
+    assert repeats.shape == (2, 82)
+    np.testing.assert_allclose(model.arrays["platt"], fit_platt(repeats.ravel(), np.tile(data["y"], 2)))
     model.save(tmp / "instance")
     loaded = PatientModel.load(tmp / "instance")
     assert loaded.method == "instance"

@@ -295,7 +295,8 @@ def predict_logistic(arrays: dict, x: np.ndarray) -> np.ndarray:
 def cross_validate(x: np.ndarray | None, y: np.ndarray, repeats: int = 20, n_splits: int = 5, seed: int = 0,
                    fit_score=None) -> dict:
     """Repeated stratified k-fold over patients (all of a patient's cells in one fold): the out-of-fold
-    score of each patient averaged over repeats, and each repeat's AUROC. By default the bag model on
+    score of each patient averaged over repeats (``oof``) and per repeat (``oof_repeats``, one model's
+    scores, as a new patient gets), and each repeat's AUROC. By default the bag model on
     ``x`` (one row per patient); ``fit_score(train, test)`` -> the scores of patients ``test`` under a
     model fitted on patients ``train`` (indices) puts any other patient model through the same folds."""
     from sklearn.metrics import roc_auc_score
@@ -312,7 +313,7 @@ def cross_validate(x: np.ndarray | None, y: np.ndarray, repeats: int = 20, n_spl
         for train, test in StratifiedKFold(n_splits, shuffle=True, random_state=seed + r).split(np.zeros(len(y)), y):
             oof[r, test] = fit_score(train, test)
         per_repeat.append(float(roc_auc_score(y, oof[r])))
-    return {"oof": oof.mean(0), "per_repeat_auroc": per_repeat}
+    return {"oof": oof.mean(0), "oof_repeats": oof, "per_repeat_auroc": per_repeat}
 
 
 def instance_cross_validate(data: dict, classes: list[str], repeats: int = 20, seed: int = 0) -> dict:
@@ -446,9 +447,12 @@ def train_apl_model(clf, data_root=None, repeats: int = 20, seed: int = 0, name:
         arrays = fit_instance([data["bags"][p] for p in data["patients"]],
                               [data["embeddings"][p] for p in data["patients"]], y, list(clf.classes), seed)
         # the cell mix's spread over the cohort, for outside_cohort; the probability from the out-of-fold scores
+        # of single models (averaged over repeats they spread less than one model's score for a new patient)
         scale = x[:, :mix].std(0)
-        arrays.update(mean=x[:, :mix].mean(0), scale=np.where(scale < 1e-9, 1.0, scale), platt=fit_platt(oof, y))
-        training = {"method": method, "C": INSTANCE_C, "calibration": "Platt scaling on the out-of-fold scores"}
+        platt = fit_platt(cv["oof_repeats"].ravel(), np.tile(y, len(cv["oof_repeats"])))
+        arrays.update(mean=x[:, :mix].mean(0), scale=np.where(scale < 1e-9, 1.0, scale), platt=platt)
+        training = {"method": method, "C": INSTANCE_C,
+                    "calibration": "Platt scaling on every repeat's out-of-fold scores"}
         features = [f"per cell: the cell model's {arrays['cell_coef'].size} penultimate features, standardized; "
                     f"weight P({' + '.join(LEUKEMIC_CLASSES)})"]
         how = ("instance-level logistic regression (L2) on leukemic-looking cells labelled with their patient's "

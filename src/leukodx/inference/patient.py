@@ -49,9 +49,7 @@ def bag_features(proba: np.ndarray, classes: list[str], embedding: np.ndarray | 
                  ) -> tuple[np.ndarray, list[str]]:
     """(cells, classes) probabilities of one patient, and optionally their (cells, D) penultimate
     features -> (features,) vector and the feature names (see the module doc)."""
-    proba = np.asarray(proba, dtype=np.float64)
-    if proba.ndim != 2 or proba.shape[1] != len(classes) or len(proba) == 0:
-        raise InvalidInputError(f"a patient needs at least one cell's probabilities over {len(classes)} classes")
+    proba = _checked_proba(proba, classes)
     top = np.bincount(proba.argmax(1), minlength=len(classes)) / len(proba)
     names = [f"mean_p_{c}" for c in classes] + [f"fraction_{c}" for c in classes]
     x = np.concatenate([proba.mean(0), top])
@@ -65,6 +63,13 @@ def bag_features(proba: np.ndarray, classes: list[str], embedding: np.ndarray | 
     return np.concatenate([x, pooled]), names + [f"{EMBEDDING_PREFIX}{i}" for i in range(embedding.shape[1])]
 
 
+def _checked_proba(proba: np.ndarray, classes: list[str]) -> np.ndarray:
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim != 2 or proba.shape[1] != len(classes) or len(proba) == 0:
+        raise InvalidInputError(f"a patient needs at least one cell's probabilities over {len(classes)} classes")
+    return proba
+
+
 def leukemic_weights(proba: np.ndarray, classes: list[str]) -> np.ndarray:
     """Each cell's weight in the patient's call: its summed probability of the leukemic classes (all
     ones where the cell model has none of them)."""
@@ -74,8 +79,14 @@ def leukemic_weights(proba: np.ndarray, classes: list[str]) -> np.ndarray:
     return np.asarray(proba, dtype=np.float64)[:, leukemic].sum(1) if leukemic else np.ones(len(proba))
 
 
+def _shares(weight: np.ndarray) -> np.ndarray:
+    """Weights normalized to sum to one (equal shares where all are zero)."""
+    total = weight.sum()
+    return weight / total if total > 0 else np.full(len(weight), 1.0 / len(weight))
+
+
 def _weighted_mean(values: np.ndarray, weight: np.ndarray) -> float:
-    return float(weight @ values / weight.sum()) if weight.sum() > 0 else float(values.mean())
+    return float(_shares(weight) @ values)
 
 
 #: the cell-level regression's L2 strength, fixed beforehand (strong: ~12,000 cells share 82 labels). On an earlier
@@ -97,9 +108,7 @@ def fit_instance(bags: list[np.ndarray], embeddings: list[np.ndarray], y: np.nda
     per_class = np.bincount(y, minlength=2).astype(np.float64)
     weight = []
     for bag, label in zip(bags, y):
-        w = leukemic_weights(bag, classes)
-        w = w / w.sum() if w.sum() > 0 else np.full(len(w), 1.0 / len(w))
-        weight.append(w * len(y) / (2 * per_class[label]))
+        weight.append(_shares(leukemic_weights(bag, classes)) * len(y) / (2 * per_class[label]))
     weight = np.concatenate(weight) * len(x) / len(y)  # summing to about the number of cells, as unweighted
     # standardized over the cells as weighted: a cell of weight 0 has no say in any of the fit
     mean = weight @ x / weight.sum()
@@ -183,11 +192,8 @@ class PatientModel:
 
     def cell_logits(self, cell_proba: np.ndarray, cell_embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The instance model's per-cell APL log-odds and each cell's weight in the patient's score."""
+        cell_proba = _checked_proba(cell_proba, self.cell_classes)
         self._check_embedding(cell_proba, cell_embedding)
-        cell_proba = np.asarray(cell_proba, dtype=np.float64)
-        if cell_proba.ndim != 2 or cell_proba.shape[1] != len(self.cell_classes) or len(cell_proba) == 0:
-            raise InvalidInputError(f"a patient needs at least one cell's probabilities over "
-                                    f"{len(self.cell_classes)} classes")
         return instance_cell_logits(self.arrays, cell_embedding), leukemic_weights(cell_proba, self.cell_classes)
 
     def logit(self, cell_proba: np.ndarray, cell_embedding: np.ndarray | None = None) -> float:
@@ -197,11 +203,10 @@ class PatientModel:
             slope, intercept = self.arrays["platt"]
             return float(slope * score + intercept)
         x, _ = self.features(cell_proba, cell_embedding)
-        z = (x - self.arrays["mean"]) / self.arrays["scale"]
-        return float(z @ self.arrays["coef"] + self.arrays["intercept"][0])
+        return float(logistic_logit(self.arrays, x[None])[0])
 
     def probability(self, cell_proba: np.ndarray, cell_embedding: np.ndarray | None = None) -> float:
-        return float(1.0 / (1.0 + np.exp(-self.logit(cell_proba, cell_embedding))))
+        return float(_sigmoid(self.logit(cell_proba, cell_embedding)))
 
     def outside_cohort(self, cell_proba: np.ndarray) -> str | None:
         """Why this case's cell mix lies outside the patients the model was fitted on, or None.
@@ -232,8 +237,7 @@ class PatientModel:
         average fitting cell (``cell``: the cell's index, ``value``: its weight)."""
         if self.method == "instance":
             logits, weight = self.cell_logits(cell_proba, cell_embedding)
-            share = weight / weight.sum() if weight.sum() > 0 else np.full(len(weight), 1.0 / len(weight))
-            pull = self.arrays["platt"][0] * share * (logits - self.arrays["cell_intercept"][0])
+            pull = self.arrays["platt"][0] * _shares(weight) * (logits - self.arrays["cell_intercept"][0])
             order = np.argsort(-np.abs(pull), kind="stable")[:top]
             return [{"feature": f"cell {int(i)}", "cell": int(i), "value": round(float(weight[i]), 3),
                      "log_odds": round(float(pull[i]), 3)} for i in order]
@@ -287,9 +291,16 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, seed: int = 0) -> dict[str, np.nd
             "intercept": lr.intercept_.astype(np.float64), "C": np.asarray([chosen], dtype=np.float64)}
 
 
+def logistic_logit(arrays: dict, x: np.ndarray) -> np.ndarray:
+    return (x - arrays["mean"]) / arrays["scale"] @ arrays["coef"] + arrays["intercept"][0]
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
 def predict_logistic(arrays: dict, x: np.ndarray) -> np.ndarray:
-    z = (x - arrays["mean"]) / arrays["scale"]
-    return 1.0 / (1.0 + np.exp(-(z @ arrays["coef"] + arrays["intercept"][0])))
+    return _sigmoid(logistic_logit(arrays, x))
 
 
 def cross_validate(x: np.ndarray | None, y: np.ndarray, repeats: int = 20, n_splits: int = 5, seed: int = 0,

@@ -194,9 +194,9 @@ def test_style_bank_distances_are_each_sites_nearest_neighbour(pbc_model, monkey
     style = pbc_model.forward(x)[1][:, pbc_model.reliability.pen_dim:]
     sites = np.arange(len(style)) % 3
     monkeypatch.setattr(reliability, "MIN_BANK_PER_SITE", 5)
-    bank, bank_sites, center, spread = reliability._style_bank(style, sites, per_site=5)
+    bank, bank_sites = reliability._style_bank(style, sites, per_site=5)
     assert bank.dtype == np.float32 and np.bincount(bank_sites).tolist() == [5, 5, 5]
-    queries = (style - center) / spread
+    queries = style.astype(np.float64)
     monkeypatch.setattr(reliability, "_BANK_CHUNK", 7)  # several chunks, the last one short
     got = reliability._bank_distances(queries, bank, bank_sites, 3)
     brute = cdist(queries, bank.astype(np.float64), "sqeuclidean")
@@ -224,7 +224,7 @@ def test_another_labs_cells_between_training_images_are_flagged_by_the_bank(pbc_
     f_in, f_out = pbc_model.forward(x_in)[1], pbc_model.forward(x_out)[1]
     bank_style = [rel.style_distances(f[:, rel.pen_dim:]).min(axis=1) for f in (f_in, f_out)]
     # the old form: the same statistics without the bank (each site's Gaussian only)
-    old = dataclasses.replace(rel, style_bank=None, bank_sites=None, style_center=None, style_spread=None)
+    old = dataclasses.replace(rel, style_bank=None, bank_sites=None)
     gauss_style = [old.style_distances(f[:, rel.pen_dim:]).min(axis=1) for f in (f_in, f_out)]
     assert ood_auroc(*bank_style) > 0.9
     assert ood_auroc(*bank_style) >= ood_auroc(*gauss_style) - 0.02
@@ -250,6 +250,55 @@ def test_a_site_with_few_training_images_is_scored_by_its_gaussian(pbc_model):
     assert set(rel.bank_sites.tolist()) == {0} and len(rel.style_means) == 2
     style = features[:, rel.pen_dim:]
     d = rel.style_distances(style)
-    np.testing.assert_allclose(d[:, 1], _distances(style, rel.style_means, rel.style_whitener)[:, 1])
+    whitened = (style - rel.style_center) @ rel.style_whitening
+    np.testing.assert_allclose(d[:, 1], _distances(whitened, rel.style_means, rel.style_whitener)[:, 1])
     # site 0 by its nearest bank image: its own bank images sit at distance 0
     assert np.sum(d[:, 0] < 1e-3) == len(rel.style_bank)
+
+
+def test_style_is_whitened_within_sites(pbc_model):
+    """The style part's coordinates: uncorrelated within a site, unit spread over all training images, so
+    a direction along which one lab's images barely vary is not drowned by the channels that vary a lot."""
+    from leukodx.models.reliability import SHRINKAGE, _style_whitening
+
+    x_a, _ = _cells(pbc_model, "pbc", 20)
+    x_b, _ = _cells(pbc_model, "deepapl", 20)
+    style = np.concatenate([pbc_model.forward(x)[1][:, pbc_model.reliability.pen_dim:] for x in (x_a, x_b)])
+    sites = np.r_[np.zeros(len(x_a), dtype=int), np.ones(len(x_b), dtype=int)]
+    z = (style - style.mean(0)) @ _style_whitening(style, sites, SHRINKAGE)
+    np.testing.assert_allclose(z.std(axis=0), 1.0, rtol=1e-6)
+    within = np.concatenate([z[sites == g] - z[sites == g].mean(0) for g in (0, 1)])
+    corr = np.corrcoef(within.T)
+    big = np.abs(corr[~np.eye(len(corr), dtype=bool)])
+    raw = np.abs(np.corrcoef(np.concatenate([style[sites == g] - style[sites == g].mean(0) for g in (0, 1)]).T))
+    raw = raw[~np.eye(len(raw), dtype=bool)]
+    # the raw channels are correlated within a site; the whitened ones are not (up to the covariance shrinkage)
+    assert np.nanmean(raw) > 0.2 and np.nanmean(big) < 0.05, (np.nanmean(raw), np.nanmean(big))
+
+
+def test_bundles_standardized_per_channel_still_score(pbc_model):
+    """Bundles made before the whitening keep their per-channel standardized bank (``style_spread``) and
+    raw-style Gaussians, load and score as they did."""
+    import dataclasses
+    import tempfile
+
+    from leukodx.models.reliability import _bank_distances, _distances, load_reliability, save_reliability
+
+    rel = pbc_model.reliability
+    x, _ = _cells(pbc_model, "pbc", 6)
+    f = pbc_model.forward(x)[1]
+    style = f[:, rel.pen_dim:]
+    center, spread = style.mean(0), style.std(0) + 1e-6
+    old = dataclasses.replace(rel, style_whitening=None, style_center=center, style_spread=spread,
+                              style_bank=((style - center) / spread).astype(np.float32),
+                              bank_sites=np.zeros(len(style), dtype=int))
+    with tempfile.TemporaryDirectory() as tmp:
+        entry = old.card_entry(save_reliability(tmp, old))
+        loaded = load_reliability(tmp, {"reliability": entry})
+    assert loaded.style_whitening is None and loaded.style_spread is not None
+    d = loaded.style_distances(style)
+    np.testing.assert_allclose(d[:, 0], 0.0, atol=1e-3)  # each image is its own bank neighbour
+    gauss = _distances(style, old.style_means, old.style_whitener)
+    np.testing.assert_allclose(_bank_distances((style - center) / spread, old.style_bank, old.bank_sites, 1)[:, 0],
+                               d[:, 0], atol=1e-3)
+    assert gauss.shape[1] == len(old.style_means)

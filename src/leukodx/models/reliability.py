@@ -7,12 +7,13 @@ data and stored in its bundle (``reliability.safetensors``, sha256 in the card):
   (Lee et al. 2018) of the penultimate features to the nearest class (of each training site, for
   multi-site models) under one shared covariance; and the distance of an early layer's *style*
   (per-channel mean and standard deviation at stride 4, the colour and texture a stain and scanner
-  leave), standardized per channel, to its nearest neighbour among the training images of each site
-  (a bank of up to ``STYLE_BANK_PER_SITE`` per site; deep kNN, Sun et al. 2022). A site's look is
-  not one Gaussian: slides, stains and days spread it, and another lab's cells can sit near the
-  middle of that spread yet away from every training image (on the leave-one-site-out folds, pbc's
-  and deepapl's cells are told from the training sites' better by the nearest neighbour than by the
-  distance to the site mean; figures in ``benchmarks/results/reliability.md``). A site with fewer
+  leave), whitened by its spread within a site (``_style_whitening``), to its nearest neighbour among
+  the training images of each site (a bank of up to ``STYLE_BANK_PER_SITE`` per site; deep kNN, Sun
+  et al. 2022). A site's look is not one Gaussian: slides, stains and days spread it, and another
+  lab's cells can sit near the middle of that spread yet away from every training image (on the
+  leave-one-site-out folds, pbc's and deepapl's cells are told from the training sites' better by
+  the nearest neighbour than by the distance to the site mean; figures in
+  ``benchmarks/results/reliability.md``). A site with fewer
   than ``MIN_BANK_PER_SITE`` training images (a few-shot adaptation's dozens) is scored by the
   Mahalanobis distance to its mean instead: among so few images a new cell of the same lab is as far
   from its nearest neighbour as another lab's cell is. Bundles made before the bank keep the
@@ -180,10 +181,12 @@ class Reliability:
     #: where the style part of a feature vector starts (None: no style part); the penultimate part is
     #: always the first ``means.shape[1]`` columns
     pen_dim: int | None = None
-    #: the style part: a bank of training images' standardized style features, and each one's site
-    style_bank: np.ndarray | None = None      # (N, E) float32, (style - style_center) / style_spread
+    #: the style part: a bank of training images' whitened style features, and each one's site
+    style_bank: np.ndarray | None = None      # (N, E) float32, (style - style_center) @ style_whitening
     bank_sites: np.ndarray | None = None      # (N,) the training site of each bank row
     style_center: np.ndarray | None = None    # (E,)
+    style_whitening: np.ndarray | None = None  # (E, E)
+    #: bundles made before the whitening: the bank is (style - style_center) / style_spread
     style_spread: np.ndarray | None = None    # (E,)
     #: the style part's Gaussian per training site: scores the sites without bank rows (every site, in
     #: bundles made before the bank)
@@ -214,11 +217,16 @@ class Reliability:
     def style_distances(self, style: np.ndarray) -> np.ndarray:
         """(n, S) squared distance of each row's style part to each training site: to its nearest bank
         image of that site, or for a site without bank rows the Mahalanobis distance to its mean."""
-        gauss = None if self.style_means is None else _distances(style, self.style_means, self.style_whitener)
+        if self.style_whitening is not None:
+            style = gauss_style = (style - self.style_center) @ self.style_whitening
+        else:  # bundles made before the whitening: the Gaussians on the raw style, the bank standardized
+            gauss_style = style
+            if self.style_bank is not None:
+                style = (style - self.style_center) / self.style_spread
+        gauss = None if self.style_means is None else _distances(gauss_style, self.style_means, self.style_whitener)
         if self.style_bank is None:
             return gauss
-        near = _bank_distances((style - self.style_center) / self.style_spread, self.style_bank, self.bank_sites,
-                               self.n_style_sites)
+        near = _bank_distances(style, self.style_bank, self.bank_sites, self.n_style_sites)
         return near if gauss is None else np.where(np.isnan(near), gauss, near)
 
     @property
@@ -264,11 +272,10 @@ class Reliability:
         for key in ("pen_scale", "style_scale", "cluster_sites", "reference_sites"):
             if getattr(self, key) is not None:
                 out[key] = np.asarray(getattr(self, key), dtype=np.float64)
-        if self.style_bank is not None:
-            out.update({"style_bank": self.style_bank, "bank_sites": self.bank_sites, "style_center": self.style_center,
-                        "style_spread": self.style_spread})
-        if self.style_means is not None:
-            out.update({"style_means": self.style_means, "style_whitener": self.style_whitener})
+        for key in ("style_bank", "bank_sites", "style_center", "style_whitening", "style_spread", "style_means",
+                    "style_whitener"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         if self.has_style:
             out["pen_dim"] = np.array([self.pen_dim], dtype=np.float64)
         return out
@@ -415,19 +422,26 @@ def _bank_distances(z: np.ndarray, bank: np.ndarray, bank_sites: np.ndarray, sit
 
 
 def _style_bank(style: np.ndarray, groups: np.ndarray, per_site: int = STYLE_BANK_PER_SITE, seed: int = 0
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The style part's bank: up to ``per_site`` training images of each site with at least
-    ``MIN_BANK_PER_SITE`` (at random), standardized per channel by the training images' mean and spread
-    (a floor keeps a dead channel from counting). Sites are numbered as ``np.unique(groups)`` orders them."""
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The style part's bank: up to ``per_site`` training images (their whitened style) of each site with
+    at least ``MIN_BANK_PER_SITE`` (at random), and each one's site, numbered as ``np.unique(groups)``
+    orders them."""
     rng = np.random.default_rng(seed)
     keep = np.concatenate([rng.permutation(np.flatnonzero(groups == g))[:per_site] for g in np.unique(groups)
                            if np.sum(groups == g) >= MIN_BANK_PER_SITE] or [np.zeros(0, dtype=int)])
     keep.sort()
-    center = style.mean(axis=0)
-    spread = style.std(axis=0)
-    spread = np.maximum(spread, 1e-3 * float(spread.mean()) + 1e-12)
-    bank = ((style[keep] - center) / spread).astype(np.float32)
-    return bank, np.unique(groups, return_inverse=True)[1][keep].astype(np.int64), center, spread
+    return style[keep].astype(np.float32), np.unique(groups, return_inverse=True)[1][keep].astype(np.int64)
+
+
+def _style_whitening(style: np.ndarray, groups: np.ndarray, shrinkage: float) -> np.ndarray:
+    """(E, E): whitens the (centred) style channels by their covariance within a site (the slides, stains
+    and days of one lab), then scales each whitened direction to unit spread over all training images.
+    Directions along which one lab's images vary little count for more than the raw channels' scale
+    would give them, and the directions that merely tell the training sites apart count for no more
+    than their spread."""
+    _, within = _gaussian_clusters(style, groups, shrinkage)  # Cholesky factor of the within-site precision
+    spread = ((style - style.mean(axis=0)) @ within).std(axis=0)
+    return within / np.maximum(spread, 1e-3 * float(spread.mean()) + 1e-12)[None, :]
 
 
 def _gaussian_clusters(features: np.ndarray, clusters: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
@@ -457,10 +471,14 @@ def _fit_statistics(features: np.ndarray, labels: np.ndarray, false_alarm: float
                       false_alarm=false_alarm, fitted_on=fitted_on, pen_dim=pen_dim if has_style else None,
                       cluster_sites=np.unique(clusters) // (int(labels.max()) + 1))
     if has_style:
-        rel.style_means, rel.style_whitener = _gaussian_clusters(features[:, pen_dim:], groups, shrinkage)
-        bank = _style_bank(features[:, pen_dim:], groups)
+        style = features[:, pen_dim:]
+        rel.style_center = style.mean(axis=0)
+        rel.style_whitening = _style_whitening(style, groups, shrinkage)
+        style = (style - rel.style_center) @ rel.style_whitening
+        rel.style_means, rel.style_whitener = _gaussian_clusters(style, groups, shrinkage)
+        bank = _style_bank(style, groups)
         if len(bank[0]):  # else no site has enough images: every site is scored by its Gaussian
-            rel.style_bank, rel.bank_sites, rel.style_center, rel.style_spread = bank
+            rel.style_bank, rel.bank_sites = bank
     return rel
 
 
@@ -498,7 +516,8 @@ def load_reliability(directory: str | os.PathLike | None, card: dict) -> Reliabi
                        style_means=a.get("style_means"), style_whitener=a.get("style_whitener"),
                        style_bank=None if "style_bank" not in a else a["style_bank"].astype(np.float32),
                        bank_sites=a["bank_sites"].astype(int) if "bank_sites" in a else None,
-                       style_center=a.get("style_center"), style_spread=a.get("style_spread"),
+                       style_center=a.get("style_center"), style_whitening=a.get("style_whitening"),
+                       style_spread=a.get("style_spread"),
                        pen_scale=a.get("pen_scale"), style_scale=a.get("style_scale"),
                        cluster_sites=a["cluster_sites"].astype(int) if "cluster_sites" in a else None,
                        reference_sites=a["reference_sites"].astype(int) if "reference_sites" in a else None)

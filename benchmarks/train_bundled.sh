@@ -19,9 +19,11 @@ leukodx train-segmenter -d wbc-seg-1 -o src/leukodx/weights/segmentation/wbc-seg
 # (benchmarks/results/LOSO.md: stain-aug-large, the whole image with stain, hue and grey augmentation; worst left-out
 # site with 10 labelled cells per class 0.80, against 0.57 with the nucleus crop) without giving up in-site
 # accuracy; zero-shot no recipe reaches a usable worst site, and that is what the shift check flags. Its card
-# lists its LOSO figures
+# lists its LOSO figures. Up to 2,000 cells per class and site, so pbc and deepapl are used nearly whole (only
+# pbc's neutrophils and deepapl's lymphocytes are capped); at 1,000 every site's test accuracy was lower (the
+# previous card: git show 88bda85:src/leukodx/weights/wbc-multisite/card.json)
 leukodx train -d pbc -d deepapl -d wbc-seg-1 -d wbc-seg-2 -o src/leukodx/weights/wbc-multisite --name wbc-multisite \
-    --arch regnetx_002 --size 64 --resize resize --augment stain --epochs 25 --lr 3e-3 --max-per-class 1000 \
+    --arch regnetx_002 --size 64 --resize resize --augment stain --epochs 25 --lr 3e-3 --max-per-class 2000 \
     --threads 2 --loso benchmarks/results/loso/stain-aug-large__adapt.json
 # APL vs other AML over a patient's cells, typed by wbc-multisite (deepapl discovery cohort, patient CV):
 # the instance model (each leukemic-looking cell scored, pooled per patient)

@@ -125,7 +125,8 @@ def eager_torch(paths: list[Path], labels: list[str], own_preprocessing: bool) -
     with torch.inference_mode():
         for s in range(0, len(paths), 64):
             rgb = [np.asarray(Image.open(p).convert("RGB")) for p in paths[s:s + 64]]
-            square = [preprocess(x) if own_preprocessing else np.asarray(Image.fromarray(x).resize((size, size))) for x in rgb]
+            square = [preprocess(x) if own_preprocessing else np.asarray(Image.fromarray(x).resize((size, size)))
+                      for x in rgb]
             batch = np.stack(square).astype(np.float32).transpose(0, 3, 1, 2) / 255
             preds += net(torch.from_numpy((batch - mean) / std)).argmax(1).tolist()
     done = time.perf_counter()

@@ -39,7 +39,8 @@ def interrupted_then_resumed(folder: Path, out: Path, whole: Path, n: int) -> di
         time.sleep(0.05)
     err = proc.communicate()[1]
     if not partial.exists():
-        raise SystemExit(f"case_memory: the {n}-image case finished before it could be interrupted; use larger --sizes")
+        raise SystemExit(f"case_memory: no partial file after the interrupted {n}-image run (exit status "
+                         f"{proc.returncode}: {err.strip().splitlines()[-1] if err.strip() else 'no message'})")
     kept = sum(1 for line in partial.open() if line.startswith('{"row"'))
     r = run(["diagnose", str(folder), "--kind", "cells", "-o", str(out), "--resume"])
     same_rows = (out / "predictions.csv").read_bytes() == (whole / "predictions.csv").read_bytes()

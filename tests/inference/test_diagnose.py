@@ -109,9 +109,13 @@ def test_field_case_measures_each_fields_scale_when_none_is_given(tiny_aria_mode
 
 
 @pytest.mark.slow
-def test_patient_case_gets_blast_fraction_and_apl_probability(tmp_path):
+def test_patient_case_gets_blast_fraction_and_apl_probability(tmp_path, monkeypatch):
+    import leukodx.diagnosis.case as case
+
+    monkeypatch.setattr(case, "_CHUNK", 16)  # the cells' features reduced to per-cell log-odds over several chunks
     folder = load_dataset("deepapl").root / "images" / "Patient_01"  # a test-split patient
     result = diagnose(folder, kind="cells")
+    assert result["n_images"] > 2 * case._CHUNK
     s = result["summary"]
     assert result["model"]["name"] == "wbc-multisite"
     assert isinstance(s["apl_probability"], float) and 0 <= s["apl_probability"] <= 1

@@ -112,10 +112,18 @@ def test_instance_model_scores_a_patient_by_their_leukemic_looking_cells(small_a
     assert sorted(d["cell"] for d in drivers) == [0, 1, 2]
     assert [abs(d["log_odds"]) for d in drivers] == sorted((abs(d["log_odds"]) for d in drivers), reverse=True)
     assert next(d for d in drivers if d["cell"] == 2)["log_odds"] == 0
+    # the same call from per-cell log-odds worked out a chunk of cells at a time (how a large case is scored)
+    chunked = np.concatenate([loaded.instance_logits(embedding[i:i + 2]) for i in range(0, 3, 2)])
+    assert loaded.probability(bag, cell_logits=chunked) == pytest.approx(p, abs=1e-12)
+    assert loaded.contributions(bag, top=5, cell_logits=chunked) == drivers
+    with pytest.raises(InvalidInputError, match="2 cell log-odds for 3 cells"):
+        loaded.probability(bag, cell_logits=chunked[:2])
     with pytest.raises(InvalidInputError, match="features"):
         loaded.probability(bag)
     with pytest.raises(InvalidInputError, match="expects"):
         loaded.probability(bag, embedding[:, :5])
+    with pytest.raises(InvalidInputError, match="features per cell"):
+        loaded.instance_logits(embedding[:, :5])
 
 
 def test_apl_model_cross_validates_over_patients_and_saves_as_a_bundle(small_bag_apl):

@@ -149,24 +149,68 @@ def _cell_summary(rows: Iterable[dict], classes: list[str]) -> tuple[dict, list[
     return summary, flags
 
 
-def _apl_call(clf: Classifier, proba: np.ndarray, embedding: np.ndarray | None, names: Sequence[str]
-              ) -> tuple[dict, list[str]]:
-    """The APL-vs-AML patient model over every cell of the case (probabilities and penultimate
-    features), when one fits this cell model; drivers that are cells are named by their image."""
+def _apl_model(clf: Classifier):
+    """The bundled APL-vs-AML patient model, checked against this cell model."""
     from leukodx.inference.patient import DEFAULT_APL_MODEL, PatientModel
 
+    model = PatientModel.load(DEFAULT_APL_MODEL)
+    model.check_cell_model(clf.card)
+    return model
+
+
+#: cells whose features are decoded at a time when the case is scored (bounds the memory a large case takes)
+_CHUNK = 1024
+
+
+def _cell_evidence(clf: Classifier, entries: Iterator[dict], n_images: int
+                   ) -> tuple[np.ndarray, list[str], np.ndarray | None, np.ndarray | None]:
+    """One pass over the row file: each cell's probabilities and name, and for the patient model either
+    each cell's APL log-odds (an instance model: the features are reduced a chunk at a time, so a case of
+    any size keeps one number per cell) or every cell's features (a bag model). None for the features
+    when the row file lacks them (a run resumed from a file made before they were kept)."""
     try:
-        model = PatientModel.load(DEFAULT_APL_MODEL)
-        model.check_cell_model(clf.card)
+        model = _apl_model(clf)
+    except LeukodxError:
+        model = None
+    per_cell = model is not None and model.method == "instance"
+    proba = np.empty((n_images, len(clf.classes)))
+    names, chunk, parts = [], [], []
+    complete = True
+    for i, entry in enumerate(entries):
+        proba[i] = entry["proba"]
+        names.append(entry["row"]["input"])
+        if "embedding" not in entry:
+            complete = False
+            continue
+        chunk.append(np.frombuffer(base64.b64decode(entry["embedding"]), dtype="<f2"))
+        if per_cell and len(chunk) == _CHUNK:
+            parts.append(model.instance_logits(np.stack(chunk)))
+            chunk = []
+    if chunk:
+        parts.append(model.instance_logits(np.stack(chunk)) if per_cell else np.stack(chunk).astype(np.float64))
+    if not complete or not parts:
+        return proba, names, None, None
+    return (proba, names, np.concatenate(parts), None) if per_cell else (proba, names, None, np.concatenate(parts))
+
+
+def _apl_call(clf: Classifier, proba: np.ndarray, embedding: np.ndarray | None, names: Sequence[str],
+              cell_logits: np.ndarray | None = None) -> tuple[dict, list[str]]:
+    """The APL-vs-AML patient model over every cell of the case (probabilities, and penultimate features
+    or the instance model's per-cell log-odds), when one fits this cell model; drivers that are cells are
+    named by their image."""
+    from leukodx.inference.patient import DEFAULT_APL_MODEL
+
+    try:
+        model = _apl_model(clf)
         outside = model.outside_cohort(proba)
-        p = None if outside else model.probability(proba, embedding)
+        p = None if outside else model.probability(proba, embedding, cell_logits)
     except LeukodxError as exc:
         return {"apl_probability": None, "apl_model": {"name": DEFAULT_APL_MODEL, "used": False,
                                                        "reason": str(exc)}}, []
     if outside:
         return {"apl_probability": None, "apl_model": {"name": model.card["name"], "used": False,
                                                        "reason": outside}}, []
-    drivers = model.contributions(proba, cell_embedding=embedding)
+    drivers = model.contributions(proba, cell_embedding=embedding, cell_logits=cell_logits)
     for d in drivers:
         if "cell" in d:
             d["feature"] = f"cell {names[d['cell']]}"
@@ -440,17 +484,10 @@ def _case_result(inputs, kind: str, evidence: str, clf: Classifier, analyzer, ro
     n_images = sum(1 for _ in rows())
     summary, flags = (_cell_summary if kind == "cells" else _field_summary)(rows(), clf.classes)
     if kind == "cells":
-        proba = np.empty((n_images, len(clf.classes)))
-        kept, names = [], []
-        # one pass over the row file (thumbnails included) for all three
-        for i, entry in enumerate(e for e in rowfile.lines() if "proba" in e):
-            proba[i] = entry["proba"]
-            names.append(entry["row"]["input"])
-            if "embedding" in entry:
-                kept.append(np.frombuffer(base64.b64decode(entry["embedding"]), dtype="<f2"))
-        # a run resumed from a row file made before features were kept has none for its first cells
-        embedding = np.stack(kept).astype(np.float64) if len(kept) == n_images else None
-        apl, apl_flags = _apl_call(clf, proba, embedding, names)
+        # one pass over the row file (thumbnails included)
+        proba, names, cell_logits, embedding = _cell_evidence(clf, (e for e in rowfile.lines() if "proba" in e),
+                                                              n_images)
+        apl, apl_flags = _apl_call(clf, proba, embedding, names, cell_logits)
         summary.update(apl)
         flags.extend(apl_flags)
     scores = None if clf.reliability is None else np.fromiter(rowfile.entries("ood_score"), dtype=float)

@@ -190,23 +190,41 @@ class PatientModel:
                                     f"bag features, the cells give {len(x)}")
         return x, names
 
-    def cell_logits(self, cell_proba: np.ndarray, cell_embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The instance model's per-cell APL log-odds and each cell's weight in the patient's score."""
-        cell_proba = _checked_proba(cell_proba, self.cell_classes)
-        self._check_embedding(cell_proba, cell_embedding)
-        return instance_cell_logits(self.arrays, cell_embedding), leukemic_weights(cell_proba, self.cell_classes)
+    def instance_logits(self, cell_embedding: np.ndarray) -> np.ndarray:
+        """The instance model's APL log-odds of each cell from its features alone: a case can be scored a
+        chunk of cells at a time and keep one number per cell (``logit(..., cell_logits=)``)."""
+        cell_embedding = np.asarray(cell_embedding)
+        if self.method != "instance" or cell_embedding.ndim != 2 or cell_embedding.shape[1] != self.embedding_width:
+            raise InvalidInputError(f"{self.card.get('name', 'patient model')}: per-cell log-odds need an instance "
+                                    f"model and {self.embedding_width} features per cell")
+        return instance_cell_logits(self.arrays, cell_embedding)
 
-    def logit(self, cell_proba: np.ndarray, cell_embedding: np.ndarray | None = None) -> float:
+    def cell_logits(self, cell_proba: np.ndarray, cell_embedding: np.ndarray | None = None,
+                    cell_logits: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The instance model's per-cell APL log-odds (from the features, or as ``instance_logits`` gave
+        them) and each cell's weight in the patient's score."""
+        cell_proba = _checked_proba(cell_proba, self.cell_classes)
+        if cell_logits is None:
+            self._check_embedding(cell_proba, cell_embedding)
+            cell_logits = instance_cell_logits(self.arrays, cell_embedding)
+        elif np.shape(cell_logits) != (len(cell_proba),):
+            raise InvalidInputError(f"{self.card.get('name', 'patient model')}: {np.size(cell_logits)} cell log-odds "
+                                    f"for {len(cell_proba)} cells")
+        return np.asarray(cell_logits, dtype=np.float64), leukemic_weights(cell_proba, self.cell_classes)
+
+    def logit(self, cell_proba: np.ndarray, cell_embedding: np.ndarray | None = None,
+              cell_logits: np.ndarray | None = None) -> float:
         """The patient's calibrated log-odds of ``positive``."""
         if self.method == "instance":
-            score = _weighted_mean(*self.cell_logits(cell_proba, cell_embedding))
+            score = _weighted_mean(*self.cell_logits(cell_proba, cell_embedding, cell_logits))
             slope, intercept = self.arrays["platt"]
             return float(slope * score + intercept)
         x, _ = self.features(cell_proba, cell_embedding)
         return float(logistic_logit(self.arrays, x[None])[0])
 
-    def probability(self, cell_proba: np.ndarray, cell_embedding: np.ndarray | None = None) -> float:
-        return float(_sigmoid(self.logit(cell_proba, cell_embedding)))
+    def probability(self, cell_proba: np.ndarray, cell_embedding: np.ndarray | None = None,
+                    cell_logits: np.ndarray | None = None) -> float:
+        return float(_sigmoid(self.logit(cell_proba, cell_embedding, cell_logits)))
 
     def outside_cohort(self, cell_proba: np.ndarray) -> str | None:
         """Why this case's cell mix lies outside the patients the model was fitted on, or None.
@@ -229,14 +247,14 @@ class PatientModel:
             raise InvalidInputError(f"{self.card.get('name', 'patient model')} was fitted on cell model "
                                     f"{self.cell_model}; cells typed by {card.get('name')} cannot be used")
 
-    def contributions(self, cell_proba: np.ndarray, top: int = 3, cell_embedding: np.ndarray | None = None
-                      ) -> list[dict]:
+    def contributions(self, cell_proba: np.ndarray, top: int = 3, cell_embedding: np.ndarray | None = None,
+                      cell_logits: np.ndarray | None = None) -> list[dict]:
         """What moved this patient's call most. Bag model: the features (standardized value x weight);
         the pooled features of the leukemic-looking cells count as one ("leukemic_cell_morphology", no
         value). Instance model: the cells whose weighted log-odds pulled the score furthest from the
         average fitting cell (``cell``: the cell's index, ``value``: its weight)."""
         if self.method == "instance":
-            logits, weight = self.cell_logits(cell_proba, cell_embedding)
+            logits, weight = self.cell_logits(cell_proba, cell_embedding, cell_logits)
             pull = self.arrays["platt"][0] * _shares(weight) * (logits - self.arrays["cell_intercept"][0])
             order = np.argsort(-np.abs(pull), kind="stable")[:top]
             return [{"feature": f"cell {int(i)}", "cell": int(i), "value": round(float(weight[i]), 3),

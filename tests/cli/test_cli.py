@@ -41,9 +41,12 @@ def test_evaluate_on_a_registered_split(tiny_aria_model, tmp_path):
                  "-o", str(out), "--no-report", "--n-boot", "50"]) == 0
     result = json.loads(out.read_text())
     assert result["n"] == 396 and result["split"] == "val"
-    # the tiny model calibrated on 16 of these images (its capped val side): coverage and OOD rate follow from that
+    # the tiny model calibrated on 16 of these images (its capped val side): coverage and OOD rate follow from that.
+    # Its OOD threshold is the largest of 16 calibration scores, which images like them pass with probability
+    # about 1/17 (a rate above 0.15 happens by chance less than 8% of the time, (1 - 0.15) ** 16); a broken
+    # score or threshold flags far more
     selective = result["selective"]
-    assert selective["conformal"]["0.90"]["coverage"] >= 0.9 and selective["ood_rate"] <= 0.06
+    assert selective["conformal"]["0.90"]["coverage"] >= 0.9 and selective["ood_rate"] <= 0.15
     assert selective["risk_coverage"]["n"] == 396 and selective["shift_verdict"]["flagged"] is False
 
 

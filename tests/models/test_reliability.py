@@ -261,9 +261,12 @@ def test_style_is_whitened_within_sites(pbc_model):
     a direction along which one lab's images barely vary is not drowned by the channels that vary a lot."""
     from leukodx.models.reliability import SHRINKAGE, _style_whitening
 
-    x_a, _ = _cells(pbc_model, "pbc", 20)
-    x_b, _ = _cells(pbc_model, "deepapl", 20)
+    from leukodx.models.reliability import MIN_WHITEN_PER_CHANNEL
+
+    x_a, _ = _cells(pbc_model, "pbc", 40)
+    x_b, _ = _cells(pbc_model, "deepapl", 40)
     style = np.concatenate([pbc_model.forward(x)[1][:, pbc_model.reliability.pen_dim:] for x in (x_a, x_b)])
+    assert len(style) - 2 >= MIN_WHITEN_PER_CHANNEL * style.shape[1]
     sites = np.r_[np.zeros(len(x_a), dtype=int), np.ones(len(x_b), dtype=int)]
     z = (style - style.mean(0)) @ _style_whitening(style, sites, SHRINKAGE)
     np.testing.assert_allclose(z.std(axis=0), 1.0, rtol=1e-6)
@@ -302,3 +305,20 @@ def test_bundles_standardized_per_channel_still_score(pbc_model):
     np.testing.assert_allclose(_bank_distances((style - center) / spread, old.style_bank, old.bank_sites, 1)[:, 0],
                                d[:, 0], atol=1e-3)
     assert gauss.shape[1] == len(old.style_means)
+
+
+def test_too_few_images_to_whiten_are_only_scaled_per_channel(pbc_model):
+    """Fewer than MIN_WHITEN_PER_CHANNEL images per style channel: a within-site covariance would blow up the
+    directions no training image spans, so the channels are only scaled to unit spread; with the heavy
+    shrinkage of a few-shot adaptation the (shrunk) covariance is still used."""
+    from leukodx.models.reliability import MIN_WHITEN_PER_CHANNEL, SHRINKAGE, SMALL_SAMPLE_SHRINKAGE, _style_whitening
+
+    x, _ = _cells(pbc_model, "pbc", 4)
+    style = pbc_model.forward(x)[1][:, pbc_model.reliability.pen_dim:]
+    assert len(style) < MIN_WHITEN_PER_CHANNEL * style.shape[1]
+    sites = np.zeros(len(style), dtype=int)
+    w = _style_whitening(style, sites, SHRINKAGE)
+    np.testing.assert_allclose(w, np.diag(np.diag(w)))
+    np.testing.assert_allclose(((style - style.mean(0)) @ w).std(axis=0)[style.std(axis=0) > 1e-6], 1.0, rtol=1e-6)
+    shrunk = _style_whitening(style, sites, SMALL_SAMPLE_SHRINKAGE)
+    assert np.abs(shrunk - np.diag(np.diag(shrunk))).max() > 1e-6

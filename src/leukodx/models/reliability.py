@@ -433,13 +433,24 @@ def _style_bank(style: np.ndarray, groups: np.ndarray, per_site: int = STYLE_BAN
     return style[keep].astype(np.float32), np.unique(groups, return_inverse=True)[1][keep].astype(np.int64)
 
 
+#: images per style channel (beyond one per site) needed to whiten the style by its within-site covariance
+MIN_WHITEN_PER_CHANNEL = 4
+
+
 def _style_whitening(style: np.ndarray, groups: np.ndarray, shrinkage: float) -> np.ndarray:
     """(E, E): whitens the (centred) style channels by their covariance within a site (the slides, stains
     and days of one lab), then scales each whitened direction to unit spread over all training images.
     Directions along which one lab's images vary little count for more than the raw channels' scale
     would give them, and the directions that merely tell the training sites apart count for no more
-    than their spread."""
-    _, within = _gaussian_clusters(style, groups, shrinkage)  # Cholesky factor of the within-site precision
+    than their spread. A covariance of E channels needs several times E images: with fewer than
+    ``MIN_WHITEN_PER_CHANNEL`` x E (less the sites) and no heavy shrinkage, the channels are only scaled
+    to unit spread (as bundles made before the whitening were), since the directions no training image
+    spans would otherwise be blown up and every new image flagged."""
+    sites = len(np.unique(groups))
+    if shrinkage <= SHRINKAGE and len(style) - sites < MIN_WHITEN_PER_CHANNEL * style.shape[1]:
+        within = np.eye(style.shape[1])
+    else:
+        _, within = _gaussian_clusters(style, groups, shrinkage)  # Cholesky factor of the within-site precision
     spread = ((style - style.mean(axis=0)) @ within).std(axis=0)
     return within / np.maximum(spread, 1e-3 * float(spread.mean()) + 1e-12)[None, :]
 

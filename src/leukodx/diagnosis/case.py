@@ -150,30 +150,29 @@ def _cell_summary(rows: Iterable[dict], classes: list[str]) -> tuple[dict, list[
 
 
 def _apl_model(clf: Classifier):
-    """The bundled APL-vs-AML patient model, checked against this cell model."""
+    """The bundled APL-vs-AML patient model checked against this cell model, or why it cannot be used."""
     from leukodx.inference.patient import DEFAULT_APL_MODEL, PatientModel
 
-    model = PatientModel.load(DEFAULT_APL_MODEL)
-    model.check_cell_model(clf.card)
-    return model
+    try:
+        model = PatientModel.load(DEFAULT_APL_MODEL)
+        model.check_cell_model(clf.card)
+    except LeukodxError as exc:
+        return None, str(exc)
+    return model, None
 
 
 #: cells whose features are decoded at a time when the case is scored (bounds the memory a large case takes)
 _CHUNK = 1024
 
 
-def _cell_evidence(clf: Classifier, entries: Iterator[dict], n_images: int
-                   ) -> tuple[np.ndarray, list[str], np.ndarray | None, np.ndarray | None]:
-    """One pass over the row file: each cell's probabilities and name, and for the patient model either
-    each cell's APL log-odds (an instance model: the features are reduced a chunk at a time, so a case of
-    any size keeps one number per cell) or every cell's features (a bag model). None for the features
-    when the row file lacks them (a run resumed from a file made before they were kept)."""
-    try:
-        model = _apl_model(clf)
-    except LeukodxError:
-        model = None
+def _cell_evidence(model, entries: Iterator[dict], n_images: int, n_classes: int
+                   ) -> tuple[np.ndarray, list[str], dict]:
+    """One pass over the row file: each cell's probabilities and name, and what the patient model reads
+    besides: ``cell_logits`` for an instance model (the features reduced a chunk at a time, so a case of
+    any size keeps one number per cell), ``cell_embedding`` otherwise, nothing when the row file lacks
+    features (a run resumed from a file made before they were kept)."""
     per_cell = model is not None and model.method == "instance"
-    proba = np.empty((n_images, len(clf.classes)))
+    proba = np.empty((n_images, n_classes))
     names, chunk, parts = [], [], []
     complete = True
     for i, entry in enumerate(entries):
@@ -189,28 +188,30 @@ def _cell_evidence(clf: Classifier, entries: Iterator[dict], n_images: int
     if chunk:
         parts.append(model.instance_logits(np.stack(chunk)) if per_cell else np.stack(chunk).astype(np.float64))
     if not complete or not parts:
-        return proba, names, None, None
-    return (proba, names, np.concatenate(parts), None) if per_cell else (proba, names, None, np.concatenate(parts))
+        return proba, names, {}
+    return proba, names, {"cell_logits" if per_cell else "cell_embedding": np.concatenate(parts)}
 
 
-def _apl_call(clf: Classifier, proba: np.ndarray, embedding: np.ndarray | None, names: Sequence[str],
-              cell_logits: np.ndarray | None = None) -> tuple[dict, list[str]]:
-    """The APL-vs-AML patient model over every cell of the case (probabilities, and penultimate features
-    or the instance model's per-cell log-odds), when one fits this cell model; drivers that are cells are
-    named by their image."""
+def _apl_call(model, unusable: str | None, proba: np.ndarray, names: Sequence[str], evidence: dict
+              ) -> tuple[dict, list[str]]:
+    """The APL-vs-AML patient model over every cell of the case (``evidence``: see ``_cell_evidence``),
+    when one fits this cell model (else ``unusable`` says why); drivers that are cells are named by
+    their image."""
     from leukodx.inference.patient import DEFAULT_APL_MODEL
 
+    def unused(name: str, reason: str) -> tuple[dict, list[str]]:
+        return {"apl_probability": None, "apl_model": {"name": name, "used": False, "reason": reason}}, []
+
+    if model is None:
+        return unused(DEFAULT_APL_MODEL, unusable)
     try:
-        model = _apl_model(clf)
         outside = model.outside_cohort(proba)
-        p = None if outside else model.probability(proba, embedding, cell_logits)
+        p = None if outside else model.probability(proba, **evidence)
     except LeukodxError as exc:
-        return {"apl_probability": None, "apl_model": {"name": DEFAULT_APL_MODEL, "used": False,
-                                                       "reason": str(exc)}}, []
+        return unused(DEFAULT_APL_MODEL, str(exc))
     if outside:
-        return {"apl_probability": None, "apl_model": {"name": model.card["name"], "used": False,
-                                                       "reason": outside}}, []
-    drivers = model.contributions(proba, cell_embedding=embedding, cell_logits=cell_logits)
+        return unused(model.card["name"], outside)
+    drivers = model.contributions(proba, **evidence)
     for d in drivers:
         if "cell" in d:
             d["feature"] = f"cell {names[d['cell']]}"
@@ -485,9 +486,10 @@ def _case_result(inputs, kind: str, evidence: str, clf: Classifier, analyzer, ro
     summary, flags = (_cell_summary if kind == "cells" else _field_summary)(rows(), clf.classes)
     if kind == "cells":
         # one pass over the row file (thumbnails included)
-        proba, names, cell_logits, embedding = _cell_evidence(clf, (e for e in rowfile.lines() if "proba" in e),
-                                                              n_images)
-        apl, apl_flags = _apl_call(clf, proba, embedding, names, cell_logits)
+        model, unusable = _apl_model(clf)
+        proba, names, evidence = _cell_evidence(model, (e for e in rowfile.lines() if "proba" in e), n_images,
+                                                len(clf.classes))
+        apl, apl_flags = _apl_call(model, unusable, proba, names, evidence)
         summary.update(apl)
         flags.extend(apl_flags)
     scores = None if clf.reliability is None else np.fromiter(rowfile.entries("ood_score"), dtype=float)

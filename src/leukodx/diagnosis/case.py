@@ -165,7 +165,7 @@ def _apl_model(clf: Classifier):
 _CHUNK = 1024
 
 
-def _cell_evidence(model, entries: Iterator[dict], n_images: int, n_classes: int
+def _apl_inputs(model, entries: Iterator[dict], n_images: int, n_classes: int
                    ) -> tuple[np.ndarray, list[str], dict]:
     """One pass over the row file: each cell's probabilities and name, and what the patient model reads
     besides: ``cell_logits`` for an instance model (the features reduced a chunk at a time, so a case of
@@ -192,9 +192,9 @@ def _cell_evidence(model, entries: Iterator[dict], n_images: int, n_classes: int
     return proba, names, {"cell_logits" if per_cell else "cell_embedding": np.concatenate(parts)}
 
 
-def _apl_call(model, unusable: str | None, proba: np.ndarray, names: Sequence[str], evidence: dict
+def _apl_call(model, unusable: str | None, proba: np.ndarray, names: Sequence[str], inputs: dict
               ) -> tuple[dict, list[str]]:
-    """The APL-vs-AML patient model over every cell of the case (``evidence``: see ``_cell_evidence``),
+    """The APL-vs-AML patient model over every cell of the case (``inputs``: see ``_apl_inputs``),
     when one fits this cell model (else ``unusable`` says why); drivers that are cells are named by
     their image."""
     from leukodx.inference.patient import DEFAULT_APL_MODEL
@@ -206,12 +206,12 @@ def _apl_call(model, unusable: str | None, proba: np.ndarray, names: Sequence[st
         return unused(DEFAULT_APL_MODEL, unusable)
     try:
         outside = model.outside_cohort(proba)
-        p = None if outside else model.probability(proba, **evidence)
+        p = None if outside else model.probability(proba, **inputs)
     except LeukodxError as exc:
         return unused(DEFAULT_APL_MODEL, str(exc))
     if outside:
         return unused(model.card["name"], outside)
-    drivers = model.contributions(proba, **evidence)
+    drivers = model.contributions(proba, **inputs)
     for d in drivers:
         if "cell" in d:
             d["feature"] = f"cell {names[d['cell']]}"
@@ -487,9 +487,9 @@ def _case_result(inputs, kind: str, evidence: str, clf: Classifier, analyzer, ro
     if kind == "cells":
         # one pass over the row file (thumbnails included)
         model, unusable = _apl_model(clf)
-        proba, names, evidence = _cell_evidence(model, (e for e in rowfile.lines() if "proba" in e), n_images,
-                                                len(clf.classes))
-        apl, apl_flags = _apl_call(model, unusable, proba, names, evidence)
+        proba, names, apl_inputs = _apl_inputs(model, (e for e in rowfile.lines() if "proba" in e), n_images,
+                                                  len(clf.classes))
+        apl, apl_flags = _apl_call(model, unusable, proba, names, apl_inputs)
         summary.update(apl)
         flags.extend(apl_flags)
     scores = None if clf.reliability is None else np.fromiter(rowfile.entries("ood_score"), dtype=float)

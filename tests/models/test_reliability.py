@@ -257,26 +257,37 @@ def test_a_site_with_few_training_images_is_scored_by_its_gaussian(pbc_model):
 
 
 def test_style_is_whitened_within_sites(pbc_model):
-    """The style part's coordinates: uncorrelated within a site, unit spread over all training images, so
-    a direction along which one lab's images barely vary is not drowned by the channels that vary a lot."""
-    from leukodx.models.reliability import SHRINKAGE, _style_whitening
-
-    from leukodx.models.reliability import MIN_WHITEN_PER_CHANNEL
+    """The style part's coordinates: whitened by the (shrunk) covariance within a site, unit spread over all
+    training images, so a direction along which one lab's images barely vary is not drowned by the channels
+    that vary a lot; without the shrinkage they are uncorrelated within a site."""
+    from leukodx.models.reliability import MIN_WHITEN_PER_CHANNEL, SHRINKAGE, STYLE_SHRINKAGE, _style_whitening
 
     x_a, _ = _cells(pbc_model, "pbc", 40)
     x_b, _ = _cells(pbc_model, "deepapl", 40)
     style = np.concatenate([pbc_model.forward(x)[1][:, pbc_model.reliability.pen_dim:] for x in (x_a, x_b)])
     assert len(style) - 2 >= MIN_WHITEN_PER_CHANNEL * style.shape[1]
     sites = np.r_[np.zeros(len(x_a), dtype=int), np.ones(len(x_b), dtype=int)]
-    z = (style - style.mean(0)) @ _style_whitening(style, sites, SHRINKAGE)
-    np.testing.assert_allclose(z.std(axis=0), 1.0, rtol=1e-6)
-    within = np.concatenate([z[sites == g] - z[sites == g].mean(0) for g in (0, 1)])
-    corr = np.corrcoef(within.T)
-    big = np.abs(corr[~np.eye(len(corr), dtype=bool)])
-    raw = np.abs(np.corrcoef(np.concatenate([style[sites == g] - style[sites == g].mean(0) for g in (0, 1)]).T))
-    raw = raw[~np.eye(len(raw), dtype=bool)]
-    # the raw channels are correlated within a site; the whitened ones are not (up to the covariance shrinkage)
-    assert np.nanmean(raw) > 0.2 and np.nanmean(big) < 0.05, (np.nanmean(raw), np.nanmean(big))
+
+    def within(x):
+        return np.concatenate([x[sites == g] - x[sites == g].mean(0) for g in (0, 1)])
+
+    def mean_abs_corr(x):
+        corr = np.abs(np.corrcoef(within(x).T))
+        return np.nanmean(corr[~np.eye(len(corr), dtype=bool)])
+
+    w = _style_whitening(style, sites, SHRINKAGE)
+    np.testing.assert_allclose(((style - style.mean(0)) @ w).std(axis=0), 1.0, rtol=1e-6)
+    # the shrunk within-site covariance is diagonal in the whitened coordinates
+    c = within(style)
+    cov = c.T @ c / (len(c) - 2)
+    shrunk = (1 - STYLE_SHRINKAGE) * cov + STYLE_SHRINKAGE * np.trace(cov) / len(cov) * np.eye(len(cov))
+    m = w.T @ shrunk @ w
+    np.testing.assert_allclose(m - np.diag(np.diag(m)), 0.0, atol=1e-8 * np.abs(m).max())
+    full = _style_whitening(style, sites, SHRINKAGE, style_shrinkage=SHRINKAGE)
+    # the raw channels are correlated within a site; the shrunk whitening removes most of it, the full one all
+    # but what its tiny ridge leaves
+    raw, part, none = mean_abs_corr(style), mean_abs_corr(style @ w), mean_abs_corr(style @ full)
+    assert raw > 0.2 and part < raw / 2 and none < 0.05, (raw, part, none)
 
 
 def test_bundles_standardized_per_channel_still_score(pbc_model):

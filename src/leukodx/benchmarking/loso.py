@@ -24,6 +24,7 @@ from leukodx.data.folder import ImageIndex, limit_per_class
 from leukodx.data import sites
 from leukodx.errors import InvalidInputError
 from leukodx.evaluation.metrics import classification_metrics
+from leukodx.models.reliability import LEGACY_STYLE_SOURCE, SHRINKAGE
 from leukodx.preprocessing.augment import augment_preset
 from leukodx.preprocessing.transforms import Preprocess
 
@@ -206,19 +207,47 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
             "provenance": provenance()}
 
 
+#: the OOD score's settings compared with the shipped ones on every fold (OOD AUROC only): where the style is
+#: read, and how much its within-site covariance is shrunk before whitening
+RELIABILITY_ABLATIONS = {
+    "style at the quarter-side layer": {"style_source": LEGACY_STYLE_SOURCE},
+    "style whitened without shrinkage": {"style_shrinkage": SHRINKAGE},
+}
+
+
 def _reliability(result, pre: Preprocess, seed: int, train: tuple, val: tuple, groups: tuple, in_site: tuple,
                  others: dict[str, tuple]) -> dict:
-    from leukodx.evaluation.reliability import reliability_figures
+    from leukodx.evaluation.reliability import ood_auroc, reliability_figures
+    from leukodx.models.reliability import DEFAULT_STYLE_SOURCE
     from leukodx.training.calibration import fit_network_reliability, network_outputs, softmax
 
-    rel = fit_network_reliability(result.net, pre, result.temperature, *train, *val, seed=seed, groups=groups[0],
-                                  val_groups=groups[1])
+    outputs: dict = {}
+
+    def scored(x: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
+        key = (id(x), source)
+        if key not in outputs:
+            outputs[key] = network_outputs(result.net, x, pre, style_source=source)
+        return outputs[key]
+
+    def fitted(source: str = DEFAULT_STYLE_SOURCE, **options):
+        return fit_network_reliability(result.net, pre, result.temperature, *train, *val, seed=seed, groups=groups[0],
+                                       val_groups=groups[1], style_source=source, **options)
+
+    rel = fitted()
 
     def part(x: np.ndarray, y: np.ndarray) -> dict:
-        logits, features = network_outputs(result.net, x, pre)
+        logits, features = scored(x, DEFAULT_STYLE_SOURCE)
         return {"ood": rel.ood_scores(features), "proba": softmax(logits, result.temperature), "labels": y}
 
-    return reliability_figures(rel, part(*in_site), {name: part(*xy) for name, xy in others.items()})
+    figures = reliability_figures(rel, part(*in_site), {name: part(*xy) for name, xy in others.items()})
+    figures["ablations"] = {}
+    for label, options in RELIABILITY_ABLATIONS.items():
+        source = options.get("style_source", DEFAULT_STYLE_SOURCE)
+        alt = fitted(**{"style_source": source, **options})
+        in_scores = alt.ood_scores(scored(in_site[0], source)[1])
+        figures["ablations"][label] = {**options, "ood_auroc": {
+            name: ood_auroc(in_scores, alt.ood_scores(scored(xy[0], source)[1])) for name, xy in others.items()}}
+    return figures
 
 
 def _learning_curve(result, variant: Variant, pre: Preprocess, take, held: str, ks: tuple[int, ...],

@@ -28,7 +28,8 @@ from leukodx.data.images import PathList, as_rgb_array, list_image_paths, read_i
 from leukodx.errors import InvalidInputError, LeukodxError
 from leukodx.models.bundle import interpreting, resolve_bundle, verify_bundle
 from leukodx.models.device import one_blas_thread, resolve_device
-from leukodx.models.reliability import DEFAULT_COVERAGE, check_coverage, load_reliability
+from leukodx.models.reliability import (DEFAULT_COVERAGE, DEFAULT_STYLE_SOURCE, LEGACY_STYLE_SOURCE, check_coverage,
+                                        load_reliability)
 from leukodx.preprocessing.transforms import Preprocess, normalize_batch
 from leukodx.training.calibration import softmax
 
@@ -149,8 +150,13 @@ class Classifier:
         if self._features_net is None:
             from leukodx.models.features import WithFeatures
 
-            self._features_net = WithFeatures(self.net)
+            self._features_net = WithFeatures(self.net, self.style_source)
         return self._features_net
+
+    @property
+    def style_source(self) -> str:
+        """Where the reliability features' style part is read: as the bundle's statistics were fitted."""
+        return self.reliability.style_source if self.reliability is not None else DEFAULT_STYLE_SOURCE
 
     @property
     def name(self) -> str:
@@ -183,7 +189,9 @@ class Classifier:
     def onnx_path(self) -> Path:
         """Where the ONNX export is kept: the cache, or a private temporary folder when the cache cannot
         be written (the export is then made again by the next process)."""
-        name = f"{self.card.get('sha256', 'unsaved')[:24]}-{self.preprocess.size}-f2.onnx"
+        # the features' layout is part of the file: f2 reads the style at the quarter-side layer, f3 in the stage
+        layout = "f2" if self.style_source == LEGACY_STYLE_SOURCE else "f3"
+        name = f"{self.card.get('sha256', 'unsaved')[:24]}-{self.preprocess.size}-{layout}.onnx"
         folder = writable_cache_dir("onnx")
         if folder is None:
             import tempfile
@@ -199,7 +207,8 @@ class Classifier:
 
         session, self.onnx_sha256 = cached_session(
             self.onnx_path(), self.card.get("sha256"),
-            lambda path: export_onnx(self.net, self.preprocess.size, path, features=True),
+            lambda path: export_onnx(self.net, self.preprocess.size, path, features=True,
+                                     style_source=self.style_source),
             self._answers_like_torch, self.name, "logits and features of a random probe match PyTorch's")
         return session
 
@@ -221,7 +230,7 @@ class Classifier:
     # --- core ---------------------------------------------------------------------------------
     def forward(self, batch_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, S, S, 3) uint8, already preprocessed -> raw logits (N, K) and the reliability features (N, D):
-        penultimate features, then an early layer's style (``models.reliability.WithFeatures``)."""
+        penultimate features, then an early stage's style (``models.features.WithFeatures``)."""
         x = normalize_batch(batch_uint8, self.preprocess)
         if self.backend == "onnx":
             return self._onnx.outputs(x)

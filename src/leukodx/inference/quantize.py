@@ -85,7 +85,7 @@ def quantize_bundle(model: str | os.PathLike, data_root: str | os.PathLike | Non
         (x_tr, y_tr, g_tr), (x_va, y_va, g_va) = data["train"], data["val"]
         int8.reliability = fit_outputs_reliability(
             outputs, clf.reliability.pen_dim, clf.temperature, x_tr, y_tr, x_va, y_va, seed,
-            {"int8": INT8_FILE, "provenance": provenance()}, g_tr, g_va)
+            {"int8": INT8_FILE, "provenance": provenance()}, g_tr, g_va, style_source=clf.style_source)
         reliability = {**int8.reliability.card_entry(save_reliability(directory, int8.reliability,
                                                                       INT8_RELIABILITY_FILE)),
                        "file": INT8_RELIABILITY_FILE}

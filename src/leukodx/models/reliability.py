@@ -57,6 +57,11 @@ from leukodx.errors import IntegrityError, InvalidInputError
 from leukodx.stats import binomial_tail, rank_sum_greater
 
 RELIABILITY_FILE = "reliability.safetensors"
+#: where a network's style features are read (``models.features``): statistics fitted now record
+#: theirs; bundles whose statistics record none were fitted on the legacy one
+STYLE_SOURCES = ("quarter-stage", "quarter-layer")
+DEFAULT_STYLE_SOURCE = "quarter-stage"
+LEGACY_STYLE_SOURCE = "quarter-layer"
 DEFAULT_FALSE_ALARM = 0.05
 DEFAULT_COVERAGE = 0.90
 #: a batch is flagged as shifted when this many flagged inputs would happen by chance with p below this
@@ -200,6 +205,8 @@ class Reliability:
     cluster_sites: np.ndarray | None = None   # (K,) the training site of each penultimate cluster
     #: the site of each ``reference`` score (multi-site models; None: one pooled reference)
     reference_sites: np.ndarray | None = None
+    #: where the network's style features were read (``STYLE_SOURCES``); the features scored must come from it
+    style_source: str = DEFAULT_STYLE_SOURCE
 
     # --- scoring ---------------------------------------------------------------------------------
     def ood_scores(self, features: np.ndarray) -> np.ndarray:
@@ -290,6 +297,7 @@ class Reliability:
                 "style_dim": (int(self.style_bank.shape[1]) if self.style_bank is not None else
                               int(self.style_means.shape[1]) if self.style_means is not None else None),
                 "style_bank": None if self.style_bank is None else int(len(self.style_bank)),
+                "style_source": self.style_source,
                 "clusters": int(len(self.means)), "threshold": round(self.threshold, 6),
                 "false_alarm": self.false_alarm,
                 "conformal": "APS (split conformal)" if self.has_conformal else None,
@@ -300,13 +308,15 @@ class Reliability:
 def fit_reliability(features: np.ndarray, labels: np.ndarray, val_features: np.ndarray, val_labels: np.ndarray | None,
                     val_proba: np.ndarray | None, false_alarm: float = DEFAULT_FALSE_ALARM,
                     fitted_on: dict | None = None, shrinkage: float = SHRINKAGE, pen_dim: int | None = None,
-                    groups: np.ndarray | None = None, val_groups: np.ndarray | None = None) -> Reliability:
+                    groups: np.ndarray | None = None, val_groups: np.ndarray | None = None,
+                    style_shrinkage: float | None = None) -> Reliability:
     """Statistics from training features (clusters: ``labels``, times ``groups`` = training sites
     where given); the per-site scales, threshold and conformal scores from the validation images
     (features, labels and calibrated probabilities, ``val_groups`` their sites; without
     probabilities, e.g. a detector's fields, no conformal scores). ``pen_dim``: the features carry a
-    style part from that column on."""
-    rel = _fit_statistics(features, labels, false_alarm, fitted_on, shrinkage, pen_dim, groups)
+    style part from that column on; ``style_shrinkage``: of its within-site covariance (``STYLE_SHRINKAGE``
+    where None)."""
+    rel = _fit_statistics(features, labels, false_alarm, fitted_on, shrinkage, pen_dim, groups, style_shrinkage)
     val_features = np.asarray(val_features, dtype=np.float64)
     val_groups = np.zeros(len(val_features), dtype=int) if val_groups is None else np.asarray(val_groups, dtype=int)
     _calibrate(rel, val_features, val_groups)
@@ -435,9 +445,14 @@ def _style_bank(style: np.ndarray, groups: np.ndarray, per_site: int = STYLE_BAN
 
 #: images per style channel (beyond one per site) needed to whiten the style by its within-site covariance
 MIN_WHITEN_PER_CHANNEL = 4
+#: the within-site style covariance is mixed this much with its mean variance before whitening: full whitening
+#: lets the directions in which the training labs barely vary dominate, and a new lab that matches their
+#: spread along the rest passes (benchmarks/results/reliability.md compares it with SHRINKAGE on every fold)
+STYLE_SHRINKAGE = 0.1
 
 
-def _style_whitening(style: np.ndarray, groups: np.ndarray, shrinkage: float) -> np.ndarray:
+def _style_whitening(style: np.ndarray, groups: np.ndarray, shrinkage: float, style_shrinkage: float | None = None
+                     ) -> np.ndarray:
     """(E, E): whitens the (centred) style channels by their covariance within a site (the slides, stains
     and days of one lab), then scales each whitened direction to unit spread over all training images.
     Directions along which one lab's images vary little count for more than the raw channels' scale
@@ -445,12 +460,15 @@ def _style_whitening(style: np.ndarray, groups: np.ndarray, shrinkage: float) ->
     than their spread. A covariance of E channels needs several times E images: with fewer than
     ``MIN_WHITEN_PER_CHANNEL`` x E (less the sites) and no heavy shrinkage, the channels are only scaled
     to unit spread (as bundles made before the whitening were), since the directions no training image
-    spans would otherwise be blown up and every new image flagged."""
+    spans would otherwise be blown up and every new image flagged. The covariance is shrunk by the larger of
+    ``shrinkage`` and ``style_shrinkage`` (``STYLE_SHRINKAGE`` where None)."""
     sites = len(np.unique(groups))
     if shrinkage <= SHRINKAGE and len(style) - sites < MIN_WHITEN_PER_CHANNEL * style.shape[1]:
         within = np.eye(style.shape[1])
     else:
-        _, within = _gaussian_clusters(style, groups, shrinkage)  # Cholesky factor of the within-site precision
+        # Cholesky factor of the (shrunk) within-site precision
+        _, within = _gaussian_clusters(style, groups, max(shrinkage, STYLE_SHRINKAGE if style_shrinkage is None
+                                                          else style_shrinkage))
     spread = ((style - style.mean(axis=0)) @ within).std(axis=0)
     return within / np.maximum(spread, 1e-3 * float(spread.mean()) + 1e-12)[None, :]
 
@@ -471,7 +489,8 @@ def _gaussian_clusters(features: np.ndarray, clusters: np.ndarray, shrinkage: fl
 
 
 def _fit_statistics(features: np.ndarray, labels: np.ndarray, false_alarm: float, fitted_on: dict | None,
-                    shrinkage: float, pen_dim: int | None = None, groups: np.ndarray | None = None) -> Reliability:
+                    shrinkage: float, pen_dim: int | None = None, groups: np.ndarray | None = None,
+                    style_shrinkage: float | None = None) -> Reliability:
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     groups = np.zeros(len(labels), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
@@ -484,7 +503,7 @@ def _fit_statistics(features: np.ndarray, labels: np.ndarray, false_alarm: float
     if has_style:
         style = features[:, pen_dim:]
         rel.style_center = style.mean(axis=0)
-        rel.style_whitening = _style_whitening(style, groups, shrinkage)
+        rel.style_whitening = _style_whitening(style, groups, shrinkage, style_shrinkage)
         style = (style - rel.style_center) @ rel.style_whitening
         rel.style_means, rel.style_whitener = _gaussian_clusters(style, groups, shrinkage)
         bank = _style_bank(style, groups)
@@ -519,6 +538,10 @@ def load_reliability(directory: str | os.PathLike | None, card: dict) -> Reliabi
         raise IntegrityError(f"{path}: missing, but the model card lists it")
     if sha256_file(path) != entry.get("sha256"):
         raise IntegrityError(f"{path}: sha256 does not match the model card")
+    source = entry.get("style_source", LEGACY_STYLE_SOURCE)
+    if source not in STYLE_SOURCES:
+        raise InvalidInputError(f"{path}: style source {source!r} is unknown to this leukodx (it knows "
+                                f"{', '.join(STYLE_SOURCES)}); upgrade leukodx or refit with `leukodx reliability fit`")
     a = load_tensors(path, "np")
     return Reliability(means=a["means"], whitener=a["whitener"], threshold=float(a["threshold"][0]),
                        reference=a["reference"], conformal=a["conformal"], false_alarm=float(a["false_alarm"][0]),
@@ -531,7 +554,8 @@ def load_reliability(directory: str | os.PathLike | None, card: dict) -> Reliabi
                        style_spread=a.get("style_spread"),
                        pen_scale=a.get("pen_scale"), style_scale=a.get("style_scale"),
                        cluster_sites=a["cluster_sites"].astype(int) if "cluster_sites" in a else None,
-                       reference_sites=a["reference_sites"].astype(int) if "reference_sites" in a else None)
+                       reference_sites=a["reference_sites"].astype(int) if "reference_sites" in a else None,
+                       style_source=source)
 
 
 def attach_reliability(directory: str | os.PathLike, card: dict, rel: Reliability) -> dict:

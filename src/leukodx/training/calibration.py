@@ -41,15 +41,17 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 RELIABILITY_PER_CLASS = 600
 
 
-def network_outputs(net: torch.nn.Module, arrays: np.ndarray, preprocess, batch_size: int = 256
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and penultimate features of preprocessed uint8 arrays, in eval mode."""
+def network_outputs(net: torch.nn.Module, arrays: np.ndarray, preprocess, batch_size: int = 256,
+                    style_source: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and reliability features (``models.features.WithFeatures``: penultimate features, then the
+    style ``style_source`` names, the default where None) of preprocessed uint8 arrays, in eval mode."""
     import torch
 
     from leukodx.models.features import WithFeatures
+    from leukodx.models.reliability import DEFAULT_STYLE_SOURCE
     from leukodx.preprocessing.transforms import normalize_batch
 
-    wrapped = WithFeatures(net.eval())
+    wrapped = WithFeatures(net.eval(), style_source or DEFAULT_STYLE_SOURCE)
     logits, features = [], []
     with torch.inference_mode():
         for s in range(0, len(arrays), batch_size):
@@ -62,23 +64,30 @@ def network_outputs(net: torch.nn.Module, arrays: np.ndarray, preprocess, batch_
 def fit_network_reliability(net: torch.nn.Module, preprocess, temperature: float, x_train: np.ndarray,
                             y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, seed: int = 0,
                             fitted_on: dict | None = None, groups: np.ndarray | None = None,
-                            val_groups: np.ndarray | None = None):
+                            val_groups: np.ndarray | None = None, style_source: str | None = None,
+                            **options):
     """The bundle's reliability statistics (``leukodx.models.reliability``): OOD statistics from up to
     ``RELIABILITY_PER_CLASS`` training images per class (per class and site when ``groups`` gives
     each training image's site; ``val_groups`` the validation images'), threshold and conformal scores
-    from val."""
+    from val; the features' style read where ``style_source`` says (the default where None)."""
     from leukodx.models.features import last_linear
+    from leukodx.models.reliability import DEFAULT_STYLE_SOURCE
 
-    return fit_outputs_reliability(lambda arrays: network_outputs(net, arrays, preprocess), last_linear(net).in_features,
-                                   temperature, x_train, y_train, x_val, y_val, seed, fitted_on, groups, val_groups)
+    source = style_source or DEFAULT_STYLE_SOURCE
+    return fit_outputs_reliability(lambda arrays: network_outputs(net, arrays, preprocess, style_source=source),
+                                   last_linear(net).in_features, temperature, x_train, y_train, x_val, y_val, seed,
+                                   fitted_on, groups, val_groups, style_source=source, **options)
 
 
 def fit_outputs_reliability(outputs, pen_dim: int, temperature: float, x_train: np.ndarray, y_train: np.ndarray,
                             x_val: np.ndarray, y_val: np.ndarray, seed: int = 0, fitted_on: dict | None = None,
-                            groups: np.ndarray | None = None, val_groups: np.ndarray | None = None):
+                            groups: np.ndarray | None = None, val_groups: np.ndarray | None = None,
+                            style_source: str | None = None, **options):
     """``fit_network_reliability`` for any runtime: ``outputs(arrays) -> (logits, features)`` (e.g. an
-    int8 ONNX Runtime session, whose features differ from the fp32 network's and need their own statistics)."""
-    from leukodx.models.reliability import fit_reliability
+    int8 ONNX Runtime session, whose features differ from the fp32 network's and need their own statistics);
+    ``style_source``: where those features' style part was read (the default where None); ``options``: passed
+    to ``models.reliability.fit_reliability`` (e.g. ``style_shrinkage``)."""
+    from leukodx.models.reliability import DEFAULT_STYLE_SOURCE, fit_reliability
 
     y_train = np.asarray(y_train)
     groups = np.zeros(len(y_train), dtype=int) if groups is None else np.asarray(groups)
@@ -89,5 +98,7 @@ def fit_outputs_reliability(outputs, pen_dim: int, temperature: float, x_train: 
     val_logits, f_val = outputs(x_val)
     record = {"train_images": int(len(keep)), "val_images": int(len(y_val)), "sites": int(len(np.unique(groups))),
               "seed": seed, **(fitted_on or {})}
-    return fit_reliability(f_train, y_train[keep], f_val, np.asarray(y_val), softmax(val_logits, temperature),
-                           fitted_on=record, pen_dim=pen_dim, groups=groups[keep], val_groups=val_groups)
+    rel = fit_reliability(f_train, y_train[keep], f_val, np.asarray(y_val), softmax(val_logits, temperature),
+                          fitted_on=record, pen_dim=pen_dim, groups=groups[keep], val_groups=val_groups, **options)
+    rel.style_source = style_source or DEFAULT_STYLE_SOURCE
+    return rel

@@ -35,7 +35,7 @@ from leukodx.data.sites import CELL_SITES, site_sides
 from leukodx.data.vocabulary import normalize_label
 from leukodx.evaluation.reliability import reliability_figures
 from leukodx.inference.classifier import load_model
-from leukodx.models.reliability import MIN_EXCEED, SHIFT_P
+from leukodx.models.reliability import MIN_EXCEED, SHIFT_P, SHRINKAGE, STYLE_SHRINKAGE
 
 CAP = 100          # test cells per class per site
 N_FIELDS = 100     # smear fields per set for the not-a-cell check
@@ -188,6 +188,9 @@ def _rows(results: dict) -> list[list]:
         rows.append([label, f"fold without {site}: in-site test", *_fmt_block(r["in_site"])])
         rows.append([label, f"fold without {site}: {site} (never seen)",
                      *_fmt_block(r["others"][site], r["others"][site]["ood_auroc"])])
+        for ablation, a in r.get("ablations", {}).items():
+            rows.append([f"{label}, {ablation}", f"fold without {site}: {site} (never seen)",
+                         f"{a['ood_auroc'][site]:.3f}", "-", "-", "-", "-", "-"])
     for name, m in results["models"].items():
         for group, g in m["not_a_cell"].items():
             rows.append([name, f"not a cell: {group}", "-", f"{g['ood']}/{g['n']}", "-", "-", "-",
@@ -198,9 +201,11 @@ def _rows(results: dict) -> list[list]:
 def _notes(results: dict) -> list[str]:
     o = results["overhead"]
     return ["OOD score: the larger of the Mahalanobis distance of the penultimate features to the nearest class "
-            "mean (shared covariance, training cells) and the distance of an early layer's style (per-channel "
-            "mean and spread) to its nearest training image of each site, each scaled by its 95th percentile on "
-            "the site's validation cells; flagged above the 95th percentile of the validation cells' scores. "
+            "mean (shared covariance, training cells) and the distance of the early stage's style (per-channel "
+            "mean and spread of each activation of the stage at a quarter of the input's side, whitened by its "
+            f"within-site covariance shrunk by {STYLE_SHRINKAGE:g}) to its nearest training image of each site, "
+            "each scaled by its 95th percentile on the site's validation cells; flagged above the 95th "
+            "percentile of the validation cells' scores. "
             f"Shift: a batch is flagged when its number of flagged cells would occur with p < {SHIFT_P / 2:g} at the "
             f"5% rate, or when its OOD scores run higher than the validation cells' (one-sided Mann-Whitney U, "
             f"p < {SHIFT_P / 2:g}, above them in at least {MIN_EXCEED:.0%} of pairs).",
@@ -211,7 +216,10 @@ def _notes(results: dict) -> list[str]:
             f"end, {o['threads']} thread(s)): {o['seconds_without']:.2f} s without (logits-only ONNX file, no "
             f"statistics), {o['seconds_with']:.2f} s with ({o['overhead']:+.1%}).",
             f"LOSO at the shipped recipe's budget ({results['loso']['variant']['epochs']} epochs, "
-            f"{results['loso']['variant']['per_class']} cells/class/site, five shared classes)."]
+            f"{results['loso']['variant']['per_class']} cells/class/site, five shared classes). The rows named "
+            "after a setting change only that setting of the OOD score, on the same fold's network: the style "
+            "read from the single last layer at a quarter of the input's side (the previous rule), or whitened "
+            f"by the within-site covariance with only a {SHRINKAGE:g} ridge."]
 
 
 if __name__ == "__main__":

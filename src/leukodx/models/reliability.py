@@ -5,9 +5,10 @@ data and stored in its bundle (``reliability.safetensors``, sha256 in the card):
 
 - **OOD score per input**, two distances fitted on the training images: the Mahalanobis distance
   (Lee et al. 2018) of the penultimate features to the nearest class (of each training site, for
-  multi-site models) under one shared covariance; and the distance of an early layer's *style*
-  (per-channel mean and standard deviation at stride 4, the colour and texture a stain and scanner
-  leave), whitened by its spread within a site (``_style_whitening``), to its nearest neighbour among
+  multi-site models) under one shared covariance; and the distance of the early stage's *style*
+  (per-channel mean and standard deviation of its activations at stride 4, the colour, texture and scale a
+  stain and scanner leave), whitened by its (shrunk) spread within a site (``_style_whitening``), to its
+  nearest neighbour among
   the training images of each site (a bank of up to ``STYLE_BANK_PER_SITE`` per site; deep kNN, Sun
   et al. 2022). A site's look is not one Gaussian: slides, stains and days spread it, and another
   lab's cells can sit near the middle of that spread yet away from every training image (on the
@@ -37,10 +38,11 @@ data and stored in its bundle (``reliability.safetensors``, sha256 in the card):
   APS tie-break ``u`` is derived from the input's own probabilities, so a set never depends on
   the other inputs of the batch and is the same on every run.
 
-Which features: the input of the network's last linear layer and the style of the last layer at
-a quarter of the input's side, taken by forward hooks, so every architecture of the zoo gets the
-same treatment; they travel as one vector (the ONNX export's second output), split at
-``Reliability.pen_dim``.
+Which features (``models.features``): the input of the network's last linear layer and the style of
+every activation in the stage at a quarter of the input's side (or, for networks that declare no
+stages and in bundles fitted before, of the last layer at that side; the card's ``style_source``),
+taken by forward hooks, so every architecture of the zoo gets the same treatment; they travel as one
+vector (the ONNX export's second output), split at ``Reliability.pen_dim``.
 """
 
 from __future__ import annotations

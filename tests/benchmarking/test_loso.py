@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from leukodx.benchmarking.loso import SHARED, VARIANTS, quick, run_loso, site_sides, write_table
+from leukodx.benchmarking.loso import (RELIABILITY_ABLATIONS, SHARED, VARIANTS, quick, run_loso, site_sides,
+                                      write_table)
 from leukodx.data.images import read_image
 from leukodx.data.registry import load_dataset
 from leukodx.errors import InvalidInputError
@@ -72,7 +73,8 @@ def test_adabn_changes_only_batchnorm_statistics():
 @pytest.mark.slow
 def test_loso_quick_run_on_two_sites_and_its_table(tmp_path):
     variant = quick(VARIANTS["cell-crop+adabn"])
-    result = run_loso(variant, sites=("wbc-seg-1", "wbc-seg-2"), n_boot=50, log=lambda m: None, adapt_k=(2,))
+    result = run_loso(variant, sites=("wbc-seg-1", "wbc-seg-2"), n_boot=50, log=lambda m: None, adapt_k=(2,),
+                      reliability=True)
     assert set(result["folds"]) == {"wbc-seg-1", "wbc-seg-2"}
     fold = result["folds"]["wbc-seg-2"]
     assert fold["train_sites"] == ["wbc-seg-1"] and set(fold["in_site"]) == {"wbc-seg-1"}
@@ -84,6 +86,11 @@ def test_loso_quick_run_on_two_sites_and_its_table(tmp_path):
     assert set(curve) == {"0", "2"} and curve["0"]["n"] == curve["2"]["n"]  # the same test images
     train_counts = site_sides("wbc-seg-2")["train"].class_counts()
     assert curve["2"]["n_adaptation"] == sum(min(2, n) for n in train_counts.values())
+    rel = fold["reliability"]
+    assert set(rel["others"]) == {"wbc-seg-2"} and 0.0 <= rel["others"]["wbc-seg-2"]["ood_auroc"] <= 1.0
+    assert set(rel["ablations"]) == set(RELIABILITY_ABLATIONS)
+    ablated = [a["ood_auroc"]["wbc-seg-2"] for a in rel["ablations"].values()]
+    assert all(0.0 <= a <= 1.0 for a in ablated)
     text = write_table([result], tmp_path / "LOSO.md")
     assert "| cell-crop+adabn (quick) |" in text and "left out: wbc-seg-2" in text
     assert "## Few-shot adaptation" in text and "| 2 |" in text

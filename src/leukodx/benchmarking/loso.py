@@ -229,9 +229,9 @@ def _reliability(result, pre: Preprocess, seed: int, train: tuple, val: tuple, g
             outputs[key] = network_outputs(result.net, x, pre, style_source=source)
         return outputs[key]
 
-    def fitted(source: str = DEFAULT_STYLE_SOURCE, **options):
+    def fitted(**options):
         return fit_network_reliability(result.net, pre, result.temperature, *train, *val, seed=seed, groups=groups[0],
-                                       val_groups=groups[1], style_source=source, **options)
+                                       val_groups=groups[1], **options)
 
     rel = fitted()
 
@@ -243,7 +243,7 @@ def _reliability(result, pre: Preprocess, seed: int, train: tuple, val: tuple, g
     figures["ablations"] = {}
     for label, options in RELIABILITY_ABLATIONS.items():
         source = options.get("style_source", DEFAULT_STYLE_SOURCE)
-        alt = fitted(**{"style_source": source, **options})
+        alt = fitted(**options)
         in_scores = alt.ood_scores(scored(in_site[0], source)[1])
         figures["ablations"][label] = {**options, "ood_auroc": {
             name: ood_auroc(in_scores, alt.ood_scores(scored(xy[0], source)[1])) for name, xy in others.items()}}

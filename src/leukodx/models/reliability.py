@@ -299,7 +299,7 @@ class Reliability:
                 "style_dim": (int(self.style_bank.shape[1]) if self.style_bank is not None else
                               int(self.style_means.shape[1]) if self.style_means is not None else None),
                 "style_bank": None if self.style_bank is None else int(len(self.style_bank)),
-                "style_source": self.style_source,
+                **({"style_source": self.style_source} if self.has_style else {}),
                 "clusters": int(len(self.means)), "threshold": round(self.threshold, 6),
                 "false_alarm": self.false_alarm,
                 "conformal": "APS (split conformal)" if self.has_conformal else None,

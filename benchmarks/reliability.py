@@ -103,13 +103,16 @@ def not_a_cell(clf, groups: dict[str, list[np.ndarray]]) -> dict:
 
 
 def overhead(clf, n: int = 1000, repeats: int = 3) -> dict:
-    """``predict`` end to end with the reliability checks against the plain path: the same model with
-    a logits-only ONNX file and no statistics (what predict ran before the checks existed)."""
+    """``predict`` end to end with the reliability checks against the plain path: the same model at the
+    same precision with a logits-only ONNX file and no statistics (what predict ran before the checks
+    existed). For int8 the logits-only file is quantized as the bundle's was, calibrated on 256 pbc
+    training cells (calibration moves the scales, not the work)."""
     import tempfile
     from pathlib import Path
 
     from leukodx.inference.classifier import Classifier
     from leukodx.inference.onnx_backend import OnnxSession, export_onnx
+    from leukodx.inference.quantize import quantize_onnx
 
     side = site_sides("pbc", coarse=True)["test"]
     paths = side.abspaths()[:n]
@@ -117,9 +120,14 @@ def overhead(clf, n: int = 1000, repeats: int = 3) -> dict:
         plain = Classifier(clf.net, clf.card, backend="torch")
         plain.reliability = None
         if clf.backend == "onnx":
-            plain._onnx = OnnxSession(export_onnx(clf.net, clf.preprocess.size, Path(tmp) / "plain.onnx"))
+            path = export_onnx(clf.net, clf.preprocess.size, Path(tmp) / "plain.onnx")
+            if clf.precision == "int8":
+                calibration = cached_arrays(limit_per_class(site_sides("pbc", coarse=True)["train"], 32, SEED),
+                                            clf.preprocess)
+                path = quantize_onnx(path, Path(tmp) / "plain.int8.onnx", calibration, clf.preprocess)
+            plain._onnx = OnnxSession(path)
             plain._onnx.outputs = lambda x, session=plain._onnx: (session(x), None)
-            plain.backend = "onnx"
+            plain.backend, plain.precision = "onnx", clf.precision
         timings = {}
         for label, model in (("without", plain), ("with", clf)):
             model.predict(paths[:64])  # warm-up
@@ -131,6 +139,7 @@ def overhead(clf, n: int = 1000, repeats: int = 3) -> dict:
             timings[label] = float(np.median(runs))
     return {"images": len(paths), "seconds_without": timings["without"], "seconds_with": timings["with"],
             "overhead": timings["with"] / timings["without"] - 1.0, "backend": clf.backend,
+            "precision": clf.precision,
             "threads": torch.get_num_threads()}
 
 
@@ -212,9 +221,10 @@ def _notes(results: dict) -> list[str]:
             "Conformal: APS sets from the validation cells' scores; coverage = share of test cells whose true class "
             "is in the set (cells of a class the model lacks are left out of coverage and accuracy).",
             "Accuracy 'top 80% / top 50%': keeping only the most confident share of the cells (risk-coverage).",
-            f"Overhead of OOD + conformal on `predict` ({o['images']} pbc images, {o['backend']} backend, end to "
-            f"end, {o['threads']} thread(s)): {o['seconds_without']:.2f} s without (logits-only ONNX file, no "
-            f"statistics), {o['seconds_with']:.2f} s with ({o['overhead']:+.1%}).",
+            f"Overhead of OOD + conformal on `predict` ({o['images']} pbc images, {o['backend']} backend, "
+            f"{o['precision']}, end to end, {o['threads']} thread(s)): {o['seconds_without']:.2f} s without "
+            f"(logits-only ONNX file at the same precision, no statistics), {o['seconds_with']:.2f} s with "
+            f"({o['overhead']:+.1%}).",
             f"LOSO at the shipped recipe's budget ({results['loso']['variant']['epochs']} epochs, "
             f"{results['loso']['variant']['per_class']} cells/class/site, five shared classes). The rows named "
             "after a setting change only that setting of the OOD score, on the same fold's network: the style "

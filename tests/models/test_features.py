@@ -113,7 +113,7 @@ def test_shipped_bundles_record_the_default_style_source():
     clf = load_model("wbc-multisite", backend="onnx", precision="fp32")
     assert clf.card["reliability"]["style_source"] == DEFAULT_STYLE_SOURCE
     assert clf.card["int8"]["reliability"]["style_source"] == DEFAULT_STYLE_SOURCE
-    assert clf.onnx_path().name.endswith("-f3.onnx")
+    assert clf.onnx_path().name.endswith("-f4.onnx")
 
 
 def test_an_unknown_style_source_is_one_clear_error(legacy_bundle, tmp_path):

@@ -189,8 +189,9 @@ class Classifier:
     def onnx_path(self) -> Path:
         """Where the ONNX export is kept: the cache, or a private temporary folder when the cache cannot
         be written (the export is then made again by the next process)."""
-        # the features' layout is part of the file: f2 reads the style at the quarter-side layer, f3 in the stage
-        layout = "f2" if self.style_source == LEGACY_STYLE_SOURCE else "f3"
+        # the features' layout is part of the file: f2 reads the style at the quarter-side layer, f4 in the stage
+        # (f3 read the stage's maps in full, an export no bundle's statistics fit now)
+        layout = "f2" if self.style_source == LEGACY_STYLE_SOURCE else "f4"
         name = f"{self.card.get('sha256', 'unsaved')[:24]}-{self.preprocess.size}-{layout}.onnx"
         folder = writable_cache_dir("onnx")
         if folder is None:

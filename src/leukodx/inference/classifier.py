@@ -189,9 +189,9 @@ class Classifier:
     def onnx_path(self) -> Path:
         """Where the ONNX export is kept: the cache, or a private temporary folder when the cache cannot
         be written (the export is then made again by the next process)."""
-        # the features' layout is part of the file: f2 reads the style at the quarter-side layer, f4 in the stage
-        # (f3 read the stage's maps in full, an export no bundle's statistics fit now)
-        layout = "f2" if self.style_source == LEGACY_STYLE_SOURCE else "f4"
+        # the features' layout is part of the file: f2 reads the style at the quarter-side layer, f5 in the stage
+        # (f3 and f4 read the stage in other ways during its development: exports no bundle's statistics fit)
+        layout = "f2" if self.style_source == LEGACY_STYLE_SOURCE else "f5"
         name = f"{self.card.get('sha256', 'unsaved')[:24]}-{self.preprocess.size}-{layout}.onnx"
         folder = writable_cache_dir("onnx")
         if folder is None:

@@ -6,14 +6,15 @@ Where the style is read (``STYLE_SOURCES``; a bundle's statistics record theirs,
 record none were fitted on ``"quarter-layer"``):
 
 - ``"quarter-stage"`` (the default): every activation inside the network's stage at a quarter of the
-  input's side (the reduction-4 stage of timm's ``feature_info``), each one's per-channel mean and
-  standard deviation over its map read at that side (a RegNet stage's first activation runs before its
-  strided convolution, at half the side, and is read on every other pixel: on a network this small, full
-  maps made int8 inference about 14% slower than with the single layer read before, sampled ones about
-  3%). The stain, focus and scale of a lab's images show in these early, still class-agnostic maps. On
-  the leave-one-site-out folds, against the single layer read before, they lifted the worst never-seen
-  site's OOD AUROC (benchmarks/results/reliability.md, ablation rows). A network without such a stage
-  falls back to ``"quarter-layer"``.
+  input's side (the reduction-4 stage of timm's ``feature_info``; a RegNet stage's first activation runs
+  before its strided convolution, at half the side), each one's per-channel mean and standard deviation
+  over its whole map, the latter from the mean square (one pass over the map: on a network this small the
+  two-pass form made int8 inference about 14% slower than with the single layer read before, this one
+  about 7%; reading every other pixel of the half-side map would cost 3%, but lost the 0.95 OOD AUROC on
+  two leave-one-site-out folds). The stain, focus and scale of a lab's images show in these early, still
+  class-agnostic maps. On the leave-one-site-out folds, against the single layer read before, they lifted
+  the worst never-seen site's OOD AUROC (benchmarks/results/reliability.md, ablation rows). A network
+  without such a stage falls back to ``"quarter-layer"``.
 - ``"quarter-layer"``: the style of the last layer output at least a quarter of the input's side (for a
   RegNet the first 1x1 convolution of the reduction-8 stage, whose maps already follow the class).
 """
@@ -79,7 +80,7 @@ class WithFeatures(nn.Module):
         def stage(module, inputs, output):
             # read at once: an in-place activation's output is the tensor a later layer may overwrite
             if isinstance(output, torch.Tensor) and output.dim() == 4:
-                styles.append(_sampled_style(output, side))
+                styles.append(_moment_style(output))
 
         hooks = [self.head.register_forward_hook(lambda module, inputs, output: store.__setitem__("f", inputs[0]))]
         if self.stage:
@@ -103,11 +104,10 @@ def _style(maps: torch.Tensor) -> torch.Tensor:
     return torch.cat([s.mean(dim=(2, 3)), s.std(dim=(2, 3))], dim=1)
 
 
-def _sampled_style(maps: torch.Tensor, side: int) -> torch.Tensor:
-    """Per-channel mean and (unbiased) standard deviation of ``maps`` read at about ``side`` pixels a side
-    (every k-th pixel of a larger map), from the mean and the mean square: one pass over the map."""
-    step = max(1, min(maps.shape[2:]) // side)
-    s = maps[:, :, ::step, ::step].float()
+def _moment_style(maps: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean and (unbiased) standard deviation of the whole maps, from the mean and the mean square:
+    one pass over the map (``_style``'s two-pass form reads it twice and subtracts the mean everywhere)."""
+    s = maps.float()
     n = s.shape[2] * s.shape[3]
     mean = s.mean(dim=(2, 3))
     var = ((s * s).mean(dim=(2, 3)) - mean * mean).clamp_min(0.0) * (n / max(1, n - 1))

@@ -202,6 +202,10 @@ def test_style_bank_distances_are_each_sites_nearest_neighbour(pbc_model, monkey
     brute = cdist(queries, bank.astype(np.float64), "sqeuclidean")
     want = np.stack([brute[:, bank_sites == g].min(axis=1) for g in range(3)], axis=1)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    # a site without bank rows (scored by its Gaussian) gets NaN, the others the same distances
+    wider = reliability._bank_distances(queries, bank, bank_sites, 4)
+    assert np.isnan(wider[:, 3]).all()
+    np.testing.assert_array_equal(wider[:, :3], got)
     # a bank image is its own nearest neighbour at its site
     own = reliability._bank_distances(bank, bank, bank_sites, 3)[np.arange(len(bank)), bank_sites]
     np.testing.assert_allclose(own, 0.0, atol=1e-3)

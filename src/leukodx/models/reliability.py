@@ -422,14 +422,16 @@ _BANK_CHUNK = 2048
 def _bank_distances(z: np.ndarray, bank: np.ndarray, bank_sites: np.ndarray, sites: int) -> np.ndarray:
     """(n, sites) squared Euclidean distance of each row of ``z`` to its nearest ``bank`` row of each
     site (NaN for a site without bank rows)."""
-    bank = np.asarray(bank, dtype=np.float32)
+    order = np.argsort(bank_sites, kind="stable")  # each site's rows side by side: one min per site and row
+    bank = np.asarray(bank, dtype=np.float32)[order]
+    owner = np.asarray(bank_sites)[order]
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
     norms = (bank.astype(np.float64) ** 2).sum(1)
     out = np.full((len(z), sites), np.nan)
-    for start in range(0, len(z), _BANK_CHUNK):
+    for start in range(0, len(z) if len(bank) else 0, _BANK_CHUNK):
         rows = np.asarray(z[start:start + _BANK_CHUNK], dtype=np.float32)
         d = (rows.astype(np.float64) ** 2).sum(1)[:, None] - 2.0 * (rows @ bank.T) + norms[None, :]
-        for g in np.unique(bank_sites):
-            out[start:start + len(rows), g] = np.maximum(d[:, bank_sites == g].min(axis=1), 0.0)
+        out[start:start + len(rows), owner[starts]] = np.maximum(np.minimum.reduceat(d, starts, axis=1), 0.0)
     return out
 
 

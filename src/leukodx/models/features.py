@@ -8,10 +8,10 @@ record none were fitted on ``"quarter-layer"``):
 - ``"quarter-stage"`` (the default): every activation inside the network's stage at a quarter of the
   input's side (the reduction-4 stage of timm's ``feature_info``; a RegNet stage's first activation runs
   before its strided convolution, at half the side), each one's per-channel mean and standard deviation
-  over its whole map, the latter from the mean square (one pass over the map: on a network this small the
-  two-pass form made int8 inference about 14% slower than with the single layer read before, this one
-  about 7%; reading every other pixel of the half-side map would cost 3%, but lost the 0.95 OOD AUROC on
-  two leave-one-site-out folds). The stain, focus and scale of a lab's images show in these early, still
+  over its whole map, the latter from the mean square (one pass over the map). On a network this small
+  these statistics make the int8 network about 8-14% slower than the single layer read before (ad hoc,
+  batches of 64 and 256); reading every other pixel of the half-side map cost less, but lost the 0.95 OOD
+  AUROC on two leave-one-site-out folds. The stain, focus and scale of a lab's images show in these early, still
   class-agnostic maps. On the leave-one-site-out folds, against the single layer read before, they lifted
   the worst never-seen site's OOD AUROC (benchmarks/results/reliability.md, ablation rows). A network
   without such a stage falls back to ``"quarter-layer"``.

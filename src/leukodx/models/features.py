@@ -11,12 +11,12 @@ record none were fitted on ``"quarter-layer"``):
   over its whole map, the latter from the mean square (one pass over the map). On a network this small
   these statistics make the int8 network about 8-14% slower than the single layer read before (ad hoc,
   batches of 64 and 256); reading every other pixel of the half-side map cost less, but lost the 0.95 OOD
-  AUROC on two leave-one-site-out folds. The stain, focus and scale of a lab's images show in these early, still
-  class-agnostic maps. On the leave-one-site-out folds, against the single layer read before, they lifted
+  AUROC on two leave-one-site-out folds. The stain, focus and scale of a lab's images are expected to show
+  in these early maps; on the leave-one-site-out folds, against the single layer read before, they lifted
   the worst never-seen site's OOD AUROC (benchmarks/results/reliability.md, ablation rows). A network
   without such a stage falls back to ``"quarter-layer"``.
 - ``"quarter-layer"``: the style of the last layer output at least a quarter of the input's side (for a
-  RegNet the first 1x1 convolution of the reduction-8 stage, whose maps already follow the class).
+  RegNet the first 1x1 convolution of the reduction-8 stage).
 """
 
 from __future__ import annotations

@@ -5,18 +5,17 @@ data and stored in its bundle (``reliability.safetensors``, sha256 in the card):
 
 - **OOD score per input**, two distances fitted on the training images: the Mahalanobis distance
   (Lee et al. 2018) of the penultimate features to the nearest class (of each training site, for
-  multi-site models) under one shared covariance; and the distance of the early stage's *style*
-  (per-channel mean and standard deviation of its activations at stride 4, the colour, texture and scale a
-  stain and scanner leave), whitened by its (shrunk) spread within a site (``_style_whitening``), to its
-  nearest neighbour among
-  the training images of each site (a bank of up to ``STYLE_BANK_PER_SITE`` per site; deep kNN, Sun
-  et al. 2022). A site's look is not one Gaussian: slides, stains and days spread it, and another
-  lab's cells can sit near the middle of that spread yet away from every training image (on the
-  leave-one-site-out folds, pbc's and deepapl's cells are told from the training sites' better by
-  the nearest neighbour than by the distance to the site mean; figures in
-  ``benchmarks/results/reliability.md``). A site with fewer
-  than ``MIN_BANK_PER_SITE`` training images (a few-shot adaptation's dozens) is scored by the
-  Mahalanobis distance to its mean instead: among so few images a new cell of the same lab is as far
+  multi-site models) under one shared covariance; and the distance of the *style* of the network's
+  stride-4 stage (per-channel mean and standard deviation of its activations: the colour, texture and
+  scale a stain and scanner leave), whitened by its (shrunk) spread within a site (``_style_whitening``),
+  to its nearest neighbour among the training images of each site (a bank of up to
+  ``STYLE_BANK_PER_SITE`` per site; deep kNN, Sun et al. 2022). A site's look is not one Gaussian:
+  slides, stains and days spread it, and another lab's cells can sit near the middle of that spread
+  yet away from every training image (on the leave-one-site-out folds, pbc's and deepapl's cells are
+  told from the training sites' better by the nearest neighbour than by the distance to the site mean;
+  figures in ``benchmarks/results/reliability.md``). A site with fewer than ``MIN_BANK_PER_SITE``
+  training images (a few-shot adaptation's dozens) is scored by the Mahalanobis distance to its mean
+  instead: among so few images a new cell of the same lab is as far
   from its nearest neighbour as another lab's cell is. Bundles made before the bank keep the
   site-mean form for every site. Each distance is divided by its own 95th percentile
   on the site's validation images and the larger counts. The threshold is the

@@ -104,8 +104,11 @@ def test_a_bundle_that_names_no_style_source_is_scored_as_it_was_fitted(legacy_b
     want = want.numpy()
     np.testing.assert_allclose(features, want, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(clf.score_arrays(x).ood_scores, rel.ood_scores(want), rtol=1e-3, atol=1e-3)
-    if backend == "onnx":
-        assert clf.onnx_path().name.endswith("-f2.onnx")
+
+
+def test_a_legacy_bundles_onnx_export_is_cached_under_its_own_layout(legacy_bundle):
+    clf = load_model(legacy_bundle[0], backend="onnx", precision="fp32")
+    assert clf.onnx_path().name.endswith("-f2.onnx") and clf.onnx_path().is_file()
 
 
 def test_shipped_bundles_record_the_default_style_source():

@@ -12,6 +12,7 @@ import numpy as np
 
 from leukodx import _atomic
 from leukodx.errors import LeukodxError
+from leukodx.models.reliability import DEFAULT_STYLE_SOURCE
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +29,16 @@ def onnxruntime_available() -> bool:
 
 
 def export_onnx(net: torch.nn.Module, input_size: int, path: str | os.PathLike, opset: int = 17,
-                features: bool = False, style_source: str | None = None) -> Path:
+                features: bool = False, style_source: str = DEFAULT_STYLE_SOURCE) -> Path:
     """Write ``net`` as ONNX with a dynamic batch axis: input ``image`` (N, 3, S, S), output ``logits``
     (and, with ``features``, ``features``: the reliability checks' features, ``models.features.WithFeatures``
-    with the style read where ``style_source`` says, the default where None)."""
+    with the style read where ``style_source`` says)."""
     import torch
 
     from leukodx.models.features import WithFeatures
-    from leukodx.models.reliability import DEFAULT_STYLE_SOURCE
 
     path = Path(path)
-    net = (WithFeatures(net, style_source or DEFAULT_STYLE_SOURCE) if features else net).eval()
+    net = (WithFeatures(net, style_source) if features else net).eval()
     outputs = ["logits", "features"] if features else ["logits"]
     example = torch.zeros(1, 3, input_size, input_size)
     with _atomic.atomic_path(path) as tmp, warnings.catch_warnings():

@@ -74,6 +74,10 @@ SHIFT_P = 1e-3
 MIN_EXCEED = 0.6
 #: covariance shrinkage towards its mean variance (features are many, training images per class few)
 SHRINKAGE = 1e-3
+#: the within-site style covariance is mixed this much with its mean variance before whitening: full whitening
+#: lets the directions in which the training labs barely vary dominate, and a new lab that matches their
+#: spread along the rest passes (benchmarks/results/reliability.md compares it with SHRINKAGE on every fold)
+STYLE_SHRINKAGE = 0.1
 #: training images per site kept as the style part's nearest-neighbour bank (stored in the bundle)
 STYLE_BANK_PER_SITE = 1500
 #: a site needs this many training images for the nearest-neighbour bank (else its Gaussian)
@@ -310,13 +314,12 @@ def fit_reliability(features: np.ndarray, labels: np.ndarray, val_features: np.n
                     val_proba: np.ndarray | None, false_alarm: float = DEFAULT_FALSE_ALARM,
                     fitted_on: dict | None = None, shrinkage: float = SHRINKAGE, pen_dim: int | None = None,
                     groups: np.ndarray | None = None, val_groups: np.ndarray | None = None,
-                    style_shrinkage: float | None = None) -> Reliability:
+                    style_shrinkage: float = STYLE_SHRINKAGE) -> Reliability:
     """Statistics from training features (clusters: ``labels``, times ``groups`` = training sites
     where given); the per-site scales, threshold and conformal scores from the validation images
     (features, labels and calibrated probabilities, ``val_groups`` their sites; without
     probabilities, e.g. a detector's fields, no conformal scores). ``pen_dim``: the features carry a
-    style part from that column on; ``style_shrinkage``: of its within-site covariance (``STYLE_SHRINKAGE``
-    where None)."""
+    style part from that column on; ``style_shrinkage``: of its within-site covariance."""
     rel = _fit_statistics(features, labels, false_alarm, fitted_on, shrinkage, pen_dim, groups, style_shrinkage)
     val_features = np.asarray(val_features, dtype=np.float64)
     val_groups = np.zeros(len(val_features), dtype=int) if val_groups is None else np.asarray(val_groups, dtype=int)
@@ -448,14 +451,10 @@ def _style_bank(style: np.ndarray, groups: np.ndarray, per_site: int = STYLE_BAN
 
 #: images per style channel (beyond one per site) needed to whiten the style by its within-site covariance
 MIN_WHITEN_PER_CHANNEL = 4
-#: the within-site style covariance is mixed this much with its mean variance before whitening: full whitening
-#: lets the directions in which the training labs barely vary dominate, and a new lab that matches their
-#: spread along the rest passes (benchmarks/results/reliability.md compares it with SHRINKAGE on every fold)
-STYLE_SHRINKAGE = 0.1
 
 
-def _style_whitening(style: np.ndarray, groups: np.ndarray, shrinkage: float, style_shrinkage: float | None = None
-                     ) -> np.ndarray:
+def _style_whitening(style: np.ndarray, groups: np.ndarray, shrinkage: float,
+                     style_shrinkage: float = STYLE_SHRINKAGE) -> np.ndarray:
     """(E, E): whitens the (centred) style channels by their covariance within a site (the slides, stains
     and days of one lab), then scales each whitened direction to unit spread over all training images.
     Directions along which one lab's images vary little count for more than the raw channels' scale
@@ -464,14 +463,13 @@ def _style_whitening(style: np.ndarray, groups: np.ndarray, shrinkage: float, st
     ``MIN_WHITEN_PER_CHANNEL`` x E (less the sites) and no heavy shrinkage, the channels are only scaled
     to unit spread (as bundles made before the whitening were), since the directions no training image
     spans would otherwise be blown up and every new image flagged. The covariance is shrunk by the larger of
-    ``shrinkage`` and ``style_shrinkage`` (``STYLE_SHRINKAGE`` where None)."""
+    ``shrinkage`` and ``style_shrinkage``."""
     sites = len(np.unique(groups))
     if shrinkage <= SHRINKAGE and len(style) - sites < MIN_WHITEN_PER_CHANNEL * style.shape[1]:
         within = np.eye(style.shape[1])
     else:
         # Cholesky factor of the (shrunk) within-site precision
-        _, within = _gaussian_clusters(style, groups, max(shrinkage, STYLE_SHRINKAGE if style_shrinkage is None
-                                                          else style_shrinkage))
+        _, within = _gaussian_clusters(style, groups, max(shrinkage, style_shrinkage))
     spread = ((style - style.mean(axis=0)) @ within).std(axis=0)
     return within / np.maximum(spread, 1e-3 * float(spread.mean()) + 1e-12)[None, :]
 
@@ -493,7 +491,7 @@ def _gaussian_clusters(features: np.ndarray, clusters: np.ndarray, shrinkage: fl
 
 def _fit_statistics(features: np.ndarray, labels: np.ndarray, false_alarm: float, fitted_on: dict | None,
                     shrinkage: float, pen_dim: int | None = None, groups: np.ndarray | None = None,
-                    style_shrinkage: float | None = None) -> Reliability:
+                    style_shrinkage: float = STYLE_SHRINKAGE) -> Reliability:
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     groups = np.zeros(len(labels), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from leukodx.models.reliability import DEFAULT_STYLE_SOURCE
+
 if TYPE_CHECKING:
     import torch
 
@@ -42,16 +44,15 @@ RELIABILITY_PER_CLASS = 600
 
 
 def network_outputs(net: torch.nn.Module, arrays: np.ndarray, preprocess, batch_size: int = 256,
-                    style_source: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    style_source: str = DEFAULT_STYLE_SOURCE) -> tuple[np.ndarray, np.ndarray]:
     """Logits and reliability features (``models.features.WithFeatures``: penultimate features, then the
-    style ``style_source`` names, the default where None) of preprocessed uint8 arrays, in eval mode."""
+    style ``style_source`` names) of preprocessed uint8 arrays, in eval mode."""
     import torch
 
     from leukodx.models.features import WithFeatures
-    from leukodx.models.reliability import DEFAULT_STYLE_SOURCE
     from leukodx.preprocessing.transforms import normalize_batch
 
-    wrapped = WithFeatures(net.eval(), style_source or DEFAULT_STYLE_SOURCE)
+    wrapped = WithFeatures(net.eval(), style_source)
     logits, features = [], []
     with torch.inference_mode():
         for s in range(0, len(arrays), batch_size):
@@ -64,30 +65,28 @@ def network_outputs(net: torch.nn.Module, arrays: np.ndarray, preprocess, batch_
 def fit_network_reliability(net: torch.nn.Module, preprocess, temperature: float, x_train: np.ndarray,
                             y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, seed: int = 0,
                             fitted_on: dict | None = None, groups: np.ndarray | None = None,
-                            val_groups: np.ndarray | None = None, style_source: str | None = None,
+                            val_groups: np.ndarray | None = None, style_source: str = DEFAULT_STYLE_SOURCE,
                             **options):
     """The bundle's reliability statistics (``leukodx.models.reliability``): OOD statistics from up to
     ``RELIABILITY_PER_CLASS`` training images per class (per class and site when ``groups`` gives
     each training image's site; ``val_groups`` the validation images'), threshold and conformal scores
-    from val; the features' style read where ``style_source`` says (the default where None)."""
+    from val; the features' style read where ``style_source`` says."""
     from leukodx.models.features import last_linear
-    from leukodx.models.reliability import DEFAULT_STYLE_SOURCE
 
-    source = style_source or DEFAULT_STYLE_SOURCE
-    return fit_outputs_reliability(lambda arrays: network_outputs(net, arrays, preprocess, style_source=source),
+    return fit_outputs_reliability(lambda arrays: network_outputs(net, arrays, preprocess, style_source=style_source),
                                    last_linear(net).in_features, temperature, x_train, y_train, x_val, y_val, seed,
-                                   fitted_on, groups, val_groups, style_source=source, **options)
+                                   fitted_on, groups, val_groups, style_source=style_source, **options)
 
 
 def fit_outputs_reliability(outputs, pen_dim: int, temperature: float, x_train: np.ndarray, y_train: np.ndarray,
                             x_val: np.ndarray, y_val: np.ndarray, seed: int = 0, fitted_on: dict | None = None,
                             groups: np.ndarray | None = None, val_groups: np.ndarray | None = None,
-                            style_source: str | None = None, **options):
+                            style_source: str = DEFAULT_STYLE_SOURCE, **options):
     """``fit_network_reliability`` for any runtime: ``outputs(arrays) -> (logits, features)`` (e.g. an
     int8 ONNX Runtime session, whose features differ from the fp32 network's and need their own statistics);
-    ``style_source``: where those features' style part was read (the default where None); ``options``: passed
+    ``style_source``: where those features' style part was read; ``options``: passed
     to ``models.reliability.fit_reliability`` (e.g. ``style_shrinkage``)."""
-    from leukodx.models.reliability import DEFAULT_STYLE_SOURCE, fit_reliability
+    from leukodx.models.reliability import fit_reliability
 
     y_train = np.asarray(y_train)
     groups = np.zeros(len(y_train), dtype=int) if groups is None else np.asarray(groups)
@@ -100,5 +99,5 @@ def fit_outputs_reliability(outputs, pen_dim: int, temperature: float, x_train: 
               "seed": seed, **(fitted_on or {})}
     rel = fit_reliability(f_train, y_train[keep], f_val, np.asarray(y_val), softmax(val_logits, temperature),
                           fitted_on=record, pen_dim=pen_dim, groups=groups[keep], val_groups=val_groups, **options)
-    rel.style_source = style_source or DEFAULT_STYLE_SOURCE
+    rel.style_source = style_source
     return rel

@@ -11,7 +11,8 @@ prediction of the shipped cell classifiers, and of the shipped recipe under leav
 3. Not-a-cell inputs given to the cell models: all-aria and BCCD smear fields, blanks, saturated
    colours, noise, text, gradients and two photographs (scikit-learn's sample images).
 4. Overhead: ``Classifier.predict`` end to end on 1,000 pbc test images with the reliability
-   checks, against the same model with a logits-only ONNX file and no statistics (median of 3 runs).
+   checks, against the same model with a logits-only ONNX file and no statistics (median of 7 runs each,
+   the two taking turns).
 
 Run: ``python benchmarks/reliability.py`` (~35 min on 2 cores).
 """
@@ -102,7 +103,7 @@ def not_a_cell(clf, groups: dict[str, list[np.ndarray]]) -> dict:
     return out
 
 
-def overhead(clf, n: int = 1000, repeats: int = 3) -> dict:
+def overhead(clf, n: int = 1000, repeats: int = 7) -> dict:
     """``predict`` end to end with the reliability checks against the plain path: the same model at the
     same precision with a logits-only ONNX file and no statistics (what predict ran before the checks
     existed). For int8 the logits-only file is quantized as the bundle's was, calibrated on 256 pbc
@@ -128,19 +129,19 @@ def overhead(clf, n: int = 1000, repeats: int = 3) -> dict:
             plain._onnx = OnnxSession(path)
             plain._onnx.outputs = lambda x, session=plain._onnx: (session(x), None)
             plain.backend, plain.precision = "onnx", clf.precision
-        timings = {}
-        for label, model in (("without", plain), ("with", clf)):
+        arms = {"without": plain, "with": clf}
+        runs = {label: [] for label in arms}
+        for model in arms.values():
             model.predict(paths[:64])  # warm-up
-            runs = []
-            for _ in range(repeats):
+        for _ in range(repeats):  # the arms take turns: a drift in the machine's speed falls on both
+            for label, model in arms.items():
                 t0 = time.perf_counter()
                 model.predict(paths)
-                runs.append(time.perf_counter() - t0)
-            timings[label] = float(np.median(runs))
+                runs[label].append(time.perf_counter() - t0)
+        timings = {label: float(np.median(r)) for label, r in runs.items()}
     return {"images": len(paths), "seconds_without": timings["without"], "seconds_with": timings["with"],
-            "overhead": timings["with"] / timings["without"] - 1.0, "backend": clf.backend,
-            "precision": clf.precision,
-            "threads": torch.get_num_threads()}
+            "overhead": timings["with"] / timings["without"] - 1.0, "repeats": repeats, "backend": clf.backend,
+            "precision": clf.precision, "threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -224,7 +225,7 @@ def _notes(results: dict) -> list[str]:
             f"Overhead of OOD + conformal on `predict` ({o['images']} pbc images, {o['backend']} backend, "
             f"{o['precision']}, end to end, {o['threads']} thread(s)): {o['seconds_without']:.2f} s without "
             f"(logits-only ONNX file at the same precision, no statistics), {o['seconds_with']:.2f} s with "
-            f"({o['overhead']:+.1%}).",
+            f"({o['overhead']:+.1%}; median of {o.get('repeats', 3)} runs each).",
             f"LOSO at the shipped recipe's budget ({results['loso']['variant']['epochs']} epochs, "
             f"{results['loso']['variant']['per_class']} cells/class/site, five shared classes). The rows named "
             "after a setting change only that setting of the OOD score, on the same fold's network: the style "

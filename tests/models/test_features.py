@@ -59,6 +59,34 @@ def test_the_style_is_read_from_every_activation_of_the_quarter_side_stage():
         WithFeatures(net, "middle")
 
 
+def test_the_int8_export_reads_the_stage_with_quantized_pools(tmp_path):
+    """The style's pools quantize with the network (QDQ around each), so ONNX Runtime runs them on the uint8
+    maps; a float reduction there would dequantize and transpose every map, and the file still match."""
+    import onnx
+
+    from leukodx.inference.onnx_backend import OnnxSession, export_onnx
+    from leukodx.inference.quantize import quantize_onnx
+    from leukodx.preprocessing.transforms import Preprocess
+
+    torch.manual_seed(0)
+    net = create_network("regnetx_002", 5).eval()
+    pre = Preprocess(size=64)
+    calibration = np.random.default_rng(0).integers(0, 256, (64, 64, 64, 3), dtype=np.uint8)
+    path = quantize_onnx(export_onnx(net, 64, tmp_path / "f.onnx", features=True), tmp_path / "f.int8.onnx",
+                         calibration, pre)
+    graph = onnx.load(path).graph
+    made = {o: n for n in graph.node for o in n.output}
+    pools = [n for n in graph.node if n.op_type == "GlobalAveragePool"]
+    assert not [n for n in graph.node if n.op_type.startswith("Reduce")]
+    assert len(pools) == 1 + 2 * 3  # the head's, and the mean and the mean square of each of the stage's maps
+    assert all(made[n.input[0]].op_type == "DequantizeLinear" for n in pools)
+    # the pools' outputs are quantized too: the QDQ pattern ONNX Runtime fuses into QLinearGlobalAveragePool
+    users = {i: n for n in graph.node for i in n.input}
+    assert all(users[n.output[0]].op_type == "QuantizeLinear" for n in pools)
+    logits, features = OnnxSession(path).outputs(normalize_batch(calibration[:4], pre))
+    assert logits.shape == (4, 5) and features.shape == (4, 368 + 2 * (24 + 24 + 24))
+
+
 def test_a_network_without_a_declared_stage_reads_the_legacy_layer():
     torch.manual_seed(0)
     net = create_network("elseoud_cnn5", 5).eval()
@@ -115,7 +143,7 @@ def test_shipped_bundles_record_the_default_style_source():
     clf = load_model("wbc-multisite", backend="onnx", precision="fp32")
     assert clf.card["reliability"]["style_source"] == DEFAULT_STYLE_SOURCE
     assert clf.card["int8"]["reliability"]["style_source"] == DEFAULT_STYLE_SOURCE
-    assert clf.onnx_path().name.endswith("-f5.onnx")
+    assert clf.onnx_path().name.endswith("-f6.onnx")
 
 
 def test_an_unknown_style_source_is_one_clear_error(legacy_bundle, tmp_path):

@@ -189,9 +189,10 @@ class Classifier:
     def onnx_path(self) -> Path:
         """Where the ONNX export is kept: the cache, or a private temporary folder when the cache cannot
         be written (the export is then made again by the next process)."""
-        # the features' layout is part of the file: f2 reads the style at the quarter-side layer, f5 in the stage
-        # (f3 and f4 read the stage in other ways during its development: exports no bundle's statistics fit)
-        layout = "f2" if self.style_source == LEGACY_STYLE_SOURCE else "f5"
+        # the features' layout is part of the file: f2 reads the style at the quarter-side layer, f6 in the stage
+        # with global average pools (f3, f4 and f5 read the stage in other ways: a file from before must not be
+        # reused, as its stamp vouches for the weights only)
+        layout = "f2" if self.style_source == LEGACY_STYLE_SOURCE else "f6"
         name = f"{self.card.get('sha256', 'unsaved')[:24]}-{self.preprocess.size}-{layout}.onnx"
         folder = writable_cache_dir("onnx")
         if folder is None:

@@ -423,17 +423,22 @@ _BANK_CHUNK = 2048
 
 def _bank_distances(z: np.ndarray, bank: np.ndarray, bank_sites: np.ndarray, sites: int) -> np.ndarray:
     """(n, sites) squared Euclidean distance of each row of ``z`` to its nearest ``bank`` row of each
-    site (NaN for a site without bank rows)."""
+    site (NaN for a site without bank rows).
+
+    The nearest row minimizes ``|b|^2 - 2 z.b`` (``|z|^2`` is the same for every row), which one float32 product
+    gives with the bank written as ``[-2 b, |b|^2]`` and each row as ``[z, 1]``; ``|z|^2`` is added to the minima."""
     order = np.argsort(bank_sites, kind="stable")  # each site's rows side by side: one min per site and row
     bank = np.asarray(bank, dtype=np.float32)[order]
     owner = np.asarray(bank_sites)[order]
     starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
     norms = (bank.astype(np.float64) ** 2).sum(1)
+    scaled = np.ascontiguousarray(np.concatenate([-2.0 * bank, norms[:, None].astype(np.float32)], axis=1).T)
     out = np.full((len(z), sites), np.nan)
     for start in range(0, len(z) if len(bank) else 0, _BANK_CHUNK):
         rows = np.asarray(z[start:start + _BANK_CHUNK], dtype=np.float32)
-        d = (rows.astype(np.float64) ** 2).sum(1)[:, None] - 2.0 * (rows @ bank.T) + norms[None, :]
-        out[start:start + len(rows), owner[starts]] = np.maximum(np.minimum.reduceat(d, starts, axis=1), 0.0)
+        near = np.minimum.reduceat(np.c_[rows, np.ones(len(rows), np.float32)] @ scaled, starts, axis=1)
+        own = (rows.astype(np.float64) ** 2).sum(1)[:, None]
+        out[start:start + len(rows), owner[starts]] = np.maximum(near + own, 0.0)
     return out
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from leukodx.benchmarking.loso import (RELIABILITY_ABLATIONS, SHARED, VARIANTS, quick, run_loso, site_sides,
-                                      write_table)
+from leukodx.benchmarking.loso import (FEW_SHOT_DRAWS, RELIABILITY_ABLATIONS, SHARED, VARIANTS, quick, run_loso,
+                                      site_sides, write_table)
 from leukodx.data.images import read_image
 from leukodx.data.registry import load_dataset
 from leukodx.errors import InvalidInputError
@@ -86,6 +86,10 @@ def test_loso_quick_run_on_two_sites_and_its_table(tmp_path):
     assert set(curve) == {"0", "2"} and curve["0"]["n"] == curve["2"]["n"]  # the same test images
     train_counts = site_sides("wbc-seg-2")["train"].class_counts()
     assert curve["2"]["n_adaptation"] == sum(min(2, n) for n in train_counts.values())
+    draws = curve["2"]["draws"]  # several draws of the k labelled cells, the first one the curve's own
+    assert draws["seeds"] == [variant.seed + d for d in range(FEW_SHOT_DRAWS)]
+    assert draws["accuracy"][0] == curve["2"]["accuracy"]["value"]
+    assert draws["min"] <= draws["mean"] <= draws["max"] and len(draws["accuracy"]) == FEW_SHOT_DRAWS
     rel = fold["reliability"]
     assert set(rel["others"]) == {"wbc-seg-2"} and 0.0 <= rel["others"]["wbc-seg-2"]["ood_auroc"] <= 1.0
     assert set(rel["ablations"]) == set(RELIABILITY_ABLATIONS)
@@ -93,7 +97,7 @@ def test_loso_quick_run_on_two_sites_and_its_table(tmp_path):
     assert all(0.0 <= a <= 1.0 for a in ablated)
     text = write_table([result], tmp_path / "LOSO.md")
     assert "| cell-crop+adabn (quick) |" in text and "left out: wbc-seg-2" in text
-    assert "## Few-shot adaptation" in text and "| 2 |" in text
+    assert "## Few-shot adaptation" in text and "| 2 |" in text and f"{FEW_SHOT_DRAWS} draws: mean" in text
 
 
 def test_loso_needs_two_sites_and_known_variants(tmp_path):

@@ -144,7 +144,8 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
 
     With ``adapt_k``, each fold's model is also fine-tuned on k labelled cells per class of the left-out
     site (its train side; ``leukodx adapt``'s recipe) and scored on that site's test side: the few-shot
-    learning curve, k = 0 being the fold's model as trained.
+    learning curve, k = 0 being the fold's model as trained. Which k cells a lab labels moves the result by
+    more than the bootstrap CI over test cells shows, so each k is run on ``FEW_SHOT_DRAWS`` draws of them.
 
     With ``reliability``, each fold's model also gets its OOD and conformal statistics (fitted on the
     fold's training and validation cells, as ``leukodx train`` does) and is scored on how well they
@@ -158,8 +159,8 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
     started = time.perf_counter()
     sides = {s: site_sides(s, data_root) for s in sites}
 
-    def take(site: str, side: str, cap: int) -> tuple[np.ndarray, np.ndarray]:
-        sub = limit_per_class(sides[site][side], cap, variant.seed)
+    def take(site: str, side: str, cap: int, draw: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        sub = limit_per_class(sides[site][side], cap, variant.seed + draw)
         return _arrays(sub, pre), sub.labels
 
     folds = {}
@@ -250,8 +251,14 @@ def _reliability(result, pre: Preprocess, seed: int, train: tuple, val: tuple, g
     return figures
 
 
+#: draws of the k labelled cells per k of the few-shot learning curve (the seed's draw first, then the next seeds')
+FEW_SHOT_DRAWS = 3
+
+
 def _learning_curve(result, variant: Variant, pre: Preprocess, take, held: str, ks: tuple[int, ...],
-                    n_boot: int) -> dict:
+                    n_boot: int, draws: int = FEW_SHOT_DRAWS) -> dict:
+    """Per k: the first draw's scores (as before draws were added), and every draw's accuracy with their
+    mean, min and max under ``"draws"``."""
     import tempfile
 
     from leukodx.inference.adapt import fine_tune_config
@@ -262,11 +269,17 @@ def _learning_curve(result, variant: Variant, pre: Preprocess, take, held: str, 
                                                   variant.adabn, n_boot)}}
     with tempfile.TemporaryDirectory() as work:
         for k in ks:
-            x_k, y_k = take(held, "train", k)
-            config = fine_tune_config(variant.arch, pre, len(y_k), seed=variant.seed)
-            tuned = few_shot_fit(result.net, x_k, y_k, len(SHARED), config, Path(work) / f"k{k}")
-            curve[str(k)] = {"n_adaptation": int(len(y_k)),
-                             **_scores(tuned.net, x_test, y_test, pre, result.temperature, False, n_boot)}
+            runs = []
+            for draw in range(draws):
+                x_k, y_k = take(held, "train", k, draw)
+                config = fine_tune_config(variant.arch, pre, len(y_k), seed=variant.seed)
+                tuned = few_shot_fit(result.net, x_k, y_k, len(SHARED), config, Path(work) / f"k{k}-{draw}")
+                runs.append({"seed": variant.seed + draw, "n_adaptation": int(len(y_k)),
+                             **_scores(tuned.net, x_test, y_test, pre, result.temperature, False, n_boot)})
+            accuracy = [r["accuracy"]["value"] for r in runs]
+            curve[str(k)] = {**{key: v for key, v in runs[0].items() if key != "seed"}, "draws": {
+                "seeds": [r["seed"] for r in runs], "accuracy": accuracy, "mean": float(np.mean(accuracy)),
+                "min": float(np.min(accuracy)), "max": float(np.max(accuracy))}}
     return curve
 
 
@@ -308,14 +321,19 @@ def write_table(results: list[dict], path: str | Path) -> str:
         ks = list(next(f for f in r["folds"].values() if "learning_curve" in f)["learning_curve"])
         lines += ["", f"## Few-shot adaptation, {r['variant']['name']}: k labelled cells per class of the left-out site",
                   "", "Fine-tuned from the fold's model (`leukodx adapt`'s recipe) on k cells per class of the "
-                  "left-out site's train side, scored on its test side; k = 0 is the fold's model.", "",
+                  "left-out site's train side, scored on its test side; k = 0 is the fold's model. Where several "
+                  "draws of the k cells were run: the first draw's accuracy [95% CI], then the mean and the range "
+                  "over the draws.", "",
                   "| k per class | " + " | ".join(f"left out: {s}" for s in sites) + " |", "|---|" + "---|" * len(sites)]
         for k in ks:
             cells = []
             for s in sites:
                 c = r["folds"].get(s, {}).get("learning_curve", {}).get(k)
+                d = None if c is None else c.get("draws")
+                spread = "" if d is None else (f"; {len(d['accuracy'])} draws: mean {d['mean']:.3f}, "
+                                               f"{d['min']:.3f}-{d['max']:.3f}")
                 cells.append("-" if c is None else f"{c['accuracy']['value']:.3f} [{c['accuracy']['ci95'][0]:.3f}, "
-                             f"{c['accuracy']['ci95'][1]:.3f}] (n={c['n']}, {c['n_adaptation']} tuned on)")
+                             f"{c['accuracy']['ci95'][1]:.3f}] (n={c['n']}, {c['n_adaptation']} tuned on{spread})")
             lines.append(f"| {k} | " + " | ".join(cells) + " |")
     v = results[0]["variant"]
     lines += ["", f"Every fold trains from scratch (seed {v['seed']}); left-out sites are capped at "

@@ -216,7 +216,7 @@ class Reliability:
     # --- scoring ---------------------------------------------------------------------------------
     def ood_scores(self, features: np.ndarray) -> np.ndarray:
         """The OOD score per row (larger = less like training; see the module doc)."""
-        f = np.asarray(features, dtype=np.float64)
+        f = np.asarray(features)
         pen = _nearest(f[:, :self.means.shape[1]], self.means, self.whitener, self.pen_scale)
         if not self.has_style:
             return pen
@@ -229,17 +229,20 @@ class Reliability:
     def style_distances(self, style: np.ndarray) -> np.ndarray:
         """(n, S) squared distance of each row's style part to each training site: to its nearest bank
         image of that site, or for a site without bank rows the Mahalanobis distance to its mean."""
+        style = np.asarray(style, dtype=np.float64)
         if self.style_whitening is not None:
-            style = gauss_style = (style - self.style_center) @ self.style_whitening
+            style = gauss_style = _product(style - self.style_center, self.style_whitening)
         else:  # bundles made before the whitening: the Gaussians on the raw style, the bank standardized
             gauss_style = style
             if self.style_bank is not None:
                 style = (style - self.style_center) / self.style_spread
-        gauss = None if self.style_means is None else _distances(gauss_style, self.style_means, self.style_whitener)
         if self.style_bank is None:
-            return gauss
+            return _distances(gauss_style, self.style_means, self.style_whitener)
         near = _bank_distances(style, self.style_bank, self.bank_sites, self.n_style_sites)
-        return near if gauss is None else np.where(np.isnan(near), gauss, near)
+        gauss = np.setdiff1d(np.arange(self.n_style_sites), self.bank_sites)  # the sites without bank rows
+        if self.style_means is not None and len(gauss):
+            near[:, gauss] = _distances(gauss_style, self.style_means[gauss], self.style_whitener)
+        return near
 
     @property
     def n_style_sites(self) -> int:
@@ -400,10 +403,15 @@ def fit_ood_crossfit(features: np.ndarray, labels: np.ndarray, folds: int = 5, s
     return rel
 
 
+def _product(x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """``x @ matrix`` in float32 (the features are float32 already; half the time of float64), as float64."""
+    return (np.asarray(x, dtype=np.float32) @ np.asarray(matrix, dtype=np.float32)).astype(np.float64)
+
+
 def _distances(features: np.ndarray, means: np.ndarray, whitener: np.ndarray) -> np.ndarray:
-    """Squared Mahalanobis distances (n, K) of each row to each of ``means``."""
-    z = features @ whitener
-    centres = means @ whitener
+    """Squared Mahalanobis distances (n, K) of each row to each of ``means`` (the whitening product in float32)."""
+    z = _product(features, whitener)
+    centres = np.asarray(means, dtype=np.float64) @ whitener
     return np.maximum((z ** 2).sum(1)[:, None] - 2 * z @ centres.T + (centres ** 2).sum(1)[None, :], 0.0)
 
 

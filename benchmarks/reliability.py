@@ -10,11 +10,12 @@ prediction of the shipped cell classifiers, and of the shipped recipe under leav
    the site it never saw, the setting of the issue's OOD target.
 3. Not-a-cell inputs given to the cell models: all-aria and BCCD smear fields, blanks, saturated
    colours, noise, text, gradients and two photographs (scikit-learn's sample images).
-4. Overhead: ``Classifier.predict`` of the shipped default (``wbc-multisite``) end to end on 1,000 pbc test images with the reliability
-   checks, against the same model with a logits-only ONNX file and no statistics: the two take 11 turns, and
-   the figure is the median of the turns' ratios (with their range).
+4. Overhead: ``Classifier.predict`` of the shipped default (``wbc-multisite``) end to end on 1,000 pbc
+   test images with the reliability checks, against the same model with a logits-only ONNX file and no
+   statistics: the two take 11 turns, and the figure is the median of the turns' ratios (with their range,
+   and the ratio of the two arms' median times beside it).
 
-Run: ``python benchmarks/reliability.py`` (~35 min on 2 cores).
+Run: ``python benchmarks/reliability.py`` (~20 min on 2 cores).
 """
 
 from __future__ import annotations
@@ -229,7 +230,8 @@ def _notes(results: dict) -> list[str]:
             f"{o['precision']}, end to end, {o['threads']} thread(s)): {o['seconds_without']:.2f} s without "
             f"(logits-only ONNX file at the same precision, no statistics), {o['seconds_with']:.2f} s with "
             f"(median of {o['repeats']} turns' ratios {o['overhead']:+.1%}, range {o['overhead_range'][0]:+.1%} to "
-            f"{o['overhead_range'][1]:+.1%}; ratio of the medians {o['seconds_with'] / o['seconds_without'] - 1:+.1%}).",
+            f"{o['overhead_range'][1]:+.1%}; ratio of the medians "
+            f"{o['seconds_with'] / o['seconds_without'] - 1:+.1%}).",
             f"LOSO at the shipped recipe's budget ({results['loso']['variant']['epochs']} epochs, "
             f"{results['loso']['variant']['per_class']} cells/class/site, five shared classes). The rows named "
             "after a setting change only that setting of the OOD score, on the same fold's network: the style "

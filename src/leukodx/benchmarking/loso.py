@@ -274,12 +274,12 @@ def _learning_curve(result, variant: Variant, pre: Preprocess, take, held: str, 
                 x_k, y_k = take(held, "train", k, draw)
                 config = fine_tune_config(variant.arch, pre, len(y_k), seed=variant.seed)
                 tuned = few_shot_fit(result.net, x_k, y_k, len(SHARED), config, Path(work) / f"k{k}-{draw}")
-                runs.append({"seed": variant.seed + draw, "n_adaptation": int(len(y_k)),
+                runs.append({"n_adaptation": int(len(y_k)),
                              **_scores(tuned.net, x_test, y_test, pre, result.temperature, False, n_boot)})
             accuracy = [r["accuracy"]["value"] for r in runs]
-            curve[str(k)] = {**{key: v for key, v in runs[0].items() if key != "seed"}, "draws": {
-                "seeds": [r["seed"] for r in runs], "accuracy": accuracy, "mean": float(np.mean(accuracy)),
-                "min": float(np.min(accuracy)), "max": float(np.max(accuracy))}}
+            curve[str(k)] = {**runs[0], "draws": {
+                "seeds": [variant.seed + draw for draw in range(draws)], "accuracy": accuracy,
+                "mean": float(np.mean(accuracy)), "min": float(np.min(accuracy)), "max": float(np.max(accuracy))}}
     return curve
 
 

@@ -229,7 +229,6 @@ class Reliability:
     def style_distances(self, style: np.ndarray) -> np.ndarray:
         """(n, S) squared distance of each row's style part to each training site: to its nearest bank
         image of that site, or for a site without bank rows the Mahalanobis distance to its mean."""
-        style = np.asarray(style, dtype=np.float64)
         if self.style_whitening is not None:
             style = gauss_style = _product(style - self.style_center, self.style_whitening)
         else:  # bundles made before the whitening: the Gaussians on the raw style, the bank standardized

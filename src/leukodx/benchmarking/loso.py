@@ -99,6 +99,10 @@ VARIANTS = {v.name: v for v in (
             val_per_class=60),
     # the shipped recipe at 96 px (CellaVision crops are 144-360 px; granules and nucleoli are barely resolved at 64)
     Variant("stain-aug-96-large", size=96, augment="stain", epochs=20, per_class=500, val_per_class=60),
+    # the two best zero-shot arms together: magnification x0.8-1.6 and one-site batches with batch norm adapted
+    # at every test site
+    Variant("scale-stain-aug+site-bn-large", augment="scale-stain", adabn=True, site_batches=True, epochs=20,
+            per_class=500, val_per_class=60),
 )}
 QUICK = {"epochs": 1, "per_class": 6, "val_per_class": 3, "test_per_class": 4, "size": 32}
 

@@ -100,6 +100,17 @@ def test_loso_quick_run_on_two_sites_and_its_table(tmp_path):
     assert "## Few-shot adaptation" in text and "| 2 |" in text and f"{FEW_SHOT_DRAWS} draws: mean" in text
 
 
+@pytest.mark.slow
+def test_scale_match_zooms_only_the_left_out_site_to_the_training_cells_scale():
+    """pbc's crops show smaller cells than wbc-seg-2's: left out, pbc is zoomed in and wbc-seg-2 out."""
+    variant = quick(VARIANTS["stain-aug+scale-match-large"])
+    result = run_loso(variant, sites=("pbc", "wbc-seg-2"), n_boot=20, log=lambda m: None)
+    assert result["folds"]["pbc"]["zoom"] > 1.15
+    assert result["folds"]["wbc-seg-2"]["zoom"] < 0.9
+    assert "zoom" not in run_loso(quick(VARIANTS["baseline"]), sites=("pbc", "wbc-seg-2"), n_boot=20,
+                                  log=lambda m: None)["folds"]["pbc"]
+
+
 def test_loso_needs_two_sites_and_known_variants(tmp_path):
     from leukodx.benchmarking.loso import run_suite
 

@@ -15,6 +15,8 @@ from leukodx.errors import InvalidInputError
 from leukodx.preprocessing.stain import STAIN_METHODS
 
 RESIZE_MODES = ("resize", "center-crop", "pad", "cell-crop")
+#: the magnifications ``Preprocess.zoom`` accepts (beyond them a cell is cut off or lost in padding)
+ZOOM_RANGE = (0.4, 2.5)
 #: cell-crop: the square crop's side as a multiple of the nucleus box's longer side
 CELL_CROP_FACTOR = 1.9
 
@@ -25,7 +27,10 @@ class Preprocess:
     'center-crop' crops the centre square, 'pad' pads with white, 'cell-crop' crops a square around
     the white cell's nucleus so the cell fills the same fraction of the input whatever the crop size
     or magnification of the source, padding with the image's own background colour);
-    stain: 'none' | 'reinhard' | 'macenko' | 'levels'; mean/std: per-channel normalization in [0, 1] units."""
+    stain: 'none' | 'reinhard' | 'macenko' | 'levels'; mean/std: per-channel normalization in [0, 1] units;
+    zoom: magnification applied first, about the image's centre (> 1 keeps the centre 1/zoom of each side,
+    < 1 pads with the image's own border colour): a lab whose optics or crop size make its cells look
+    smaller or larger than the training cells did is brought to the training scale (``site_zoom``)."""
 
     size: int = 64
     resize: str = "resize"
@@ -33,6 +38,7 @@ class Preprocess:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     stain_reference: dict | None = field(default=None, compare=False)
+    zoom: float = 1.0
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
@@ -41,6 +47,8 @@ class Preprocess:
             raise InvalidInputError(f"stain method {self.stain!r}: expected one of {tuple(STAIN_METHODS)}")
         if not 8 <= self.size <= 1024:
             raise InvalidInputError(f"input size {self.size}: expected 8..1024 px")
+        if not ZOOM_RANGE[0] <= self.zoom <= ZOOM_RANGE[1]:
+            raise InvalidInputError(f"zoom {self.zoom}: expected {ZOOM_RANGE[0]}..{ZOOM_RANGE[1]}")
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (size, size, 3) uint8."""
@@ -53,6 +61,8 @@ class Preprocess:
         return [self._square(rgb, box) for rgb, box in zip(images, boxes)]
 
     def _square(self, rgb: np.ndarray, box) -> np.ndarray:
+        if self.zoom != 1.0:
+            rgb = zoom_about_centre(rgb, self.zoom)
         h, w = rgb.shape[:2]
         if self.resize == "cell-crop":
             rgb = crop_around(rgb, box)
@@ -72,7 +82,10 @@ class Preprocess:
         return np.asarray(im, dtype=np.uint8)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.zoom == 1.0:  # the cards and cache keys of models that never had one stay as they were
+            del d["zoom"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
@@ -193,6 +206,39 @@ def _largest_central(mask: np.ndarray, scales: list[float], flat: list[bool]) ->
         small = scales[k]
         out[k] = (int(ys.start / small), int(xs.start / small), int(ys.stop / small), int(xs.stop / small))
     return out
+
+
+def zoom_about_centre(rgb: np.ndarray, zoom: float) -> np.ndarray:
+    """``rgb`` magnified by ``zoom`` about its centre at its own pixel size: the centre 1/zoom of each side
+    (zoom > 1), or the image in the middle of a canvas zoom times smaller, filled with its border colour."""
+    h, w = rgb.shape[:2]
+    nh, nw = max(1, round(h / zoom)), max(1, round(w / zoom))
+    if zoom > 1:
+        top, left = (h - nh) // 2, (w - nw) // 2
+        return rgb[top:top + nh, left:left + nw]
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).reshape(-1, 3)
+    canvas = np.empty((nh, nw, 3), dtype=np.uint8)
+    canvas[:] = np.median(border, axis=0).astype(np.uint8)
+    top, left = (nh - h) // 2, (nw - w) // 2
+    canvas[top:top + h, left:left + w] = rgb
+    return canvas
+
+
+def nucleus_fractions(images: list[np.ndarray]) -> np.ndarray:
+    """Per image: the nucleus box's longer side over the image's longer side (NaN where none is found)."""
+    return np.asarray([np.nan if box is None else max(box[2] - box[0], box[3] - box[1]) / max(rgb.shape[:2])
+                       for rgb, box in zip(images, nucleus_boxes(images))], dtype=np.float64)
+
+
+def site_zoom(reference: np.ndarray, target: np.ndarray) -> float:
+    """The zoom that brings a site's cells to the reference cells' size in the frame: the ratio of the median
+    nucleus fractions (``nucleus_fractions`` of each set), rounded to 0.05 and clipped to ``ZOOM_RANGE``.
+    Both sets should hold the same mix of cell types (a lymphocyte's nucleus is smaller than a monocyte's)."""
+    reference, target = np.asarray(reference, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    if not (np.isfinite(reference).any() and np.isfinite(target).any()):
+        raise InvalidInputError("no nucleus found in the images: their scale cannot be measured")
+    ref, tgt = np.nanmedian(reference), np.nanmedian(target)
+    return float(np.clip(round(round(ref / tgt / 0.05) * 0.05, 2), *ZOOM_RANGE))
 
 
 def cell_crop(rgb: np.ndarray, factor: float = CELL_CROP_FACTOR) -> np.ndarray:

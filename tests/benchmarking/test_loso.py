@@ -90,6 +90,9 @@ def test_loso_quick_run_on_two_sites_and_its_table(tmp_path):
     assert draws["seeds"] == [variant.seed + d for d in range(FEW_SHOT_DRAWS)]
     assert draws["accuracy"][0] == curve["2"]["accuracy"]["value"]
     assert draws["min"] <= draws["mean"] <= draws["max"] and len(draws["accuracy"]) == FEW_SHOT_DRAWS
+    assert len(curve["2"]["prior_accuracy"]) == FEW_SHOT_DRAWS  # the same draws, class proportions re-estimated
+    prior = fold["left_out_prior"]
+    assert prior["n"] == fold["left_out"]["n"] and np.array(prior["confusion_matrix"]).sum() == prior["n"]
     rel = fold["reliability"]
     assert set(rel["others"]) == {"wbc-seg-2"} and 0.0 <= rel["others"]["wbc-seg-2"]["ood_auroc"] <= 1.0
     assert set(rel["ablations"]) == set(RELIABILITY_ABLATIONS)
@@ -98,6 +101,7 @@ def test_loso_quick_run_on_two_sites_and_its_table(tmp_path):
     text = write_table([result], tmp_path / "LOSO.md")
     assert "| cell-crop+adabn (quick) |" in text and "left out: wbc-seg-2" in text
     assert "## Few-shot adaptation" in text and "| 2 |" in text and f"{FEW_SHOT_DRAWS} draws: mean" in text
+    assert "class proportions re-estimated |" in text and "proportions re-estimated: mean" in text
 
 
 @pytest.mark.slow

@@ -135,18 +135,27 @@ def _arrays(index: ImageIndex, pre: Preprocess) -> np.ndarray:
     return cached_arrays(index, pre) if len(index) else np.zeros((0, pre.size, pre.size, 3), np.uint8)
 
 
+def _prior(labels: np.ndarray) -> np.ndarray:
+    """The class proportions of a model's training labels (over the shared types)."""
+    return np.bincount(labels, minlength=len(SHARED)) / len(labels)
+
+
 def _stack(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([a for a, _ in parts]), np.concatenate([y for _, y in parts])
 
 
 def _scores(net, arrays: np.ndarray, labels: np.ndarray, pre: Preprocess, temperature: float, adabn: bool,
-            n_boot: int) -> dict:
-    from leukodx.training.adaptation import adapt_batchnorm
+            n_boot: int, train_prior: np.ndarray | None = None) -> dict:
+    """Scores on one site's cells; with ``train_prior``, the probabilities re-weighted to the site's own class
+    proportions first (``reestimate_prior``, no labels used)."""
+    from leukodx.training.adaptation import adapt_batchnorm, reestimate_prior
     from leukodx.training.calibration import softmax
     from leukodx.training.trainer import predict_logits
 
     model = adapt_batchnorm(net, arrays, pre) if adabn else net
     proba = softmax(predict_logits(model, arrays, pre), temperature)
+    if train_prior is not None:
+        proba = reestimate_prior(proba, train_prior)[0]
     m = classification_metrics(labels, proba, list(SHARED), n_boot=n_boot, auroc_boot=min(200, n_boot))
     return {key: m[key] for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc", "ece", "n",
                                     "confusion_matrix")}
@@ -211,6 +220,9 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
         folds[held] = {
             "train_sites": train_sites, "n_train": int(len(y_tr)), "n_val": int(len(y_va)),
             "left_out": _scores(result.net, x_held, y_held, pre, result.temperature, variant.adabn, n_boot),
+            # the same with the class proportions re-estimated on the left-out site (no labels used)
+            "left_out_prior": _scores(result.net, x_held, y_held, pre, result.temperature, variant.adabn, n_boot,
+                                      _prior(y_tr)),
             # the same network with test-time batch-norm adaptation on the left-out site (no labels used)
             **({} if variant.adabn or "_gn" in variant.arch else {
                 "left_out_adabn": _scores(result.net, x_held, y_held, pre, result.temperature, True, n_boot)}),
@@ -292,17 +304,21 @@ def _learning_curve(result, variant: Variant, pre: Preprocess, take, held: str, 
                                                   variant.adabn, n_boot)}}
     with tempfile.TemporaryDirectory() as work:
         for k in ks:
-            runs = []
+            runs, prior_runs = [], []
             for draw in range(draws):
                 x_k, y_k = take(held, "train", k, draw)
                 config = fine_tune_config(variant.arch, pre, len(y_k), seed=variant.seed)
                 tuned = few_shot_fit(result.net, x_k, y_k, len(SHARED), config, Path(work) / f"k{k}-{draw}")
                 runs.append({"n_adaptation": int(len(y_k)),
                              **_scores(tuned.net, x_test, y_test, pre, result.temperature, False, n_boot)})
+                prior_runs.append(_scores(tuned.net, x_test, y_test, pre, result.temperature, False, n_boot,
+                                          _prior(y_k))["accuracy"]["value"])
             accuracy = [r["accuracy"]["value"] for r in runs]
             curve[str(k)] = {**runs[0], "draws": {
                 "seeds": [variant.seed + draw for draw in range(draws)], "accuracy": accuracy,
-                "mean": float(np.mean(accuracy)), "min": float(np.min(accuracy)), "max": float(np.max(accuracy))}}
+                "mean": float(np.mean(accuracy)), "min": float(np.min(accuracy)), "max": float(np.max(accuracy))},
+                # every draw's accuracy with the test cells' class proportions re-estimated (no labels used)
+                "prior_accuracy": prior_runs}
     return curve
 
 
@@ -320,8 +336,9 @@ def write_table(results: list[dict], path: str | Path) -> str:
              "accuracy [95% bootstrap CI], n images). In-site: mean test accuracy on the training sites' own "
              "test splits in the same folds. Written by `leukodx benchmark --protocol loso`.", "",
              "| variant | budget | " + " | ".join(f"left out: {s}" for s in sites)
-             + " | worst left-out | mean in-site | worst left-out, test-time AdaBN |",
-             "|---|---|" + "---|" * (len(sites) + 3)]
+             + " | worst left-out | mean in-site | worst left-out, test-time AdaBN"
+             " | worst left-out, class proportions re-estimated |",
+             "|---|---|" + "---|" * (len(sites) + 4)]
     for r in results:
         cells, worst, in_site = [], 1.0, []
         for s in sites:
@@ -335,10 +352,12 @@ def write_table(results: list[dict], path: str | Path) -> str:
             in_site += [v["accuracy"]["value"] for v in fold["in_site"].values()]
         adabn = [f["left_out_adabn"]["accuracy"]["value"] for f in r["folds"].values() if "left_out_adabn" in f]
         adabn_text = f"{min(adabn):.3f}" if len(adabn) == len(r["folds"]) else "-"
+        prior = [f["left_out_prior"]["accuracy"]["value"] for f in r["folds"].values() if "left_out_prior" in f]
+        prior_text = f"{min(prior):.3f}" if len(prior) == len(r["folds"]) else "-"
         v = r["variant"]
         budget = f"{v['epochs']} ep, {v['per_class']}/class/site, {v['size']} px"
         lines.append(f"| {v['name']} | {budget} | " + " | ".join(cells)
-                     + f" | {worst:.3f} | {np.mean(in_site):.3f} | {adabn_text} |")
+                     + f" | {worst:.3f} | {np.mean(in_site):.3f} | {adabn_text} | {prior_text} |")
     curves = [r for r in results if any("learning_curve" in f for f in r["folds"].values())]
     for r in curves:
         ks = list(next(f for f in r["folds"].values() if "learning_curve" in f)["learning_curve"])
@@ -355,13 +374,18 @@ def write_table(results: list[dict], path: str | Path) -> str:
                 d = None if c is None else c.get("draws")
                 spread = "" if d is None else (f"; {len(d['accuracy'])} draws: mean {d['mean']:.3f}, "
                                                f"{d['min']:.3f}-{d['max']:.3f}")
+                if c is not None and "prior_accuracy" in c:
+                    spread += f"; proportions re-estimated: mean {np.mean(c['prior_accuracy']):.3f}"
                 cells.append("-" if c is None else f"{c['accuracy']['value']:.3f} [{c['accuracy']['ci95'][0]:.3f}, "
                              f"{c['accuracy']['ci95'][1]:.3f}] (n={c['n']}, {c['n_adaptation']} tuned on{spread})")
             lines.append(f"| {k} | " + " | ".join(cells) + " |")
     v = results[0]["variant"]
     lines += ["", f"Every fold trains from scratch (seed {v['seed']}); left-out sites are capped at "
                   f"{v['test_per_class']} images per class per split side. AdaBN column: the same networks with "
-                  "batch-norm statistics re-estimated on the left-out site's unlabelled images."]
+                  "batch-norm statistics re-estimated on the left-out site's unlabelled images. Class proportions "
+                  "re-estimated: each cell's probabilities re-weighted to the left-out site's own class "
+                  "proportions, estimated by EM on its unlabelled cells (Saerens et al. 2002); in the few-shot "
+                  "tables, the mean over the draws."]
     text = "\n".join(lines) + "\n"
     _atomic.write_text(path, text)
     return text

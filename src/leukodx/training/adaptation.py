@@ -7,6 +7,10 @@
 - **Few-shot fine-tuning** (``few_shot_fit``), with k labelled cells per class: AdaBN on the
   target images first, then every weight fine-tuned with those batch-norm statistics held fixed,
   so the few cells move the weights, never the statistics.
+- **Class-prior re-estimation, without labels** (``reestimate_prior``; Saerens et al. 2002, "Adjusting
+  the outputs of a classifier to new a priori probabilities"): a lab's cells come in other proportions
+  than the training cells did (mostly neutrophils and lymphocytes, few basophils); EM on the unlabelled
+  batch's calibrated probabilities estimates those proportions and re-weights every cell's probabilities.
 """
 
 from __future__ import annotations
@@ -23,6 +27,25 @@ from leukodx.preprocessing.transforms import Preprocess, normalize_batch
 
 if TYPE_CHECKING:
     from leukodx.training.trainer import FitResult, TrainConfig
+
+
+def reestimate_prior(proba: np.ndarray, train_prior: np.ndarray, max_iter: int = 100,
+                     tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """(the probabilities re-weighted to the batch's own class proportions, those proportions), by EM from
+    calibrated probabilities (N, C) of one batch and the class proportions the model was trained on."""
+    proba = np.asarray(proba, dtype=np.float64)
+    train_prior = np.clip(np.asarray(train_prior, dtype=np.float64), 1e-12, None)
+    train_prior = train_prior / train_prior.sum()
+    prior, adjusted = train_prior, proba
+    for _ in range(max_iter):
+        adjusted = proba * (prior / train_prior)
+        adjusted /= np.clip(adjusted.sum(axis=1, keepdims=True), 1e-300, None)
+        new = adjusted.mean(axis=0)
+        done = float(np.abs(new - prior).max()) < tol
+        prior = new
+        if done:
+            break
+    return adjusted, prior
 
 
 def has_batchnorm(net: torch.nn.Module) -> bool:

@@ -136,8 +136,10 @@ def _arrays(index: ImageIndex, pre: Preprocess) -> np.ndarray:
 
 
 def _prior(labels: np.ndarray) -> np.ndarray:
-    """The class proportions of a model's training labels (over the shared types)."""
-    return np.bincount(labels, minlength=len(SHARED)) / len(labels)
+    """The class proportions a network trained on ``labels`` assumes: the training loss weighs each class by its
+    inverse frequency (``TrainConfig.imbalance`` 'weights'), so every class it saw counts the same."""
+    seen = np.bincount(labels, minlength=len(SHARED)) > 0
+    return seen / seen.sum()
 
 
 def _stack(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

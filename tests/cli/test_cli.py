@@ -4,8 +4,10 @@ the one-line errors and exit codes for bad input."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +168,17 @@ def test_datasets_audit_writes_its_report(tmp_path):
     assert report["n_images"] == 100 and report["split"] is None
     assert len(report["examples"]) == min(report["n_pairs"], 20)
     assert all(ex["hamming"] <= 6 for ex in report["examples"])
+
+
+def test_loso_table_only_rewrites_the_table_from_result_files(tmp_path):
+    results = tmp_path / "loso"
+    results.mkdir()
+    empty = run("benchmark", "--protocol", "loso", "--table-only", "--output-dir", str(results))
+    assert empty.returncode != 0 and "no leave-one-site-out result files" in empty.stderr
+    assert "Traceback" not in empty.stderr
+    shipped = Path(__file__).parents[2] / "benchmarks" / "results" / "loso" / "stain-aug-large__adapt.json"
+    shutil.copy(shipped, results)
+    proc = run("benchmark", "--protocol", "loso", "--table-only", "--output-dir", str(results))
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "LOSO.md").read_text()
+    assert "| stain-aug-large |" in text and "## Few-shot adaptation, stain-aug-large" in text

@@ -421,9 +421,18 @@ def run_suite(names: list[str] | None, out_dir: str | Path, quick_run: bool = Fa
         result["cache_key"] = key
         _atomic.write_json(path, result)
         results.append(result)
+    return results, rewrite_table(out_dir, quick_run, results)
+
+
+def rewrite_table(out_dir: str | Path, quick_run: bool = False, latest: list[dict] = ()) -> Path:
+    """LOSO.md (or LOSO-quick.md) beside ``out_dir``, from every result file in it and ``latest``."""
+    out_dir = Path(out_dir)
+    found = _every_result(out_dir, quick_run, list(latest))
+    if not found:
+        raise InvalidInputError(f"{out_dir}: no leave-one-site-out result files")
     table = out_dir.parent / ("LOSO-quick.md" if quick_run else "LOSO.md")
-    write_table(_every_result(out_dir, quick_run, results), table)
-    return results, table
+    write_table(found, table)
+    return table
 
 
 def _every_result(out_dir: Path, quick_run: bool, latest: list[dict]) -> list[dict]:

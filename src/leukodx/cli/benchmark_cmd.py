@@ -37,6 +37,8 @@ def register(app: typer.Typer) -> None:
                                                              "benchmarks/results/zoo or .../loso)."),
         leaderboard: Optional[Path] = typer.Option(None, help="Leaderboard Markdown (default: beside output-dir)."),
         force: bool = typer.Option(False, help="Rerun even when a result with the same configuration exists."),
+        table_only: bool = typer.Option(False, "--table-only", help="loso: only rewrite LOSO.md from the result "
+                                                                    "files in output-dir; train nothing."),
         seed: int = Seed,
         data_root: Optional[Path] = DataRoot,
     ) -> None:
@@ -47,8 +49,11 @@ def register(app: typer.Typer) -> None:
         from leukodx.zoo.recipes import BUDGETS, get_recipe, list_recipes
 
         if protocol == "loso":
-            from leukodx.benchmarking.loso import run_suite
+            from leukodx.benchmarking.loso import rewrite_table, run_suite
 
+            if table_only:
+                console.print(f"leave-one-site-out table: {rewrite_table(output_dir or RESULTS / 'loso', quick)}")
+                return
             _, table = run_suite(variant, output_dir or RESULTS / "loso", quick_run=quick, data_root=data_root,
                                  force=force, log=console.print, adapt_k=tuple(adapt_k or ()))
             console.print(f"leave-one-site-out table: {table}")

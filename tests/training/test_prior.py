@@ -38,3 +38,14 @@ def test_a_batch_in_the_training_proportions_is_nearly_unchanged():
     adjusted, prior = reestimate_prior(proba, train)
     assert np.allclose(prior, train, atol=0.03)
     assert (adjusted.argmax(1) == proba.argmax(1)).mean() > 0.97
+
+
+def test_a_class_the_model_was_not_trained_on_is_not_blown_up():
+    """A zero training proportion would divide by zero: that class keeps its weight, the others are re-estimated."""
+    proba, y = _posteriors([1600, 300, 100], np.full(3, 1 / 3))
+    proba = np.hstack([proba * 0.98, np.full((len(proba), 1), 0.02)])  # a fourth class, never trained on
+    adjusted, prior = reestimate_prior(proba, np.array([1 / 3, 1 / 3, 1 / 3, 0.0]))
+    assert np.isfinite(adjusted).all() and np.allclose(adjusted[:, 3], 0.02)
+    assert np.allclose(adjusted.sum(axis=1), 1.0)
+    assert (adjusted.argmax(1) == y).mean() > (proba.argmax(1) == y).mean() + 0.03
+    assert np.allclose(prior[:3], [0.8, 0.15, 0.05], atol=0.04) and prior[3] == 0.0

@@ -218,7 +218,8 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
         x_held, y_held = _stack(held_parts)
         in_site = {s: _scores(result.net, *take(s, "test", variant.test_per_class), pre, result.temperature,
                               variant.site_batches, n_boot) for s in train_sites}
-        curve = _learning_curve(result, variant, pre, take, held, adapt_k, n_boot) if adapt_k else None
+        curve = (_learning_curve(result, variant, pre, take, held, adapt_k, n_boot, _prior(y_tr)) if adapt_k
+                 else None)
         folds[held] = {
             "train_sites": train_sites, "n_train": int(len(y_tr)), "n_val": int(len(y_va)),
             "left_out": _scores(result.net, x_held, y_held, pre, result.temperature, variant.adabn, n_boot),
@@ -293,7 +294,7 @@ FEW_SHOT_DRAWS = 3
 
 
 def _learning_curve(result, variant: Variant, pre: Preprocess, take, held: str, ks: tuple[int, ...],
-                    n_boot: int, draws: int = FEW_SHOT_DRAWS) -> dict:
+                    n_boot: int, train_prior: np.ndarray, draws: int = FEW_SHOT_DRAWS) -> dict:
     """Per k: the first draw's scores (as before draws were added), and every draw's accuracy with their
     mean, min and max under ``"draws"``."""
     import tempfile
@@ -313,8 +314,9 @@ def _learning_curve(result, variant: Variant, pre: Preprocess, take, held: str, 
                 tuned = few_shot_fit(result.net, x_k, y_k, len(SHARED), config, Path(work) / f"k{k}-{draw}")
                 runs.append({"n_adaptation": int(len(y_k)),
                              **_scores(tuned.net, x_test, y_test, pre, result.temperature, False, n_boot)})
+                # tuned from the fold's network, balanced over the classes the site has: the fold's prior
                 prior_runs.append(_scores(tuned.net, x_test, y_test, pre, result.temperature, False, n_boot,
-                                          _prior(y_k))["accuracy"]["value"])
+                                          train_prior)["accuracy"]["value"])
             accuracy = [r["accuracy"]["value"] for r in runs]
             curve[str(k)] = {**runs[0], "draws": {
                 "seeds": [variant.seed + draw for draw in range(draws)], "accuracy": accuracy,

@@ -32,20 +32,29 @@ if TYPE_CHECKING:
 def reestimate_prior(proba: np.ndarray, train_prior: np.ndarray, max_iter: int = 100,
                      tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
     """(the probabilities re-weighted to the batch's own class proportions, those proportions), by EM from
-    calibrated probabilities (N, C) of one batch and the class proportions the model was trained on."""
+    calibrated probabilities (N, C) of one batch and the class proportions the model was trained on. A class
+    the model was not trained on (proportion 0) has nothing to re-weight: its probabilities are kept, and the
+    other classes share the rest."""
     proba = np.asarray(proba, dtype=np.float64)
-    train_prior = np.clip(np.asarray(train_prior, dtype=np.float64), 1e-12, None)
-    train_prior = train_prior / train_prior.sum()
-    prior, adjusted = train_prior, proba
+    train_prior = np.asarray(train_prior, dtype=np.float64)
+    trained = train_prior > 0
+    base = train_prior[trained] / train_prior[trained].sum()
+    part = proba[:, trained]
+    mass = part.sum(axis=1, keepdims=True)
+    prior = base
+    adjusted = proba.copy()
     for _ in range(max_iter):
-        adjusted = proba * (prior / train_prior)
-        adjusted /= np.clip(adjusted.sum(axis=1, keepdims=True), 1e-300, None)
-        new = adjusted.mean(axis=0)
+        weighted = part * (prior / base)
+        weighted *= mass / np.clip(weighted.sum(axis=1, keepdims=True), 1e-300, None)
+        new = weighted.mean(axis=0) / max(float(weighted.mean(axis=0).sum()), 1e-300)
         done = float(np.abs(new - prior).max()) < tol
         prior = new
         if done:
             break
-    return adjusted, prior
+    adjusted[:, trained] = weighted
+    full = np.zeros_like(train_prior)
+    full[trained] = prior
+    return adjusted, full
 
 
 def has_batchnorm(net: torch.nn.Module) -> bool:

@@ -50,6 +50,8 @@ def test_site_zoom_refuses_images_without_a_nucleus_and_clips():
     assert site_zoom(np.array([0.9]), np.array([0.05])) == 2.5
     with pytest.raises(InvalidInputError, match="zoom 3"):
         Preprocess(zoom=3.0)
+    with pytest.raises(InvalidInputError, match="cell-crop"):
+        Preprocess(zoom=1.5, resize="cell-crop")
 
 
 def test_a_preprocess_without_zoom_keeps_its_dict_and_a_zoom_round_trips():

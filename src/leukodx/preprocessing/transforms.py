@@ -29,8 +29,9 @@ class Preprocess:
     or magnification of the source, padding with the image's own background colour);
     stain: 'none' | 'reinhard' | 'macenko' | 'levels'; mean/std: per-channel normalization in [0, 1] units;
     zoom: magnification applied first, about the image's centre (> 1 keeps the centre 1/zoom of each side,
-    < 1 pads with the image's own border colour): a lab whose optics or crop size make its cells look
-    smaller or larger than the training cells did is brought to the training scale (``site_zoom``)."""
+    < 1 pads with the image's own border colour): a site whose optics or crop size make its cells look
+    smaller or larger than the training cells did, brought to the training scale (``site_zoom`` measures it;
+    the leave-one-site-out protocol's scale-match arm applies it to the left-out site)."""
 
     size: int = 64
     resize: str = "resize"
@@ -49,6 +50,8 @@ class Preprocess:
             raise InvalidInputError(f"input size {self.size}: expected 8..1024 px")
         if not ZOOM_RANGE[0] <= self.zoom <= ZOOM_RANGE[1]:
             raise InvalidInputError(f"zoom {self.zoom}: expected {ZOOM_RANGE[0]}..{ZOOM_RANGE[1]}")
+        if self.zoom != 1.0 and self.resize == "cell-crop":
+            raise InvalidInputError("zoom with resize 'cell-crop': the crop already sets each cell's scale")
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (size, size, 3) uint8."""

@@ -41,7 +41,7 @@ def reestimate_prior(proba: np.ndarray, train_prior: np.ndarray, max_iter: int =
     base = train_prior[trained] / train_prior[trained].sum()
     part = proba[:, trained]
     mass = part.sum(axis=1, keepdims=True)
-    prior = base
+    prior, weighted = base, part
     adjusted = proba.copy()
     for _ in range(max_iter):
         weighted = part * (prior / base)

@@ -109,6 +109,9 @@ VARIANTS = {v.name: v for v in (
     # plain training (the best zero-shot on the CellaVision sites) on one-site batches with batch norm adapted
     # at every test site: stain augmentation cost pbc (0.761 -> 0.566) where site batches lifted it
     Variant("site-bn-large", adabn=True, site_batches=True, epochs=20, per_class=500, val_per_class=60),
+    # the same with each image's black and white points mapped onto one reference (Jiangxi's yellow glass removed)
+    Variant("levels+site-bn-large", stain="levels", adabn=True, site_batches=True, epochs=20, per_class=500,
+            val_per_class=60),
     # the shipped recipe with the left-out site brought to the training cells' scale: its median nucleus size in
     # the frame measured on its own unlabelled cells (CellaVision's pbc crops show smaller cells than the others)
     Variant("stain-aug+scale-match-large", augment="stain", scale_match=True, epochs=20, per_class=500,

@@ -149,18 +149,29 @@ def _stack(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.n
     return np.concatenate([a for a, _ in parts]), np.concatenate([y for _, y in parts])
 
 
-def _scores(net, arrays: np.ndarray, labels: np.ndarray, pre: Preprocess, temperature: float, adabn: bool,
-            n_boot: int, train_prior: np.ndarray | None = None) -> dict:
-    """Scores on one site's cells; with ``train_prior``, the probabilities re-weighted to the site's own class
-    proportions first (``reestimate_prior``, no labels used)."""
-    from leukodx.training.adaptation import adapt_batchnorm, reestimate_prior
+def _proba(net, arrays: np.ndarray, pre: Preprocess, temperature: float, adabn: bool) -> np.ndarray:
+    """Calibrated probabilities of one site's cells (batch norm first adapted to them with ``adabn``)."""
+    from leukodx.training.adaptation import adapt_batchnorm
     from leukodx.training.calibration import softmax
     from leukodx.training.trainer import predict_logits
 
     model = adapt_batchnorm(net, arrays, pre) if adabn else net
-    proba = softmax(predict_logits(model, arrays, pre), temperature)
-    if train_prior is not None:
-        proba = reestimate_prior(proba, train_prior)[0]
+    return softmax(predict_logits(model, arrays, pre), temperature)
+
+
+def _reweighted(proba: np.ndarray, train_prior: np.ndarray) -> np.ndarray:
+    """``proba`` re-weighted to the site's own class proportions (``reestimate_prior``, no labels used)."""
+    from leukodx.training.adaptation import reestimate_prior
+
+    return reestimate_prior(proba, train_prior)[0]
+
+
+def _scores(net, arrays: np.ndarray, labels: np.ndarray, pre: Preprocess, temperature: float, adabn: bool,
+            n_boot: int) -> dict:
+    return _metrics(labels, _proba(net, arrays, pre, temperature, adabn), n_boot)
+
+
+def _metrics(labels: np.ndarray, proba: np.ndarray, n_boot: int) -> dict:
     m = classification_metrics(labels, proba, list(SHARED), n_boot=n_boot, auroc_boot=min(200, n_boot))
     return {key: m[key] for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc", "ece", "n",
                                     "confusion_matrix")}
@@ -223,12 +234,12 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
                               variant.site_batches, n_boot) for s in train_sites}
         curve = (_learning_curve(result, variant, pre, take, held, adapt_k, n_boot, _prior(y_tr)) if adapt_k
                  else None)
+        held_proba = _proba(result.net, x_held, pre, result.temperature, variant.adabn)
         folds[held] = {
             "train_sites": train_sites, "n_train": int(len(y_tr)), "n_val": int(len(y_va)),
-            "left_out": _scores(result.net, x_held, y_held, pre, result.temperature, variant.adabn, n_boot),
+            "left_out": _metrics(y_held, held_proba, n_boot),
             # the same with the class proportions re-estimated on the left-out site (no labels used)
-            "left_out_prior": _scores(result.net, x_held, y_held, pre, result.temperature, variant.adabn, n_boot,
-                                      _prior(y_tr)),
+            "left_out_prior": _metrics(y_held, _reweighted(held_proba, _prior(y_tr)), n_boot),
             # the same network with test-time batch-norm adaptation on the left-out site (no labels used)
             **({} if variant.adabn or "_gn" in variant.arch else {
                 "left_out_adabn": _scores(result.net, x_held, y_held, pre, result.temperature, True, n_boot)}),
@@ -315,11 +326,10 @@ def _learning_curve(result, variant: Variant, pre: Preprocess, take, held: str, 
                 x_k, y_k = take(held, "train", k, draw)
                 config = fine_tune_config(variant.arch, pre, len(y_k), seed=variant.seed)
                 tuned = few_shot_fit(result.net, x_k, y_k, len(SHARED), config, Path(work) / f"k{k}-{draw}")
-                runs.append({"n_adaptation": int(len(y_k)),
-                             **_scores(tuned.net, x_test, y_test, pre, result.temperature, False, n_boot)})
+                proba = _proba(tuned.net, x_test, pre, result.temperature, False)
+                runs.append({"n_adaptation": int(len(y_k)), **_metrics(y_test, proba, n_boot)})
                 # tuned from the fold's network, balanced over the classes the site has: the fold's prior
-                prior_runs.append(_scores(tuned.net, x_test, y_test, pre, result.temperature, False, n_boot,
-                                          train_prior)["accuracy"]["value"])
+                prior_runs.append(float(np.mean(_reweighted(proba, train_prior).argmax(1) == y_test)))
             accuracy = [r["accuracy"]["value"] for r in runs]
             curve[str(k)] = {**runs[0], "draws": {
                 "seeds": [variant.seed + draw for draw in range(draws)], "accuracy": accuracy,

@@ -211,6 +211,12 @@ def _largest_central(mask: np.ndarray, scales: list[float], flat: list[bool]) ->
     return out
 
 
+def _border_colour(rgb: np.ndarray) -> np.ndarray:
+    """The median colour of the image's outermost pixels (the glass around the cell)."""
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).reshape(-1, 3)
+    return np.median(border, axis=0).astype(np.uint8)
+
+
 def zoom_about_centre(rgb: np.ndarray, zoom: float) -> np.ndarray:
     """``rgb`` magnified by ``zoom`` about its centre at its own pixel size: the centre 1/zoom of each side
     (zoom > 1), or the image in the middle of a canvas zoom times smaller, filled with its border colour."""
@@ -219,9 +225,8 @@ def zoom_about_centre(rgb: np.ndarray, zoom: float) -> np.ndarray:
     if zoom > 1:
         top, left = (h - nh) // 2, (w - nw) // 2
         return rgb[top:top + nh, left:left + nw]
-    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).reshape(-1, 3)
     canvas = np.empty((nh, nw, 3), dtype=np.uint8)
-    canvas[:] = np.median(border, axis=0).astype(np.uint8)
+    canvas[:] = _border_colour(rgb)
     top, left = (nh - h) // 2, (nw - w) // 2
     canvas[top:top + h, left:left + w] = rgb
     return canvas
@@ -259,9 +264,8 @@ def crop_around(rgb: np.ndarray, box, factor: float = CELL_CROP_FACTOR) -> np.nd
     side = max(16, int(round(factor * max(bottom - top, right - left))))
     cy, cx = (top + bottom) // 2, (left + right) // 2
     y0, x0 = cy - side // 2, cx - side // 2
-    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).reshape(-1, 3)
     canvas = np.empty((side, side, 3), dtype=np.uint8)
-    canvas[:] = np.median(border, axis=0).astype(np.uint8)
+    canvas[:] = _border_colour(rgb)
     sy0, sx0, sy1, sx1 = max(0, y0), max(0, x0), min(h, y0 + side), min(w, x0 + side)
     canvas[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
     return canvas

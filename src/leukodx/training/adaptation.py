@@ -46,7 +46,8 @@ def reestimate_prior(proba: np.ndarray, train_prior: np.ndarray, max_iter: int =
     for _ in range(max_iter):
         weighted = part * (prior / base)
         weighted *= mass / np.clip(weighted.sum(axis=1, keepdims=True), 1e-300, None)
-        new = weighted.mean(axis=0) / max(float(weighted.mean(axis=0).sum()), 1e-300)
+        new = weighted.mean(axis=0)
+        new /= max(float(new.sum()), 1e-300)
         done = float(np.abs(new - prior).max()) < tol
         prior = new
         if done:

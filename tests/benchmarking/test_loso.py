@@ -115,6 +115,23 @@ def test_scale_match_zooms_only_the_left_out_site_to_the_training_cells_scale():
                                   log=lambda m: None)["folds"]["pbc"]
 
 
+@pytest.mark.slow
+def test_site_batch_variant_is_also_scored_without_site_statistics(tmp_path):
+    """A site-bn network is scored with each site's own batch-norm statistics and, beside that, with statistics
+    pooled over its training cells (what it gives where a site has none): other figures than the adapted ones."""
+    result = run_loso(quick(VARIANTS["site-bn-large"]), sites=("wbc-seg-1", "wbc-seg-2"), n_boot=20,
+                      log=lambda m: None)
+    fold = result["folds"]["wbc-seg-2"]
+    pooled, adapted = fold["left_out_pooled"], fold["left_out"]
+    assert pooled["n"] == adapted["n"] and set(fold["in_site_pooled"]) == {"wbc-seg-1"}
+    assert pooled["confusion_matrix"] != adapted["confusion_matrix"]
+    row = next(line for line in write_table([result], tmp_path / "LOSO.md").splitlines()
+               if line.startswith("| site-bn-large (quick) |"))
+    wanted = " / ".join(f"{result['folds'][s]['left_out_pooled']['accuracy']['value']:.3f}"
+                        for s in ("wbc-seg-1", "wbc-seg-2"))
+    assert row.rstrip(" |").split(" | ")[-1].startswith(wanted + "; ")
+
+
 def test_loso_needs_two_sites_and_known_variants(tmp_path):
     from leukodx.benchmarking.loso import run_suite
 

@@ -190,6 +190,7 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
     fold's training and validation cells, as ``leukodx train`` does) and is scored on how well they
     tell the left-out site from the in-site test cells (``evaluation.reliability``).
     """
+    from leukodx.training.adaptation import adapt_batchnorm
     from leukodx.training.trainer import TrainConfig, fit
 
     if len(sites) < 2:
@@ -235,6 +236,8 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
         curve = (_learning_curve(result, variant, pre, take, held, adapt_k, n_boot, _prior(y_tr)) if adapt_k
                  else None)
         held_proba = _proba(result.net, x_held, pre, result.temperature, variant.adabn)
+        # a site-batch network used without any site's own statistics: batch norm pooled over every training cell
+        pooled = adapt_batchnorm(result.net, x_tr, pre) if variant.site_batches else None
         folds[held] = {
             "train_sites": train_sites, "n_train": int(len(y_tr)), "n_val": int(len(y_va)),
             "left_out": _metrics(y_held, held_proba, n_boot),
@@ -243,6 +246,10 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
             # the same network with test-time batch-norm adaptation on the left-out site (no labels used)
             **({} if variant.adabn or "_gn" in variant.arch else {
                 "left_out_adabn": _scores(result.net, x_held, y_held, pre, result.temperature, True, n_boot)}),
+            **({} if pooled is None else {
+                "left_out_pooled": _scores(pooled, x_held, y_held, pre, result.temperature, False, n_boot),
+                "in_site_pooled": {s: _scores(pooled, *take(s, "test", variant.test_per_class), pre,
+                                              result.temperature, False, n_boot) for s in train_sites}}),
             "in_site": in_site, "best_epoch": result.best_epoch, "seconds": round(time.perf_counter() - t0, 1),
             **({"learning_curve": curve} if curve else {}),
             **({"zoom": pres[held].zoom} if variant.scale_match else {}),
@@ -343,6 +350,15 @@ def quick(variant: Variant) -> Variant:
     return replace(variant, name=f"{variant.name} (quick)", **QUICK)
 
 
+def _pooled_text(result: dict, sites: list[str]) -> str:
+    """A site-batch variant's left-out accuracies per site and mean in-site accuracy with pooled statistics."""
+    folds = [result["folds"][s] for s in sites if s in result["folds"]]
+    if not folds or any("left_out_pooled" not in f for f in folds):
+        return "-"
+    in_site = [v["accuracy"]["value"] for f in folds for v in f["in_site_pooled"].values()]
+    return " / ".join(f"{f['left_out_pooled']['accuracy']['value']:.3f}" for f in folds) + f"; {np.mean(in_site):.3f}"
+
+
 def write_table(results: list[dict], path: str | Path) -> str:
     """LOSO.md: one row per variant, left-out accuracy [95% CI] per site, and the mean in-site accuracy."""
     if not results:
@@ -354,8 +370,9 @@ def write_table(results: list[dict], path: str | Path) -> str:
              "test splits in the same folds. Written by `leukodx benchmark --protocol loso`.", "",
              "| variant | budget | " + " | ".join(f"left out: {s}" for s in sites)
              + " | worst left-out | mean in-site | worst left-out, test-time AdaBN"
-             " | worst left-out, class proportions re-estimated |",
-             "|---|---|" + "---|" * (len(sites) + 4)]
+             " | worst left-out, class proportions re-estimated | site-batch network without site statistics: "
+             "left-out per site; mean in-site |",
+             "|---|---|" + "---|" * (len(sites) + 5)]
     for r in results:
         cells, worst, in_site = [], 1.0, []
         for s in sites:
@@ -371,10 +388,12 @@ def write_table(results: list[dict], path: str | Path) -> str:
         adabn_text = f"{min(adabn):.3f}" if len(adabn) == len(r["folds"]) else "-"
         prior = [f["left_out_prior"]["accuracy"]["value"] for f in r["folds"].values() if "left_out_prior" in f]
         prior_text = f"{min(prior):.3f}" if len(prior) == len(r["folds"]) else "-"
+        pooled_text = _pooled_text(r, sites)
         v = r["variant"]
         budget = f"{v['epochs']} ep, {v['per_class']}/class/site, {v['size']} px"
         lines.append(f"| {v['name']} | {budget} | " + " | ".join(cells)
-                     + f" | {worst:.3f} | {np.mean(in_site):.3f} | {adabn_text} | {prior_text} |")
+                     + f" | {worst:.3f} | {np.mean(in_site):.3f} | {adabn_text} | {prior_text}"
+                     + f" | {pooled_text} |")
     curves = [r for r in results if any("learning_curve" in f for f in r["folds"].values())]
     for r in curves:
         ks = list(next(f for f in r["folds"].values() if "learning_curve" in f)["learning_curve"])
@@ -402,7 +421,9 @@ def write_table(results: list[dict], path: str | Path) -> str:
                   "batch-norm statistics re-estimated on the left-out site's unlabelled images. Class proportions "
                   "re-estimated: each cell's probabilities re-weighted to the left-out site's own class "
                   "proportions, estimated by EM on its unlabelled cells (Saerens et al. 2002); in the few-shot "
-                  "tables, the mean over the draws."]
+                  "tables, the mean over the draws. Site-batch networks (site-bn: one site per training batch) "
+                  "are scored with each test site's own batch-norm statistics; the last column scores the same "
+                  "network with statistics pooled over every training cell, as it runs where a site has none."]
     text = "\n".join(lines) + "\n"
     _atomic.write_text(path, text)
     return text

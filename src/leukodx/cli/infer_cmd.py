@@ -23,6 +23,12 @@ def _report_errors(errors: list[dict]) -> None:
         print(f"skipped: {e['error']}", file=sys.stderr)
 
 
+def _one_normalization(adapt_bn: bool, site: str | None) -> None:
+    if adapt_bn and site is not None:
+        raise InvalidInputError("--adapt-bn and --site: give one (statistics from these images, or a site's kept "
+                                "ones)")
+
+
 def _coverage_for(clf, coverage: float | None) -> float:
     """The coverage to use: the default where none was asked for; an asked-for one must be valid and
     the model must carry conformal calibration scores."""
@@ -78,6 +84,9 @@ def register(app: typer.Typer) -> None:
         adapt_bn: bool = typer.Option(False, "--adapt-bn", help="Test-time batch-norm adaptation: re-estimate the "
                                                                 "model's normalization statistics on these images "
                                                                 "(one lab's, >= 32) before predicting (LOSO.md)."),
+        site: Optional[str] = typer.Option(None, "--site", help="Run with the batch-norm statistics the model "
+                                                                "keeps for this training site (a model trained with "
+                                                                "--site-batches; `leukodx info` lists them)."),
         backend: str = Backend,
         precision: str = Precision,
         device: str = Device,
@@ -93,7 +102,8 @@ def register(app: typer.Typer) -> None:
 
         if (images is None) == (dataset is None):
             raise InvalidInputError("give exactly one of --images DIR or --dataset NAME")
-        clf = load_model(model, backend=backend, precision=precision, device=device)
+        _one_normalization(adapt_bn, site)
+        clf = load_model(model, backend=backend, precision=precision, device=device, site=site)
         streamed = {"rows_to": output, "resume": resume}
         if images is not None:
             result = evaluate_folder(clf, images, n_boot=n_boot, seed=seed, adapt_bn=adapt_bn, **streamed)
@@ -118,6 +128,9 @@ def register(app: typer.Typer) -> None:
                                                                 "model's normalization statistics on these images "
                                                                 "(one lab's, >= 32) before predicting (LOSO.md). "
                                                                 "Reads every image first (not streamed)."),
+        site: Optional[str] = typer.Option(None, "--site", help="Run with the batch-norm statistics the model "
+                                                                "keeps for this training site (a model trained with "
+                                                                "--site-batches; `leukodx info` lists them)."),
         coverage: Optional[float] = Coverage,
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of the same model over the "
                                                             "same inputs (OUTPUT.partial.jsonl): finished inputs are "
@@ -144,11 +157,14 @@ def register(app: typer.Typer) -> None:
         check_output(output)
         if ray is not None and adapt_bn:
             raise InvalidInputError("--ray and --adapt-bn: the adaptation needs every image in one process")
+        if ray is not None and site is not None:
+            raise InvalidInputError("--ray and --site: the Ray workers run the bundle's own statistics")
+        _one_normalization(adapt_bn, site)
         if ray is not None:  # before any output exists: a missing extra or an unreachable cluster is one line
             from leukodx.inference.distributed import connect
 
             connect(ray, ray_workers)
-        clf = load_model(model, backend=backend, precision=precision, device=device)
+        clf = load_model(model, backend=backend, precision=precision, device=device, site=site)
         coverage = _coverage_for(clf, coverage)
         items, list_errors = expand_inputs(inputs)
         _report_errors(list_errors)
@@ -156,7 +172,8 @@ def register(app: typer.Typer) -> None:
             raise InvalidInputError(f"no image found in {', '.join(map(str, inputs))}")
         rowfile = RowFile(output, {"model": clf.name, "model_sha256": clf.card.get("sha256"),
                                    "inputs_sha256": inputs_digest(n for n, _ in items), "n_inputs": len(items),
-                                   "coverage": coverage, "adapt_bn": adapt_bn, "precision": clf.precision},
+                                   "coverage": coverage, "adapt_bn": adapt_bn, "site": site,
+                                   "precision": clf.precision},
                           resume=resume)
         done = rowfile.start()
         todo = items.without(done) if done else items
@@ -191,7 +208,8 @@ def register(app: typer.Typer) -> None:
         shift = clf.shift_from(scores)
         header = {"model": clf.name, "model_sha256": clf.card.get("sha256"), "backend": clf.backend,
                   "precision": clf.precision,
-                  "onnx_sha256": clf.onnx_sha256, "classes": clf.classes, "coverage": coverage, "shift": shift}
+                  "onnx_sha256": clf.onnx_sha256, "site_statistics": site, "classes": clf.classes,
+                  "coverage": coverage, "shift": shift}
         rowfile.finish(header, row_columns(clf.classes), lambda r: row_cells(r, clf.classes))
         resumed = f" ({rowfile.resumed} from the interrupted run)" if rowfile.resumed else ""
         console.print(f"{n_rows} image(s) predicted{resumed}, {n_errors + len(list_errors)} skipped; written to {output}")

@@ -41,6 +41,9 @@ def register(app: typer.Typer) -> None:
                                                       "training cells of it."),
         loso: Optional[Path] = typer.Option(None, help="Multi-site: a leave-one-site-out result of this recipe "
                                                        "(benchmarks/results/loso/*.json) to list in the card."),
+        site_batches: bool = typer.Option(False, "--site-batches", help="Multi-site: one site per training batch, "
+                                          "so batch norm learns each site's statistics; the bundle keeps them "
+                                          "(predict --site NAME) and runs with them pooled otherwise."),
         resume: bool = Resume,
         threads: Optional[int] = Threads,
         data_root: Optional[Path] = DataRoot,
@@ -63,8 +66,10 @@ def register(app: typer.Typer) -> None:
             label_smoothing=label_smoothing, imbalance=imbalance, patience=patience, seed=seed,
             pretrained=str(pretrained) if pretrained else None,
             preprocess=Preprocess(size=size, resize=resize, stain=stain),
-            augment=augment_preset(augment),
+            augment=augment_preset(augment), site_batches=site_batches,
         )
+        if site_batches and len(dataset) < 2:
+            raise InvalidInputError("--site-batches: give two or more sites (-d pbc -d deepapl ...)")
         if len(dataset) > 1:
             if split:
                 raise InvalidInputError("--split: a multi-site model uses each site's saved split")

@@ -35,7 +35,7 @@ def _streamed(classifier, paths, adapt_bn: bool, rows_to: Path, resume: bool
     items = [(str(p), str(p)) for p in paths]
     rowfile = RowFile(rows_to, {"model": classifier.name, "model_sha256": classifier.card.get("sha256"),
                                 "inputs_sha256": inputs_digest(n for n, _ in items), "n_inputs": len(items),
-                                "adapt_bn": adapt_bn, "backend": classifier.backend,
+                                "adapt_bn": adapt_bn, "site": classifier.site, "backend": classifier.backend,
                                 "precision": classifier.precision}, resume=resume, scratch=True)
     done = rowfile.start()
     todo = [item for item in items if item[0] not in done]
@@ -107,6 +107,7 @@ def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int 
         "model": classifier.name,
         "model_sha256": classifier.card.get("sha256"),
         "test_time_adaptation": {"method": "AdaBN", "images": int(n_adapted)} if adapt_bn else None,
+        "site_statistics": classifier.site,  # the training site whose batch-norm statistics it ran with (--site)
         "images": str(index.root),
         "dataset_fingerprint": index.fingerprint(),
         "accuracy": metrics["accuracy"]["value"],

@@ -116,14 +116,19 @@ class Classifier:
         self.onnx_sha256: str | None = None   # the digest of the ONNX file that runs (onnx backend only)
         self.precision = "fp32"
         self.backend = self._choose_backend(backend, precision)
+        #: the training site whose batch-norm statistics the probabilities are computed with (``use_site``)
+        self.site: str | None = None
+        self._site_net = None
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike, backend: str = "auto", precision: str = "auto",
-             device: str = "auto") -> "Classifier":
+             device: str = "auto", site: str | None = None) -> "Classifier":
         directory = resolve_bundle(name_or_path, task=TASK)
         card, _ = verify_bundle(directory, task=TASK)
         with interpreting(directory):
             clf = cls(None, card, backend=backend, bundle_dir=directory, precision=precision, device=device)
+            if site is not None:
+                clf.use_site(site)
             # one blank image through every step a prediction takes: a card whose classes, calibration or
             # reliability statistics do not fit the network fails here, not on a user's images
             size = clf.preprocess.size
@@ -133,6 +138,29 @@ class Classifier:
                                         f"has {scored.proba.shape[1]} outputs")
             clf.rows_for(["self-test"], scored, DEFAULT_COVERAGE)
             return clf
+
+    def use_site(self, site: str) -> None:
+        """Compute probabilities as at ``site``, one of the training sites whose batch-norm statistics the bundle
+        keeps (``models.site_stats``; a model trained with ``--site-batches``). The network with those statistics
+        runs on PyTorch; the OOD check still reads the bundle's own network, on whose features it was fitted."""
+        from leukodx.models.site_stats import load_site_statistics
+        from leukodx.training.adaptation import with_batchnorm_statistics
+
+        statistics = load_site_statistics(self.bundle_dir, self.card)
+        if statistics is None:
+            raise InvalidInputError(f"--site {site}: {self.name} keeps no per-site statistics (a model trained "
+                                    "with --site-batches does)")
+        if site not in statistics:
+            raise InvalidInputError(f"--site {site}: {self.name} keeps statistics for {', '.join(statistics)} only")
+        self._site_net = with_batchnorm_statistics(self.net, statistics[site], f"{self.name} site {site}")
+        self.site = site
+
+    def _site_logits(self, batch_uint8: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(normalize_batch(batch_uint8, self.preprocess)).to(self.device)
+            return self._site_net(x).float().cpu().numpy()
 
     @property
     def net(self):
@@ -252,6 +280,8 @@ class Classifier:
         logits, features = [], []
         for s in range(0, len(batch_uint8), batch_size):
             lo, fe = self.forward(batch_uint8[s:s + batch_size])
+            if self._site_net is not None:  # probabilities as at the chosen site; OOD from the bundle's network
+                lo = self._site_logits(batch_uint8[s:s + batch_size])
             logits.append(lo)
             features.append(fe)
         if not logits:
@@ -574,11 +604,12 @@ DEFAULT_CELL_MODEL = "wbc-multisite"
 
 
 def load_model(name_or_path: str | os.PathLike = DEFAULT_CELL_MODEL, backend: str = "auto",
-               precision: str = "auto", device: str = "auto") -> Classifier:
+               precision: str = "auto", device: str = "auto", site: str | None = None) -> Classifier:
     """A bundled model by name (``wbc-multisite``, ``pbc-celltype``, ``all-stage``) or a bundle folder.
     ``precision``: fp32, int8 (the bundle's quantized file, ONNX Runtime), or auto: int8 where the card
-    measured it within 0.5 point of fp32."""
-    return Classifier.load(name_or_path, backend=backend, precision=precision, device=device)
+    measured it within 0.5 point of fp32. ``site``: a training site whose batch-norm statistics the bundle
+    keeps (``Classifier.use_site``)."""
+    return Classifier.load(name_or_path, backend=backend, precision=precision, device=device, site=site)
 
 
 def row_columns(classes: Sequence[str]) -> list[str]:

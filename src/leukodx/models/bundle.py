@@ -102,6 +102,16 @@ def verify_bundle(directory: str | os.PathLike, task: str | None = None) -> tupl
     return card, weights
 
 
+def listed_file(directory: str | os.PathLike, entry: dict, default: str) -> Path:
+    """A file beside the weights that a card entry lists (``file``, ``sha256``), checked against that sha256."""
+    path = Path(directory) / entry.get("file", default)
+    if not path.is_file():
+        raise IntegrityError(f"{path}: missing, but the model card lists it")
+    if sha256_file(path) != entry.get("sha256"):
+        raise IntegrityError(f"{path}: sha256 does not match the model card")
+    return path
+
+
 def load_tensors(weights: Path, framework: str = "pt") -> dict:
     """The tensors of a verified weights file (``pt``: torch tensors, ``np``: NumPy arrays)."""
     try:

@@ -40,7 +40,7 @@ LEGACY_TASKS = {
 FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "name": str, "task": str, "classes": list, "data": dict, "metrics": dict, "training": dict, "provenance": dict,
     "intended_use": str, "limits": (list, str), "weights": str, "sha256": str, "size_bytes": int, "schema": int,
-    "kind": str, "structures": list, "int8": dict,
+    "kind": str, "structures": list, "int8": dict, "site_statistics": dict,
 }
 
 

@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from leukodx._hashing import sha256_file
-from leukodx.errors import IntegrityError, InvalidInputError
+from leukodx.errors import InvalidInputError
 from leukodx.stats import binomial_tail, rank_sum_greater
 
 RELIABILITY_FILE = "reliability.safetensors"
@@ -541,16 +541,12 @@ def save_reliability(directory: str | os.PathLike, rel: Reliability, name: str =
 
 def load_reliability(directory: str | os.PathLike | None, card: dict) -> Reliability | None:
     """The bundle's statistics, checked against the card's sha256; None for bundles made without them."""
-    from leukodx.models.bundle import load_tensors
+    from leukodx.models.bundle import listed_file, load_tensors
 
     entry = card.get("reliability")
     if not entry or directory is None:
         return None
-    path = Path(directory) / entry.get("file", RELIABILITY_FILE)
-    if not path.is_file():
-        raise IntegrityError(f"{path}: missing, but the model card lists it")
-    if sha256_file(path) != entry.get("sha256"):
-        raise IntegrityError(f"{path}: sha256 does not match the model card")
+    path = listed_file(directory, entry, RELIABILITY_FILE)
     source = entry.get("style_source", LEGACY_STYLE_SOURCE)
     if source not in STYLE_SOURCES:
         raise InvalidInputError(f"{path}: style source {source!r} is unknown to this leukodx (it knows "

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 import torch
 
+from leukodx.errors import InvalidInputError
 from leukodx.preprocessing.transforms import Preprocess, normalize_batch
 
 if TYPE_CHECKING:
@@ -60,6 +61,34 @@ def reestimate_prior(proba: np.ndarray, train_prior: np.ndarray, max_iter: int =
 
 def has_batchnorm(net: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+def batchnorm_statistics(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every batch-norm layer's running mean and variance, by state-dict key (what AdaBN moves)."""
+    return {f"{name}.{buffer}": getattr(m, buffer).detach().clone().cpu()
+            for name, m in net.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            for buffer in ("running_mean", "running_var")}
+
+
+def with_batchnorm_statistics(net: torch.nn.Module, statistics: dict[str, torch.Tensor],
+                              source: str = "batch-norm statistics") -> torch.nn.Module:
+    """A copy of ``net`` that normalizes with ``statistics`` (``batchnorm_statistics`` of a network of the same
+    architecture, e.g. one site's); every weight is unchanged."""
+    own = batchnorm_statistics(net)
+    if set(statistics) != set(own) or any(tuple(statistics[k].shape) != tuple(v.shape) for k, v in own.items()):
+        raise InvalidInputError(f"{source}: do not fit this network's batch-norm layers")
+    adapted = copy.deepcopy(net)
+    device = next(adapted.parameters()).device
+    adapted.load_state_dict({k: v.to(device) for k, v in statistics.items()}, strict=False)
+    return adapted.eval()
+
+
+def site_statistics(net: torch.nn.Module, arrays_by_site: dict[str, np.ndarray],
+                    preprocess: Preprocess) -> dict[str, dict[str, torch.Tensor]]:
+    """Per site, the batch-norm statistics of ``net`` on that site's images (AdaBN on each): what a network
+    trained with one site per batch normalizes with at that site."""
+    return {site: batchnorm_statistics(adapt_batchnorm(net, arrays, preprocess))
+            for site, arrays in arrays_by_site.items()}
 
 
 @torch.no_grad()

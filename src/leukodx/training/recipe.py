@@ -22,6 +22,8 @@ from leukodx.models.bundle import load_network, save_bundle
 from leukodx.models.card import build_card
 from leukodx.preprocessing.transforms import Preprocess
 from leukodx.models.reliability import attach_reliability, save_reliability
+from leukodx.models.site_stats import save_site_statistics
+from leukodx.training.adaptation import adapt_batchnorm, site_statistics, with_batchnorm_statistics
 from leukodx.training.calibration import fit_network_reliability, softmax
 from leukodx.training.trainer import TrainConfig, device, fit, predict_logits
 
@@ -165,16 +167,28 @@ def train_multisite(sites: list[str], out_dir: str | os.PathLike, config: TrainC
     y_va = np.concatenate([y for _, y, _ in parts["val"].values()])
     log(f"{len(classes)} classes ({', '.join(classes)}); {len(y_tr)} training and {len(y_va)} validation cells "
         f"from {', '.join(sites)}" + (f"; left out (too few cells): {', '.join(dropped)}" if dropped else ""))
+
+    def sites_of(side: str) -> np.ndarray:
+        return np.concatenate([np.full(len(y), i) for i, (_, y, _) in enumerate(parts[side].values())])
+
     result = fit(x_tr, y_tr, x_va, y_va, len(classes), config, out_dir / "work", resume=resume,
-                 show_progress=show_progress)
+                 show_progress=show_progress, groups=sites_of("train"), val_groups=sites_of("val"))
+    net, at_site, site_stats = result.net, {}, None
+    if config.site_batches:  # each site's own statistics kept; the bundle's network gets them pooled over all
+        site_stats = site_statistics(net, {s: parts["train"][s][0] for s in sites}, config.preprocess)
+        at_site = {s: with_batchnorm_statistics(net, site_stats[s]) for s in sites}
+        net = adapt_batchnorm(net, x_tr, config.preprocess)
 
     def counts(labels: np.ndarray) -> dict[str, int]:
         return {c: int(n) for c, n in zip(classes, np.bincount(labels, minlength=len(classes))) if n}
 
-    test_by_site, pooled_y, pooled_p, data_sites = {}, [], [], []
+    test_by_site, pooled_y, pooled_p, data_sites, without_site = {}, [], [], [], {}
     for s in sites:
         x_te, y_te, _ = parts["test"][s]
-        proba = softmax(predict_logits(result.net, x_te, config.preprocess), result.temperature)
+        proba = softmax(predict_logits(at_site.get(s, net), x_te, config.preprocess), result.temperature)
+        if at_site:  # the same test cells scored by the bundle's network, as where no --site is given
+            pred = predict_logits(net, x_te, config.preprocess).argmax(1)
+            without_site[s] = {"accuracy": float(np.mean(pred == y_te)) if len(y_te) else None, "n": int(len(y_te))}
         pooled_y.append(y_te)
         pooled_p.append(proba)
         # every class stays a possible answer: a site is scored on the full model, not on its own classes only
@@ -189,7 +203,9 @@ def train_multisite(sites: list[str], out_dir: str | os.PathLike, config: TrainC
         log(f"{s} test: accuracy {acc:.3f} (n={len(y_te)})")
     pooled = classification_metrics(np.concatenate(pooled_y), np.concatenate(pooled_p), classes)
     metrics = {"split": "test", "test": pooled, "test_by_site": test_by_site,
-               "val": _val_summary(y_va, result, classes)}
+               "val": _val_summary(y_va, result, classes),
+               # a site-batch model's figures above use each site's own statistics (--site); without them:
+               **({"test_by_site_without_site_statistics": without_site} if without_site else {})}
     if loso_result:
         metrics["leave_one_site_out"] = _loso_summary(json.loads(Path(loso_result).read_text()), loso_result)
     licences = sorted({d["license"] for d in data_sites if d["license"]})
@@ -212,10 +228,10 @@ def train_multisite(sites: list[str], out_dir: str | os.PathLike, config: TrainC
                 *( [f"Classes with fewer than {min_class_count} training cells were left out: {', '.join(dropped)}."]
                    if dropped else [])],
     )
-    def sites_of(side: str) -> np.ndarray:
-        return np.concatenate([np.full(len(y), i) for i, (_, y, _) in enumerate(parts[side].values())])
-
-    return save_classifier(out_dir, result.net, card, config.preprocess, (x_tr, y_tr), (x_va, y_va), config.seed,
+    if site_stats is not None:
+        card["site_statistics"] = save_site_statistics(out_dir, site_stats, {s: len(parts["train"][s][1])
+                                                                            for s in sites})
+    return save_classifier(out_dir, net, card, config.preprocess, (x_tr, y_tr), (x_va, y_va), config.seed,
                            groups=sites_of("train"), val_groups=sites_of("val"))
 
 

@@ -1,0 +1,106 @@
+"""Per-site batch-norm statistics: taken from a network, put into a copy of it, kept in a bundle, chosen with
+``--site`` (domain-specific batch norm of a model trained with one site per batch)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from leukodx.cli.app import main
+from leukodx.data.sites import site_sides
+from leukodx.errors import IntegrityError, InvalidInputError
+from leukodx.inference.classifier import Classifier
+from leukodx.models.site_stats import SITE_STATS_FILE
+from leukodx.preprocessing.augment import augment_preset
+from leukodx.preprocessing.transforms import Preprocess
+from leukodx.training.adaptation import batchnorm_statistics, with_batchnorm_statistics
+from leukodx.training.recipe import train_multisite
+from leukodx.training.trainer import TrainConfig
+
+SITES = ["wbc-seg-1", "wbc-seg-2"]
+
+
+def _net(width: int = 4) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, width, 3), torch.nn.BatchNorm2d(width), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(width, 2)).eval()
+
+
+def test_statistics_move_into_a_copy_and_nothing_else_moves():
+    net, other = _net(), _net()
+    other[1].running_mean += 1.5
+    other[1].running_var *= 3.0
+    moved = with_batchnorm_statistics(net, batchnorm_statistics(other))
+    assert torch.equal(moved[1].running_mean, other[1].running_mean)
+    assert torch.equal(moved[1].running_var, other[1].running_var)
+    assert not torch.equal(net[1].running_mean, other[1].running_mean)  # the original is untouched
+    for (name, a), b in zip(moved.state_dict().items(), net.state_dict().values()):
+        assert "running" in name or torch.equal(a, b)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert not torch.allclose(moved(x), net(x))
+
+
+def test_statistics_of_another_architecture_are_refused():
+    with pytest.raises(InvalidInputError, match="site x: do not fit"):
+        with_batchnorm_statistics(_net(4), batchnorm_statistics(_net(6)), "site x")
+
+
+@pytest.fixture(scope="module")
+def site_model(tmp_path_factory):
+    config = TrainConfig(arch="regnetx_002", epochs=1, batch_size=8, lr=1e-3, patience=1, seed=0,
+                         preprocess=Preprocess(size=32), augment=augment_preset("flip"), site_batches=True)
+    out = tmp_path_factory.mktemp("site-bn") / "m"
+    card = train_multisite(SITES, out, config, max_per_class=8, min_class_count=5, show_progress=False,
+                           log=lambda m: None)
+    return out, card
+
+
+@pytest.mark.slow
+def test_a_site_batch_model_keeps_each_sites_statistics_and_runs_with_them(site_model, tmp_path):
+    out, card = site_model
+    entry = card["site_statistics"]
+    assert set(entry["sites"]) == set(SITES) and (out / SITE_STATS_FILE).is_file()
+    for s in SITES:
+        assert entry["sites"][s]["images"] == sum(card["data"]["sites"][SITES.index(s)]["counts"]["train"].values())
+    without = card["metrics"]["test_by_site_without_site_statistics"]
+    assert set(without) == set(SITES) and without["wbc-seg-2"]["n"] == card["metrics"]["test_by_site"]["wbc-seg-2"]["n"]
+    images = site_sides("wbc-seg-1")["test"].abspaths()[:12]
+    plain = Classifier.load(out, backend="torch")
+    at_site = Classifier.load(out, backend="torch", site="wbc-seg-1")
+    assert plain.site is None and at_site.site == "wbc-seg-1"
+    a, b = plain.predict(images), at_site.predict(images)
+    pa = np.array([[r["probabilities"][c] for c in plain.classes] for r in a.rows])
+    pb = np.array([[r["probabilities"][c] for c in plain.classes] for r in b.rows])
+    assert pa.shape == pb.shape == (12, len(plain.classes)) and not np.allclose(pa, pb, atol=1e-4)
+    # the OOD check reads the bundle's own network either way
+    assert [r["ood_score"] for r in a.rows] == [r["ood_score"] for r in b.rows]
+    result = tmp_path / "r.json"
+    assert main(["evaluate", "-m", str(out), "--dataset", "wbc-seg-1", "--split", "all", "--site", "wbc-seg-1",
+                 "--no-report", "-o", str(result)]) == 0
+    assert json.loads(result.read_text())["site_statistics"] == "wbc-seg-1"
+
+
+@pytest.mark.slow
+def test_site_choices_that_cannot_work_are_one_line_errors(site_model, tiny_pbc_model, tmp_path, capsys):
+    out, _ = site_model
+    with pytest.raises(InvalidInputError, match="keeps statistics for wbc-seg-1, wbc-seg-2 only"):
+        Classifier.load(out, site="pbc")
+    with pytest.raises(InvalidInputError, match="keeps no per-site statistics"):
+        Classifier.load(tiny_pbc_model, site="pbc")
+    image = str(site_sides("wbc-seg-1")["test"].abspaths()[0])
+    rc = main(["predict", image, "-m", str(out), "--site", "wbc-seg-1", "--adapt-bn", "-o", str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and "--adapt-bn and --site" in err and len(err.splitlines()) == 1
+    assert main(["train", "-d", "pbc", "--site-batches", "-o", str(tmp_path / "x")]) != 0
+    assert "--site-batches: give two or more sites" in capsys.readouterr().err
+    copy = tmp_path / "tampered"
+    import shutil
+
+    shutil.copytree(out, copy)
+    (copy / SITE_STATS_FILE).write_bytes((copy / SITE_STATS_FILE).read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(IntegrityError, match="sha256 does not match"):
+        Classifier.load(copy, site="wbc-seg-1")

@@ -69,9 +69,9 @@ def test_a_site_batch_model_keeps_each_sites_statistics_and_runs_with_them(site_
     without = card["metrics"]["test_by_site_without_site_statistics"]
     assert set(without) == set(SITES) and without["wbc-seg-2"]["n"] == card["metrics"]["test_by_site"]["wbc-seg-2"]["n"]
     images = site_sides("wbc-seg-1")["test"].abspaths()[:12]
-    plain = Classifier.load(out, backend="torch")
+    plain = Classifier.load(out, backend="torch", site="pooled")
     at_site = Classifier.load(out, backend="torch", site="wbc-seg-1")
-    assert plain.site is None and at_site.site == "wbc-seg-1"
+    assert plain.site == "pooled" and at_site.site == "wbc-seg-1"
     a, b = plain.predict(images), at_site.predict(images)
     pa = np.array([[r["probabilities"][c] for c in plain.classes] for r in a.rows])
     pb = np.array([[r["probabilities"][c] for c in plain.classes] for r in b.rows])
@@ -82,6 +82,28 @@ def test_a_site_batch_model_keeps_each_sites_statistics_and_runs_with_them(site_
     assert main(["evaluate", "-m", str(out), "--dataset", "wbc-seg-1", "--split", "all", "--site", "wbc-seg-1",
                  "--no-report", "-o", str(result)]) == 0
     assert json.loads(result.read_text())["site_statistics"] == "wbc-seg-1"
+
+
+@pytest.mark.slow
+def test_by_default_each_image_runs_with_its_recognised_sites_statistics_unless_it_is_ood(site_model):
+    out, _ = site_model
+    auto = Classifier.load(out, backend="torch")
+    assert auto.site == "auto"
+    fixed = {s: Classifier.load(out, backend="torch", site=s) for s in [*SITES, "pooled"]}
+    paths = [p for s in SITES for p in site_sides(s)["test"].abspaths()[:10]]
+    truth = np.repeat(np.arange(len(SITES)), 10)
+    _, arrays, errors = auto.load_inputs(paths)
+    assert not errors
+    features = auto.forward(arrays)[1]
+    nearest = auto.reliability.nearest_sites(features)
+    ood = auto.reliability.is_ood(auto.reliability.ood_scores(features))
+    assert np.mean(nearest == truth) >= 0.8  # the two labs' cells are told apart by their style
+    got = auto.predict_arrays(arrays)
+    want = {name: clf.predict_arrays(arrays) for name, clf in fixed.items()}
+    for i in range(len(paths)):
+        expected = want["pooled"][i] if ood[i] else want[SITES[nearest[i]]][i]
+        np.testing.assert_allclose(got[i], expected, atol=1e-6)
+    assert (~ood).sum() >= 10
 
 
 @pytest.mark.slow

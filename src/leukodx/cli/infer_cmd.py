@@ -84,9 +84,12 @@ def register(app: typer.Typer) -> None:
         adapt_bn: bool = typer.Option(False, "--adapt-bn", help="Test-time batch-norm adaptation: re-estimate the "
                                                                 "model's normalization statistics on these images "
                                                                 "(one lab's, >= 32) before predicting (LOSO.md)."),
-        site: Optional[str] = typer.Option(None, "--site", help="Run with the batch-norm statistics the model "
-                                                                "keeps for this training site (a model trained with "
-                                                                "--site-batches; `leukodx info` lists them)."),
+        site: Optional[str] = typer.Option(None, "--site", help="A model trained with --site-batches keeps each "
+                                                                "training site's batch-norm statistics (`leukodx "
+                                                                "info` lists them): a site's name runs every image "
+                                                                "with that site's; auto (its default) each image "
+                                                                "with those of the site it looks like, the pooled "
+                                                                "ones if it is OOD; pooled always the pooled ones."),
         backend: str = Backend,
         precision: str = Precision,
         device: str = Device,
@@ -128,9 +131,12 @@ def register(app: typer.Typer) -> None:
                                                                 "model's normalization statistics on these images "
                                                                 "(one lab's, >= 32) before predicting (LOSO.md). "
                                                                 "Reads every image first (not streamed)."),
-        site: Optional[str] = typer.Option(None, "--site", help="Run with the batch-norm statistics the model "
-                                                                "keeps for this training site (a model trained with "
-                                                                "--site-batches; `leukodx info` lists them)."),
+        site: Optional[str] = typer.Option(None, "--site", help="A model trained with --site-batches keeps each "
+                                                                "training site's batch-norm statistics (`leukodx "
+                                                                "info` lists them): a site's name runs every image "
+                                                                "with that site's; auto (its default) each image "
+                                                                "with those of the site it looks like, the pooled "
+                                                                "ones if it is OOD; pooled always the pooled ones."),
         coverage: Optional[float] = Coverage,
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of the same model over the "
                                                             "same inputs (OUTPUT.partial.jsonl): finished inputs are "

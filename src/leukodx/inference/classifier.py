@@ -116,9 +116,10 @@ class Classifier:
         self.onnx_sha256: str | None = None   # the digest of the ONNX file that runs (onnx backend only)
         self.precision = "fp32"
         self.backend = self._choose_backend(backend, precision)
-        #: the training site whose batch-norm statistics the probabilities are computed with (``use_site``)
+        #: whose batch-norm statistics the probabilities are computed with (``use_site``): None (the bundle's
+        #: own network), a training site's name, or AUTO_SITE (each image's nearest training site)
         self.site: str | None = None
-        self._site_net = None
+        self._site_nets: dict = {}
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike, backend: str = "auto", precision: str = "auto",
@@ -127,6 +128,9 @@ class Classifier:
         card, _ = verify_bundle(directory, task=TASK)
         with interpreting(directory):
             clf = cls(None, card, backend=backend, bundle_dir=directory, precision=precision, device=device)
+            if site is None and card.get("site_statistics") and clf.reliability is not None \
+                    and clf.reliability.has_style:
+                site = AUTO_SITE
             if site is not None:
                 clf.use_site(site)
             # one blank image through every step a prediction takes: a card whose classes, calibration or
@@ -140,9 +144,11 @@ class Classifier:
             return clf
 
     def use_site(self, site: str) -> None:
-        """Compute probabilities as at ``site``, one of the training sites whose batch-norm statistics the bundle
-        keeps (``models.site_stats``; a model trained with ``--site-batches``). The network with those statistics
-        runs on PyTorch; the OOD check still reads the bundle's own network, on whose features it was fitted."""
+        """Compute probabilities with the batch-norm statistics the bundle keeps per training site
+        (``models.site_stats``; a model trained with ``--site-batches``): one site's (``site`` its name), or with
+        AUTO_SITE each image's own: the training site its style is nearest to, unless the image is flagged OOD
+        (then the bundle's own network, statistics pooled over every site). Those networks run on PyTorch; the
+        OOD check still reads the bundle's own network, on whose features it was fitted."""
         from leukodx.models.site_stats import load_site_statistics
         from leukodx.training.adaptation import with_batchnorm_statistics
 
@@ -150,17 +156,46 @@ class Classifier:
         if statistics is None:
             raise InvalidInputError(f"--site {site}: {self.name} keeps no per-site statistics (a model trained "
                                     "with --site-batches does)")
-        if site not in statistics:
-            raise InvalidInputError(f"--site {site}: {self.name} keeps statistics for {', '.join(statistics)} only")
-        self._site_net = with_batchnorm_statistics(self.net, statistics[site], f"{self.name} site {site}")
+        if site == POOLED_SITE:
+            self.site, self._site_nets = site, {}
+            return
+        if site == AUTO_SITE:
+            if self.reliability is None or not self.reliability.has_style:
+                raise InvalidInputError(f"--site {AUTO_SITE}: {self.name} has no style statistics to recognise "
+                                        "a site by; name the site")
+            order = [entry["dataset"] for entry in self.card["data"]["sites"]]
+            if order != list(statistics):
+                raise InvalidInputError(f"--site {AUTO_SITE}: {self.name}'s card lists other sites than its "
+                                        "statistics")
+        elif site not in statistics:
+            raise InvalidInputError(f"--site {site}: {self.name} keeps statistics for {', '.join(statistics)} only "
+                                    f"(or give {AUTO_SITE} or {POOLED_SITE})")
+        names = list(statistics) if site == AUTO_SITE else [site]
+        self._site_nets = {name: with_batchnorm_statistics(self.net, statistics[name], f"{self.name} site {name}")
+                           for name in names}
         self.site = site
 
-    def _site_logits(self, batch_uint8: np.ndarray) -> np.ndarray:
+    def _at_sites(self, batch_uint8: np.ndarray, logits: np.ndarray, features: np.ndarray | None) -> np.ndarray:
+        """``logits`` (the bundle's network) replaced row by row by those of the site network ``use_site`` chose."""
         import torch
 
-        with torch.inference_mode():
-            x = torch.from_numpy(normalize_batch(batch_uint8, self.preprocess)).to(self.device)
-            return self._site_net(x).float().cpu().numpy()
+        def run(name: str, rows: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                x = torch.from_numpy(normalize_batch(batch_uint8[rows], self.preprocess)).to(self.device)
+                return self._site_nets[name](x).float().cpu().numpy()
+
+        if self.site != AUTO_SITE:
+            return run(self.site, np.arange(len(batch_uint8)))
+        if features is None:  # an ONNX file without the features output: no site can be recognised
+            return logits
+        known = ~self.reliability.is_ood(self.reliability.ood_scores(features))
+        nearest = self.reliability.nearest_sites(features)
+        out = logits.copy()
+        for i, name in enumerate(self._site_nets):
+            rows = np.flatnonzero(known & (nearest == i))
+            if len(rows):
+                out[rows] = run(name, rows)
+        return out
 
     @property
     def net(self):
@@ -280,8 +315,8 @@ class Classifier:
         logits, features = [], []
         for s in range(0, len(batch_uint8), batch_size):
             lo, fe = self.forward(batch_uint8[s:s + batch_size])
-            if self._site_net is not None:  # probabilities as at the chosen site; OOD from the bundle's network
-                lo = self._site_logits(batch_uint8[s:s + batch_size])
+            if self._site_nets:  # probabilities as at the chosen site(s); OOD from the bundle's network
+                lo = self._at_sites(batch_uint8[s:s + batch_size], lo, fe)
             logits.append(lo)
             features.append(fe)
         if not logits:
@@ -598,6 +633,10 @@ def expand_inputs(inputs: Iterable) -> tuple[InputList, list[dict]]:
 
 #: fewer images than this give unstable batch statistics: test-time adaptation refuses them
 MIN_ADAPT_IMAGES = 32
+#: ``--site`` values beside a training site's name: each image's nearest training site (the default of a
+#: bundle with per-site statistics), or the bundle's own network (statistics pooled over every training site)
+AUTO_SITE = "auto"
+POOLED_SITE = "pooled"
 
 #: the white-cell model used wherever none is named: multi-site, with blasts and smudge cells
 DEFAULT_CELL_MODEL = "wbc-multisite"

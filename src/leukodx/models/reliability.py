@@ -222,6 +222,14 @@ class Reliability:
             return pen
         return np.maximum(pen, _scaled_min(self.style_distances(f[:, self.pen_dim:]), self.style_scale))
 
+    def nearest_sites(self, features: np.ndarray) -> np.ndarray:
+        """Per row, the training site (index in the fitting groups' order) whose images' style it is nearest to,
+        each site's distances scaled as the OOD score scales them."""
+        if not self.has_style:
+            raise InvalidInputError("these reliability statistics have no style part to tell the sites apart")
+        d = self.style_distances(np.asarray(features)[:, self.pen_dim:])
+        return (d if self.style_scale is None else d / self.style_scale[None, :]).argmin(axis=1)
+
     @property
     def has_style(self) -> bool:
         return self.style_bank is not None or self.style_means is not None

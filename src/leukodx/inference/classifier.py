@@ -147,8 +147,9 @@ class Classifier:
         """Compute probabilities with the batch-norm statistics the bundle keeps per training site
         (``models.site_stats``; a model trained with ``--site-batches``): one site's (``site`` its name), or with
         AUTO_SITE each image's own: the training site its style is nearest to, unless the image is flagged OOD
-        (then the bundle's own network, statistics pooled over every site). Those networks run on PyTorch; the
-        OOD check still reads the bundle's own network, on whose features it was fitted."""
+        (then the bundle's own network, statistics pooled over every site). Those networks run in fp32 (there is
+        no int8 file of them); the OOD check still reads the bundle's own network, on whose features it was
+        fitted."""
         from leukodx.models.site_stats import load_site_statistics
         from leukodx.training.adaptation import with_batchnorm_statistics
 
@@ -171,18 +172,24 @@ class Classifier:
             raise InvalidInputError(f"--site {site}: {self.name} keeps statistics for {', '.join(statistics)} only "
                                     f"(or give {AUTO_SITE} or {POOLED_SITE})")
         names = list(statistics) if site == AUTO_SITE else [site]
-        self._site_nets = {name: with_batchnorm_statistics(self.net, statistics[name], f"{self.name} site {name}")
-                           for name in names}
+        self._site_nets = {name: self._site_classifier(name, with_batchnorm_statistics(
+            self.net, statistics[name], f"{self.name} site {name}")) for name in names}
         self.site = site
+
+    def _site_classifier(self, site: str, net) -> "Classifier":
+        """The network with ``site``'s statistics, on this classifier's backend (ONNX Runtime fp32 on a CPU: its
+        export cached under an identity of its own, made from the bundle's and the statistics' sha256)."""
+        import hashlib
+
+        identity = f"{self.card.get('sha256')}:{self.card['site_statistics']['sha256']}:{site}"
+        card = {k: v for k, v in self.card.items() if k not in ("int8", "reliability", "site_statistics")}
+        card["sha256"] = hashlib.sha256(identity.encode()).hexdigest()
+        return Classifier(net, card, backend=self.backend, device=self.device)
 
     def _at_sites(self, batch_uint8: np.ndarray, logits: np.ndarray, features: np.ndarray | None) -> np.ndarray:
         """``logits`` (the bundle's network) replaced row by row by those of the site network ``use_site`` chose."""
-        import torch
-
         def run(name: str, rows: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                x = torch.from_numpy(normalize_batch(batch_uint8[rows], self.preprocess)).to(self.device)
-                return self._site_nets[name](x).float().cpu().numpy()
+            return self._site_nets[name].logits(batch_uint8[rows])
 
         if self.site != AUTO_SITE:
             return run(self.site, np.arange(len(batch_uint8)))

@@ -311,4 +311,9 @@ def _loso_summary(result: dict, path) -> dict:
             "left_out": {site: {k: fold["left_out"][k] for k in ("accuracy", "macro_f1", "n")}
                          for site, fold in result["folds"].items()},
             "in_site": {site: {s: v["accuracy"] for s, v in fold["in_site"].items()}
-                        for site, fold in result["folds"].items()}}
+                        for site, fold in result["folds"].items()},
+            # a site-batch recipe's left-out figures above use the left-out site's own statistics (AdaBN on its
+            # unlabelled cells); these, statistics pooled over the training cells: a lab that adapts nothing
+            **({"left_out_pooled_statistics": {site: {k: fold["left_out_pooled"][k] for k in ("accuracy", "n")}
+                                               for site, fold in result["folds"].items()}}
+               if all("left_out_pooled" in fold for fold in result["folds"].values()) else {})}

@@ -37,7 +37,7 @@ def main() -> None:
                 "training_seconds": train["seconds"], "epochs_run": train["epochs_run"],
                 "arch": clf.card["arch"], "input_size": clf.card["input_size"],
                 "size_bytes": clf.card["size_bytes"], "sha256": clf.card["sha256"], "backend": clf.backend,
-                "precision": clf.precision}
+                "precision": clf.precision, "site_statistics": clf.site}
             rows.append([name, dataset, result["n"], ci(m["accuracy"]), ci(m["macro_f1"]), ci(m["ece"]),
                          f"{clf.card['arch']} @ {clf.card['input_size']} px", f"{train['seconds'] / 60:.1f}",
                          f"{clf.card['size_bytes'] / 1e6:.1f}"])
@@ -51,7 +51,9 @@ def main() -> None:
                   "Trained from scratch (no ImageNet weights) by `leukodx train`; the exact commands are in "
                   "benchmarks/train_bundled.sh.",
                   "Scored as `leukodx evaluate` scores by default: "
-                  + ", ".join(sorted({f"{v['model']} {v['backend']} {v['precision']}" for v in out.values()})) + "."])
+                  + ", ".join(sorted({f"{v['model']} {v['backend']} {v['precision']}"
+                                      + (f" (site statistics: {v['site_statistics']})" if v["site_statistics"] else "")
+                                      for v in out.values()})) + "."])
 
 
 if __name__ == "__main__":

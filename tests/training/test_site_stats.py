@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,9 @@ from leukodx.training.recipe import train_multisite
 from leukodx.training.trainer import TrainConfig
 
 SITES = ["wbc-seg-1", "wbc-seg-2"]
+#: a site-batch recipe's leave-one-site-out result, with its pooled-statistics figures
+LOSO_RESULT = (Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "loso"
+               / "levels+site-bn-large__adapt.json")
 
 
 def _net(width: int = 4) -> torch.nn.Module:
@@ -55,7 +59,7 @@ def site_model(tmp_path_factory):
                          preprocess=Preprocess(size=32), augment=augment_preset("flip"), site_batches=True)
     out = tmp_path_factory.mktemp("site-bn") / "m"
     card = train_multisite(SITES, out, config, max_per_class=8, min_class_count=5, show_progress=False,
-                           log=lambda m: None)
+                           log=lambda m: None, loso_result=LOSO_RESULT)
     return out, card
 
 
@@ -66,6 +70,10 @@ def test_a_site_batch_model_keeps_each_sites_statistics_and_runs_with_them(site_
     assert set(entry["sites"]) == set(SITES) and (out / SITE_STATS_FILE).is_file()
     for s in SITES:
         assert entry["sites"][s]["images"] == sum(card["data"]["sites"][SITES.index(s)]["counts"]["train"].values())
+    loso, folds = card["metrics"]["leave_one_site_out"], json.loads(LOSO_RESULT.read_text())["folds"]
+    pooled = loso["left_out_pooled_statistics"]["wbc-seg-1"]["accuracy"]
+    assert pooled == folds["wbc-seg-1"]["left_out_pooled"]["accuracy"]
+    assert loso["left_out"]["wbc-seg-1"]["accuracy"] == folds["wbc-seg-1"]["left_out"]["accuracy"]
     without = card["metrics"]["test_by_site_without_site_statistics"]
     assert set(without) == set(SITES) and without["wbc-seg-2"]["n"] == card["metrics"]["test_by_site"]["wbc-seg-2"]["n"]
     images = site_sides("wbc-seg-1")["test"].abspaths()[:12]
@@ -95,8 +103,9 @@ def test_by_default_each_image_runs_with_its_recognised_sites_statistics_unless_
     _, arrays, errors = auto.load_inputs(paths)
     assert not errors
     features = auto.forward(arrays)[1]
-    nearest = auto.reliability.nearest_sites(features)
-    ood = auto.reliability.is_ood(auto.reliability.ood_scores(features))
+    scores, nearest = auto.reliability.ood_scores_and_sites(features)
+    np.testing.assert_allclose(scores, auto.reliability.ood_scores(features))
+    ood = auto.reliability.is_ood(scores)
     assert np.mean(nearest == truth) >= 0.8  # the two labs' cells are told apart by their style
     got = auto.predict_arrays(arrays)
     want = {name: clf.predict_arrays(arrays) for name, clf in fixed.items()}

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from leukodx.cli.options import Backend, Coverage, DataRoot, Device, OutputDir, OutputFile, Precision, Seed
+from leukodx.cli.options import Backend, Coverage, DataRoot, Device, OutputDir, OutputFile, Precision, Seed, Site
 from rich.console import Console
 
 from leukodx import _atomic
@@ -84,12 +84,7 @@ def register(app: typer.Typer) -> None:
         adapt_bn: bool = typer.Option(False, "--adapt-bn", help="Test-time batch-norm adaptation: re-estimate the "
                                                                 "model's normalization statistics on these images "
                                                                 "(one lab's, >= 32) before predicting (LOSO.md)."),
-        site: Optional[str] = typer.Option(None, "--site", help="A model trained with --site-batches keeps each "
-                                                                "training site's batch-norm statistics (`leukodx "
-                                                                "info` lists them): a site's name runs every image "
-                                                                "with that site's; auto (its default) each image "
-                                                                "with those of the site it looks like, the pooled "
-                                                                "ones if it is OOD; pooled always the pooled ones."),
+        site: Optional[str] = Site,
         backend: str = Backend,
         precision: str = Precision,
         device: str = Device,
@@ -131,12 +126,7 @@ def register(app: typer.Typer) -> None:
                                                                 "model's normalization statistics on these images "
                                                                 "(one lab's, >= 32) before predicting (LOSO.md). "
                                                                 "Reads every image first (not streamed)."),
-        site: Optional[str] = typer.Option(None, "--site", help="A model trained with --site-batches keeps each "
-                                                                "training site's batch-norm statistics (`leukodx "
-                                                                "info` lists them): a site's name runs every image "
-                                                                "with that site's; auto (its default) each image "
-                                                                "with those of the site it looks like, the pooled "
-                                                                "ones if it is OOD; pooled always the pooled ones."),
+        site: Optional[str] = Site,
         coverage: Optional[float] = Coverage,
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of the same model over the "
                                                             "same inputs (OUTPUT.partial.jsonl): finished inputs are "

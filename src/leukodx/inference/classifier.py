@@ -186,23 +186,25 @@ class Classifier:
         card["sha256"] = hashlib.sha256(identity.encode()).hexdigest()
         return Classifier(net, card, backend=self.backend, device=self.device)
 
-    def _at_sites(self, batch_uint8: np.ndarray, logits: np.ndarray, features: np.ndarray | None) -> np.ndarray:
-        """``logits`` (the bundle's network) replaced row by row by those of the site network ``use_site`` chose."""
+    def _at_sites(self, batch_uint8: np.ndarray, logits: np.ndarray, features: np.ndarray | None
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``logits`` (the bundle's network) replaced row by row by those of the site network ``use_site`` chose;
+        and the OOD scores when they were needed to choose (else None)."""
         def run(name: str, rows: np.ndarray) -> np.ndarray:
             return self._site_nets[name].logits(batch_uint8[rows])
 
         if self.site != AUTO_SITE:
-            return run(self.site, np.arange(len(batch_uint8)))
+            return run(self.site, np.arange(len(batch_uint8))), None
         if features is None:  # an ONNX file without the features output: no site can be recognised
-            return logits
-        known = ~self.reliability.is_ood(self.reliability.ood_scores(features))
-        nearest = self.reliability.nearest_sites(features)
+            return logits, None
+        ood, nearest = self.reliability.ood_scores_and_sites(features)
+        known = ~self.reliability.is_ood(ood)
         out = logits.copy()
         for i, name in enumerate(self._site_nets):
             rows = np.flatnonzero(known & (nearest == i))
             if len(rows):
                 out[rows] = run(name, rows)
-        return out
+        return out, ood
 
     @property
     def net(self):
@@ -319,19 +321,24 @@ class Classifier:
 
     def score_arrays(self, batch_uint8: np.ndarray, batch_size: int = 64) -> Scored:
         """Calibrated probabilities and OOD scores (None without reliability statistics)."""
-        logits, features = [], []
+        logits, features, oods = [], [], []
         for s in range(0, len(batch_uint8), batch_size):
             lo, fe = self.forward(batch_uint8[s:s + batch_size])
+            ood = None
             if self._site_nets:  # probabilities as at the chosen site(s); OOD from the bundle's network
-                lo = self._at_sites(batch_uint8[s:s + batch_size], lo, fe)
+                lo, ood = self._at_sites(batch_uint8[s:s + batch_size], lo, fe)
             logits.append(lo)
             features.append(fe)
+            oods.append(ood)
         if not logits:
             return Scored(np.zeros((0, len(self.classes))), np.zeros(0) if self.reliability is not None else None)
         proba = self.proba_from_logits(np.concatenate(logits))
         # an ONNX file exported without the features output gives none (nor OOD scores: no statistics then)
         features = None if any(f is None for f in features) else np.concatenate(features)
-        ood = self.reliability.ood_scores(features) if self.reliability is not None else None
+        ood = None
+        if self.reliability is not None:  # already scored where they chose each image's site
+            ood = (np.concatenate(oods) if all(o is not None for o in oods)
+                   else self.reliability.ood_scores(features))
         return Scored(proba, ood, None if features is None else features[:, :self.embedding_dim])
 
     @property

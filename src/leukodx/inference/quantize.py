@@ -101,6 +101,9 @@ def quantize_bundle(model: str | os.PathLike, data_root: str | os.PathLike | Non
                        "same_call": round(float(np.mean(fp32.proba.argmax(1) == q.proba.argmax(1))), 4)},
               "default_on_cpu": bool(drop <= MAX_DROP_POINTS and (clf.reliability is None or reliability is not None)),
               "max_drop_points": MAX_DROP_POINTS,
+              **({"site_networks": "fp32: each training site's network (its batch-norm statistics) is not quantized; "
+                                   "int8 runs the bundle's own network: the OOD check, which site an image looks "
+                                   "like, and the probabilities of OOD images"} if clf.site else {}),
               "provenance": provenance()}
     if reliability is not None:
         flag32 = fp32.ood_scores > clf.reliability.threshold

@@ -222,13 +222,16 @@ class Reliability:
             return pen
         return np.maximum(pen, _scaled_min(self.style_distances(f[:, self.pen_dim:]), self.style_scale))
 
-    def nearest_sites(self, features: np.ndarray) -> np.ndarray:
-        """Per row, the training site (index in the fitting groups' order) whose images' style it is nearest to,
-        each site's distances scaled as the OOD score scales them."""
+    def ood_scores_and_sites(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``ood_scores`` and, per row, the training site (index in the fitting groups' order) whose images' style
+        it is nearest to, each site's distances scaled as the OOD score scales them."""
         if not self.has_style:
             raise InvalidInputError("these reliability statistics have no style part to tell the sites apart")
-        d = self.style_distances(np.asarray(features)[:, self.pen_dim:])
-        return (d if self.style_scale is None else d / self.style_scale[None, :]).argmin(axis=1)
+        f = np.asarray(features)
+        d = self.style_distances(f[:, self.pen_dim:])
+        d = d if self.style_scale is None else d / self.style_scale[None, :]
+        pen = _nearest(f[:, :self.means.shape[1]], self.means, self.whitener, self.pen_scale)
+        return np.maximum(pen, d.min(axis=1)), d.argmin(axis=1)
 
     @property
     def has_style(self) -> bool:

@@ -164,14 +164,16 @@ class Classifier:
             if self.reliability is None or not self.reliability.has_style:
                 raise InvalidInputError(f"--site {AUTO_SITE}: {self.name} has no style statistics to recognise "
                                         "a site by; name the site")
-            order = [entry["dataset"] for entry in self.card["data"]["sites"]]
-            if order != list(statistics):
+            # the style bank numbers the sites in the order the card lists them
+            names = [entry["dataset"] for entry in self.card["data"]["sites"]]
+            if sorted(names) != sorted(statistics):
                 raise InvalidInputError(f"--site {AUTO_SITE}: {self.name}'s card lists other sites than its "
                                         "statistics")
         elif site not in statistics:
             raise InvalidInputError(f"--site {site}: {self.name} keeps statistics for {', '.join(statistics)} only "
                                     f"(or give {AUTO_SITE} or {POOLED_SITE})")
-        names = list(statistics) if site == AUTO_SITE else [site]
+        else:
+            names = [site]
         self._site_nets = {name: self._site_classifier(name, with_batchnorm_statistics(
             self.net, statistics[name], f"{self.name} site {name}")) for name in names}
         self.site = site

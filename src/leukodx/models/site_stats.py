@@ -54,4 +54,4 @@ def load_site_statistics(directory: str | os.PathLike | None, card: dict) -> dic
         out.setdefault(site, {})[name] = value
     if set(out) != set(entry.get("sites", {})):
         raise IntegrityError(f"{path}: its sites ({', '.join(sorted(out))}) are not the card's")
-    return out
+    return {site: out[site] for site in entry["sites"]}  # the card's order (the file's keys come sorted)

@@ -68,6 +68,7 @@ def test_a_site_batch_model_keeps_each_sites_statistics_and_runs_with_them(site_
     out, card = site_model
     entry = card["site_statistics"]
     assert set(entry["sites"]) == set(SITES) and (out / SITE_STATS_FILE).is_file()
+    assert list(entry["recognizer"]["validation_named_right"]) == SITES
     for s in SITES:
         assert entry["sites"][s]["images"] == sum(card["data"]["sites"][SITES.index(s)]["counts"]["train"].values())
     loso, folds = card["metrics"]["leave_one_site_out"], json.loads(LOSO_RESULT.read_text())["folds"]
@@ -103,9 +104,8 @@ def test_by_default_each_image_runs_with_its_recognised_sites_statistics_unless_
     _, arrays, errors = auto.load_inputs(paths)
     assert not errors
     features = auto.forward(arrays)[1]
-    scores, nearest = auto.reliability.ood_scores_and_sites(features)
-    np.testing.assert_allclose(scores, auto.reliability.ood_scores(features))
-    ood = auto.reliability.is_ood(scores)
+    nearest = auto._recognizer.sites(features[:, auto.reliability.pen_dim:])
+    ood = auto.reliability.is_ood(auto.reliability.ood_scores(features))
     assert np.mean(nearest == truth) >= 0.8  # the two labs' cells are told apart by their style
     got = auto.predict_arrays(arrays)
     want = {name: clf.predict_arrays(arrays) for name, clf in fixed.items()}

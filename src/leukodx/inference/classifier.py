@@ -120,6 +120,7 @@ class Classifier:
         #: own network), a training site's name, or AUTO_SITE (each image's nearest training site)
         self.site: str | None = None
         self._site_nets: dict = {}
+        self._recognizer = None
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike, backend: str = "auto", precision: str = "auto",
@@ -128,8 +129,7 @@ class Classifier:
         card, _ = verify_bundle(directory, task=TASK)
         with interpreting(directory):
             clf = cls(None, card, backend=backend, bundle_dir=directory, precision=precision, device=device)
-            if site is None and card.get("site_statistics") and clf.reliability is not None \
-                    and clf.reliability.has_style:
+            if site is None and "recognizer" in (card.get("site_statistics") or {}) and clf.reliability is not None:
                 site = AUTO_SITE
             if site is not None:
                 clf.use_site(site)
@@ -146,29 +146,27 @@ class Classifier:
     def use_site(self, site: str) -> None:
         """Compute probabilities with the batch-norm statistics the bundle keeps per training site
         (``models.site_stats``; a model trained with ``--site-batches``): one site's (``site`` its name), or with
-        AUTO_SITE each image's own: the training site its style is nearest to, unless the image is flagged OOD
+        AUTO_SITE each image's own: the training site its style looks like (the bundle's site recognizer, a
+        logistic regression on the reliability features' style part), unless the image is flagged OOD
         (then the bundle's own network, statistics pooled over every site). Those networks run in fp32 (there is
         no int8 file of them); the OOD check still reads the bundle's own network, on whose features it was
         fitted."""
         from leukodx.models.site_stats import load_site_statistics
         from leukodx.training.adaptation import with_batchnorm_statistics
 
-        statistics = load_site_statistics(self.bundle_dir, self.card)
-        if statistics is None:
+        kept = load_site_statistics(self.bundle_dir, self.card)
+        if kept is None:
             raise InvalidInputError(f"--site {site}: {self.name} keeps no per-site statistics (a model trained "
                                     "with --site-batches does)")
+        statistics, self._recognizer = kept
         if site == POOLED_SITE:
             self.site, self._site_nets = site, {}
             return
         if site == AUTO_SITE:
-            if self.reliability is None or not self.reliability.has_style:
-                raise InvalidInputError(f"--site {AUTO_SITE}: {self.name} has no style statistics to recognise "
-                                        "a site by; name the site")
-            # the style bank numbers the sites in the order the card lists them
-            names = [entry["dataset"] for entry in self.card["data"]["sites"]]
-            if sorted(names) != sorted(statistics):
-                raise InvalidInputError(f"--site {AUTO_SITE}: {self.name}'s card lists other sites than its "
-                                        "statistics")
+            if self._recognizer is None or self.reliability is None or self.reliability.pen_dim is None:
+                raise InvalidInputError(f"--site {AUTO_SITE}: {self.name} keeps no site recognizer and style "
+                                        "features to tell its sites apart; name the site")
+            names = list(statistics)  # the recognizer's classes, in the card's order
         elif site not in statistics:
             raise InvalidInputError(f"--site {site}: {self.name} keeps statistics for {', '.join(statistics)} only "
                                     f"(or give {AUTO_SITE} or {POOLED_SITE})")
@@ -199,8 +197,9 @@ class Classifier:
             return run(self.site, np.arange(len(batch_uint8))), None
         if features is None:  # an ONNX file without the features output: no site can be recognised
             return logits, None
-        ood, nearest = self.reliability.ood_scores_and_sites(features)
+        ood = self.reliability.ood_scores(features)
         known = ~self.reliability.is_ood(ood)
+        nearest = self._recognizer.sites(features[:, self.reliability.pen_dim:])
         out = logits.copy()
         for i, name in enumerate(self._site_nets):
             rows = np.flatnonzero(known & (nearest == i))

@@ -222,17 +222,6 @@ class Reliability:
             return pen
         return np.maximum(pen, _scaled_min(self.style_distances(f[:, self.pen_dim:]), self.style_scale))
 
-    def ood_scores_and_sites(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``ood_scores`` and, per row, the training site (index in the fitting groups' order) whose images' style
-        it is nearest to, each site's distances scaled as the OOD score scales them."""
-        if not self.has_style:
-            raise InvalidInputError("these reliability statistics have no style part to tell the sites apart")
-        f = np.asarray(features)
-        d = self.style_distances(f[:, self.pen_dim:])
-        d = d if self.style_scale is None else d / self.style_scale[None, :]
-        pen = _nearest(f[:, :self.means.shape[1]], self.means, self.whitener, self.pen_scale)
-        return np.maximum(pen, d.min(axis=1)), d.argmin(axis=1)
-
     @property
     def has_style(self) -> bool:
         return self.style_bank is not None or self.style_means is not None

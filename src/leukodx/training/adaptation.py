@@ -27,6 +27,7 @@ from leukodx.errors import InvalidInputError
 from leukodx.preprocessing.transforms import Preprocess, normalize_batch
 
 if TYPE_CHECKING:
+    from leukodx.models.site_stats import SiteRecognizer
     from leukodx.training.trainer import FitResult, TrainConfig
 
 
@@ -81,6 +82,46 @@ def with_batchnorm_statistics(net: torch.nn.Module, statistics: dict[str, torch.
     device = next(adapted.parameters()).device
     adapted.load_state_dict({k: v.to(device) for k, v in statistics.items()}, strict=False)
     return adapted.eval()
+
+
+#: training cells per site the site recognizer is fitted on (drawn at random)
+RECOGNIZER_CELLS_PER_SITE = 1000
+
+
+def fit_site_recognizer(net: torch.nn.Module, preprocess: Preprocess, train_by_site: dict[str, np.ndarray],
+                        val_by_site: dict[str, np.ndarray], style_source: str, seed: int = 0
+                        ) -> tuple["SiteRecognizer", dict]:
+    """The ``SiteRecognizer`` of ``net`` (the bundle's own network): fitted on up to ``RECOGNIZER_CELLS_PER_SITE``
+    training cells per site, each site weighted the same; and the share of each site's validation cells it names
+    right."""
+    from sklearn.linear_model import LogisticRegression
+
+    from leukodx.models.features import last_linear
+    from leukodx.models.site_stats import SiteRecognizer
+    from leukodx.training.calibration import network_outputs
+
+    start = last_linear(net).in_features  # the features are the penultimate ones, then the style
+
+    def style(arrays: np.ndarray) -> np.ndarray:
+        return network_outputs(net, arrays, preprocess, style_source=style_source)[1][:, start:].astype(np.float64)
+
+    rng = np.random.default_rng(seed)
+    parts = []
+    for i, arrays in enumerate(train_by_site.values()):
+        pick = np.sort(rng.choice(len(arrays), size=min(RECOGNIZER_CELLS_PER_SITE, len(arrays)), replace=False))
+        parts.append((style(arrays[pick]), np.full(len(pick), i)))
+    x = np.concatenate([p for p, _ in parts])
+    y = np.concatenate([g for _, g in parts])
+    center, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    fitted = LogisticRegression(C=0.1, max_iter=2000, class_weight="balanced").fit((x - center) / scale, y)
+    recognizer = SiteRecognizer(center=center, scale=scale, coef=fitted.coef_, intercept=fitted.intercept_)
+    if len(train_by_site) == 2:  # scikit-learn gives a two-class problem one row: site 1 against site 0
+        recognizer.coef = np.concatenate([-fitted.coef_, fitted.coef_]) / 2
+        recognizer.intercept = np.concatenate([-fitted.intercept_, fitted.intercept_]) / 2
+    named = {site: float(np.mean(recognizer.sites(style(arrays)) == i)) if len(arrays) else None
+             for i, (site, arrays) in enumerate(val_by_site.items())}
+    return recognizer, {"cells_per_site": RECOGNIZER_CELLS_PER_SITE, "seed": seed,
+                        "validation_named_right": named}
 
 
 def site_statistics(net: torch.nn.Module, arrays_by_site: dict[str, np.ndarray],

@@ -21,9 +21,10 @@ from leukodx.models.architectures import network_from_card
 from leukodx.models.bundle import load_network, save_bundle
 from leukodx.models.card import build_card
 from leukodx.preprocessing.transforms import Preprocess
-from leukodx.models.reliability import attach_reliability, save_reliability
+from leukodx.models.reliability import DEFAULT_STYLE_SOURCE, attach_reliability, save_reliability
 from leukodx.models.site_stats import save_site_statistics
-from leukodx.training.adaptation import adapt_batchnorm, site_statistics, with_batchnorm_statistics
+from leukodx.training.adaptation import (adapt_batchnorm, fit_site_recognizer, site_statistics,
+                                         with_batchnorm_statistics)
 from leukodx.training.calibration import fit_network_reliability, softmax
 from leukodx.training.trainer import TrainConfig, device, fit, predict_logits
 
@@ -178,6 +179,8 @@ def train_multisite(sites: list[str], out_dir: str | os.PathLike, config: TrainC
         site_stats = site_statistics(net, {s: parts["train"][s][0] for s in sites}, config.preprocess)
         at_site = {s: with_batchnorm_statistics(net, site_stats[s]) for s in sites}
         net = adapt_batchnorm(net, x_tr, config.preprocess)
+        recognizer = fit_site_recognizer(net, config.preprocess, {s: parts["train"][s][0] for s in sites},
+                                         {s: parts["val"][s][0] for s in sites}, DEFAULT_STYLE_SOURCE, config.seed)
 
     def counts(labels: np.ndarray) -> dict[str, int]:
         return {c: int(n) for c, n in zip(classes, np.bincount(labels, minlength=len(classes))) if n}
@@ -230,7 +233,7 @@ def train_multisite(sites: list[str], out_dir: str | os.PathLike, config: TrainC
     )
     if site_stats is not None:
         card["site_statistics"] = save_site_statistics(out_dir, site_stats, {s: len(parts["train"][s][1])
-                                                                            for s in sites})
+                                                                            for s in sites}, *recognizer)
     return save_classifier(out_dir, net, card, config.preprocess, (x_tr, y_tr), (x_va, y_va), config.seed,
                            groups=sites_of("train"), val_groups=sites_of("val"))
 

@@ -87,9 +87,13 @@ def test_a_site_batch_model_keeps_each_sites_statistics_and_runs_with_them(site_
     assert pa.shape == pb.shape == (12, len(plain.classes)) and not np.allclose(pa, pb, atol=1e-4)
     # the OOD check reads the bundle's own network either way
     assert [r["ood_score"] for r in a.rows] == [r["ood_score"] for r in b.rows]
+    test = site_sides("wbc-seg-1")["test"]
+    for path, label in list(zip(test.abspaths(), test.labels))[:12]:  # a small folder of class sub-folders
+        (tmp_path / "cells" / test.classes[label]).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "cells" / test.classes[label] / Path(path).name).symlink_to(path)
     result = tmp_path / "r.json"
-    assert main(["evaluate", "-m", str(out), "--dataset", "wbc-seg-1", "--split", "all", "--site", "wbc-seg-1",
-                 "--no-report", "-o", str(result)]) == 0
+    assert main(["evaluate", "-m", str(out), "--images", str(tmp_path / "cells"), "--site", "wbc-seg-1",
+                 "--no-report", "--n-boot", "20", "-o", str(result)]) == 0
     assert json.loads(result.read_text())["site_statistics"] == "wbc-seg-1"
 
 

@@ -44,7 +44,8 @@ def OutputDir(help: str):  # noqa: N802
     """``--output/-o DIR``, refused before any work when it cannot be written."""
     return typer.Option(..., "--output", "-o", help=help, callback=_output_dir)
 Site: Optional[str] = typer.Option(None, "--site", help="A model trained with --site-batches keeps each training "
-                                                        "site's batch-norm statistics (`leukodx info` lists them): "
-                                                        "a site's name runs every image with that site's; auto (its "
-                                                        "default) each image with those of the site it looks like, "
-                                                        "the pooled ones if it is OOD; pooled always the pooled ones.")
+                                                        "site's batch-norm statistics (`leukodx models info MODEL` "
+                                                        "lists them): a site's name runs every image with that "
+                                                        "site's; auto (its default) each image with those of the "
+                                                        "site it looks like, the pooled ones if it is OOD; pooled "
+                                                        "always the pooled ones.")

@@ -98,7 +98,7 @@ def test_a_site_batch_model_keeps_each_sites_statistics_and_runs_with_them(site_
 
 
 @pytest.mark.slow
-def test_by_default_each_image_runs_with_its_recognised_sites_statistics_unless_it_is_ood(site_model):
+def test_by_default_each_image_runs_with_its_recognised_sites_statistics_unless_it_is_ood(site_model, tmp_path):
     out, _ = site_model
     auto = Classifier.load(out, backend="torch")
     assert auto.site == "auto"
@@ -117,6 +117,9 @@ def test_by_default_each_image_runs_with_its_recognised_sites_statistics_unless_
         expected = want["pooled"][i] if ood[i] else want[SITES[nearest[i]]][i]
         np.testing.assert_allclose(got[i], expected, atol=1e-6)
     assert (~ood).sum() >= 10
+    written = tmp_path / "p.json"  # predict says which statistics it ran with
+    assert main(["predict", *map(str, paths[:3]), "-m", str(out), "-o", str(written)]) == 0
+    assert json.loads(written.read_text())["site_statistics"] == "auto"
     # on ONNX Runtime each site's network runs from its own cached export, answering as PyTorch does
     on_onnx = Classifier.load(out, backend="onnx")
     site_net = on_onnx._site_nets["wbc-seg-2"]

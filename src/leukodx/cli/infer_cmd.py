@@ -168,7 +168,7 @@ def register(app: typer.Typer) -> None:
             raise InvalidInputError(f"no image found in {', '.join(map(str, inputs))}")
         rowfile = RowFile(output, {"model": clf.name, "model_sha256": clf.card.get("sha256"),
                                    "inputs_sha256": inputs_digest(n for n, _ in items), "n_inputs": len(items),
-                                   "coverage": coverage, "adapt_bn": adapt_bn, "site": site,
+                                   "coverage": coverage, "adapt_bn": adapt_bn, "site": clf.site,
                                    "precision": clf.precision},
                           resume=resume)
         done = rowfile.start()
@@ -204,7 +204,7 @@ def register(app: typer.Typer) -> None:
         shift = clf.shift_from(scores)
         header = {"model": clf.name, "model_sha256": clf.card.get("sha256"), "backend": clf.backend,
                   "precision": clf.precision,
-                  "onnx_sha256": clf.onnx_sha256, "site_statistics": site, "classes": clf.classes,
+                  "onnx_sha256": clf.onnx_sha256, "site_statistics": clf.site, "classes": clf.classes,
                   "coverage": coverage, "shift": shift}
         rowfile.finish(header, row_columns(clf.classes), lambda r: row_cells(r, clf.classes))
         resumed = f" ({rowfile.resumed} from the interrupted run)" if rowfile.resumed else ""

@@ -43,6 +43,8 @@ def OutputFile(help: str, required: bool = True):  # noqa: N802 - reads like the
 def OutputDir(help: str):  # noqa: N802
     """``--output/-o DIR``, refused before any work when it cannot be written."""
     return typer.Option(..., "--output", "-o", help=help, callback=_output_dir)
+
+
 Site: Optional[str] = typer.Option(None, "--site", help="A model trained with --site-batches keeps each training "
                                                         "site's batch-norm statistics (`leukodx models info MODEL` "
                                                         "lists them): a site's name runs every image with that "

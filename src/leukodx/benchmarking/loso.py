@@ -116,6 +116,10 @@ VARIANTS = {v.name: v for v in (
     # the frame measured on its own unlabelled cells (CellaVision's pbc crops show smaller cells than the others)
     Variant("stain-aug+scale-match-large", augment="stain", scale_match=True, epochs=20, per_class=500,
             val_per_class=60),
+    # the shipped recipe with MixStyle after the first three stages (domain generalization by mixing the training
+    # images' feature styles across the sites of a batch); the same network at inference
+    Variant("mixstyle+stain-aug-large", arch="regnetx_002_mixstyle", augment="stain", epochs=20, per_class=500,
+            val_per_class=60),
 )}
 QUICK = {"epochs": 1, "per_class": 6, "val_per_class": 3, "test_per_class": 4, "size": 32}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from timm.models import register_model
+from timm.models.regnet import RegNet
 from torch import nn
 from leukodx.errors import InvalidInputError
 
@@ -269,3 +270,54 @@ def regnetx_002_gn(pretrained: bool = False, **kwargs) -> nn.Module:
 
 
 CUSTOM_ARCHITECTURES = CUSTOM_ARCHITECTURES + ("regnetx_002_gn",)
+
+
+class MixStyle(nn.Module):
+    """Mix the feature style (per-channel mean and standard deviation) of each training image with
+    another image's in the batch (Zhou et al. 2021, ICLR, "Domain generalization with MixStyle").
+
+    With probability ``p`` per batch, each image's maps are re-standardized to a convex mix of its own
+    and a randomly paired image's statistics, the weight drawn from Beta(``alpha``, ``alpha``); a batch
+    that mixes sites thus trains the network on styles between the training labs'. The identity in eval
+    mode, so inference and the ONNX export carry nothing of it."""
+
+    def __init__(self, p: float = 0.5, alpha: float = 0.1, eps: float = 1e-6):
+        super().__init__()
+        self.p, self.alpha, self.eps = p, alpha, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.shape[0] < 2 or float(torch.rand(())) > self.p:
+            return x
+        mu = x.mean(dim=(2, 3), keepdim=True)
+        sig = (x.var(dim=(2, 3), keepdim=True) + self.eps).sqrt()
+        mu, sig = mu.detach(), sig.detach()
+        normed = (x - mu) / sig
+        lam = torch.distributions.Beta(self.alpha, self.alpha).sample((x.shape[0], 1, 1, 1)).to(x)
+        perm = torch.randperm(x.shape[0])
+        return normed * (lam * sig + (1 - lam) * sig[perm]) + lam * mu + (1 - lam) * mu[perm]
+
+
+class _MixStyleRegNet(RegNet):
+    """timm's RegNet with ``MixStyle`` after its first three stages (``mix1`` to ``mix3``)."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.mix1(self.s1(self.stem(x)))
+        x = self.mix3(self.s3(self.mix2(self.s2(x))))
+        return self.final_conv(self.s4(x))
+
+
+@register_model
+def regnetx_002_mixstyle(pretrained: bool = False, **kwargs) -> nn.Module:
+    """timm's RegNetX-200MF with MixStyle (``MixStyle``, p 0.5, alpha 0.1) after its first three stages, the
+    paper's placement for classification. The same weights as ``regnetx_002`` (MixStyle has none), and the same
+    network at inference; only training differs."""
+    import timm
+
+    _no_pretrained("regnetx_002_mixstyle", pretrained)
+    net = timm.create_model("regnetx_002", pretrained=False, **_clean(kwargs))
+    net.__class__ = _MixStyleRegNet
+    net.mix1, net.mix2, net.mix3 = MixStyle(), MixStyle(), MixStyle()
+    return net
+
+
+CUSTOM_ARCHITECTURES = CUSTOM_ARCHITECTURES + ("regnetx_002_mixstyle",)

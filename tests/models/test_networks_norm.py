@@ -1,4 +1,4 @@
-"""The GroupNorm and MixStyle RegNets used by the normalization and style ablations."""
+"""The GroupNorm, MixStyle and luminance-only RegNets used by the normalization and colour ablations."""
 
 from __future__ import annotations
 
@@ -47,3 +47,14 @@ def test_mixstyle_moves_each_image_style_between_its_own_and_a_partners():
     assert bool(((out >= low - 1e-4) & (out <= high + 1e-4)).all())
     assert (out - means).abs().max() > 0.1
     assert torch.equal(mix.eval()(x), x)
+
+
+def test_grey_regnet_sees_luminance_only():
+    net = create_network("regnetx_002_grey", 5).eval()
+    x = torch.rand(2, 3, 48, 48) * 0.8 + 0.1
+    same_luma = x + torch.tensor([0.587, -0.299, 0.0]).view(1, 3, 1, 1) * 0.1  # 0.299 * 0.587 - 0.587 * 0.299 = 0
+    brighter = x + 0.1
+    out = net.forward_features(x)
+    colour_moved = (net.forward_features(same_luma) - out).abs().max()
+    luma_moved = (net.forward_features(brighter) - out).abs().max()
+    assert colour_moved < 1e-4 * luma_moved

@@ -120,6 +120,9 @@ VARIANTS = {v.name: v for v in (
     # images' feature styles across the sites of a batch); the same network at inference
     Variant("mixstyle+stain-aug-large", arch="regnetx_002_mixstyle", augment="stain", epochs=20, per_class=500,
             val_per_class=60),
+    # the shipped recipe on the images' luminance only: no lab's stain colour reaches the network
+    Variant("grey+stain-aug-large", arch="regnetx_002_grey", augment="stain", epochs=20, per_class=500,
+            val_per_class=60),
 )}
 QUICK = {"epochs": 1, "per_class": 6, "val_per_class": 3, "test_per_class": 4, "size": 32}
 

@@ -321,3 +321,27 @@ def regnetx_002_mixstyle(pretrained: bool = False, **kwargs) -> nn.Module:
 
 
 CUSTOM_ARCHITECTURES = CUSTOM_ARCHITECTURES + ("regnetx_002_mixstyle",)
+
+
+class _GreyRegNet(RegNet):
+    """timm's RegNet on the luminance of its RGB input (``Grayscale`` before the stem)."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward_features(self.grey(x))
+
+
+@register_model
+def regnetx_002_grey(pretrained: bool = False, **kwargs) -> nn.Module:
+    """timm's RegNetX-200MF that sees only the luminance of its (RGB) input: a lab's stain colours cannot
+    reach it, only its stain densities, at the price of the colour of granules (an eosinophil's orange)."""
+    import timm
+
+    _no_pretrained("regnetx_002_grey", pretrained)
+    kwargs = {**_clean(kwargs), "in_chans": 1}
+    net = timm.create_model("regnetx_002", pretrained=False, **kwargs)
+    net.__class__ = _GreyRegNet
+    net.grey = Grayscale()
+    return net
+
+
+CUSTOM_ARCHITECTURES = CUSTOM_ARCHITECTURES + ("regnetx_002_grey",)

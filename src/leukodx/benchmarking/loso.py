@@ -123,6 +123,9 @@ VARIANTS = {v.name: v for v in (
     # the shipped recipe on the images' luminance only: no lab's stain colour reaches the network
     Variant("grey+stain-aug-large", arch="regnetx_002_grey", augment="stain", epochs=20, per_class=500,
             val_per_class=60),
+    # the shipped recipe on a network of twice the compute (RegNetX-400MF): is in-site and few-shot accuracy
+    # limited by the network's capacity?
+    Variant("stain-aug-x004-large", arch="regnetx_004", augment="stain", epochs=20, per_class=500, val_per_class=60),
 )}
 QUICK = {"epochs": 1, "per_class": 6, "val_per_class": 3, "test_per_class": 4, "size": 32}
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import pytest
 import torch
 
 from leukodx.cli.app import main
+from leukodx.data.images import read_image
 from leukodx.data.sites import site_sides
+from leukodx.diagnosis.case import CASE_READ_SIDE
 from leukodx.errors import IntegrityError, InvalidInputError
 from leukodx.inference.classifier import Classifier
 from leukodx.models.site_stats import SITE_STATS_FILE
@@ -95,6 +98,16 @@ def test_a_site_batch_model_keeps_each_sites_statistics_and_runs_with_them(site_
     assert main(["evaluate", "-m", str(out), "--images", str(tmp_path / "cells"), "--site", "wbc-seg-1",
                  "--no-report", "--n-boot", "20", "-o", str(result)]) == 0
     assert json.loads(result.read_text())["site_statistics"] == "wbc-seg-1"
+    case = tmp_path / "case"  # the main job takes the same choice
+    assert main(["diagnose", str(tmp_path / "cells"), "-m", str(out), "--kind", "cells", "--site", "wbc-seg-1",
+                 "-o", str(case)]) == 0
+    assert json.loads((case / "summary.json").read_text())["model"]["site_statistics"] == "wbc-seg-1"
+    with (case / "predictions.csv").open() as f:
+        written = {Path(r["input"]).name: [float(r[f"p_{c}"]) for c in plain.classes] for r in csv.DictReader(f)}
+    case_arrays = np.stack([at_site.preprocess(read_image(p, max_side=CASE_READ_SIDE)) for p in images])
+    expected = dict(zip((Path(p).name for p in images), at_site.predict_arrays(case_arrays)))  # as a case reads
+    assert sorted(written) == sorted(expected)
+    np.testing.assert_allclose([written[n] for n in expected], list(expected.values()), atol=2e-4)
 
 
 @pytest.mark.slow
@@ -139,6 +152,9 @@ def test_site_choices_that_cannot_work_are_one_line_errors(site_model, tiny_pbc_
     rc = main(["predict", image, "-m", str(out), "--site", "wbc-seg-1", "--adapt-bn", "-o", str(tmp_path / "p.csv")])
     err = capsys.readouterr().err.strip()
     assert rc != 0 and "--adapt-bn and --site" in err and len(err.splitlines()) == 1
+    rc = main(["diagnose", image, "-m", str(out), "--site", "pbc", "-o", str(tmp_path / "case")])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and "--site pbc" in err and len(err.splitlines()) == 1
     assert main(["train", "-d", "pbc", "--site-batches", "-o", str(tmp_path / "x")]) != 0
     assert "--site-batches: give two or more sites" in capsys.readouterr().err
     copy = tmp_path / "tampered"

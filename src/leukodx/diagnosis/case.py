@@ -260,13 +260,14 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
              model: str | os.PathLike | Classifier | None = None, backend: str = "auto",
              smear: bool = True, pixel_scale: float | None = None, um_per_px: float | None = None,
              adapt_bn: bool = False, coverage: float = DEFAULT_COVERAGE, explain: bool = False,
-             out_dir: str | os.PathLike | None = None, resume: bool = False) -> dict:
+             out_dir: str | os.PathLike | None = None, resume: bool = False, site: str | None = None) -> dict:
     """Diagnose one case. Returns the summary dict (summary, flags, shift, errors, provenance).
 
     Every image carries ``ood`` and a conformal ``prediction_set`` at ``coverage``; the counts and
     flags use only the images that are not ``unsure``, and the case gets a ``shift`` verdict
     (are these images like the model's training images at all?). With ``explain``, the report shows
-    a Grad-CAM heatmap of each image's top class (``leukodx.inference.explain``).
+    a Grad-CAM heatmap of each image's top class (``leukodx.inference.explain``). ``site``: for a model that
+    keeps per-site batch-norm statistics (``Classifier.use_site``), which of them the case's images run with.
 
     For smear fields, ``smear`` also runs the whole-smear pipeline on every field (cells found,
     white cells typed, counts, differential; ``leukodx.smear.pipeline``) beside the field model, at
@@ -280,14 +281,14 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
     if out_dir is not None:
         run = analyse_case(inputs, out_dir, kind=kind, model=model, backend=backend, smear=smear,
                            pixel_scale=pixel_scale, um_per_px=um_per_px, adapt_bn=adapt_bn, coverage=coverage,
-                           explain=explain, resume=resume)
+                           explain=explain, resume=resume, site=site)
         return {**run.result, "outputs": {k: str(v) for k, v in run.write_outputs().items()}}
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="leukodx-case-") as work:
         run = analyse_case(inputs, work, kind=kind, model=model, backend=backend, smear=smear,
                            pixel_scale=pixel_scale, um_per_px=um_per_px, adapt_bn=adapt_bn, coverage=coverage,
-                           explain=explain)
+                           explain=explain, site=site)
         result = {**run.result, "rows": []}
         thumbnails, heatmaps, fields = {}, {}, []
         for entry in run.entries():
@@ -348,7 +349,7 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
                  kind: str = "auto", model: str | os.PathLike | Classifier | None = None, backend: str = "auto",
                  smear: bool = True, pixel_scale: float | None = None, um_per_px: float | None = None,
                  adapt_bn: bool = False, coverage: float = DEFAULT_COVERAGE, explain: bool = False,
-                 resume: bool = False, chunk: int | None = None) -> CaseRun:
+                 resume: bool = False, chunk: int | None = None, site: str | None = None) -> CaseRun:
     """Stream a case through its models into ``work_dir/predictions.csv.partial.jsonl``
     (``leukodx._rowfile.RowFile``), ``chunk`` images at a time: each image is decoded once, reduced to
     what the case keeps (its row, a thumbnail, a heatmap with ``explain``, the smear pipeline's result
@@ -364,6 +365,11 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
     if kind not in KINDS:
         raise InvalidInputError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
     check_coverage(coverage)
+    if adapt_bn and site is not None:
+        raise InvalidInputError("--adapt-bn and --site: give one (statistics from these images, or a site's kept ones)")
+    if site is not None and isinstance(model, Classifier):
+        raise InvalidInputError(f"site {site!r}: a Classifier passed in keeps the statistics it was loaded with "
+                                "(Classifier.load(..., site=...))")
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     paths, errors = collect_image_paths(list(inputs))  # compact: a case may hold 10^5 images
@@ -377,7 +383,7 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
         raise nothing_readable(errors)
     clf = None
     if model is not None:
-        clf = model if isinstance(model, Classifier) else load_model(model, backend=backend)
+        clf = model if isinstance(model, Classifier) else load_model(model, backend=backend, site=site)
     if kind != "auto":
         evidence = "given by --kind"
     elif clf is not None:
@@ -388,7 +394,7 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
                                                                         max_side=CASE_READ_SIDE))
         unreadable = {e["input"] for e in errors[failed:]}
         paths = PathList(p for p in paths if p not in unreadable)
-    clf = clf or load_model(DEFAULT_MODELS[kind], backend=backend)
+    clf = clf or load_model(DEFAULT_MODELS[kind], backend=backend, site=site)
     if model_kind(clf) != kind:
         raise InvalidInputError(f"model {clf.name} classifies {model_kind(clf)}, but the case was given as {kind}")
     analyzer = _smear_analyzer(pixel_scale, um_per_px) if (kind == "fields" and smear) else None
@@ -398,7 +404,7 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
     rowfile = RowFile(Path(work_dir) / "predictions.csv", {
         "model": clf.name + (f" + {analyzer.detector.name}" if analyzer else ""),
         "model_sha256": "+".join(str(s) for s in shas), "inputs_sha256": inputs_digest(str(p) for p in paths),
-        "n_inputs": len(paths), "kind": kind, "backend": clf.backend, "precision": clf.precision,
+        "n_inputs": len(paths), "kind": kind, "backend": clf.backend, "precision": clf.precision, "site": clf.site,
         "coverage": coverage, "adapt_bn": adapt_bn, "explain": explain, "smear": analyzer is not None,
         "pixel_scale": pixel_scale, "um_per_px": um_per_px,
         "detector_backend": analyzer.detector.backend if analyzer else None}, resume=resume)
@@ -510,7 +516,7 @@ def _case_result(inputs, kind: str, evidence: str, clf: Classifier, analyzer, ro
         "kind": kind, "kind_evidence": evidence,
         "model": {"name": clf.name, "sha256": clf.card.get("sha256"), "classes": clf.classes,
                   "abstain_below": clf.abstain_below, "backend": clf.backend, "onnx_sha256": clf.onnx_sha256,
-                  "coverage": coverage,
+                  "coverage": coverage, "site_statistics": clf.site,
                   "test_time_adaptation": {"method": "AdaBN", "images": n_images} if adapt_bn else None,
                   "test_accuracy": clf.card.get("metrics", {}).get("test", {}).get("accuracy")},
         "n_images": n_images, "shift": shift, "summary": summary, "flags": flags, "errors": errors,

@@ -41,8 +41,10 @@ def test_predict_on_a_local_ray_equals_the_single_process_run(tiny_pbc_model, tm
 
 @pytest.mark.slow
 def test_an_unreachable_ray_address_is_one_line_and_no_output(tiny_pbc_model, pbc_folder, tmp_path):
+    # Ray's client retries 3 times, waiting 5, 10 and 20 s by default; 1, 2 and 4 s here (suite time)
+    env = {**os.environ, "RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S": "1"}
     r = subprocess.run([sys.executable, "-m", "leukodx", "predict", "-m", str(tiny_pbc_model), str(pbc_folder),
                         "-o", str(tmp_path / "p.csv"), "--ray", "ray://127.0.0.1:9"], capture_output=True, text=True,
-                       timeout=300)
+                       timeout=300, env=env)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: --ray ray://127.0.0.1:9: cannot reach")
     assert list(tmp_path.iterdir()) == []

@@ -26,9 +26,11 @@ def test_mixstyle_regnet_is_regnet_at_inference_and_mixes_styles_in_training():
     plain = create_network("regnetx_002", 5)
     plain.load_state_dict(mixed.state_dict())  # the same weights: MixStyle has none
     x = torch.rand(4, 3, 48, 48)
-    mixed.eval(), plain.eval()
+    mixed.eval()
+    plain.eval()
     assert torch.equal(mixed(x), plain(x))
-    mixed.train(), plain.train()
+    mixed.train()
+    plain.train()
     torch.manual_seed(0)
     for m in (mixed.mix1, mixed.mix2, mixed.mix3):
         m.p = 1.0

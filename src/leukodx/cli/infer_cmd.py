@@ -23,12 +23,6 @@ def _report_errors(errors: list[dict]) -> None:
         print(f"skipped: {e['error']}", file=sys.stderr)
 
 
-def _one_normalization(adapt_bn: bool, site: str | None) -> None:
-    if adapt_bn and site is not None:
-        raise InvalidInputError("--adapt-bn and --site: give one (statistics from these images, or a site's kept "
-                                "ones)")
-
-
 def _coverage_for(clf, coverage: float | None) -> float:
     """The coverage to use: the default where none was asked for; an asked-for one must be valid and
     the model must carry conformal calibration scores."""
@@ -96,11 +90,11 @@ def register(app: typer.Typer) -> None:
         """Accuracy, balanced accuracy, F1, per-class sensitivity/specificity/PPV/NPV, AUROC, ECE with 95% CIs."""
         from leukodx.evaluation.evaluate import evaluate_dataset, evaluate_folder
         from leukodx.evaluation.report import write_report
-        from leukodx.inference.classifier import load_model
+        from leukodx.inference.classifier import check_normalization, load_model
 
         if (images is None) == (dataset is None):
             raise InvalidInputError("give exactly one of --images DIR or --dataset NAME")
-        _one_normalization(adapt_bn, site)
+        check_normalization(adapt_bn, site)
         clf = load_model(model, backend=backend, precision=precision, device=device, site=site)
         streamed = {"rows_to": output, "resume": resume}
         if images is not None:
@@ -148,14 +142,15 @@ def register(app: typer.Typer) -> None:
 
         from leukodx._rowfile import RowFile, check_output, inputs_digest
         from leukodx.errors import Interrupted
-        from leukodx.inference.classifier import expand_inputs, load_model, row_cells, row_columns
+        from leukodx.inference.classifier import (check_normalization, expand_inputs, load_model, row_cells,
+                                                  row_columns)
 
         check_output(output)
         if ray is not None and adapt_bn:
             raise InvalidInputError("--ray and --adapt-bn: the adaptation needs every image in one process")
         if ray is not None and site is not None:
             raise InvalidInputError("--ray and --site: the Ray workers run the bundle's own statistics")
-        _one_normalization(adapt_bn, site)
+        check_normalization(adapt_bn, site)
         if ray is not None:  # before any output exists: a missing extra or an unreachable cluster is one line
             from leukodx.inference.distributed import connect
 

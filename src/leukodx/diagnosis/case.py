@@ -20,8 +20,8 @@ from leukodx._versions import provenance, versions
 from leukodx.data.images import PathList, collect_image_paths, jpeg_bytes, read_image, thumbnail_jpeg
 from leukodx.data.vocabulary import is_leukocyte, leukocyte_classes, normalize_label
 from leukodx.errors import InvalidInputError, Interrupted, LeukodxError
-from leukodx.inference.classifier import (DEFAULT_CELL_MODEL, Classifier, Scored, load_model, row_cells,
-                                          row_columns, rows_to_csv)
+from leukodx.inference.classifier import (DEFAULT_CELL_MODEL, Classifier, Scored, check_normalization, load_model,
+                                          row_cells, row_columns, rows_to_csv)
 from leukodx.models.reliability import DEFAULT_COVERAGE, check_coverage
 
 KINDS = ("auto", "cells", "fields")
@@ -365,8 +365,7 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
     if kind not in KINDS:
         raise InvalidInputError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
     check_coverage(coverage)
-    if adapt_bn and site is not None:
-        raise InvalidInputError("--adapt-bn and --site: give one (statistics from these images, or a site's kept ones)")
+    check_normalization(adapt_bn, site)
     if site is not None and isinstance(model, Classifier):
         raise InvalidInputError(f"site {site!r}: a Classifier passed in keeps the statistics it was loaded with "
                                 "(Classifier.load(..., site=...))")

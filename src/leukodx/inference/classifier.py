@@ -653,6 +653,14 @@ MIN_ADAPT_IMAGES = 32
 AUTO_SITE = "auto"
 POOLED_SITE = "pooled"
 
+
+def check_normalization(adapt_bn: bool, site: str | None) -> None:
+    """Test-time batch-norm adaptation and a kept site's statistics are two answers to one question: one line
+    when both are asked for."""
+    if adapt_bn and site is not None:
+        raise InvalidInputError("--adapt-bn and --site: give one (statistics from these images, or a site's kept "
+                                "ones)")
+
 #: the white-cell model used wherever none is named: multi-site, with blasts and smudge cells
 DEFAULT_CELL_MODEL = "wbc-multisite"
 

@@ -272,6 +272,18 @@ def regnetx_002_gn(pretrained: bool = False, **kwargs) -> nn.Module:
 CUSTOM_ARCHITECTURES = CUSTOM_ARCHITECTURES + ("regnetx_002_gn",)
 
 
+def _regnetx_002_as(cls: type, kwargs: dict, **modules: nn.Module) -> nn.Module:
+    """timm's ``regnetx_002`` (its weights' names unchanged) as ``cls``, a RegNet subclass whose forward uses
+    ``modules`` (weightless additions)."""
+    import timm
+
+    net = timm.create_model("regnetx_002", pretrained=False, **_clean(kwargs))
+    net.__class__ = cls
+    for name, module in modules.items():
+        net.add_module(name, module)
+    return net
+
+
 class MixStyle(nn.Module):
     """Mix the feature style (per-channel mean and standard deviation) of each training image with
     another image's in the batch (Zhou et al. 2021, ICLR, "Domain generalization with MixStyle").
@@ -311,13 +323,8 @@ def regnetx_002_mixstyle(pretrained: bool = False, **kwargs) -> nn.Module:
     """timm's RegNetX-200MF with MixStyle (``MixStyle``, p 0.5, alpha 0.1) after its first three stages, the
     paper's placement for classification. The same weights as ``regnetx_002`` (MixStyle has none), and the same
     network at inference; only training differs."""
-    import timm
-
     _no_pretrained("regnetx_002_mixstyle", pretrained)
-    net = timm.create_model("regnetx_002", pretrained=False, **_clean(kwargs))
-    net.__class__ = _MixStyleRegNet
-    net.mix1, net.mix2, net.mix3 = MixStyle(), MixStyle(), MixStyle()
-    return net
+    return _regnetx_002_as(_MixStyleRegNet, kwargs, mix1=MixStyle(), mix2=MixStyle(), mix3=MixStyle())
 
 
 CUSTOM_ARCHITECTURES = CUSTOM_ARCHITECTURES + ("regnetx_002_mixstyle",)
@@ -334,14 +341,8 @@ class _GreyRegNet(RegNet):
 def regnetx_002_grey(pretrained: bool = False, **kwargs) -> nn.Module:
     """timm's RegNetX-200MF that sees only the luminance of its (RGB) input: a lab's stain colours cannot
     reach it, only its stain densities, at the price of the colour of granules (an eosinophil's orange)."""
-    import timm
-
     _no_pretrained("regnetx_002_grey", pretrained)
-    kwargs = {**_clean(kwargs), "in_chans": 1}
-    net = timm.create_model("regnetx_002", pretrained=False, **kwargs)
-    net.__class__ = _GreyRegNet
-    net.grey = Grayscale()
-    return net
+    return _regnetx_002_as(_GreyRegNet, {**kwargs, "in_chans": 1}, grey=Grayscale())
 
 
 CUSTOM_ARCHITECTURES = CUSTOM_ARCHITECTURES + ("regnetx_002_grey",)

@@ -48,6 +48,9 @@ class Variant:
     #: the left-out site's images zoomed so that its median nucleus fills the frame as the training cells' did
     #: (``site_zoom``, measured on its unlabelled images)
     scale_match: bool = False
+    #: the left-out site's images zoomed by the magnification at which the fold's network reads them with the most
+    #: information (``select_zoom``, on its unlabelled images); the few-shot curve starts from that zoom too
+    scale_select: bool = False
     epochs: int = 8
     lr: float = 3e-3
     per_class: int = 150            # training images per class per site
@@ -126,6 +129,10 @@ VARIANTS = {v.name: v for v in (
     # the shipped recipe on a network of twice the compute (RegNetX-400MF): is in-site and few-shot accuracy
     # limited by the network's capacity?
     Variant("stain-aug-x004-large", arch="regnetx_004", augment="stain", epochs=20, per_class=500, val_per_class=60),
+    # the shipped recipe with the left-out site's magnification chosen by the fold's own network on the site's
+    # unlabelled images (the nucleus-size measure of scale-match misreads deepapl's nuclei, and so Jiangxi's scale)
+    Variant("stain-aug+scale-select-large", augment="stain", scale_select=True, epochs=20, per_class=500,
+            val_per_class=60),
 )}
 QUICK = {"epochs": 1, "per_class": 6, "val_per_class": 3, "test_per_class": 4, "size": 32}
 
@@ -200,7 +207,7 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
     fold's training and validation cells, as ``leukodx train`` does) and is scored on how well they
     tell the left-out site from the in-site test cells (``evaluation.reliability``).
     """
-    from leukodx.training.adaptation import adapt_batchnorm
+    from leukodx.training.adaptation import adapt_batchnorm, select_zoom
     from leukodx.training.trainer import TrainConfig, fit
 
     if len(sites) < 2:
@@ -209,7 +216,7 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
     started = time.perf_counter()
     sides = {s: site_sides(s, data_root) for s in sites}
 
-    pres = dict.fromkeys(sites, pre)  # a left-out site's own zoom under scale_match
+    pres = dict.fromkeys(sites, pre)  # a left-out site's own zoom under scale_match and scale_select
 
     def take(site: str, side: str, cap: int, draw: int = 0) -> tuple[np.ndarray, np.ndarray]:
         sub = limit_per_class(sides[site][side], cap, variant.seed + draw)
@@ -238,6 +245,14 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
             unlabelled = nucleus_fractions(list(_stack([take(held, side, variant.test_per_class)
                                                         for side in ("train", "val", "test")])[0]))
             pres[held] = replace(pre, zoom=site_zoom(reference, unlabelled))
+        zoom_scores = None
+        if variant.scale_select:
+            def unlabelled_at(p: Preprocess) -> np.ndarray:
+                return np.concatenate([_arrays(limit_per_class(sides[held][side], variant.test_per_class,
+                                                               variant.seed), p) for side in ("train", "val", "test")])
+
+            zoom, zoom_scores = select_zoom(result.net, unlabelled_at, pre, result.temperature)
+            pres[held] = replace(pre, zoom=zoom)
         # the left-out site: every side (it was never trained on), capped per class
         held_parts = [take(held, side, variant.test_per_class) for side in ("train", "val", "test")]
         x_held, y_held = _stack(held_parts)
@@ -262,7 +277,8 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
                                               result.temperature, False, n_boot) for s in train_sites}}),
             "in_site": in_site, "best_epoch": result.best_epoch, "seconds": round(time.perf_counter() - t0, 1),
             **({"learning_curve": curve} if curve else {}),
-            **({"zoom": pres[held].zoom} if variant.scale_match else {}),
+            **({"zoom": pres[held].zoom} if variant.scale_match or variant.scale_select else {}),
+            **({"zoom_information": zoom_scores} if zoom_scores else {}),
             **({"reliability": _reliability(result, pre, variant.seed, (x_tr, y_tr), (x_va, y_va),
                                             (train_groups, val_groups),
                                             _stack([take(s, "test", variant.test_per_class) for s in train_sites]),

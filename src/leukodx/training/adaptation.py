@@ -11,6 +11,12 @@
   the outputs of a classifier to new a priori probabilities"): a lab's cells come in other proportions
   than the training cells did (mostly neutrophils and lymphocytes, few basophils); EM on the unlabelled
   batch's calibrated probabilities estimates those proportions and re-weights every cell's probabilities.
+- **Scale selection, without labels** (``select_zoom``): another lab's optics or crop size show its cells
+  larger or smaller in the frame than the training cells were; of a grid of magnifications, the one at
+  which the network's calibrated predictions on the unlabelled batch carry the most information about
+  each image (H(mean p) - mean H(p), the mutual information between image and predicted class, as in
+  Krause et al. 2010, "Discriminative clustering by regularized information maximization"): confident on
+  each cell without calling every cell the same.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 import torch
@@ -58,6 +64,38 @@ def reestimate_prior(proba: np.ndarray, train_prior: np.ndarray, max_iter: int =
     full = np.zeros_like(train_prior)
     full[trained] = prior
     return adjusted, full
+
+
+#: the magnifications ``select_zoom`` tries (``Preprocess.zoom``): from cells shown 2.5 times larger than the
+#: training cells (brought down by 0.4) to cells shown half as large (brought up by 2)
+ZOOM_GRID = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.15, 1.3, 1.5, 1.75, 2.0)
+
+
+def prediction_information(proba: np.ndarray) -> float:
+    """H(mean p) - mean H(p) in nats: the mutual information between an image of the batch and the class
+    predicted for it. High when each prediction is confident and the predictions do not all agree."""
+    proba = np.clip(np.asarray(proba, dtype=np.float64), 1e-12, 1.0)
+    mean = proba.mean(axis=0)
+    return float(-(mean * np.log(mean)).sum() + (proba * np.log(proba)).sum(axis=1).mean())
+
+
+def select_zoom(net: torch.nn.Module, arrays_at: Callable[[Preprocess], np.ndarray], preprocess: Preprocess,
+                temperature: float = 1.0, zooms: Iterable[float] = ZOOM_GRID) -> tuple[float, dict[str, float]]:
+    """(the zoom of ``zooms`` at which ``net`` reads one site's unlabelled images with the most
+    ``prediction_information``, each zoom's score); ``arrays_at(pre)`` gives the site's images decoded with
+    ``pre`` ((N, S, S, 3) uint8), ``preprocess`` is the network's own. Ties go to the zoom nearest 1."""
+    from leukodx.training.calibration import softmax
+    from leukodx.training.trainer import predict_logits
+
+    scores = {}
+    for zoom in zooms:
+        pre = replace(preprocess, zoom=float(zoom))
+        arrays = arrays_at(pre)
+        if len(arrays) == 0:
+            raise InvalidInputError("no images to measure the scale on")
+        scores[f"{float(zoom):g}"] = prediction_information(softmax(predict_logits(net, arrays, pre), temperature))
+    best = max(scores, key=lambda z: (round(scores[z], 4), -abs(np.log(float(z)))))
+    return float(best), scores
 
 
 def has_batchnorm(net: torch.nn.Module) -> bool:

@@ -14,6 +14,7 @@ from leukodx.data.images import read_image
 from leukodx.data.registry import load_dataset
 from leukodx.errors import InvalidInputError
 from leukodx.preprocessing.transforms import Preprocess, _nucleus_box, cell_crop
+from leukodx.training.adaptation import ZOOM_GRID
 
 
 def test_sites_are_relabelled_onto_the_five_shared_types_from_saved_splits():
@@ -113,6 +114,15 @@ def test_scale_match_zooms_only_the_left_out_site_to_the_training_cells_scale():
     assert result["folds"]["wbc-seg-2"]["zoom"] < 0.9
     assert "zoom" not in run_loso(quick(VARIANTS["baseline"]), sites=("pbc", "wbc-seg-2"), n_boot=20,
                                   log=lambda m: None)["folds"]["pbc"]
+
+
+@pytest.mark.slow
+def test_scale_select_zooms_the_left_out_site_by_the_zoom_its_cells_are_read_with_most_information():
+    variant = quick(VARIANTS["stain-aug+scale-select-large"])
+    fold = run_loso(variant, sites=("wbc-seg-1", "wbc-seg-2"), n_boot=20, log=lambda m: None)["folds"]["wbc-seg-1"]
+    scores = fold["zoom_information"]
+    assert set(scores) == {f"{z:g}" for z in ZOOM_GRID}
+    assert scores[f"{fold['zoom']:g}"] == pytest.approx(max(scores.values()), abs=1e-4)
 
 
 @pytest.mark.slow

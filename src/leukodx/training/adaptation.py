@@ -83,7 +83,8 @@ def select_zoom(net: torch.nn.Module, arrays_at: Callable[[Preprocess], np.ndarr
                 temperature: float = 1.0, zooms: Iterable[float] = ZOOM_GRID) -> tuple[float, dict[str, float]]:
     """(the zoom of ``zooms`` at which ``net`` reads one site's unlabelled images with the most
     ``prediction_information``, each zoom's score); ``arrays_at(pre)`` gives the site's images decoded with
-    ``pre`` ((N, S, S, 3) uint8), ``preprocess`` is the network's own. Ties go to the zoom nearest 1."""
+    ``pre`` ((N, S, S, 3) uint8), ``preprocess`` is the network's own. Scores within 1e-4 nats of each other
+    tie, and a tie goes to the zoom nearest 1."""
     from leukodx.training.calibration import softmax
     from leukodx.training.trainer import predict_logits
 

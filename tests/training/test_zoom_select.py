@@ -12,6 +12,8 @@ from leukodx.data.registry import load_dataset
 from leukodx.errors import InvalidInputError
 from leukodx.preprocessing.transforms import Preprocess
 from leukodx.training.adaptation import ZOOM_GRID, prediction_information, select_zoom
+from leukodx.training.calibration import softmax
+from leukodx.training.trainer import predict_logits
 
 
 def test_information_is_zero_for_uniform_or_unanimous_predictions_and_log2_for_a_confident_split():
@@ -47,6 +49,13 @@ class _Constant(torch.nn.Module):
         return self.bias.expand(x.shape[0], 2)
 
 
+def _proba_of(net: torch.nn.Module, arrays_at):
+    def proba_at(pre: Preprocess) -> np.ndarray:
+        return softmax(predict_logits(net, arrays_at(pre), pre))
+
+    return proba_at
+
+
 @pytest.fixture(scope="module")
 def cells():
     index = load_dataset("wbc-seg-2")
@@ -61,7 +70,7 @@ def test_the_zoom_with_the_most_information_is_chosen_and_every_zoom_is_scored(c
         seen.append(p.zoom)
         return cached_arrays(cells, p)
 
-    zoom, scores = select_zoom(_DarkFraction(), arrays_at, pre)
+    zoom, scores = select_zoom(_proba_of(_DarkFraction(), arrays_at), pre)
     assert seen == [float(z) for z in ZOOM_GRID]
     assert set(scores) == {f"{float(z):g}" for z in ZOOM_GRID}
     assert scores[f"{zoom:g}"] == pytest.approx(max(scores.values()), abs=1e-4)
@@ -70,11 +79,11 @@ def test_the_zoom_with_the_most_information_is_chosen_and_every_zoom_is_scored(c
 
 
 def test_a_network_blind_to_scale_keeps_the_images_as_they_are(cells):
-    zoom, scores = select_zoom(_Constant(), lambda p: cached_arrays(cells, p), Preprocess(size=32))
+    zoom, scores = select_zoom(_proba_of(_Constant(), lambda p: cached_arrays(cells, p)), Preprocess(size=32))
     assert zoom == 1.0
     assert len(set(round(v, 9) for v in scores.values())) == 1
 
 
 def test_no_images_is_refused():
     with pytest.raises(InvalidInputError, match="no images"):
-        select_zoom(_Constant(), lambda p: np.zeros((0, 32, 32, 3), np.uint8), Preprocess(size=32))
+        select_zoom(lambda p: np.zeros((0, 2)), Preprocess(size=32))

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from leukodx.cli.options import Backend, Coverage, DataRoot, Device, OutputDir, OutputFile, Precision, Seed, Site
+from leukodx.cli.options import Backend, Coverage, DataRoot, Device, OutputDir, OutputFile, Precision, Seed, Site, Zoom
 from rich.console import Console
 
 from leukodx import _atomic
@@ -79,6 +79,7 @@ def register(app: typer.Typer) -> None:
                                                                 "model's normalization statistics on these images "
                                                                 "(one lab's, >= 32) before predicting (LOSO.md)."),
         site: Optional[str] = Site,
+        zoom: Optional[str] = Zoom,
         backend: str = Backend,
         precision: str = Precision,
         device: str = Device,
@@ -96,7 +97,7 @@ def register(app: typer.Typer) -> None:
             raise InvalidInputError("give exactly one of --images DIR or --dataset NAME")
         check_normalization(adapt_bn, site)
         clf = load_model(model, backend=backend, precision=precision, device=device, site=site)
-        streamed = {"rows_to": output, "resume": resume}
+        streamed = {"rows_to": output, "resume": resume, "zoom": zoom}
         if images is not None:
             result = evaluate_folder(clf, images, n_boot=n_boot, seed=seed, adapt_bn=adapt_bn, **streamed)
         else:
@@ -121,6 +122,7 @@ def register(app: typer.Typer) -> None:
                                                                 "(one lab's, >= 32) before predicting (LOSO.md). "
                                                                 "Reads every image first (not streamed)."),
         site: Optional[str] = Site,
+        zoom: Optional[str] = Zoom,
         coverage: Optional[float] = Coverage,
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of the same model over the "
                                                             "same inputs (OUTPUT.partial.jsonl): finished inputs are "
@@ -150,6 +152,8 @@ def register(app: typer.Typer) -> None:
             raise InvalidInputError("--ray and --adapt-bn: the adaptation needs every image in one process")
         if ray is not None and site is not None:
             raise InvalidInputError("--ray and --site: the Ray workers run the bundle's own statistics")
+        if ray is not None and zoom is not None:
+            raise InvalidInputError("--ray and --zoom: the Ray workers read the images at the model's own scale")
         check_normalization(adapt_bn, site)
         if ray is not None:  # before any output exists: a missing extra or an unreachable cluster is one line
             from leukodx.inference.distributed import connect
@@ -161,10 +165,11 @@ def register(app: typer.Typer) -> None:
         _report_errors(list_errors)
         if not items:
             raise InvalidInputError(f"no image found in {', '.join(map(str, inputs))}")
+        clf.set_zoom(zoom, items)
         rowfile = RowFile(output, {"model": clf.name, "model_sha256": clf.card.get("sha256"),
                                    "inputs_sha256": inputs_digest(n for n, _ in items), "n_inputs": len(items),
                                    "coverage": coverage, "adapt_bn": adapt_bn, "site": clf.site,
-                                   "precision": clf.precision},
+                                   "zoom": clf.zoom and clf.zoom["zoom"], "precision": clf.precision},
                           resume=resume)
         done = rowfile.start()
         todo = items.without(done) if done else items
@@ -199,8 +204,8 @@ def register(app: typer.Typer) -> None:
         shift = clf.shift_from(scores)
         header = {"model": clf.name, "model_sha256": clf.card.get("sha256"), "backend": clf.backend,
                   "precision": clf.precision,
-                  "onnx_sha256": clf.onnx_sha256, "site_statistics": clf.site, "classes": clf.classes,
-                  "coverage": coverage, "shift": shift}
+                  "onnx_sha256": clf.onnx_sha256, "site_statistics": clf.site, "zoom": clf.zoom,
+                  "classes": clf.classes, "coverage": coverage, "shift": shift}
         rowfile.finish(header, row_columns(clf.classes), lambda r: row_cells(r, clf.classes))
         resumed = f" ({rowfile.resumed} from the interrupted run)" if rowfile.resumed else ""
         console.print(f"{n_rows} image(s) predicted{resumed}, {n_errors + len(list_errors)} skipped; written to {output}")

@@ -51,3 +51,29 @@ Site: Optional[str] = typer.Option(None, "--site", help="A model trained with --
                                                         "site's; auto (its default) each image with those of the "
                                                         "site it looks like, the pooled ones if it is OOD; pooled "
                                                         "always the pooled ones.")
+
+
+def _zoom(value):
+    if value is None:
+        return None
+    from leukodx.errors import InvalidInputError
+    from leukodx.inference.classifier import AUTO_ZOOM
+    from leukodx.preprocessing.transforms import ZOOM_RANGE
+
+    if value.strip().lower() == AUTO_ZOOM:
+        return AUTO_ZOOM
+    try:
+        zoom = float(value)
+    except ValueError:
+        raise InvalidInputError(f"--zoom {value!r}: expected auto or a number") from None
+    if not ZOOM_RANGE[0] <= zoom <= ZOOM_RANGE[1]:
+        raise InvalidInputError(f"--zoom {value}: expected auto or a number from {ZOOM_RANGE[0]} to {ZOOM_RANGE[1]}")
+    return zoom
+
+
+Zoom = typer.Option(None, "--zoom", callback=_zoom, metavar="auto|FACTOR",
+                    help="Magnify every image about its centre by FACTOR before the model reads it (0.4-2.5; "
+                         "< 1 shows the cells smaller), for a lab whose optics or crop size show cells larger or "
+                         "smaller than the model's training images did; auto: the zoom at which the model reads "
+                         "these images (one lab's, >= 32; a sample of up to 512) with the most information, no "
+                         "labels used (LOSO.md, scale-select). Default: as they are.")

@@ -21,21 +21,24 @@ def match_classes(folder_classes: list[str], model_classes: list[str]) -> dict[s
     return {folder_classes[i]: j for i, j in mapping.source_to_target.items()}
 
 
-def _streamed(classifier, paths, adapt_bn: bool, rows_to: Path, resume: bool
+def _streamed(classifier, paths, adapt_bn: bool, rows_to: Path, resume: bool, zoom: float | str | None = None
               ) -> tuple[list[str], object, list[dict], int | None, object]:
     """Names, ``Scored`` (probabilities, OOD scores), errors of ``paths``, a chunk at a time, with
     ``adapt_bn`` the number of images the batch-norm statistics were re-estimated on (a first pass
     over every image), and the row file: each chunk's probabilities are appended to
     ``rows_to.partial.jsonl`` as they are made (``leukodx._rowfile.RowFile``), so ``resume``
-    continues an interrupted evaluation without redoing finished images."""
+    continues an interrupted evaluation without redoing finished images. ``zoom``: the magnification the
+    images are read with (``Classifier.set_zoom``; 'auto' chooses it on ``paths``)."""
     from types import SimpleNamespace
 
     from leukodx._rowfile import RowFile, inputs_digest
 
     items = [(str(p), str(p)) for p in paths]
+    classifier.set_zoom(zoom, items)
     rowfile = RowFile(rows_to, {"model": classifier.name, "model_sha256": classifier.card.get("sha256"),
                                 "inputs_sha256": inputs_digest(n for n, _ in items), "n_inputs": len(items),
-                                "adapt_bn": adapt_bn, "site": classifier.site, "backend": classifier.backend,
+                                "adapt_bn": adapt_bn, "site": classifier.site,
+                                "zoom": classifier.zoom and classifier.zoom["zoom"], "backend": classifier.backend,
                                 "precision": classifier.precision}, resume=resume, scratch=True)
     done = rowfile.start()
     todo = [item for item in items if item[0] not in done]
@@ -65,17 +68,20 @@ def _streamed(classifier, paths, adapt_bn: bool, rows_to: Path, resume: bool
 
 
 def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int = 0, adapt_bn: bool = False,
-                   rows_to: str | os.PathLike | None = None, resume: bool = False) -> dict:
+                   rows_to: str | os.PathLike | None = None, resume: bool = False,
+                   zoom: float | str | None = None) -> dict:
     """Metrics of ``classifier`` on ``index`` (labels in the index's own class list); with
     ``adapt_bn``, the classifier's batch-norm statistics are first re-estimated on the index's images.
     Streamed: with ``rows_to`` (the result's file), each chunk's probabilities are kept in
     ``rows_to.partial.jsonl`` until the metrics are made, and ``resume`` continues an interrupted run;
-    without it, in a temporary folder."""
+    without it, in a temporary folder. ``zoom``: a magnification to read the images with, or 'auto'
+    (``Classifier.set_zoom``)."""
     if rows_to is None:
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="leukodx-evaluate-") as work:
-            return evaluate_index(classifier, index, n_boot, seed, adapt_bn, Path(work) / "result.json")
+            return evaluate_index(classifier, index, n_boot, seed, adapt_bn, Path(work) / "result.json",
+                                  zoom=zoom)
     mapping = match_classes(index.classes, classifier.classes)
     if not mapping:
         raise InvalidInputError(
@@ -86,7 +92,8 @@ def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int 
     keep = [i for i, y in enumerate(index.labels) if index.classes[y] in mapping]
     sub = index.subset(keep)
     # streamed: memory holds the probabilities, not the images (AdaBN reads the images once more first)
-    names, scored, errors, n_adapted, rowfile = _streamed(classifier, sub.abspaths(), adapt_bn, Path(rows_to), resume)
+    names, scored, errors, n_adapted, rowfile = _streamed(classifier, sub.abspaths(), adapt_bn, Path(rows_to), resume,
+                                                          zoom)
     readable = set(names)
     y_model = np.array([mapping[sub.classes[sub.labels[i]]] for i, p in enumerate(sub.abspaths()) if str(p) in readable])
     if len(y_model) == 0:
@@ -108,6 +115,7 @@ def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int 
         "model_sha256": classifier.card.get("sha256"),
         "test_time_adaptation": {"method": "AdaBN", "images": int(n_adapted)} if adapt_bn else None,
         "site_statistics": classifier.site,  # the training site whose batch-norm statistics it ran with (--site)
+        "zoom": classifier.zoom,  # the magnification the images were read with, and how it was chosen (--zoom)
         "images": str(index.root),
         "dataset_fingerprint": index.fingerprint(),
         "accuracy": metrics["accuracy"]["value"],

@@ -47,6 +47,12 @@ TASK = "image-classification"
 DECODE_FACTOR = 1.5
 #: inputs per streamed chunk (two chunks are in memory at once: the one inferred, the one decoded)
 CHUNK = 256
+#: ``--zoom`` that chooses the magnification from the inputs themselves
+AUTO_ZOOM = "auto"
+#: ``--zoom auto`` reads at most this many of the inputs (evenly spaced) at each magnification it tries
+ZOOM_SAMPLE = 512
+#: ... and needs at least this many readable ones
+MIN_ZOOM_IMAGES = 32
 
 
 @dataclass
@@ -121,6 +127,8 @@ class Classifier:
         self.site: str | None = None
         self._site_nets: dict = {}
         self._recognizer = None
+        #: the magnification inputs are decoded with (``use_zoom``): None, as the model was trained
+        self.zoom: dict | None = None
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike, backend: str = "auto", precision: str = "auto",
@@ -175,6 +183,51 @@ class Classifier:
         self._site_nets = {name: self._site_classifier(name, with_batchnorm_statistics(
             self.net, statistics[name], f"{self.name} site {name}")) for name in names}
         self.site = site
+
+    def use_zoom(self, zoom: float, how: dict | None = None) -> None:
+        """Decode every input magnified by ``zoom`` about its centre (``Preprocess.zoom``; < 1 shows the cell
+        smaller, padded with the image's own border colour): a lab whose optics or crop size show its cells
+        larger or smaller in the frame than the training cells were. ``how`` says how the zoom was chosen
+        (``zoom_for_inputs``); it is kept with the zoom in ``self.zoom`` for the outputs to record."""
+        from dataclasses import replace
+
+        self.preprocess = replace(self.preprocess, zoom=float(zoom))
+        self.reader = InputReader(self.preprocess, self.reader.max_side)
+        self.zoom = {"zoom": float(zoom), **(how or {"method": "given"})}
+
+    def set_zoom(self, zoom: float | str | None, items: Sequence[tuple[str, object]]) -> None:
+        """``--zoom``: None or 1 leaves the inputs at the model's scale, a number magnifies them by it (``use_zoom``),
+        'auto' by the zoom chosen on ``items``, one lab's images (``zoom_for_inputs``)."""
+        if zoom == AUTO_ZOOM:
+            self.use_zoom(*self.zoom_for_inputs(items))
+        elif zoom is not None and float(zoom) != 1.0:
+            self.use_zoom(float(zoom))
+
+    def zoom_for_inputs(self, items: Sequence[tuple[str, object]]) -> tuple[float, dict]:
+        """The magnification at which this model reads ``items`` (one lab's unlabelled images) with the most
+        information (``training.adaptation.select_zoom``; no labels used): up to ``ZOOM_SAMPLE`` of them,
+        evenly spaced, decoded at every zoom of the grid. Returns the zoom and how it was chosen."""
+        from dataclasses import replace
+
+        from leukodx.training.adaptation import ZOOM_GRID, select_zoom
+
+        picked = np.unique(np.linspace(0, len(items) - 1, min(len(items), ZOOM_SAMPLE)).round().astype(int))
+        rgbs = []  # decoded once; each zoom preprocesses them again
+        for i in (picked if len(items) else []):
+            try:
+                rgbs.append(self.reader.read(items[int(i)][1]))
+            except Exception:  # noqa: BLE001 - an unreadable input is reported by the pass that predicts
+                continue
+        if len(rgbs) < MIN_ZOOM_IMAGES:
+            raise InvalidInputError(f"--zoom auto needs at least {MIN_ZOOM_IMAGES} readable images of one lab, "
+                                    f"got {len(rgbs)}")
+
+        def proba_at(pre: Preprocess) -> np.ndarray:
+            return self.predict_arrays(np.stack(pre.batch(rgbs)))
+
+        zoom, scores = select_zoom(proba_at, replace(self.preprocess, zoom=1.0), ZOOM_GRID)
+        return zoom, {"method": "selected: the most information in the predictions, no labels",
+                      "images": len(rgbs), "information": {z: round(v, 4) for z, v in scores.items()}}
 
     def _site_classifier(self, site: str, net) -> "Classifier":
         """The network with ``site``'s statistics, on this classifier's backend (ONNX Runtime fp32 on a CPU: its

@@ -79,22 +79,18 @@ def prediction_information(proba: np.ndarray) -> float:
     return float(-(mean * np.log(mean)).sum() + (proba * np.log(proba)).sum(axis=1).mean())
 
 
-def select_zoom(net: torch.nn.Module, arrays_at: Callable[[Preprocess], np.ndarray], preprocess: Preprocess,
-                temperature: float = 1.0, zooms: Iterable[float] = ZOOM_GRID) -> tuple[float, dict[str, float]]:
-    """(the zoom of ``zooms`` at which ``net`` reads one site's unlabelled images with the most
-    ``prediction_information``, each zoom's score); ``arrays_at(pre)`` gives the site's images decoded with
-    ``pre`` ((N, S, S, 3) uint8), ``preprocess`` is the network's own. Scores within 1e-4 nats of each other
-    tie, and a tie goes to the zoom nearest 1."""
-    from leukodx.training.calibration import softmax
-    from leukodx.training.trainer import predict_logits
-
+def select_zoom(proba_at: Callable[[Preprocess], np.ndarray], preprocess: Preprocess,
+                zooms: Iterable[float] = ZOOM_GRID) -> tuple[float, dict[str, float]]:
+    """(the zoom of ``zooms`` at which a network reads one site's unlabelled images with the most
+    ``prediction_information``, each zoom's score). ``proba_at(pre)`` gives the network's calibrated
+    probabilities of the site's images decoded with ``pre``; ``preprocess`` is the network's own, which each
+    tried zoom replaces. Scores within 1e-4 nats of each other tie, and a tie goes to the zoom nearest 1."""
     scores = {}
     for zoom in zooms:
-        pre = replace(preprocess, zoom=float(zoom))
-        arrays = arrays_at(pre)
-        if len(arrays) == 0:
+        proba = proba_at(replace(preprocess, zoom=float(zoom)))
+        if len(proba) == 0:
             raise InvalidInputError("no images to measure the scale on")
-        scores[f"{float(zoom):g}"] = prediction_information(softmax(predict_logits(net, arrays, pre), temperature))
+        scores[f"{float(zoom):g}"] = prediction_information(proba)
     best = max(scores, key=lambda z: (round(scores[z], 4), -abs(np.log(float(z)))))
     return float(best), scores
 

@@ -30,8 +30,13 @@ def _folder(tmp_path, dataset, per_class, rename=None):
 def test_adapt_writes_a_child_bundle_with_cross_validated_figures(tmp_path, aria_folder):
     images = _folder(tmp_path, "wbc-seg-2", 3)  # basophil has 3 images in wbc-seg-2: every class >= 2
     out = tmp_path / "adapted"
-    assert main(["adapt", "-m", "pbc-celltype", "--images", str(images), "-o", str(out), "--epochs", "1"]) == 0
+    assert main(["adapt", "-m", "pbc-celltype", "--images", str(images), "-o", str(out), "--epochs", "1",
+                 "--zoom", "0.8"]) == 0
     card = json.loads((out / "card.json").read_text())
+    # the lab's cells are read at the zoom given, in the fine-tuning and in every later use of the bundle
+    assert card["data"]["zoom"] == {"zoom": 0.8, "method": "given"} and card["preprocess"]["zoom"] == 0.8
+    assert leukodx.load(out).zoom == {"zoom": 0.8, "method": "the model's own (its card)"}
+    assert "zoom" not in leukodx.load("pbc-celltype").card["preprocess"] and leukodx.load("pbc-celltype").zoom is None
     parent = leukodx.load("pbc-celltype").card
     assert card["training"]["config"]["freeze_batchnorm"] is True
     assert card["parent"] == {"name": "pbc-celltype", "sha256": parent["sha256"], "data": "pbc"}

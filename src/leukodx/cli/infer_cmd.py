@@ -282,12 +282,15 @@ def register(app: typer.Typer) -> None:
         lr: Optional[float] = typer.Option(None, help="Peak learning rate of the fine-tuning (default: the recipe's)."),
         seed: int = Seed,
         name: Optional[str] = typer.Option(None, help="Name in the new card (default: the output folder name)."),
+        zoom: Optional[str] = Zoom,
         data_root: Optional[Path] = DataRoot,
     ) -> None:
-        """Few-shot site adaptation: fine-tune on a few labelled cells per class, write a bundle that records its parent."""
+        """Few-shot site adaptation: fine-tune on a few labelled cells per class, write a bundle that records its parent.
+        With --zoom the new bundle reads every cell at that magnification (its card keeps it)."""
         from leukodx.inference.adapt import adapt
 
-        card = adapt(model, images, output, epochs=epochs, lr=lr, seed=seed, name=name, data_root=data_root)
+        card = adapt(model, images, output, epochs=epochs, lr=lr, seed=seed, name=name, data_root=data_root,
+                     zoom=zoom)
         cv, parent = card["metrics"]["adaptation_cv"], card["metrics"]["parent_on_adaptation_images"]
         console.print(f"{card['name']} (from {card['parent']['name']}): cross-validated accuracy on the "
                       f"{cv['n']} adaptation images {cv['accuracy']['value']:.3f} (parent: "

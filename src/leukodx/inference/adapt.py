@@ -92,8 +92,11 @@ def fine_tune_config(arch: str, preprocess, n_images: int, epochs: int = EPOCHS,
 
 def adapt(model: str | os.PathLike, images: str | os.PathLike, output: str | os.PathLike, epochs: int | None = None,
           lr: float | None = None, seed: int = 0, name: str | None = None, data_root=None,
-          show_progress: bool = False) -> dict:
-    """Fine-tune ``model`` on the labelled cells under ``images``; write and return the new bundle's card."""
+          show_progress: bool = False, zoom: float | str | None = None) -> dict:
+    """Fine-tune ``model`` on the labelled cells under ``images``; write and return the new bundle's card.
+    ``zoom`` (``Classifier.set_zoom``: a number, or 'auto' to choose it on these images without their labels):
+    the magnification the lab's cells are read with, in the fine-tuning and in every later use of the new
+    bundle (its card's preprocessing keeps it)."""
     images, output = Path(images), Path(output)
     clf = Classifier.load(model, backend="torch")
     index = index_image_folder(images)
@@ -109,6 +112,7 @@ def adapt(model: str | os.PathLike, images: str | os.PathLike, output: str | os.
     warning = overlaps_training_data(clf, images, data_root)
     if warning:
         log.warning(warning)
+    clf.set_zoom(zoom, [(str(p), str(p)) for p in index.abspaths()])
     x = cached_arrays(index, clf.preprocess)
     y = np.asarray([mapping[index.classes[v]] for v in index.labels], dtype=int)
     parent_weights = Path(clf.bundle_dir) / str(clf.card.get("weights", "model.safetensors"))
@@ -144,7 +148,7 @@ def adapt(model: str | os.PathLike, images: str | os.PathLike, output: str | os.
         parent={"name": clf.name, "sha256": clf.card["sha256"], "data": clf.card.get("data", {}).get("dataset")},
         data={"dataset": clf.card.get("data", {}).get("dataset"), "adaptation_images": str(images),
               "adaptation_fingerprint": index.fingerprint(), "adaptation_counts": counts,
-              "adaptation_classes": [clf.classes[i] for i in present],
+              "adaptation_classes": [clf.classes[i] for i in present], "zoom": clf.zoom,
               "split_sha256": None, "parent_split_sha256": clf.card.get("data", {}).get("split_sha256")},
         metrics={"split": f"adaptation images, {folds}-fold cross-validated",
                  "adaptation_cv": {key: cv[key] for key in ("accuracy", "balanced_accuracy", "macro_f1", "ece", "n")},

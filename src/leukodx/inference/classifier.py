@@ -127,8 +127,9 @@ class Classifier:
         self.site: str | None = None
         self._site_nets: dict = {}
         self._recognizer = None
-        #: the magnification inputs are decoded with (``use_zoom``): None, as the model was trained
-        self.zoom: dict | None = None
+        #: the magnification inputs are decoded with and how it was chosen (``use_zoom``): None, as they are
+        self.zoom: dict | None = (None if self.preprocess.zoom == 1.0 else
+                                  {"zoom": self.preprocess.zoom, "method": "the model's own (its card)"})
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike, backend: str = "auto", precision: str = "auto",
@@ -193,14 +194,15 @@ class Classifier:
 
         self.preprocess = replace(self.preprocess, zoom=float(zoom))
         self.reader = InputReader(self.preprocess, self.reader.max_side)
-        self.zoom = {"zoom": float(zoom), **(how or {"method": "given"})}
+        self.zoom = None if zoom == 1.0 and how is None else {"zoom": float(zoom), **(how or {"method": "given"})}
 
     def set_zoom(self, zoom: float | str | None, items: Sequence[tuple[str, object]]) -> None:
-        """``--zoom``: None or 1 leaves the inputs at the model's scale, a number magnifies them by it (``use_zoom``),
-        'auto' by the zoom chosen on ``items``, one lab's images (``zoom_for_inputs``)."""
+        """``--zoom``: None keeps the model's own zoom (1, or the one an adapted bundle was made with), a number
+        magnifies the inputs by it (``use_zoom``; 1 reads them as they are), 'auto' by the zoom chosen on
+        ``items``, one lab's images (``zoom_for_inputs``)."""
         if zoom == AUTO_ZOOM:
             self.use_zoom(*self.zoom_for_inputs(items))
-        elif zoom is not None and float(zoom) != 1.0:
+        elif zoom is not None and float(zoom) != self.preprocess.zoom:
             self.use_zoom(float(zoom))
 
     def zoom_for_inputs(self, items: Sequence[tuple[str, object]]) -> tuple[float, dict]:

@@ -285,8 +285,8 @@ def register(app: typer.Typer) -> None:
         zoom: Optional[str] = Zoom,
         data_root: Optional[Path] = DataRoot,
     ) -> None:
-        """Few-shot site adaptation: fine-tune on a few labelled cells per class, write a bundle that records its parent.
-        With --zoom the new bundle reads every cell at that magnification (its card keeps it)."""
+        """Few-shot site adaptation: fine-tune on a few labelled cells per class, write a bundle that records its
+        parent. With --zoom the new bundle reads every cell at that magnification (its card keeps it)."""
         from leukodx.inference.adapt import adapt
 
         card = adapt(model, images, output, epochs=epochs, lr=lr, seed=seed, name=name, data_root=data_root,

@@ -76,4 +76,5 @@ Zoom = typer.Option(None, "--zoom", callback=_zoom, metavar="auto|FACTOR",
                          "< 1 shows the cells smaller), for a lab whose optics or crop size show cells larger or "
                          "smaller than the model's training images did; auto: the zoom at which the model reads "
                          "these images (one lab's, >= 32; a sample of up to 512) with the most information, no "
-                         "labels used (LOSO.md, scale-select). Default: as they are.")
+                         "labels used (LOSO.md, scale-select). Default: the model's own (1, as they are, for "
+                         "the shipped models; a bundle made by adapt --zoom keeps its zoom).")

@@ -67,3 +67,15 @@ def test_folder_classes_match_model_classes_case_insensitively_and_by_synonym():
     model = ["basophil", "eosinophil", "ig", "neutrophil"]
     assert match_classes(["Neutrophils", "EOSINOPHIL", "Immature_Granulocytes", "blast"], model) == {
         "Neutrophils": 3, "EOSINOPHIL": 1, "Immature_Granulocytes": 2}
+
+
+def test_auroc_is_sklearns_with_ties_and_nan_without_a_group():
+    from leukodx.stats import auroc
+
+    rng = np.random.default_rng(3)
+    positive = rng.random(500) < 0.3
+    scores = np.round(rng.normal(size=500) + positive, 1)  # rounded: many ties across the two groups
+    assert auroc(positive, scores) == pytest.approx(roc_auc_score(positive, scores), abs=1e-12)
+    assert auroc(positive, -scores) == pytest.approx(1 - roc_auc_score(positive, scores), abs=1e-12)
+    assert np.isnan(auroc(np.zeros(5, bool), np.arange(5.0)))
+    assert np.isnan(auroc(np.ones(5, bool), np.arange(5.0)))

@@ -146,21 +146,22 @@ def predict_logits_per_site(net: torch.nn.Module, arrays: np.ndarray, groups: np
 
 
 def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, n_classes: int,
-        config: TrainConfig, workdir: str | Path, resume: bool = False, show_progress: bool = True,
+        config: TrainConfig, workdir: str | Path | None, resume: bool = False, show_progress: bool = True,
         on_epoch_end: Callable[[dict], None] | None = None, groups: np.ndarray | None = None,
         val_groups: np.ndarray | None = None) -> FitResult:
     """Train on uint8 arrays (N, S, S, 3); returns the best-on-validation network, calibrated.
 
     The loop is the shared :class:`~leukodx.training.engine.Engine`; ``on_epoch_end`` receives each
-    epoch's record after its checkpoint is written. ``groups`` / ``val_groups``: the site of each
-    training / validation image, needed by ``config.site_batches``.
+    epoch's record after its checkpoint is written (``workdir`` None: no checkpoint, the best weights kept in
+    memory, nothing to resume). ``groups`` / ``val_groups``: the site of each training / validation image,
+    needed by ``config.site_batches``.
     """
     if len(x_train) == 0 or len(x_val) == 0:
         raise InvalidInputError("training and validation sets must both be non-empty")
     if config.site_batches and (groups is None or val_groups is None
                                 or len(groups) != len(x_train) or len(val_groups) != len(x_val)):
         raise InvalidInputError("site batches need the site of every training and validation image")
-    workdir = Path(workdir)
+    workdir = None if workdir is None else Path(workdir)
     dev = device()
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 __all__ = ["estimate", "percentile_ci", "bootstrap", "bootstrap_estimate", "finite_or_none", "wilson_interval",
-           "binomial_tail", "rank_sum_greater"]
+           "binomial_tail", "rank_sum_greater", "auroc"]
 
 
 def finite_or_none(x) -> float | None:
@@ -89,6 +89,22 @@ def binomial_tail(k: int, n: int, p: float) -> float:
     if k <= 0:
         return 1.0
     return float(bdtrc(k - 1, n, p))
+
+
+def auroc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` telling the ``positive`` items (a boolean mask) from the others:
+    the share of (positive, other) pairs in which the positive one scores higher, ties counting half (the
+    Mann-Whitney U over the number of pairs, equal to the trapezoidal area under the ROC curve that
+    ``sklearn.metrics.roc_auc_score`` computes, without its per-call input checks: a bootstrap calls it
+    thousands of times). NaN when either group is empty."""
+    positive = np.asarray(positive, dtype=bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    pos, neg = scores[positive], np.sort(scores[~positive])
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    below = np.searchsorted(neg, pos, side="left")
+    ties = np.searchsorted(neg, pos, side="right") - below
+    return float((below.sum() + 0.5 * ties.sum()) / (len(pos) * len(neg)))
 
 
 def rank_sum_greater(x: np.ndarray, reference: np.ndarray) -> tuple[float, float]:

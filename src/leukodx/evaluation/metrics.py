@@ -10,7 +10,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from leukodx import stats
 from leukodx.stats import estimate
@@ -74,7 +73,7 @@ def ovr_auroc(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
     for c in range(proba.shape[1]):
         pos = y_true == c
         if 0 < pos.sum() < len(y_true):
-            out[c] = roc_auc_score(pos, proba[:, c])
+            out[c] = stats.auroc(pos, proba[:, c])
     return out
 
 

@@ -69,6 +69,8 @@ def reestimate_prior(proba: np.ndarray, train_prior: np.ndarray, max_iter: int =
 #: the magnifications ``select_zoom`` tries (``Preprocess.zoom``): from cells shown 2.5 times larger than the
 #: training cells (brought down by 0.4) to cells shown half as large (brought up by 2)
 ZOOM_GRID = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.15, 1.3, 1.5, 1.75, 2.0)
+#: zooms whose information is within this many nats of the best tie (the tie goes to the zoom nearest 1)
+ZOOM_TIE = 1e-4
 
 
 def prediction_information(proba: np.ndarray) -> float:
@@ -91,7 +93,8 @@ def select_zoom(proba_at: Callable[[Preprocess], np.ndarray], preprocess: Prepro
         if len(proba) == 0:
             raise InvalidInputError("no images to measure the scale on")
         scores[f"{float(zoom):g}"] = prediction_information(proba)
-    best = max(scores, key=lambda z: (round(scores[z], 4), -abs(np.log(float(z)))))
+    top = max(scores.values())
+    best = min((z for z, v in scores.items() if v >= top - ZOOM_TIE), key=lambda z: abs(np.log(float(z))))
     return float(best), scores
 
 

@@ -102,9 +102,15 @@ def auroc(positive: np.ndarray, scores: np.ndarray) -> float:
     pos, neg = scores[positive], np.sort(scores[~positive])
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
-    below = np.searchsorted(neg, pos, side="left")
-    ties = np.searchsorted(neg, pos, side="right") - below
-    return float((below.sum() + 0.5 * ties.sum()) / (len(pos) * len(neg)))
+    return _pairs_above(pos, neg) / (len(pos) * len(neg))
+
+
+def _pairs_above(x: np.ndarray, sorted_reference: np.ndarray) -> float:
+    """The Mann-Whitney U of ``x`` against ``sorted_reference`` (ascending): the (x, reference) pairs in which x
+    is larger, ties counting half."""
+    below = np.searchsorted(sorted_reference, x, side="left")
+    ties = np.searchsorted(sorted_reference, x, side="right") - below
+    return float(below.sum() + 0.5 * ties.sum())
 
 
 def rank_sum_greater(x: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
@@ -119,9 +125,7 @@ def rank_sum_greater(x: np.ndarray, reference: np.ndarray) -> tuple[float, float
     n, m = len(x), len(ref)
     if n == 0 or m == 0:
         return float("nan"), float("nan")
-    below = np.searchsorted(ref, x, side="left")
-    ties = np.searchsorted(ref, x, side="right") - below
-    u = float(below.sum() + 0.5 * ties.sum())
+    u = _pairs_above(x, ref)
     _, counts = np.unique(np.concatenate([x, ref]), return_counts=True)
     tie_term = float(((counts.astype(np.float64) ** 3) - counts).sum())
     total = n + m

@@ -169,7 +169,7 @@ def register(app: typer.Typer) -> None:
         rowfile = RowFile(output, {"model": clf.name, "model_sha256": clf.card.get("sha256"),
                                    "inputs_sha256": inputs_digest(n for n, _ in items), "n_inputs": len(items),
                                    "coverage": coverage, "adapt_bn": adapt_bn, "site": clf.site,
-                                   "zoom": clf.zoom and clf.zoom["zoom"], "precision": clf.precision},
+                                   "zoom": clf.preprocess.zoom, "precision": clf.precision},
                           resume=resume)
         done = rowfile.start()
         todo = items.without(done) if done else items

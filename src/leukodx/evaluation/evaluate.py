@@ -38,7 +38,7 @@ def _streamed(classifier, paths, adapt_bn: bool, rows_to: Path, resume: bool, zo
     rowfile = RowFile(rows_to, {"model": classifier.name, "model_sha256": classifier.card.get("sha256"),
                                 "inputs_sha256": inputs_digest(n for n, _ in items), "n_inputs": len(items),
                                 "adapt_bn": adapt_bn, "site": classifier.site,
-                                "zoom": classifier.zoom and classifier.zoom["zoom"], "backend": classifier.backend,
+                                "zoom": classifier.preprocess.zoom, "backend": classifier.backend,
                                 "precision": classifier.precision}, resume=resume, scratch=True)
     done = rowfile.start()
     todo = [item for item in items if item[0] not in done]

@@ -215,7 +215,7 @@ class Classifier:
 
         picked = np.unique(np.linspace(0, len(items) - 1, min(len(items), ZOOM_SAMPLE)).round().astype(int))
         rgbs = []  # decoded once; each zoom preprocesses them again
-        for i in (picked if len(items) else []):
+        for i in picked:
             try:
                 rgbs.append(self.reader.read(items[int(i)][1]))
             except Exception:  # noqa: BLE001 - an unreadable input is reported by the pass that predicts

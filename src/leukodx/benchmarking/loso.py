@@ -52,6 +52,8 @@ class Variant:
     #: information (``select_zoom``, on its unlabelled images; with ``adabn``, batch norm adapted to them at each
     #: zoom tried); the few-shot curve starts from that zoom too
     scale_select: bool = False
+    #: the few-shot curve also self-trained on the left-out site's unlabelled cells (``self_train``)
+    self_train: bool = False
     epochs: int = 8
     lr: float = 3e-3
     per_class: int = 150            # training images per class per site
@@ -143,6 +145,11 @@ VARIANTS = {v.name: v for v in (
     # the network has seen larger cells, the zoom brings the left-out site's to the sizes it has seen
     Variant("scale-stain-aug+scale-select-large", augment="scale-stain", scale_select=True, epochs=20, per_class=500,
             val_per_class=60),
+    # the arm with the best few-shot worst site (stain-aug+scale-select-large; the same networks), its few-shot fits
+    # also self-trained on the left-out site's unlabelled cells: does what a lab has in plenty, unlabelled cells,
+    # add to its k labelled ones?
+    Variant("stain-aug+scale-select+self-train-large", augment="stain", scale_select=True, self_train=True,
+            epochs=20, per_class=500, val_per_class=60),
 )}
 QUICK = {"epochs": 1, "per_class": 6, "val_per_class": 3, "test_per_class": 4, "size": 32}
 
@@ -163,6 +170,18 @@ def site_sides(site: str, data_root=None) -> dict[str, ImageIndex]:
 
 def _arrays(index: ImageIndex, pre: Preprocess) -> np.ndarray:
     return cached_arrays(index, pre) if len(index) else np.zeros((0, pre.size, pre.size, 3), np.uint8)
+
+
+#: unlabelled cells of the left-out site that ``self_train`` may pseudo-label: drawn from its train and val sides
+#: without their labels (its test side is never among them)
+SELF_TRAIN_POOL = 2000
+
+
+def _unlabelled(sides: dict[str, ImageIndex], pre: Preprocess, seed: int) -> np.ndarray:
+    parts = [sides["train"], sides["val"]]
+    draw = np.random.default_rng(seed).permutation(sum(len(p) for p in parts))[:SELF_TRAIN_POOL]
+    chosen = [np.sort(draw[draw < len(parts[0])]), np.sort(draw[draw >= len(parts[0])]) - len(parts[0])]
+    return np.concatenate([_arrays(part.subset(list(idx)), pre) for part, idx in zip(parts, chosen)])
 
 
 def _prior(labels: np.ndarray) -> np.ndarray:
@@ -270,8 +289,9 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
         x_held, y_held = _stack(held_parts)
         in_site = {s: _scores(result.net, *take(s, "test", variant.test_per_class), pre, result.temperature,
                               variant.site_batches, n_boot) for s in train_sites}
-        curve = (_learning_curve(result, variant, pre, take, held, adapt_k, n_boot, _prior(y_tr)) if adapt_k
-                 else None)
+        unlabelled = _unlabelled(sides[held], pres[held], variant.seed) if variant.self_train and adapt_k else None
+        curve = (_learning_curve(result, variant, pre, take, held, adapt_k, n_boot, _prior(y_tr), unlabelled)
+                 if adapt_k else None)
         held_proba = _proba(result.net, x_held, pre, result.temperature, variant.adabn)
         # a site-batch network used without any site's own statistics: batch norm pooled over every training cell
         pooled = adapt_batchnorm(result.net, x_tr, pre) if variant.site_batches else None
@@ -291,6 +311,7 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
             **({"learning_curve": curve} if curve else {}),
             **({"zoom": pres[held].zoom} if variant.scale_match or variant.scale_select else {}),
             **({"zoom_information": zoom_scores} if zoom_scores else {}),
+            **({} if unlabelled is None else {"n_unlabelled": int(len(unlabelled))}),
             **({"reliability": _reliability(result, pre, variant.seed, (x_tr, y_tr), (x_va, y_va),
                                             (train_groups, val_groups),
                                             _stack([take(s, "test", variant.test_per_class) for s in train_sites]),
@@ -353,20 +374,22 @@ FEW_SHOT_DRAWS = 3
 
 
 def _learning_curve(result, variant: Variant, pre: Preprocess, take, held: str, ks: tuple[int, ...],
-                    n_boot: int, train_prior: np.ndarray, draws: int = FEW_SHOT_DRAWS) -> dict:
+                    n_boot: int, train_prior: np.ndarray, unlabelled: np.ndarray | None = None,
+                    draws: int = FEW_SHOT_DRAWS) -> dict:
     """Per k: the first draw's scores (as before draws were added), and every draw's accuracy with their
-    mean, min and max under ``"draws"``."""
+    mean, min and max under ``"draws"``; with ``unlabelled`` (the site's unlabelled cells), every draw's
+    accuracy self-trained on them too (``self_train``)."""
     import tempfile
 
     from leukodx.inference.adapt import fine_tune_config
-    from leukodx.training.adaptation import few_shot_fit
+    from leukodx.training.adaptation import few_shot_fit, self_train
 
     x_test, y_test = take(held, "test", variant.test_per_class)
     curve = {"0": {"n_adaptation": 0, **_scores(result.net, x_test, y_test, pre, result.temperature,
                                                   variant.adabn, n_boot)}}
     with tempfile.TemporaryDirectory() as work:
         for k in ks:
-            runs, prior_runs = [], []
+            runs, prior_runs, self_trained = [], [], []
             for draw in range(draws):
                 x_k, y_k = take(held, "train", k, draw)
                 config = fine_tune_config(variant.arch, pre, len(y_k), seed=variant.seed)
@@ -375,12 +398,19 @@ def _learning_curve(result, variant: Variant, pre: Preprocess, take, held: str, 
                 runs.append({"n_adaptation": int(len(y_k)), **_metrics(y_test, proba, n_boot)})
                 # tuned from the fold's network, balanced over the classes the site has: the fold's prior
                 prior_runs.append(float(np.mean(_reweighted(proba, train_prior).argmax(1) == y_test)))
+                if unlabelled is not None:
+                    net = self_train(result.net, x_k, y_k, unlabelled, len(SHARED), config,
+                                     Path(work) / f"self-k{k}-{draw}", first=tuned).net
+                    self_trained.append(float(np.mean(_proba(net, x_test, pre, result.temperature, False).argmax(1)
+                                                      == y_test)))
             accuracy = [r["accuracy"]["value"] for r in runs]
             curve[str(k)] = {**runs[0], "draws": {
                 "seeds": [variant.seed + draw for draw in range(draws)], "accuracy": accuracy,
                 "mean": float(np.mean(accuracy)), "min": float(np.min(accuracy)), "max": float(np.max(accuracy))},
                 # every draw's accuracy with the test cells' class proportions re-estimated (no labels used)
-                "prior_accuracy": prior_runs}
+                "prior_accuracy": prior_runs,
+                # every draw's accuracy self-trained on the site's unlabelled cells
+                **({"self_trained_accuracy": self_trained} if self_trained else {})}
     return curve
 
 
@@ -450,6 +480,8 @@ def write_table(results: list[dict], path: str | Path) -> str:
                                                f"{d['min']:.3f}-{d['max']:.3f}")
                 if c is not None and "prior_accuracy" in c:
                     spread += f"; proportions re-estimated: mean {np.mean(c['prior_accuracy']):.3f}"
+                if c is not None and "self_trained_accuracy" in c:
+                    spread += f"; self-trained on unlabelled cells: mean {np.mean(c['self_trained_accuracy']):.3f}"
                 cells.append("-" if c is None else f"{c['accuracy']['value']:.3f} [{c['accuracy']['ci95'][0]:.3f}, "
                              f"{c['accuracy']['ci95'][1]:.3f}] (n={c['n']}, {c['n_adaptation']} tuned on{spread})")
             lines.append(f"| {k} | " + " | ".join(cells) + " |")
@@ -459,9 +491,12 @@ def write_table(results: list[dict], path: str | Path) -> str:
                   "batch-norm statistics re-estimated on the left-out site's unlabelled images. Class proportions "
                   "re-estimated: each cell's probabilities re-weighted to the left-out site's own class "
                   "proportions, estimated by EM on its unlabelled cells (Saerens et al. 2002); in the few-shot "
-                  "tables, the mean over the draws. Site-batch networks (site-bn: one site per training batch) "
-                  "are scored with each test site's own batch-norm statistics; the last column scores the same "
-                  "network with statistics pooled over every training cell, as it runs where a site has none."]
+                  "tables, the mean over the draws. Self-trained: each draw's fit tuned again on its k cells and "
+                  f"the left-out site's unlabelled cells it calls most confidently (of up to {SELF_TRAIN_POOL} "
+                  "cells of the site's train and val sides, labels unread). Site-batch networks (site-bn: one site "
+                  "per training batch) are scored with each test site's own batch-norm statistics; the last column "
+                  "scores the same network with statistics pooled over every training cell, as it runs where a site "
+                  "has none."]
     text = "\n".join(lines) + "\n"
     _atomic.write_text(path, text)
     return text

@@ -17,6 +17,9 @@
   each image (H(mean p) - mean H(p), the mutual information between image and predicted class, as in
   Krause et al. 2010, "Discriminative clustering by regularized information maximization"): confident on
   each cell without calling every cell the same.
+- **Self-training on the lab's unlabelled cells** (``self_train``; pseudo-labelling, Lee 2013): the
+  few-shot network calls the unlabelled cells, and is fine-tuned again on the labelled cells and its most
+  confident calls, drawn in the class proportions the unlabelled cells have (``pseudo_labels``).
 """
 
 from __future__ import annotations
@@ -227,3 +230,47 @@ def few_shot_fit(parent: torch.nn.Module, x: np.ndarray, y: np.ndarray, n_classe
     save_file({k: v.contiguous() for k, v in adapted.state_dict().items()}, str(start))
     config = replace(config, pretrained=str(start), freeze_batchnorm=has_batchnorm(parent))
     return fit(x, y, x, y, n_classes, config, None, show_progress=show_progress)
+
+
+#: ``self_train``'s settings: pseudo-labelled cells in all (shared by the classes in the unlabelled cells'
+#: estimated proportions), the least calibrated confidence accepted, how many times the labelled cells count, and
+#: the epochs of the second fit
+SELF_TRAIN_CELLS = 500
+SELF_TRAIN_THRESHOLD = 0.8
+SELF_TRAIN_LABELLED_WEIGHT = 3
+SELF_TRAIN_EPOCHS = 15
+
+
+def pseudo_labels(proba: np.ndarray, labelled_prior: np.ndarray, cells: int = SELF_TRAIN_CELLS,
+                  threshold: float = SELF_TRAIN_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, classes) of the unlabelled cells to train on, from their calibrated probabilities (N, C) under a
+    network trained in the class proportions ``labelled_prior``. The probabilities are first re-weighted to the
+    cells' own proportions (``reestimate_prior``); each class then gets its share of ``cells``, its most confident
+    calls at or above ``threshold``. Equal quotas would fill a rare class (a lab's basophils) with confident
+    mistakes."""
+    adjusted, prior = reestimate_prior(proba, labelled_prior)
+    calls, confidence = adjusted.argmax(axis=1), adjusted.max(axis=1)
+    keep = []
+    for c, share in enumerate(prior):
+        idx = np.flatnonzero((calls == c) & (confidence >= threshold))
+        keep.append(idx[np.argsort(-confidence[idx], kind="stable")][:int(round(cells * share))])
+    chosen = np.concatenate(keep).astype(int)
+    return chosen, calls[chosen]
+
+
+def self_train(parent: torch.nn.Module, x: np.ndarray, y: np.ndarray, unlabelled: np.ndarray, n_classes: int,
+               config: "TrainConfig", workdir: str | Path, first: "FitResult | None" = None) -> "FitResult":
+    """``few_shot_fit`` on the labelled cells ``x``, ``y`` (or ``first``, that fit made before), then ``parent``
+    fine-tuned again (``few_shot_fit``, ``SELF_TRAIN_EPOCHS``) on them (counted ``SELF_TRAIN_LABELLED_WEIGHT``
+    times) and the unlabelled cells (uint8, after ``config.preprocess``) that the first fit calls most confidently
+    (``pseudo_labels``)."""
+    from leukodx.training.calibration import softmax
+    from leukodx.training.trainer import predict_logits
+
+    first = first or few_shot_fit(parent, x, y, n_classes, config, Path(workdir) / "labelled")
+    proba = softmax(predict_logits(first.net, unlabelled, config.preprocess), first.temperature)
+    chosen, calls = pseudo_labels(proba, np.bincount(y, minlength=n_classes) / len(y))
+    x2 = np.concatenate([np.repeat(x, SELF_TRAIN_LABELLED_WEIGHT, axis=0), unlabelled[chosen]])
+    y2 = np.concatenate([np.repeat(y, SELF_TRAIN_LABELLED_WEIGHT), calls])
+    second = replace(config, epochs=SELF_TRAIN_EPOCHS, patience=SELF_TRAIN_EPOCHS)
+    return few_shot_fit(parent, x2, y2, n_classes, second, Path(workdir) / "pseudo-labelled")

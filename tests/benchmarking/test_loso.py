@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from leukodx.benchmarking.loso import (FEW_SHOT_DRAWS, RELIABILITY_ABLATIONS, SHARED, VARIANTS, quick, run_loso,
-                                      site_sides, write_table)
+from leukodx.benchmarking.loso import (FEW_SHOT_DRAWS, RELIABILITY_ABLATIONS, SELF_TRAIN_POOL, SHARED, VARIANTS, quick,
+                                      run_loso, site_sides, unlabelled_pool, write_table)
 from leukodx.data.images import read_image
 from leukodx.data.registry import load_dataset
 from leukodx.errors import InvalidInputError
@@ -73,7 +74,7 @@ def test_adabn_changes_only_batchnorm_statistics():
 
 @pytest.mark.slow
 def test_loso_quick_run_on_two_sites_and_its_table(tmp_path):
-    variant = quick(VARIANTS["cell-crop+adabn"])
+    variant = replace(quick(VARIANTS["cell-crop+adabn"]), self_train=True)
     result = run_loso(variant, sites=("wbc-seg-1", "wbc-seg-2"), n_boot=50, log=lambda m: None, adapt_k=(2,),
                       reliability=True)
     assert set(result["folds"]) == {"wbc-seg-1", "wbc-seg-2"}
@@ -92,6 +93,11 @@ def test_loso_quick_run_on_two_sites_and_its_table(tmp_path):
     assert draws["accuracy"][0] == curve["2"]["accuracy"]["value"]
     assert draws["min"] <= draws["mean"] <= draws["max"] and len(draws["accuracy"]) == FEW_SHOT_DRAWS
     assert len(curve["2"]["prior_accuracy"]) == FEW_SHOT_DRAWS  # the same draws, class proportions re-estimated
+    # the same draws self-trained on the site's unlabelled train and val cells
+    assert len(curve["2"]["self_trained_accuracy"]) == FEW_SHOT_DRAWS
+    assert all(0.0 <= a <= 1.0 for a in curve["2"]["self_trained_accuracy"])
+    sides = site_sides("wbc-seg-2")
+    assert fold["n_unlabelled"] == min(SELF_TRAIN_POOL, len(sides["train"]) + len(sides["val"]))
     prior = fold["left_out_prior"]
     assert prior["n"] == fold["left_out"]["n"] and np.array(prior["confusion_matrix"]).sum() == prior["n"]
     rel = fold["reliability"]
@@ -103,6 +109,19 @@ def test_loso_quick_run_on_two_sites_and_its_table(tmp_path):
     assert "| cell-crop+adabn (quick) |" in text and "left out: wbc-seg-2" in text
     assert "## Few-shot adaptation" in text and "| 2 |" in text and f"{FEW_SHOT_DRAWS} draws: mean" in text
     assert "class proportions re-estimated |" in text and "proportions re-estimated: mean" in text
+    assert "self-trained on unlabelled cells: mean" in text
+
+
+def test_the_unlabelled_pool_is_drawn_from_the_train_and_val_sides_never_the_test_side():
+    sides = site_sides("pbc")
+    pool = unlabelled_pool(sides, seed=0)
+    paths = [set(part.paths) for part in pool]
+    assert sum(len(p) for p in paths) == SELF_TRAIN_POOL < len(sides["train"]) + len(sides["val"])
+    assert paths[0] <= set(sides["train"].paths) and paths[1] <= set(sides["val"].paths)
+    assert not (paths[0] | paths[1]) & set(sides["test"].paths)
+    assert len(paths[1]) > 0  # a draw over both sides, not the first cells listed
+    assert [p.paths for p in unlabelled_pool(sides, seed=0)] == [p.paths for p in pool]
+    assert [p.paths for p in unlabelled_pool(sides, seed=1)] != [p.paths for p in pool]
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from leukodx.evaluation.metrics import classification_metrics
 from leukodx.models.reliability import LEGACY_STYLE_SOURCE, SHRINKAGE
 from leukodx.preprocessing.augment import augment_preset
 from leukodx.preprocessing.transforms import Preprocess, nucleus_fractions, site_zoom
+from leukodx.training.adaptation import SELF_TRAIN_EPOCHS
 
 SITES = sites.CELL_SITES
 SHARED = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
@@ -54,6 +55,7 @@ class Variant:
     scale_select: bool = False
     #: the few-shot curve also self-trained on the left-out site's unlabelled cells (``self_train``)
     self_train: bool = False
+    self_train_epochs: int = SELF_TRAIN_EPOCHS
     epochs: int = 8
     lr: float = 3e-3
     per_class: int = 150            # training images per class per site
@@ -151,7 +153,7 @@ VARIANTS = {v.name: v for v in (
     Variant("stain-aug+scale-select+self-train-large", augment="stain", scale_select=True, self_train=True,
             epochs=20, per_class=500, val_per_class=60),
 )}
-QUICK = {"epochs": 1, "per_class": 6, "val_per_class": 3, "test_per_class": 4, "size": 32}
+QUICK = {"epochs": 1, "per_class": 6, "val_per_class": 3, "test_per_class": 4, "size": 32, "self_train_epochs": 1}
 
 
 def _shared_only(common: ImageIndex) -> ImageIndex:
@@ -177,11 +179,13 @@ def _arrays(index: ImageIndex, pre: Preprocess) -> np.ndarray:
 SELF_TRAIN_POOL = 2000
 
 
-def _unlabelled(sides: dict[str, ImageIndex], pre: Preprocess, seed: int) -> np.ndarray:
+def unlabelled_pool(sides: dict[str, ImageIndex], seed: int) -> list[ImageIndex]:
+    """The left-out site's cells ``self_train`` may pseudo-label: up to ``SELF_TRAIN_POOL`` of its train and val
+    sides (one part each), drawn at random without reading their labels."""
     parts = [sides["train"], sides["val"]]
     draw = np.random.default_rng(seed).permutation(sum(len(p) for p in parts))[:SELF_TRAIN_POOL]
     chosen = [np.sort(draw[draw < len(parts[0])]), np.sort(draw[draw >= len(parts[0])]) - len(parts[0])]
-    return np.concatenate([_arrays(part.subset(list(idx)), pre) for part, idx in zip(parts, chosen)])
+    return [part.subset(list(idx)) for part, idx in zip(parts, chosen)]
 
 
 def _prior(labels: np.ndarray) -> np.ndarray:
@@ -289,7 +293,8 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
         x_held, y_held = _stack(held_parts)
         in_site = {s: _scores(result.net, *take(s, "test", variant.test_per_class), pre, result.temperature,
                               variant.site_batches, n_boot) for s in train_sites}
-        unlabelled = _unlabelled(sides[held], pres[held], variant.seed) if variant.self_train and adapt_k else None
+        unlabelled = (np.concatenate([_arrays(part, pres[held]) for part in unlabelled_pool(sides[held], variant.seed)])
+                      if variant.self_train and adapt_k else None)
         curve = (_learning_curve(result, variant, pre, take, held, adapt_k, n_boot, _prior(y_tr), unlabelled)
                  if adapt_k else None)
         held_proba = _proba(result.net, x_held, pre, result.temperature, variant.adabn)
@@ -400,7 +405,8 @@ def _learning_curve(result, variant: Variant, pre: Preprocess, take, held: str, 
                 prior_runs.append(float(np.mean(_reweighted(proba, train_prior).argmax(1) == y_test)))
                 if unlabelled is not None:
                     net = self_train(result.net, x_k, y_k, unlabelled, len(SHARED), config,
-                                     Path(work) / f"self-k{k}-{draw}", first=tuned).net
+                                     Path(work) / f"self-k{k}-{draw}", first=tuned,
+                                     epochs=variant.self_train_epochs).net
                     self_trained.append(float(np.mean(_proba(net, x_test, pre, result.temperature, False).argmax(1)
                                                       == y_test)))
             accuracy = [r["accuracy"]["value"] for r in runs]

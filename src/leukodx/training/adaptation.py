@@ -259,18 +259,20 @@ def pseudo_labels(proba: np.ndarray, labelled_prior: np.ndarray, cells: int = SE
 
 
 def self_train(parent: torch.nn.Module, x: np.ndarray, y: np.ndarray, unlabelled: np.ndarray, n_classes: int,
-               config: "TrainConfig", workdir: str | Path, first: "FitResult | None" = None) -> "FitResult":
+               config: "TrainConfig", workdir: str | Path, first: "FitResult | None" = None,
+               cells: int = SELF_TRAIN_CELLS, threshold: float = SELF_TRAIN_THRESHOLD,
+               epochs: int = SELF_TRAIN_EPOCHS) -> "FitResult":
     """``few_shot_fit`` on the labelled cells ``x``, ``y`` (or ``first``, that fit made before), then ``parent``
-    fine-tuned again (``few_shot_fit``, ``SELF_TRAIN_EPOCHS``) on them (counted ``SELF_TRAIN_LABELLED_WEIGHT``
+    fine-tuned again (``few_shot_fit``, ``epochs``) on them (counted ``SELF_TRAIN_LABELLED_WEIGHT``
     times) and the unlabelled cells (uint8, after ``config.preprocess``) that the first fit calls most confidently
-    (``pseudo_labels``)."""
+    (``pseudo_labels`` with ``cells`` and ``threshold``)."""
     from leukodx.training.calibration import softmax
     from leukodx.training.trainer import predict_logits
 
     first = first or few_shot_fit(parent, x, y, n_classes, config, Path(workdir) / "labelled")
     proba = softmax(predict_logits(first.net, unlabelled, config.preprocess), first.temperature)
-    chosen, calls = pseudo_labels(proba, np.bincount(y, minlength=n_classes) / len(y))
+    chosen, calls = pseudo_labels(proba, np.bincount(y, minlength=n_classes) / len(y), cells, threshold)
     x2 = np.concatenate([np.repeat(x, SELF_TRAIN_LABELLED_WEIGHT, axis=0), unlabelled[chosen]])
     y2 = np.concatenate([np.repeat(y, SELF_TRAIN_LABELLED_WEIGHT), calls])
-    second = replace(config, epochs=SELF_TRAIN_EPOCHS, patience=SELF_TRAIN_EPOCHS)
+    second = replace(config, epochs=epochs, patience=epochs)
     return few_shot_fit(parent, x2, y2, n_classes, second, Path(workdir) / "pseudo-labelled")

@@ -269,7 +269,8 @@ def self_train(parent: torch.nn.Module, x: np.ndarray, y: np.ndarray, unlabelled
     from leukodx.training.calibration import softmax
     from leukodx.training.trainer import predict_logits
 
-    first = first or few_shot_fit(parent, x, y, n_classes, config, Path(workdir) / "labelled")
+    if first is None:
+        first = few_shot_fit(parent, x, y, n_classes, config, Path(workdir) / "labelled")
     proba = softmax(predict_logits(first.net, unlabelled, config.preprocess), first.temperature)
     chosen, calls = pseudo_labels(proba, np.bincount(y, minlength=n_classes) / len(y), cells, threshold)
     x2 = np.concatenate([np.repeat(x, SELF_TRAIN_LABELLED_WEIGHT, axis=0), unlabelled[chosen]])

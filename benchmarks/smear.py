@@ -29,7 +29,7 @@ from _common import ci, write_result
 from leukodx.data.images import read_image
 from leukodx.data.registry import load_dataset
 from leukodx.errors import LeukodxError
-from leukodx.stats import bootstrap_estimate
+from leukodx.stats import auroc, bootstrap_estimate
 from leukodx.smear.detector import load_detector
 from leukodx.smear.evaluate import evaluate_classical, evaluate_detector
 from leukodx.smear.pipeline import SmearAnalyzer
@@ -163,7 +163,6 @@ def aria_features(field: dict, classes: list[str]) -> list[float]:
 
 def aria(analyzer: SmearAnalyzer, train_per_class: int = 30) -> dict:
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -199,10 +198,7 @@ def aria(analyzer: SmearAnalyzer, train_per_class: int = 30) -> dict:
     p_stage = 1.0 - stage.predict_arrays(arrays)[:, stage.classes.index("Benign")]
 
     def auroc_ci(p):
-        def auroc(i):
-            return roc_auc_score(y_test[i], p[i]) if len(set(y_test[i])) == 2 else np.nan
-
-        return bootstrap_estimate(auroc, len(y_test), BOOTSTRAP, seed=0)
+        return bootstrap_estimate(lambda i: auroc(y_test[i] == 1, p[i]), len(y_test), BOOTSTRAP, seed=0)
 
     counts = np.array(wbc_counts["test"])
     by_class = {c: np.array(wbc_counts["test"])[sides["test"].labels == k].tolist() for k, c in enumerate(index.classes)}

@@ -21,6 +21,7 @@ from leukodx.cytometry.transforms import Transform
 from leukodx.errors import InvalidInputError
 from leukodx.models.bundle import interpreting, load_arrays, save_arrays
 from leukodx.models.card import build_card
+from leukodx.stats import auroc
 
 TASK = "flow-cell-classification"
 DEFAULT_MODEL = "ddpr-leukemic-cell"
@@ -97,7 +98,6 @@ def _mlp(hidden: tuple[int, ...], alpha: float, seed: int):
 def cross_validated_auroc(x: np.ndarray, y: np.ndarray, hidden: tuple[int, ...], alpha: float,
                           folds: int = 5, seed: int = 0) -> tuple[float, float, np.ndarray]:
     """Mean and sd of fold AUROCs, and the out-of-fold probabilities (x already transformed)."""
-    from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
 
@@ -109,7 +109,7 @@ def cross_validated_auroc(x: np.ndarray, y: np.ndarray, hidden: tuple[int, ...],
             warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter: the fold is still scored
             model = _mlp(hidden, alpha, seed).fit(scaler.transform(x[train]), y[train])
         oof[val] = model.predict_proba(scaler.transform(x[val]))[:, 1]
-        scores.append(roc_auc_score(y[val], oof[val]))
+        scores.append(auroc(y[val] == 1, oof[val]))
     return float(np.mean(scores)), float(np.std(scores)), oof
 
 

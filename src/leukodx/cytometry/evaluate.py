@@ -15,6 +15,7 @@ from leukodx.cytometry.cells import CellTable
 from leukodx.cytometry.classifier import CellClassifier
 from leukodx.cytometry.transforms import Transform
 from leukodx.evaluation.metrics import classification_metrics
+from leukodx.stats import auroc
 
 
 def _comparators(seed: int) -> dict:
@@ -41,7 +42,6 @@ def _held_out(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict:
 def evaluate_cell_classifiers(table: CellTable, train: np.ndarray, test: np.ndarray, model: CellClassifier,
                               seed: int = 0, transform: Transform = Transform("asinh", 5.0)) -> dict:
     """The shipped model on the held-out cells, beside comparators trained the same way."""
-    from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 
     columns = [table.markers.index(m) for m in model.markers]
@@ -60,7 +60,7 @@ def evaluate_cell_classifiers(table: CellTable, train: np.ndarray, test: np.ndar
             fold_scores = []
             for tr, va in folds.split(x_train, y_train):
                 p = estimator.fit(x_train[tr], y_train[tr]).predict_proba(x_train[va])[:, 1]
-                fold_scores.append(roc_auc_score(y_train[va], p))
+                fold_scores.append(auroc(y_train[va] == 1, p))
             proba = estimator.fit(x_train, y_train).predict_proba(x_test)[:, 1]
         methods[name] = {"cv_auroc_mean": float(np.mean(fold_scores)), "cv_auroc_sd": float(np.std(fold_scores)),
                          "held_out": _held_out(y_test, proba, 0.5), "seconds": round(time.perf_counter() - t0, 1)}

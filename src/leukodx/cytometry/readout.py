@@ -20,21 +20,19 @@ from leukodx.cytometry.fcs import DEFAULT_CHUNK_EVENTS, open_fcs
 from leukodx.cytometry.markers import align_markers
 from leukodx.cytometry.transforms import compensate
 from leukodx.errors import InvalidInputError
-from leukodx.stats import wilson_interval
+from leukodx.stats import auroc, wilson_interval
 
 SHIFT_WARNING_FRACTION = 0.2  # events outside the training range on one marker before a file is called shifted
 
 
 def error_rates(model: CellClassifier, table: CellTable, rows: np.ndarray) -> dict:
     """Sensitivity and false-positive rate at the model's threshold on the given (held-out) cells."""
-    from sklearn.metrics import roc_auc_score
-
     columns = [table.markers.index(m) for m in model.markers]
     proba = model.predict_proba(table.values[np.ix_(rows, columns)])
     y = table.labels[rows]
     called = proba >= model.threshold
     return {"cells": int(len(rows)), "leukemic_cells": int(y.sum()), "healthy_cells": int((y == 0).sum()),
-            "auroc": float(roc_auc_score(y, proba)),
+            "auroc": auroc(y == 1, proba),
             "sensitivity": float(called[y == 1].mean()), "false_positive_rate": float(called[y == 0].mean()),
             "false_positives": int(called[y == 0].sum())}
 

@@ -7,10 +7,9 @@ size, and risk-coverage curves (selective prediction). Used by the leave-one-sit
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from leukodx.models.reliability import Reliability
-from leukodx.stats import wilson_interval
+from leukodx.stats import auroc, wilson_interval
 
 SHIFT_BATCH = 100
 COVERAGES = (0.90, 0.95)
@@ -22,8 +21,8 @@ def ood_auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float | None:
     """AUROC of the OOD score telling ``out`` inputs (positive) from ``in`` inputs."""
     if len(in_scores) == 0 or len(out_scores) == 0:
         return None
-    y = np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))]
-    return float(roc_auc_score(y, np.r_[in_scores, out_scores]))
+    out = np.r_[np.zeros(len(in_scores), dtype=bool), np.ones(len(out_scores), dtype=bool)]
+    return auroc(out, np.r_[in_scores, out_scores])
 
 
 def shift_flag_rate(rel: Reliability, scores: np.ndarray, batch: int = SHIFT_BATCH, seed: int = 0) -> dict:

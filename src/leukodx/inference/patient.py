@@ -328,10 +328,10 @@ def cross_validate(x: np.ndarray | None, y: np.ndarray, repeats: int = 20, n_spl
     scores, as a new patient gets), and each repeat's AUROC. By default the bag model on
     ``x`` (one row per patient); ``fit_score(train, test)`` -> the scores of patients ``test`` under a
     model fitted on patients ``train`` (indices) puts any other patient model through the same folds."""
-    from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 
     from leukodx._progress import track
+    from leukodx.stats import auroc
 
     if fit_score is None:
         def fit_score(train, test):
@@ -341,7 +341,7 @@ def cross_validate(x: np.ndarray | None, y: np.ndarray, repeats: int = 20, n_spl
     for r in track(range(repeats), "CV repeats", total=repeats):
         for train, test in StratifiedKFold(n_splits, shuffle=True, random_state=seed + r).split(np.zeros(len(y)), y):
             oof[r, test] = fit_score(train, test)
-        per_repeat.append(float(roc_auc_score(y, oof[r])))
+        per_repeat.append(auroc(y == 1, oof[r]))
     return {"oof": oof.mean(0), "oof_repeats": oof, "per_repeat_auroc": per_repeat}
 
 
@@ -360,15 +360,12 @@ def instance_cross_validate(data: dict, classes: list[str], repeats: int = 20, s
 
 def patient_auroc(y: np.ndarray, score: np.ndarray, rows: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
     """AUROC of ``score`` for ``y`` (1 = APL) over the patients ``rows``, bootstrap CI over patients."""
-    from sklearn.metrics import roc_auc_score
-
-    from leukodx.stats import bootstrap_estimate
+    from leukodx.stats import auroc, bootstrap_estimate
 
     rows = np.asarray(rows)
 
     def stat(idx: np.ndarray) -> float:
-        yy, ss = y[rows][idx], score[rows][idx]
-        return float(roc_auc_score(yy, ss)) if 0 < yy.sum() < len(yy) else float("nan")
+        return auroc(y[rows][idx] == 1, score[rows][idx])
 
     return {**bootstrap_estimate(stat, len(rows), n_boot, seed), "n_patients": int(len(rows)),
             "n_apl": int(y[rows].sum())}

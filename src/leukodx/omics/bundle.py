@@ -19,7 +19,7 @@ from leukodx.errors import InvalidInputError
 from leukodx.models.bundle import interpreting, load_arrays, save_arrays
 from leukodx.models.card import build_card
 from leukodx.models.reliability import Reliability, fit_ood_crossfit, load_reliability, save_reliability
-from leukodx.stats import bootstrap_estimate, wilson_interval
+from leukodx.stats import auroc, bootstrap_estimate, wilson_interval
 
 TASK = "expression-classification"
 DEFAULT_MODEL = "golub-all-aml"
@@ -327,18 +327,12 @@ def refit_expression_reliability(model: str | os.PathLike = DEFAULT_MODEL, data_
 
 def independent_metrics(labels: np.ndarray, proba: np.ndarray, classes: list[str], n_boot: int = 1000) -> dict:
     """Accuracy (Wilson 95% CI) and, for two classes, AUROC (bootstrap 95% CI) on a held-out set."""
-    from sklearn.metrics import roc_auc_score
-
     y = np.array([classes.index(str(c)) for c in labels])
     correct = proba.argmax(axis=1) == y
     out = {"n": int(len(y)), "correct": int(correct.sum()),
            "accuracy": {"value": float(correct.mean()), "ci95": list(wilson_interval(int(correct.sum()), len(y)))}}
     if len(classes) == 2 and 0 < y.sum() < len(y):
-        def auroc(idx):
-            yy = y[idx]
-            return roc_auc_score(yy, proba[idx, 1]) if 0 < yy.sum() < len(yy) else np.nan
-
-        out["auroc"] = bootstrap_estimate(auroc, len(y), n_boot)
+        out["auroc"] = bootstrap_estimate(lambda idx: auroc(y[idx] == 1, proba[idx, 1]), len(y), n_boot)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import leukodx
 from leukodx.cli.app import main
 from leukodx.data.images import read_image
 from leukodx.data.registry import load_dataset
+from leukodx.diagnosis.case import diagnose
 from leukodx.errors import InvalidInputError
 from leukodx.preprocessing.transforms import zoom_about_centre
 from leukodx.training.adaptation import ZOOM_GRID
@@ -78,3 +80,37 @@ def test_a_bad_zoom_is_one_line_before_any_work(value, message, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --zoom ") and message in lines[0]
     assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.slow
+def test_diagnose_reads_the_cells_at_the_zoom_and_records_it(lab_cells, tmp_path):
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    for p in lab_cells:
+        (folder / p.rsplit("/", 1)[-1]).symlink_to(p)
+    for name, extra in (("plain", []), ("given", ["--zoom", "0.7"]), ("auto", ["--zoom", "auto"])):
+        assert main(["diagnose", str(folder), "--kind", "cells", "-o", str(tmp_path / name), "--backend", "torch",
+                     *extra]) == 0
+    rows = {name: {r["input"].rsplit("/", 1)[-1]: r for r in csv.DictReader(open(tmp_path / name / "predictions.csv"))}
+            for name in ("plain", "given", "auto")}
+    clf = leukodx.load("wbc-multisite", backend="torch")
+    by_hand = clf.predict([zoom_about_centre(read_image(p), 0.7) for p in lab_cells]).probabilities
+    assert len(rows["given"]) == 32
+    # each cell read as if it had been zoomed by 0.7 first, not as it is
+    for p, proba in zip(lab_cells, by_hand):
+        row = rows["given"][p.rsplit("/", 1)[-1]]
+        assert row["top_class"] == clf.classes[int(proba.argmax())]
+        assert float(row["probability"]) == pytest.approx(float(proba.max()), abs=1e-3)
+    assert sum(rows["given"][n]["probability"] != rows["plain"][n]["probability"] for n in rows["given"]) >= 16
+    summaries = {name: json.loads((tmp_path / name / "summary.json").read_text()) for name in rows}
+    assert summaries["plain"]["model"]["zoom"] is None
+    assert summaries["given"]["model"]["zoom"] == {"zoom": 0.7, "method": "given"}
+    auto = summaries["auto"]["model"]["zoom"]
+    assert auto["method"].startswith("selected") and auto["images"] == 32 and auto["zoom"] != 1.0
+    assert "cells read at zoom 0.7 (given)" in (tmp_path / "given" / "report.html").read_text()
+
+
+def test_diagnose_refuses_a_zoom_for_smear_fields(tiny_aria_model, aria_folder, tmp_path):
+    with pytest.raises(InvalidInputError, match="this case holds fields"):
+        diagnose(aria_folder / "early", model=str(tiny_aria_model), zoom=0.8, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out" / "summary.json").exists()

@@ -229,6 +229,7 @@ def register(app: typer.Typer) -> None:
                                                                "magnification (default: measured per field)."),
         coverage: Optional[float] = Coverage,
         site: Optional[str] = Site,
+        zoom: Optional[str] = Zoom,
         explain: bool = typer.Option(False, "--explain", help="Add a Grad-CAM heatmap of each image's top class to "
                                                               "the report."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run into the same folder (same "
@@ -248,7 +249,7 @@ def register(app: typer.Typer) -> None:
                 _coverage_for(load_model(model, backend="torch"), coverage)
         result = diagnose(inputs, kind=kind, model=model, backend=backend, smear=smear, pixel_scale=pixel_scale,
                           um_per_px=um_per_px, adapt_bn=adapt_bn, explain=explain, out_dir=output, resume=resume,
-                          site=site,
+                          site=site, zoom=zoom,
                           **({"coverage": coverage} if coverage is not None else {}))
         _report_errors(result["errors"])
         s = result["summary"]

@@ -20,8 +20,8 @@ from leukodx._versions import provenance, versions
 from leukodx.data.images import PathList, collect_image_paths, jpeg_bytes, read_image, thumbnail_jpeg
 from leukodx.data.vocabulary import is_leukocyte, leukocyte_classes, normalize_label
 from leukodx.errors import InvalidInputError, Interrupted, LeukodxError
-from leukodx.inference.classifier import (DEFAULT_CELL_MODEL, Classifier, Scored, check_normalization, load_model,
-                                          row_cells, row_columns, rows_to_csv)
+from leukodx.inference.classifier import (DEFAULT_CELL_MODEL, Classifier, InputList, Scored, check_normalization,
+                                          load_model, row_cells, row_columns, rows_to_csv)
 from leukodx.models.reliability import DEFAULT_COVERAGE, check_coverage
 
 KINDS = ("auto", "cells", "fields")
@@ -260,7 +260,8 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
              model: str | os.PathLike | Classifier | None = None, backend: str = "auto",
              smear: bool = True, pixel_scale: float | None = None, um_per_px: float | None = None,
              adapt_bn: bool = False, coverage: float = DEFAULT_COVERAGE, explain: bool = False,
-             out_dir: str | os.PathLike | None = None, resume: bool = False, site: str | None = None) -> dict:
+             out_dir: str | os.PathLike | None = None, resume: bool = False, site: str | None = None,
+             zoom: float | str | None = None) -> dict:
     """Diagnose one case. Returns the summary dict (summary, flags, shift, errors, provenance).
 
     Every image carries ``ood`` and a conformal ``prediction_set`` at ``coverage``; the counts and
@@ -268,6 +269,8 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
     (are these images like the model's training images at all?). With ``explain``, the report shows
     a Grad-CAM heatmap of each image's top class (``leukodx.inference.explain``). ``site``: for a model that
     keeps per-site batch-norm statistics (``Classifier.use_site``), which of them the case's images run with.
+    ``zoom`` (cell images): the magnification the cell model reads them at (``Classifier.set_zoom``: a number,
+    or 'auto' for the one chosen on the case's own images, no labels used); the summary records it.
 
     For smear fields, ``smear`` also runs the whole-smear pipeline on every field (cells found,
     white cells typed, counts, differential; ``leukodx.smear.pipeline``) beside the field model, at
@@ -281,14 +284,14 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
     if out_dir is not None:
         run = analyse_case(inputs, out_dir, kind=kind, model=model, backend=backend, smear=smear,
                            pixel_scale=pixel_scale, um_per_px=um_per_px, adapt_bn=adapt_bn, coverage=coverage,
-                           explain=explain, resume=resume, site=site)
+                           explain=explain, resume=resume, site=site, zoom=zoom)
         return {**run.result, "outputs": {k: str(v) for k, v in run.write_outputs().items()}}
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="leukodx-case-") as work:
         run = analyse_case(inputs, work, kind=kind, model=model, backend=backend, smear=smear,
                            pixel_scale=pixel_scale, um_per_px=um_per_px, adapt_bn=adapt_bn, coverage=coverage,
-                           explain=explain, site=site)
+                           explain=explain, site=site, zoom=zoom)
         result = {**run.result, "rows": []}
         thumbnails, heatmaps, fields = {}, {}, []
         for entry in run.entries():
@@ -349,7 +352,8 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
                  kind: str = "auto", model: str | os.PathLike | Classifier | None = None, backend: str = "auto",
                  smear: bool = True, pixel_scale: float | None = None, um_per_px: float | None = None,
                  adapt_bn: bool = False, coverage: float = DEFAULT_COVERAGE, explain: bool = False,
-                 resume: bool = False, chunk: int | None = None, site: str | None = None) -> CaseRun:
+                 resume: bool = False, chunk: int | None = None, site: str | None = None,
+                 zoom: float | str | None = None) -> CaseRun:
     """Stream a case through its models into ``work_dir/predictions.csv.partial.jsonl``
     (``leukodx._rowfile.RowFile``), ``chunk`` images at a time: each image is decoded once, reduced to
     what the case keeps (its row, a thumbnail, a heatmap with ``explain``, the smear pipeline's result
@@ -369,6 +373,8 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
     if site is not None and isinstance(model, Classifier):
         raise InvalidInputError(f"site {site!r}: a Classifier passed in keeps the statistics it was loaded with "
                                 "(Classifier.load(..., site=...))")
+    if zoom is not None and isinstance(model, Classifier):
+        raise InvalidInputError(f"zoom {zoom!r}: a Classifier passed in keeps its own zoom (Classifier.set_zoom)")
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     paths, errors = collect_image_paths(list(inputs))  # compact: a case may hold 10^5 images
@@ -396,6 +402,12 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
     clf = clf or load_model(DEFAULT_MODELS[kind], backend=backend, site=site)
     if model_kind(clf) != kind:
         raise InvalidInputError(f"model {clf.name} classifies {model_kind(clf)}, but the case was given as {kind}")
+    if zoom is not None:
+        if kind != "cells":
+            raise InvalidInputError(f"--zoom {zoom}: it sets how large a single cell appears; this case holds {kind}")
+        view = InputList()
+        view.add_paths(paths)  # (path, path) items over the same buffer, no copy
+        clf.set_zoom(zoom, view)
     analyzer = _smear_analyzer(pixel_scale, um_per_px) if (kind == "fields" and smear) else None
     # the smear pipeline finds cells at full resolution; the image models see a few hundred px at most
     max_side = None if analyzer else CASE_READ_SIDE
@@ -404,6 +416,7 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
         "model": clf.name + (f" + {analyzer.detector.name}" if analyzer else ""),
         "model_sha256": "+".join(str(s) for s in shas), "inputs_sha256": inputs_digest(str(p) for p in paths),
         "n_inputs": len(paths), "kind": kind, "backend": clf.backend, "precision": clf.precision, "site": clf.site,
+        "zoom": clf.preprocess.zoom,
         "coverage": coverage, "adapt_bn": adapt_bn, "explain": explain, "smear": analyzer is not None,
         "pixel_scale": pixel_scale, "um_per_px": um_per_px,
         "detector_backend": analyzer.detector.backend if analyzer else None}, resume=resume)
@@ -515,7 +528,7 @@ def _case_result(inputs, kind: str, evidence: str, clf: Classifier, analyzer, ro
         "kind": kind, "kind_evidence": evidence,
         "model": {"name": clf.name, "sha256": clf.card.get("sha256"), "classes": clf.classes,
                   "abstain_below": clf.abstain_below, "backend": clf.backend, "onnx_sha256": clf.onnx_sha256,
-                  "coverage": coverage, "site_statistics": clf.site,
+                  "coverage": coverage, "site_statistics": clf.site, "zoom": clf.zoom,
                   "test_time_adaptation": {"method": "AdaBN", "images": n_images} if adapt_bn else None,
                   "test_accuracy": clf.card.get("metrics", {}).get("test", {}).get("accuracy")},
         "n_images": n_images, "shift": shift, "summary": summary, "flags": flags, "errors": errors,

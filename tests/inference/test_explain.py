@@ -13,6 +13,9 @@ from scipy.stats import spearmanr
 from leukodx.data.cache import cached_arrays
 from leukodx.data.folder import limit_per_class
 from leukodx.data.sites import site_sides
+from leukodx.data.images import collect_image_paths, read_image
+from leukodx.diagnosis.case import CASE_READ_SIDE, diagnose
+from leukodx.inference import explain
 from leukodx.inference.classifier import load_model
 from leukodx.inference.explain import gradcam, overlay
 
@@ -62,3 +65,24 @@ def test_diagnose_explain_puts_a_heatmap_per_cell_in_the_report(pbc_folder, tmp_
     with open(out / "predictions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4 and all(r["prediction_set"] and r["ood"] in ("0", "1") for r in rows)
+
+
+def test_with_test_time_adaptation_the_adapted_network_is_explained(pbc_folder, monkeypatch):
+    explained = []
+
+    def spy(net, batch, preprocess, targets=None, **kw):
+        explained.append(net)
+        return gradcam(net, batch, preprocess, targets, **kw)
+
+    monkeypatch.setattr(explain, "gradcam", spy)
+    result = diagnose([pbc_folder], kind="cells", model="wbc-multisite", backend="torch", adapt_bn=True, explain=True)
+    assert len(result["_explanations"]) == 32
+    shipped = load_model("wbc-multisite", backend="torch")
+    paths, _ = collect_image_paths([pbc_folder])
+    by_hand = shipped.adapted_to(np.stack([shipped.preprocess(read_image(p, max_side=CASE_READ_SIDE)) for p in paths]))
+
+    def running_mean(net):
+        return next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean
+
+    assert explained and all(torch.allclose(running_mean(n), running_mean(by_hand.net), atol=1e-4) for n in explained)
+    assert not torch.allclose(running_mean(explained[0]), running_mean(shipped.net), atol=1e-3)

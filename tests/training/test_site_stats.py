@@ -19,7 +19,7 @@ from leukodx.errors import IntegrityError, InvalidInputError
 from leukodx.inference.classifier import Classifier
 from leukodx.models.site_stats import SITE_STATS_FILE
 from leukodx.preprocessing.augment import augment_preset
-from leukodx.preprocessing.transforms import Preprocess
+from leukodx.preprocessing.transforms import Preprocess, normalize_batch
 from leukodx.training.adaptation import batchnorm_statistics, with_batchnorm_statistics
 from leukodx.training.recipe import train_multisite
 from leukodx.training.trainer import TrainConfig
@@ -130,6 +130,14 @@ def test_by_default_each_image_runs_with_its_recognised_sites_statistics_unless_
         expected = want["pooled"][i] if ood[i] else want[SITES[nearest[i]]][i]
         np.testing.assert_allclose(got[i], expected, atol=1e-6)
     assert (~ood).sum() >= 10
+    # an explanation reads the network that made the call: each recognised site's, the bundle's for the rest
+    pairs = auto.calling_networks(arrays)
+    assert sorted(np.concatenate([rows for _, rows in pairs]).tolist()) == list(range(len(paths)))
+    assert len(pairs) >= 2
+    for net, rows in pairs:
+        with torch.no_grad():
+            logits = net.eval()(torch.from_numpy(normalize_batch(arrays[rows], auto.preprocess))).numpy()
+        np.testing.assert_allclose(auto.proba_from_logits(logits), got[rows], atol=1e-5)
     written = tmp_path / "p.json"  # predict says which statistics it ran with
     assert main(["predict", *map(str, paths[:3]), "-m", str(out), "-o", str(written)]) == 0
     assert json.loads(written.read_text())["site_statistics"] == "auto"

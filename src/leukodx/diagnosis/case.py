@@ -437,7 +437,7 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
             base = clf.score_arrays(arrays)
             scored = Scored(predictor.predict_arrays(arrays), base.ood_scores) if adapt_bn else base
             rows = clf.rows_for(names, scored, coverage, decimals=4)
-            heat = _explanations(clf, names, arrays, rows) if explain else {}
+            heat = _explanations(predictor, names, arrays, rows) if explain else {}
             extras = []
             for i, name in enumerate(names):
                 extra = {"proba": base.proba[i].tolist(), "thumbnail": kept["thumbnails"][i],
@@ -539,11 +539,14 @@ def _case_result(inputs, kind: str, evidence: str, clf: Classifier, analyzer, ro
 
 
 def _explanations(clf: Classifier, names: list[str], arrays: np.ndarray, rows: list[dict]) -> dict[str, bytes]:
-    """A JPEG of each image with the Grad-CAM heatmap of its top class laid over it."""
+    """A JPEG of each image with the Grad-CAM heatmap of its top class laid over it, read from the network that
+    made the call (``Classifier.calling_networks``: the AdaBN copy, a site's network)."""
     from leukodx.inference.explain import gradcam, overlay
 
     targets = np.asarray([clf.classes.index(r["top_class"]) for r in rows])
-    heat = gradcam(clf.net, arrays, clf.preprocess, targets)
+    heat = np.zeros((len(arrays), clf.preprocess.size, clf.preprocess.size), np.float32)
+    for net, idx in clf.calling_networks(arrays):
+        heat[idx] = gradcam(net, arrays[idx], clf.preprocess, targets[idx])
     return {name: jpeg_bytes(overlay(a, h)) for name, a, h in zip(names, arrays, heat)}
 
 

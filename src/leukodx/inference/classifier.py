@@ -252,15 +252,41 @@ class Classifier:
             return run(self.site, np.arange(len(batch_uint8))), None
         if features is None:  # an ONNX file without the features output: no site can be recognised
             return logits, None
-        ood = self.reliability.ood_scores(features)
-        known = ~self.reliability.is_ood(ood)
-        nearest = self._recognizer.sites(features[:, self.reliability.pen_dim:])
+        by_site, ood = self._rows_by_site(features)
         out = logits.copy()
-        for i, name in enumerate(self._site_nets):
-            rows = np.flatnonzero(known & (nearest == i))
+        for name, rows in by_site.items():
             if len(rows):
                 out[rows] = run(name, rows)
         return out, ood
+
+    def _rows_by_site(self, features: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """AUTO_SITE: the rows each site network calls (those recognised as its site and not OOD; the others keep
+        the bundle's network), and the OOD scores."""
+        ood = self.reliability.ood_scores(features)
+        known = ~self.reliability.is_ood(ood)
+        nearest = self._recognizer.sites(features[:, self.reliability.pen_dim:])
+        return {name: np.flatnonzero(known & (nearest == i)) for i, name in enumerate(self._site_nets)}, ood
+
+    def calling_networks(self, batch_uint8: np.ndarray) -> list[tuple[object, np.ndarray]]:
+        """Which PyTorch network makes each image's call (what an explanation must read): ``(network, rows)``
+        pairs that cover the batch. One network, but for a model running each image with its own site's
+        statistics (``use_site`` with AUTO_SITE), where each recognised site's network calls its images."""
+        everyone = np.arange(len(batch_uint8))
+        if not self._site_nets:
+            return [(self.net, everyone)]
+        if self.site != AUTO_SITE:
+            return [(self._site_nets[self.site].net, everyone)]
+        features = self.forward(batch_uint8)[1]
+        if features is None:
+            return [(self.net, everyone)]
+        by_site = self._rows_by_site(features)[0]
+        own = np.ones(len(batch_uint8), dtype=bool)
+        pairs = []
+        for name, rows in by_site.items():
+            if len(rows):
+                pairs.append((self._site_nets[name].net, rows))
+                own[rows] = False
+        return pairs + ([(self.net, np.flatnonzero(own))] if own.any() else [])
 
     @property
     def net(self):

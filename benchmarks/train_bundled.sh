@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The commands that produced the bundled models (run once, from the repo root, on a 2-core CPU).
 # Splits are the committed src/leukodx/data/splits/{pbc,all-aria}.json (near-duplicates grouped).
-# Training is deterministic on CPU: rerunning these reproduces the committed weights bit for bit.
+# Seeds and the saved splits fix every random draw, but CPU training is not bit-for-bit repeatable (README: the
+# same LOSO folds retrained with the same seed and package versions moved by about 0.01; on another machine
+# they came out otherwise): a rerun gives weights of the same recipe and figures within that, not the same bytes.
 set -euo pipefail
 leukodx train -d pbc -o src/leukodx/weights/pbc-celltype --name pbc-celltype \
     --arch regnetx_002 --size 80 --epochs 25 --lr 3e-3 --threads 2

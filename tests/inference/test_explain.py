@@ -7,13 +7,14 @@ import csv
 import json
 
 import numpy as np
+import pytest
 import torch
 from scipy.stats import spearmanr
 
 from leukodx.data.cache import cached_arrays
 from leukodx.data.folder import limit_per_class
-from leukodx.data.sites import site_sides
 from leukodx.data.images import collect_image_paths, read_image
+from leukodx.data.sites import site_sides
 from leukodx.diagnosis.case import CASE_READ_SIDE, diagnose
 from leukodx.inference import explain
 from leukodx.inference.classifier import load_model
@@ -67,6 +68,7 @@ def test_diagnose_explain_puts_a_heatmap_per_cell_in_the_report(pbc_folder, tmp_
     assert len(rows) == 4 and all(r["prediction_set"] and r["ood"] in ("0", "1") for r in rows)
 
 
+@pytest.mark.slow
 def test_with_test_time_adaptation_the_adapted_network_is_explained(pbc_folder, monkeypatch):
     explained = []
 

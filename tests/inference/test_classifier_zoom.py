@@ -91,7 +91,8 @@ def test_diagnose_reads_the_cells_at_the_zoom_and_records_it(lab_cells, tmp_path
     for name, extra in (("plain", []), ("given", ["--zoom", "0.7"]), ("auto", ["--zoom", "auto"])):
         assert main(["diagnose", str(folder), "--kind", "cells", "-o", str(tmp_path / name), "--backend", "torch",
                      *extra]) == 0
-    rows = {name: {r["input"].rsplit("/", 1)[-1]: r for r in csv.DictReader(open(tmp_path / name / "predictions.csv"))}
+    rows = {name: {r["input"].rsplit("/", 1)[-1]: r
+                   for r in csv.DictReader((tmp_path / name / "predictions.csv").read_text().splitlines())}
             for name in ("plain", "given", "auto")}
     clf = leukodx.load("wbc-multisite", backend="torch")
     by_hand = clf.predict([zoom_about_centre(read_image(p), 0.7) for p in lab_cells]).probabilities

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from leukodx.benchmarking.loso import _arrays, site_sides
+from leukodx.benchmarking.loso import site_sides
+from leukodx.data.cache import cached_arrays
 from leukodx.data.folder import limit_per_class
 from leukodx.inference.adapt import fine_tune_config
 from leukodx.models.architectures import create_network
@@ -55,8 +56,8 @@ def test_self_train_fits_the_parent_again_on_the_weighted_labelled_cells_and_the
     pre = Preprocess(size=32)
     sides = site_sides("wbc-seg-2")
     labelled = limit_per_class(sides["train"], 3, 0)
-    x, y = _arrays(labelled, pre), labelled.labels
-    unlabelled = _arrays(sides["val"], pre)
+    x, y = cached_arrays(labelled, pre), labelled.labels
+    unlabelled = cached_arrays(sides["val"], pre)
     parent = create_network("regnetx_002", 5)
     config = fine_tune_config("regnetx_002", pre, len(y), epochs=1)
     first = adaptation.few_shot_fit(parent, x, y, 5, config, tmp_path / "first")

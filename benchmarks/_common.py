@@ -31,3 +31,17 @@ def ci(entry: dict | None, digits: int = 4) -> str:
     if not entry.get("ci95"):
         return f"{entry['value']:.{digits}f}"
     return f"{entry['value']:.{digits}f} [{entry['ci95'][0]:.{digits}f}, {entry['ci95'][1]:.{digits}f}]"
+
+
+def held_out_sides(clf) -> dict:
+    """A bundled classifier's held-out test sides by dataset: each site's of a multi-site model, else its
+    dataset's side of the bundled split."""
+    from leukodx.data.registry import load_dataset
+    from leukodx.data.sites import site_sides
+    from leukodx.data.splits import apply_split, bundled_split_path, load_split
+
+    sites = [entry["dataset"] for entry in clf.card["data"].get("sites", [])]
+    if sites:
+        return {s: site_sides(s)["test"] for s in sites}
+    dataset = clf.card["data"]["dataset"]
+    return {dataset: apply_split(load_dataset(dataset), load_split(bundled_split_path(dataset)))["test"]}

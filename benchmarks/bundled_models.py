@@ -5,10 +5,7 @@ A multi-site model is scored on each of its sites' test sides (in-site figures, 
 
 from __future__ import annotations
 
-from _common import ci, write_result
-from leukodx.data.registry import load_dataset
-from leukodx.data.sites import site_sides
-from leukodx.data.splits import apply_split, bundled_split_path, load_split
+from _common import ci, held_out_sides, write_result
 from leukodx.evaluation.evaluate import evaluate_index
 from leukodx.inference.classifier import load_model
 from leukodx.models.bundle import bundled_models
@@ -18,12 +15,7 @@ def main() -> None:
     out, rows = {}, []
     for name in bundled_models("image-classification"):
         clf = load_model(name)
-        sites = [entry["dataset"] for entry in clf.card["data"].get("sites", [])]
-        if sites:
-            tests = {s: site_sides(s)["test"] for s in sites}
-        else:
-            dataset = clf.card["data"]["dataset"]
-            tests = {dataset: apply_split(load_dataset(dataset), load_split(bundled_split_path(dataset)))["test"]}
+        tests = held_out_sides(clf)
         train = clf.card["training"]
         for dataset, test in tests.items():
             result = evaluate_index(clf, test)

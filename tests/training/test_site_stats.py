@@ -19,7 +19,7 @@ from leukodx.errors import IntegrityError, InvalidInputError
 from leukodx.inference.classifier import Classifier
 from leukodx.models.site_stats import SITE_STATS_FILE
 from leukodx.preprocessing.augment import augment_preset
-from leukodx.preprocessing.transforms import Preprocess, normalize_batch
+from leukodx.preprocessing.transforms import TTA_VIEWS, Preprocess, dihedral_view, normalize_batch
 from leukodx.training.adaptation import batchnorm_statistics, with_batchnorm_statistics
 from leukodx.training.recipe import train_multisite
 from leukodx.training.trainer import TrainConfig
@@ -147,6 +147,31 @@ def test_by_default_each_image_runs_with_its_recognised_sites_statistics_unless_
     assert site_net.backend == "onnx" and site_net.card["sha256"] != on_onnx.card["sha256"]
     np.testing.assert_allclose(site_net.logits(arrays), fixed["wbc-seg-2"]._site_nets["wbc-seg-2"].logits(arrays),
                                rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_tta_reads_every_view_of_an_image_with_the_network_that_calls_it(site_model):
+    out, _ = site_model
+    auto = Classifier.load(out, backend="torch")
+    paths = [p for s in SITES for p in site_sides(s)["test"].abspaths()[:10]]
+    _, arrays, _ = auto.load_inputs(paths)
+    features = auto.forward(arrays)[1]  # the sites and OOD flags of the images as they are
+    nearest = auto._recognizer.sites(features[:, auto.reliability.pen_dim:])
+    ood = auto.reliability.is_ood(auto.reliability.ood_scores(features))
+    assert (~ood).sum() >= 10 and len(set(nearest[~ood].tolist())) == 2
+    pooled = Classifier.load(out, backend="torch", site="pooled")
+    site_nets = {s: Classifier.load(out, backend="torch", site=s)._site_nets[s] for s in SITES}
+    mean = np.zeros((len(paths), len(auto.classes)))
+    for i in range(TTA_VIEWS):
+        view = dihedral_view(arrays, i)
+        by_site = {s: net.logits(view) for s, net in site_nets.items()}
+        own = pooled.logits(view)
+        mean += np.stack([own[r] if ood[r] else by_site[SITES[nearest[r]]][r] for r in range(len(paths))])
+    np.testing.assert_allclose(auto.with_tta().predict_arrays(arrays), auto.proba_from_logits(mean / TTA_VIEWS),
+                               atol=1e-5)
+    one_site = Classifier.load(out, backend="torch", site="wbc-seg-1").with_tta()
+    mean = np.mean([site_nets["wbc-seg-1"].logits(dihedral_view(arrays, i)) for i in range(TTA_VIEWS)], axis=0)
+    np.testing.assert_allclose(one_site.predict_arrays(arrays), one_site.proba_from_logits(mean), atol=1e-5)
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from leukodx.cli.options import Backend, Coverage, DataRoot, Device, OutputDir, OutputFile, Precision, Seed, Site, Zoom
+from leukodx.cli.options import (Backend, Coverage, DataRoot, Device, OutputDir, OutputFile, Precision, Seed, Site, Tta,
+                                 Zoom)
 from rich.console import Console
 
 from leukodx import _atomic
@@ -80,6 +81,7 @@ def register(app: typer.Typer) -> None:
                                                                 "(one lab's, >= 32) before predicting (LOSO.md)."),
         site: Optional[str] = Site,
         zoom: Optional[str] = Zoom,
+        tta: bool = Tta,
         backend: str = Backend,
         precision: str = Precision,
         device: str = Device,
@@ -97,7 +99,7 @@ def register(app: typer.Typer) -> None:
             raise InvalidInputError("give exactly one of --images DIR or --dataset NAME")
         check_normalization(adapt_bn, site)
         clf = load_model(model, backend=backend, precision=precision, device=device, site=site)
-        streamed = {"rows_to": output, "resume": resume, "zoom": zoom}
+        streamed = {"rows_to": output, "resume": resume, "zoom": zoom, "tta": tta}
         if images is not None:
             result = evaluate_folder(clf, images, n_boot=n_boot, seed=seed, adapt_bn=adapt_bn, **streamed)
         else:
@@ -123,6 +125,7 @@ def register(app: typer.Typer) -> None:
                                                                 "Reads every image first (not streamed)."),
         site: Optional[str] = Site,
         zoom: Optional[str] = Zoom,
+        tta: bool = Tta,
         coverage: Optional[float] = Coverage,
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of the same model over the "
                                                             "same inputs (OUTPUT.partial.jsonl): finished inputs are "
@@ -146,6 +149,7 @@ def register(app: typer.Typer) -> None:
         from leukodx.errors import Interrupted
         from leukodx.inference.classifier import (check_normalization, expand_inputs, load_model, row_cells,
                                                   row_columns)
+        from leukodx.preprocessing.transforms import TTA
 
         check_output(output)
         if ray is not None and adapt_bn:
@@ -154,6 +158,8 @@ def register(app: typer.Typer) -> None:
             raise InvalidInputError("--ray and --site: the Ray workers run the bundle's own statistics")
         if ray is not None and zoom is not None:
             raise InvalidInputError("--ray and --zoom: the Ray workers read the images at the model's own scale")
+        if ray is not None and tta:
+            raise InvalidInputError("--ray and --tta: the Ray workers read each image once, as it is")
         check_normalization(adapt_bn, site)
         if ray is not None:  # before any output exists: a missing extra or an unreachable cluster is one line
             from leukodx.inference.distributed import connect
@@ -168,7 +174,7 @@ def register(app: typer.Typer) -> None:
         clf.set_zoom(zoom, items)
         rowfile = RowFile(output, {"model": clf.name, "model_sha256": clf.card.get("sha256"),
                                    "inputs_sha256": inputs_digest(n for n, _ in items), "n_inputs": len(items),
-                                   "coverage": coverage, "adapt_bn": adapt_bn, "site": clf.site,
+                                   "coverage": coverage, "adapt_bn": adapt_bn, "site": clf.site, "tta": tta,
                                    "zoom": clf.preprocess.zoom, "precision": clf.precision},
                           resume=resume)
         done = rowfile.start()
@@ -186,6 +192,8 @@ def register(app: typer.Typer) -> None:
             else:
                 # AdaBN: the statistics of every input (a resumed run's finished ones too), read once first
                 adapted = clf.adapted_to_inputs(items) if adapt_bn and todo else None
+                if tta:
+                    adapted = (adapted or clf).with_tta()
                 chunks, total = clf.stream(todo, coverage, adapted=adapted), -(-len(todo) // CHUNK)
             for part in track(chunks, "predicting", total=total):
                 scores = part.ood_scores if part.ood_scores is not None else [None] * len(part.rows)
@@ -205,6 +213,7 @@ def register(app: typer.Typer) -> None:
         header = {"model": clf.name, "model_sha256": clf.card.get("sha256"), "backend": clf.backend,
                   "precision": clf.precision,
                   "onnx_sha256": clf.onnx_sha256, "site_statistics": clf.site, "zoom": clf.zoom,
+                  "test_time_augmentation": dict(TTA) if tta else None,
                   "classes": clf.classes, "coverage": coverage, "shift": shift}
         rowfile.finish(header, row_columns(clf.classes), lambda r: row_cells(r, clf.classes))
         resumed = f" ({rowfile.resumed} from the interrupted run)" if rowfile.resumed else ""
@@ -230,6 +239,7 @@ def register(app: typer.Typer) -> None:
         coverage: Optional[float] = Coverage,
         site: Optional[str] = Site,
         zoom: Optional[str] = Zoom,
+        tta: bool = Tta,
         explain: bool = typer.Option(False, "--explain", help="Add a Grad-CAM heatmap of each image's top class to "
                                                               "the report."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run into the same folder (same "
@@ -249,7 +259,7 @@ def register(app: typer.Typer) -> None:
                 _coverage_for(load_model(model, backend="torch"), coverage)
         result = diagnose(inputs, kind=kind, model=model, backend=backend, smear=smear, pixel_scale=pixel_scale,
                           um_per_px=um_per_px, adapt_bn=adapt_bn, explain=explain, out_dir=output, resume=resume,
-                          site=site, zoom=zoom,
+                          site=site, zoom=zoom, tta=tta,
                           **({"coverage": coverage} if coverage is not None else {}))
         _report_errors(result["errors"])
         s = result["summary"]

@@ -78,3 +78,8 @@ Zoom = typer.Option(None, "--zoom", callback=_zoom, metavar="auto|FACTOR",
                          "these images (one lab's, >= 32; a sample of up to 512) with the most information, no "
                          "labels used (LOSO.md, scale-select). Default: the model's own (1, as they are, for "
                          "the shipped models; a bundle made by adapt --zoom keeps its zoom).")
+
+
+Tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average each image's call over its 8 "
+                                              "flips and quarter turns (8 forward passes each; accuracy, "
+                                              "calibration and coverage with it: benchmarks/results/tta.md).")

@@ -23,6 +23,7 @@ from leukodx.errors import InvalidInputError, Interrupted, LeukodxError
 from leukodx.inference.classifier import (DEFAULT_CELL_MODEL, Classifier, InputList, Scored, check_normalization,
                                           load_model, row_cells, row_columns, rows_to_csv)
 from leukodx.models.reliability import DEFAULT_COVERAGE, check_coverage
+from leukodx.preprocessing.transforms import TTA
 
 KINDS = ("auto", "cells", "fields")
 DEFAULT_MODELS = {"cells": DEFAULT_CELL_MODEL, "fields": "all-stage"}
@@ -261,7 +262,7 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
              smear: bool = True, pixel_scale: float | None = None, um_per_px: float | None = None,
              adapt_bn: bool = False, coverage: float = DEFAULT_COVERAGE, explain: bool = False,
              out_dir: str | os.PathLike | None = None, resume: bool = False, site: str | None = None,
-             zoom: float | str | None = None) -> dict:
+             zoom: float | str | None = None, tta: bool = False) -> dict:
     """Diagnose one case. Returns the summary dict (summary, flags, shift, errors, provenance).
 
     Every image carries ``ood`` and a conformal ``prediction_set`` at ``coverage``; the counts and
@@ -270,7 +271,10 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
     a Grad-CAM heatmap of each image's top class (``leukodx.inference.explain``). ``site``: for a model that
     keeps per-site batch-norm statistics (``Classifier.use_site``), which of them the case's images run with.
     ``zoom`` (cell images): the magnification the cell model reads them at (``Classifier.set_zoom``: a number,
-    or 'auto' for the one chosen on the case's own images, no labels used); the summary records it.
+    or 'auto' for the one chosen on the case's own images, no labels used); the summary records it. ``tta``:
+    each image's (and each smear field's white cell's) probabilities averaged over its 8 orientations
+    (``Classifier.with_tta``); the counts follow those calls, the OOD flags and the patient model read each image
+    as it is.
 
     For smear fields, ``smear`` also runs the whole-smear pipeline on every field (cells found,
     white cells typed, counts, differential; ``leukodx.smear.pipeline``) beside the field model, at
@@ -284,14 +288,14 @@ def diagnose(inputs: list[str | os.PathLike] | str | os.PathLike, kind: str = "a
     if out_dir is not None:
         run = analyse_case(inputs, out_dir, kind=kind, model=model, backend=backend, smear=smear,
                            pixel_scale=pixel_scale, um_per_px=um_per_px, adapt_bn=adapt_bn, coverage=coverage,
-                           explain=explain, resume=resume, site=site, zoom=zoom)
+                           explain=explain, resume=resume, site=site, zoom=zoom, tta=tta)
         return {**run.result, "outputs": {k: str(v) for k, v in run.write_outputs().items()}}
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="leukodx-case-") as work:
         run = analyse_case(inputs, work, kind=kind, model=model, backend=backend, smear=smear,
                            pixel_scale=pixel_scale, um_per_px=um_per_px, adapt_bn=adapt_bn, coverage=coverage,
-                           explain=explain, site=site, zoom=zoom)
+                           explain=explain, site=site, zoom=zoom, tta=tta)
         result = {**run.result, "rows": []}
         thumbnails, heatmaps, fields = {}, {}, []
         for entry in run.entries():
@@ -353,7 +357,7 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
                  smear: bool = True, pixel_scale: float | None = None, um_per_px: float | None = None,
                  adapt_bn: bool = False, coverage: float = DEFAULT_COVERAGE, explain: bool = False,
                  resume: bool = False, chunk: int | None = None, site: str | None = None,
-                 zoom: float | str | None = None) -> CaseRun:
+                 zoom: float | str | None = None, tta: bool = False) -> CaseRun:
     """Stream a case through its models into ``work_dir/predictions.csv.partial.jsonl``
     (``leukodx._rowfile.RowFile``), ``chunk`` images at a time: each image is decoded once, reduced to
     what the case keeps (its row, a thumbnail, a heatmap with ``explain``, the smear pipeline's result
@@ -408,7 +412,7 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
         view = InputList()
         view.add_paths(paths)  # (path, path) items over the same buffer, no copy
         clf.set_zoom(zoom, view)
-    analyzer = _smear_analyzer(pixel_scale, um_per_px) if (kind == "fields" and smear) else None
+    analyzer = _smear_analyzer(pixel_scale, um_per_px, tta) if (kind == "fields" and smear) else None
     # the smear pipeline finds cells at full resolution; the image models see a few hundred px at most
     max_side = None if analyzer else CASE_READ_SIDE
     shas = [clf.card.get("sha256")] + ([analyzer.detector.card.get("sha256")] if analyzer else [])
@@ -416,7 +420,7 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
         "model": clf.name + (f" + {analyzer.detector.name}" if analyzer else ""),
         "model_sha256": "+".join(str(s) for s in shas), "inputs_sha256": inputs_digest(str(p) for p in paths),
         "n_inputs": len(paths), "kind": kind, "backend": clf.backend, "precision": clf.precision, "site": clf.site,
-        "zoom": clf.preprocess.zoom,
+        "zoom": clf.preprocess.zoom, "tta": tta,
         "coverage": coverage, "adapt_bn": adapt_bn, "explain": explain, "smear": analyzer is not None,
         "pixel_scale": pixel_scale, "um_per_px": um_per_px,
         "detector_backend": analyzer.detector.backend if analyzer else None}, resume=resume)
@@ -427,6 +431,8 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
     if adapt_bn:  # the statistics of the whole case, read once before any prediction
         predictor = clf.adapted_to(arrays for _, arrays, _ in _case_chunks(paths, clf, max_side, chunk,
                                                                           "adapting to the case"))
+    if tta:
+        predictor = predictor.with_tta()
     todo = PathList(p for p in paths if p not in done)
     try:
         for names, arrays, kept in _case_chunks(todo, clf, max_side, chunk, "reading the case", analyzer):
@@ -435,7 +441,7 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
                 continue
             # the patient model was fitted on this model's probabilities unadapted; OOD is judged unadapted too
             base = clf.score_arrays(arrays)
-            scored = Scored(predictor.predict_arrays(arrays), base.ood_scores) if adapt_bn else base
+            scored = Scored(predictor.predict_arrays(arrays), base.ood_scores) if predictor is not clf else base
             rows = clf.rows_for(names, scored, coverage, decimals=4)
             heat = _explanations(predictor, names, arrays, rows) if explain else {}
             extras = []
@@ -460,7 +466,7 @@ def analyse_case(inputs: list[str | os.PathLike] | str | os.PathLike, work_dir: 
         rowfile.partial.unlink(missing_ok=True)
         raise nothing_readable(errors)
     result = _case_result(inputs, kind, evidence, clf, analyzer, rowfile, coverage, adapt_bn, explain, errors,
-                          pixel_scale, um_per_px)
+                          pixel_scale, um_per_px, tta)
     return CaseRun(result, rowfile, clf.classes)
 
 
@@ -494,7 +500,7 @@ def _case_chunks(paths: Sequence[str | Path], clf: Classifier, max_side: int | N
 
 
 def _case_result(inputs, kind: str, evidence: str, clf: Classifier, analyzer, rowfile, coverage: float,
-                 adapt_bn: bool, explain: bool, errors: list[dict], pixel_scale, um_per_px) -> dict:
+                 adapt_bn: bool, explain: bool, errors: list[dict], pixel_scale, um_per_px, tta: bool = False) -> dict:
     """The case's summary, flags and provenance, made from its row file (read one image at a time)."""
 
     def rows() -> Iterator[dict]:
@@ -530,6 +536,7 @@ def _case_result(inputs, kind: str, evidence: str, clf: Classifier, analyzer, ro
                   "abstain_below": clf.abstain_below, "backend": clf.backend, "onnx_sha256": clf.onnx_sha256,
                   "coverage": coverage, "site_statistics": clf.site, "zoom": clf.zoom,
                   "test_time_adaptation": {"method": "AdaBN", "images": n_images} if adapt_bn else None,
+                  "test_time_augmentation": dict(TTA) if tta else None,
                   "test_accuracy": clf.card.get("metrics", {}).get("test", {}).get("accuracy")},
         "n_images": n_images, "shift": shift, "summary": summary, "flags": flags, "errors": errors,
         "explained": explain,  # the report shows a Grad-CAM heatmap per image
@@ -572,10 +579,11 @@ def _review_flag(rows: Iterable[dict], n_images: int, clf: Classifier, coverage:
             + " (an image may have several reasons)")
 
 
-def _smear_analyzer(pixel_scale: float | None, um_per_px: float | None):
+def _smear_analyzer(pixel_scale: float | None, um_per_px: float | None, tta: bool = False):
     from leukodx.smear.pipeline import SmearAnalyzer
 
-    return SmearAnalyzer(pixel_scale=pixel_scale, um_per_px=um_per_px)
+    cells = load_model(DEFAULT_CELL_MODEL).with_tta() if tta else None  # None: the analyzer's default, as it is
+    return SmearAnalyzer(pixel_scale=pixel_scale, um_per_px=um_per_px, classifier=cells)
 
 
 def _smear_summary(analyzer, fields: Iterable[dict], pixel_scale: float | None, um_per_px: float | None) -> dict:

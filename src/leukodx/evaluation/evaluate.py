@@ -12,6 +12,7 @@ from leukodx.data.folder import ImageIndex, index_image_folder
 from leukodx.data.labelmap import align_classes
 from leukodx.errors import InvalidInputError
 from leukodx.evaluation.metrics import classification_metrics, reliability_curve
+from leukodx.preprocessing.transforms import TTA
 
 
 def match_classes(folder_classes: list[str], model_classes: list[str]) -> dict[str, int]:
@@ -21,14 +22,15 @@ def match_classes(folder_classes: list[str], model_classes: list[str]) -> dict[s
     return {folder_classes[i]: j for i, j in mapping.source_to_target.items()}
 
 
-def _streamed(classifier, paths, adapt_bn: bool, rows_to: Path, resume: bool, zoom: float | str | None = None
-              ) -> tuple[list[str], object, list[dict], int | None, object]:
+def _streamed(classifier, paths, adapt_bn: bool, rows_to: Path, resume: bool, zoom: float | str | None = None,
+              tta: bool = False) -> tuple[list[str], object, list[dict], int | None, object]:
     """Names, ``Scored`` (probabilities, OOD scores), errors of ``paths``, a chunk at a time, with
     ``adapt_bn`` the number of images the batch-norm statistics were re-estimated on (a first pass
     over every image), and the row file: each chunk's probabilities are appended to
     ``rows_to.partial.jsonl`` as they are made (``leukodx._rowfile.RowFile``), so ``resume``
     continues an interrupted evaluation without redoing finished images. ``zoom``: the magnification the
-    images are read with (``Classifier.set_zoom``; 'auto' chooses it on ``paths``)."""
+    images are read with (``Classifier.set_zoom``; 'auto' chooses it on ``paths``). ``tta``: probabilities
+    averaged over each image's 8 orientations (``Classifier.with_tta``; OOD scores from the image as it is)."""
     from types import SimpleNamespace
 
     from leukodx._rowfile import RowFile, inputs_digest
@@ -37,12 +39,14 @@ def _streamed(classifier, paths, adapt_bn: bool, rows_to: Path, resume: bool, zo
     classifier.set_zoom(zoom, items)
     rowfile = RowFile(rows_to, {"model": classifier.name, "model_sha256": classifier.card.get("sha256"),
                                 "inputs_sha256": inputs_digest(n for n, _ in items), "n_inputs": len(items),
-                                "adapt_bn": adapt_bn, "site": classifier.site,
+                                "adapt_bn": adapt_bn, "site": classifier.site, "tta": tta,
                                 "zoom": classifier.preprocess.zoom, "backend": classifier.backend,
                                 "precision": classifier.precision}, resume=resume, scratch=True)
     done = rowfile.start()
     todo = [item for item in items if item[0] not in done]
     adapted = classifier.adapted_to_inputs(items) if adapt_bn else None  # every image, finished ones too
+    if tta:
+        adapted = (adapted or classifier).with_tta()
     try:
         for part in classifier.stream(todo, adapted=adapted):
             ood = part.ood_scores if part.ood_scores is not None else [None] * len(part.rows)
@@ -62,26 +66,26 @@ def _streamed(classifier, paths, adapt_bn: bool, rows_to: Path, resume: bool, zo
     proba = np.asarray([e["proba"] for _, e in kept], dtype=float).reshape(-1, len(classifier.classes))
     scores = (np.asarray([e["ood_score"] for _, e in kept], dtype=float)
               if classifier.reliability is not None else None)
-    n_adapted = adapted.card["test_time_adaptation"]["images"] if adapted is not None else None
+    n_adapted = adapted.card["test_time_adaptation"]["images"] if adapt_bn else None
     return (names, SimpleNamespace(proba=proba, ood_scores=scores), list(rowfile.entries("error")), n_adapted,
             rowfile)
 
 
 def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int = 0, adapt_bn: bool = False,
                    rows_to: str | os.PathLike | None = None, resume: bool = False,
-                   zoom: float | str | None = None) -> dict:
+                   zoom: float | str | None = None, tta: bool = False) -> dict:
     """Metrics of ``classifier`` on ``index`` (labels in the index's own class list); with
     ``adapt_bn``, the classifier's batch-norm statistics are first re-estimated on the index's images.
     Streamed: with ``rows_to`` (the result's file), each chunk's probabilities are kept in
     ``rows_to.partial.jsonl`` until the metrics are made, and ``resume`` continues an interrupted run;
     without it, in a temporary folder. ``zoom``: a magnification to read the images with, or 'auto'
-    (``Classifier.set_zoom``)."""
+    (``Classifier.set_zoom``). ``tta``: test-time augmentation (``Classifier.with_tta``)."""
     if rows_to is None:
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="leukodx-evaluate-") as work:
             return evaluate_index(classifier, index, n_boot, seed, adapt_bn, Path(work) / "result.json",
-                                  zoom=zoom)
+                                  zoom=zoom, tta=tta)
     mapping = match_classes(index.classes, classifier.classes)
     if not mapping:
         raise InvalidInputError(
@@ -93,7 +97,7 @@ def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int 
     sub = index.subset(keep)
     # streamed: memory holds the probabilities, not the images (AdaBN reads the images once more first)
     names, scored, errors, n_adapted, rowfile = _streamed(classifier, sub.abspaths(), adapt_bn, Path(rows_to), resume,
-                                                          zoom)
+                                                          zoom, tta)
     readable = set(names)
     y_model = np.array([mapping[sub.classes[sub.labels[i]]] for i, p in enumerate(sub.abspaths()) if str(p) in readable])
     if len(y_model) == 0:
@@ -116,6 +120,7 @@ def evaluate_index(classifier, index: ImageIndex, n_boot: int = 1000, seed: int 
         "test_time_adaptation": {"method": "AdaBN", "images": int(n_adapted)} if adapt_bn else None,
         "site_statistics": classifier.site,  # the training site whose batch-norm statistics it ran with (--site)
         "zoom": classifier.zoom,  # the magnification the images were read with, and how it was chosen (--zoom)
+        "test_time_augmentation": dict(TTA) if tta else None,  # probabilities averaged over 8 views (--tta)
         "images": str(index.root),
         "dataset_fingerprint": index.fingerprint(),
         "accuracy": metrics["accuracy"]["value"],

@@ -30,7 +30,7 @@ from leukodx.models.bundle import interpreting, resolve_bundle, verify_bundle
 from leukodx.models.device import one_blas_thread, resolve_device
 from leukodx.models.reliability import (DEFAULT_COVERAGE, DEFAULT_STYLE_SOURCE, LEGACY_STYLE_SOURCE, check_coverage,
                                         load_reliability)
-from leukodx.preprocessing.transforms import Preprocess, normalize_batch
+from leukodx.preprocessing.transforms import TTA, TTA_VIEWS, Preprocess, dihedral_view, normalize_batch
 from leukodx.training.calibration import softmax
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,8 @@ class Classifier:
         #: the magnification inputs are decoded with and how it was chosen (``use_zoom``): None, as they are
         self.zoom: dict | None = (None if self.preprocess.zoom == 1.0 else
                                   {"zoom": self.preprocess.zoom, "method": "the model's own (its card)"})
+        #: test-time augmentation (``with_tta``): None, or how each image's logits are averaged over its views
+        self.tta: dict | None = None
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike, backend: str = "auto", precision: str = "auto",
@@ -242,22 +244,24 @@ class Classifier:
         return Classifier(net, card, backend=self.backend, device=self.device)
 
     def _at_sites(self, batch_uint8: np.ndarray, logits: np.ndarray, features: np.ndarray | None
-                  ) -> tuple[np.ndarray, np.ndarray | None]:
+                  ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
         """``logits`` (the bundle's network) replaced row by row by those of the site network ``use_site`` chose;
-        and the OOD scores when they were needed to choose (else None)."""
-        def run(name: str, rows: np.ndarray) -> np.ndarray:
-            return self._site_nets[name].logits(batch_uint8[rows])
-
+        the OOD scores when they were needed to choose (else None); and which rows each site network called."""
         if self.site != AUTO_SITE:
-            return run(self.site, np.arange(len(batch_uint8))), None
-        if features is None:  # an ONNX file without the features output: no site can be recognised
-            return logits, None
-        by_site, ood = self._rows_by_site(features)
+            plan, ood = {self.site: np.arange(len(batch_uint8))}, None
+        elif features is None:  # an ONNX file without the features output: no site can be recognised
+            plan, ood = {}, None
+        else:
+            plan, ood = self._rows_by_site(features)
+        return self._run_sites(batch_uint8, logits, plan), ood, plan
+
+    def _run_sites(self, batch_uint8: np.ndarray, logits: np.ndarray, plan: dict[str, np.ndarray]) -> np.ndarray:
+        """``logits`` with the rows of each site in ``plan`` replaced by its site network's."""
         out = logits.copy()
-        for name, rows in by_site.items():
+        for name, rows in plan.items():
             if len(rows):
-                out[rows] = run(name, rows)
-        return out, ood
+                out[rows] = self._site_nets[name].logits(batch_uint8[rows])
+        return out
 
     def _rows_by_site(self, features: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """AUTO_SITE: the rows each site network calls (those recognised as its site and not OOD; the others keep
@@ -405,10 +409,13 @@ class Classifier:
         """Calibrated probabilities and OOD scores (None without reliability statistics)."""
         logits, features, oods = [], [], []
         for s in range(0, len(batch_uint8), batch_size):
-            lo, fe = self.forward(batch_uint8[s:s + batch_size])
-            ood = None
+            batch = batch_uint8[s:s + batch_size]
+            lo, fe = self.forward(batch)
+            ood, plan = None, None
             if self._site_nets:  # probabilities as at the chosen site(s); OOD from the bundle's network
-                lo, ood = self._at_sites(batch_uint8[s:s + batch_size], lo, fe)
+                lo, ood, plan = self._at_sites(batch, lo, fe)
+            if self.tta is not None:
+                lo = self._averaged_over_views(batch, lo, plan)
             logits.append(lo)
             features.append(fe)
             oods.append(ood)
@@ -422,6 +429,31 @@ class Classifier:
             ood = (np.concatenate(oods) if all(o is not None for o in oods)
                    else self.reliability.ood_scores(features))
         return Scored(proba, ood, None if features is None else features[:, :self.embedding_dim])
+
+    def with_tta(self) -> "Classifier":
+        """Test-time augmentation: a copy (sharing this one's networks) whose probabilities are those of each
+        image's logits averaged over its 8 orientations (``dihedral_view``; the training augmentation turns and
+        mirrors cells, so the network has seen each of them). It costs 8 forward passes per image. The OOD
+        scores and the embedding stay those of the image as it is (what the reliability statistics were fitted
+        on); the temperature and the conformal scores are the single view's, so the benchmark measures
+        calibration and coverage with it (benchmarks/results/tta.md). Never applied unasked."""
+        import copy
+
+        twin = copy.copy(self)
+        twin.tta = dict(TTA)
+        return twin
+
+    def _averaged_over_views(self, batch_uint8: np.ndarray, logits: np.ndarray,
+                             plan: dict[str, np.ndarray] | None) -> np.ndarray:
+        """``logits`` (view 0, from the networks that called each row) averaged with the other views', each row
+        read by the same network in every view (``plan``: the site networks' rows, as ``_at_sites`` chose)."""
+        total = logits.astype(np.float64)
+        mine = len(batch_uint8) - sum(len(rows) for rows in (plan or {}).values())
+        for i in range(1, TTA_VIEWS):
+            view = dihedral_view(batch_uint8, i)
+            lo = self.forward(view)[0] if mine else np.zeros_like(logits)
+            total += self._run_sites(view, lo, plan) if plan else lo
+        return (total / TTA_VIEWS).astype(logits.dtype)
 
     @property
     def embedding_dim(self) -> int:
@@ -456,8 +488,8 @@ class Classifier:
         time, in input order. Chunks are decoded and preprocessed by ``workers`` processes (default: one
         per core; a single chunk is done in this process) while this process infers the chunk before, so
         memory holds a few chunks whatever the number of inputs. A bad input is an error row of its chunk.
-        ``adapted``: probabilities from this batch-norm-adapted copy (``adapted_to``), OOD scores from
-        this unadapted model."""
+        ``adapted``: probabilities from this copy (batch-norm-adapted, ``adapted_to``, and / or averaged over
+        views, ``with_tta``), OOD scores from this model."""
         import contextlib
 
         check_coverage(coverage)
@@ -553,6 +585,7 @@ class Classifier:
         card = {**self.card, "test_time_adaptation": {"method": "AdaBN", "images": int(seen[0])}}
         adapted = Classifier(net, card, backend="torch", bundle_dir=None)
         adapted.reliability = None  # its features are re-normalized: OOD is judged on the unadapted network
+        adapted.tta = self.tta
         return adapted
 
     def adapted_to_inputs(self, items: Sequence[tuple[str, object]]) -> "Classifier":
@@ -561,16 +594,19 @@ class Classifier:
         return self.adapted_to(arrays for _, arrays, _ in self.prepared_chunks(items))
 
     def predict(self, inputs: Sequence | str | os.PathLike | np.ndarray, batch_size: int = 64,
-                adapt_bn: bool = False, coverage: float = DEFAULT_COVERAGE) -> Predictions:
+                adapt_bn: bool = False, coverage: float = DEFAULT_COVERAGE, tta: bool = False) -> Predictions:
         """Per input: top class, its probability, every class probability, ``ood_score`` / ``ood``,
         a conformal ``prediction_set`` at ``coverage``, and ``unsure``; per batch: ``shift``.
-        With ``adapt_bn``, batch-norm statistics are re-estimated on these inputs first (one site)."""
+        With ``adapt_bn``, batch-norm statistics are re-estimated on these inputs first (one site); with ``tta``,
+        the probabilities are averaged over each input's 8 orientations (``with_tta``)."""
         check_coverage(coverage)
         if (isinstance(inputs, (str, os.PathLike, np.ndarray)) or type(inputs).__module__.startswith("torch")
                 or type(inputs).__module__.startswith("PIL.")):
             inputs = [inputs]
         items, errors = expand_inputs(inputs)
         adapted = self.adapted_to_inputs(items) if adapt_bn else None
+        if tta:
+            adapted = (adapted or self).with_tta()
         rows, scores = [], []
         for part in self.stream(items, coverage, batch_size, adapted=adapted):
             rows += part.rows

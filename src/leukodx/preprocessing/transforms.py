@@ -271,6 +271,19 @@ def crop_around(rgb: np.ndarray, box, factor: float = CELL_CROP_FACTOR) -> np.nd
     return canvas
 
 
+#: test-time augmentation (``Classifier.with_tta``): every image seen in the 8 orientations of a square
+TTA_VIEWS = 8
+#: ... as results record it
+TTA = {"method": "logits averaged over the 8 flips and quarter turns of each image", "views": TTA_VIEWS}
+
+
+def dihedral_view(batch: np.ndarray, i: int) -> np.ndarray:
+    """View ``i`` (0-7) of a (N, S, S, C) batch: ``i % 4`` quarter turns, mirrored left-right when ``i >= 4``;
+    view 0 is the batch itself. The eight are the square's symmetries (a cell on a slide has no up or left)."""
+    view = np.rot90(batch, i % 4, axes=(1, 2))
+    return np.ascontiguousarray(view[:, :, ::-1] if i >= 4 else view)
+
+
 def normalize_batch(batch_uint8: np.ndarray, pre: Preprocess) -> np.ndarray:
     """(N, S, S, 3) uint8 -> (N, 3, S, S) float32 normalized, the model's input."""
     # written once into a C-contiguous (N, 3, S, S) array and then changed in place: the same float32

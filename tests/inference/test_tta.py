@@ -102,6 +102,10 @@ def test_predict_evaluate_and_diagnose_take_tta_and_record_it(pbc_cells, tmp_pat
                  "--backend", "torch"]) == 0
     evaluated = json.loads(result.read_text())
     assert evaluated["test_time_augmentation"] == tta.tta
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    lo, hi = evaluated["metrics"]["accuracy"]["ci95"]
+    assert said.startswith(f"wbc-multisite on {evaluated['n']} images, averaged over 8 views (--tta): accuracy "
+                           f"{evaluated['accuracy']:.4f} [{lo:.4f}, {hi:.4f}], balanced")
     proba = np.asarray(evaluated["roc_inputs"]["proba"])
     names = sorted(str(p) for p in folder.rglob("*.jpg"))
     _, arrays, _ = tta.load_inputs(names)

@@ -110,8 +110,11 @@ def register(app: typer.Typer) -> None:
         if not no_report:
             write_report(result, report or output.with_suffix("").with_name(output.stem + "_report"))
         m = result["metrics"]
-        console.print(f"{clf.name} on {result['n']} images: accuracy {result['accuracy']:.4f} "
-                      f"{m['accuracy']['ci95']}, balanced {result['balanced_accuracy']:.4f}, macro-F1 "
+        ci95 = m["accuracy"]["ci95"]
+        ci_text = f"[{ci95[0]:.4f}, {ci95[1]:.4f}]" if ci95 else "(no CI)"
+        tta_note = ", averaged over 8 views (--tta)" if tta else ""
+        console.print(f"{clf.name} on {result['n']} images{tta_note}: accuracy {result['accuracy']:.4f} "
+                      f"{ci_text}, balanced {result['balanced_accuracy']:.4f}, macro-F1 "
                       f"{result['macro_f1']:.4f}; written to {output}")
 
     @app.command("predict")

@@ -194,10 +194,8 @@ def register(app: typer.Typer) -> None:
                 total = -(-len(todo) // RAY_BATCH)
             else:
                 # AdaBN: the statistics of every input (a resumed run's finished ones too), read once first
-                adapted = clf.adapted_to_inputs(items) if adapt_bn and todo else None
-                if tta:
-                    adapted = (adapted or clf).with_tta()
-                chunks, total = clf.stream(todo, coverage, adapted=adapted), -(-len(todo) // CHUNK)
+                runner, adapted = clf.runners(items, adapt_bn and bool(todo), tta)
+                chunks, total = runner.stream(todo, coverage, adapted=adapted), -(-len(todo) // CHUNK)
             for part in track(chunks, "predicting", total=total):
                 scores = part.ood_scores if part.ood_scores is not None else [None] * len(part.rows)
                 rowfile.append(part.rows, part.errors, [{"ood_score": s} for s in scores])

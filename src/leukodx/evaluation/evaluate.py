@@ -44,11 +44,9 @@ def _streamed(classifier, paths, adapt_bn: bool, rows_to: Path, resume: bool, zo
                                 "precision": classifier.precision}, resume=resume, scratch=True)
     done = rowfile.start()
     todo = [item for item in items if item[0] not in done]
-    adapted = classifier.adapted_to_inputs(items) if adapt_bn else None  # every image, finished ones too
-    if tta:
-        adapted = (adapted or classifier).with_tta()
+    runner, adapted = classifier.runners(items, adapt_bn, tta)  # AdaBN: every image, finished ones too
     try:
-        for part in classifier.stream(todo, adapted=adapted):
+        for part in runner.stream(todo, adapted=adapted):
             ood = part.ood_scores if part.ood_scores is not None else [None] * len(part.rows)
             rowfile.append([{"input": r["input"]} for r in part.rows], part.errors,
                            [{"proba": [r["probabilities"][c] for c in classifier.classes],

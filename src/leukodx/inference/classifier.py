@@ -593,6 +593,18 @@ class Classifier:
         time (inputs that cannot be read are left out here and reported by the pass that predicts)."""
         return self.adapted_to(arrays for _, arrays, _ in self.prepared_chunks(items))
 
+    def runners(self, items: Sequence[tuple[str, object]], adapt_bn: bool = False, tta: bool = False
+                ) -> tuple["Classifier", "Classifier | None"]:
+        """What ``stream`` runs for ``items``: the classifier to stream with and the copy its probabilities come
+        from (``stream``'s ``adapted``, or None). With ``adapt_bn`` that copy is ``adapted_to_inputs(items)``
+        (averaged over views with ``tta``) and the OOD scores come from this classifier; with ``tta`` alone the
+        stream runs on ``with_tta()``, whose one pass gives the averaged probabilities and the OOD scores of the
+        images as they are (no second pass of view 0)."""
+        if adapt_bn:
+            adapted = self.adapted_to_inputs(items)
+            return self, (adapted.with_tta() if tta else adapted)
+        return (self.with_tta() if tta else self), None
+
     def predict(self, inputs: Sequence | str | os.PathLike | np.ndarray, batch_size: int = 64,
                 adapt_bn: bool = False, coverage: float = DEFAULT_COVERAGE, tta: bool = False) -> Predictions:
         """Per input: top class, its probability, every class probability, ``ood_score`` / ``ood``,
@@ -604,11 +616,9 @@ class Classifier:
                 or type(inputs).__module__.startswith("PIL.")):
             inputs = [inputs]
         items, errors = expand_inputs(inputs)
-        adapted = self.adapted_to_inputs(items) if adapt_bn else None
-        if tta:
-            adapted = (adapted or self).with_tta()
+        runner, adapted = self.runners(items, adapt_bn, tta)
         rows, scores = [], []
-        for part in self.stream(items, coverage, batch_size, adapted=adapted):
+        for part in runner.stream(items, coverage, batch_size, adapted=adapted):
             rows += part.rows
             errors += part.errors
             scores.append(part.ood_scores)

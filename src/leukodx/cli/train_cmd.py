@@ -44,6 +44,9 @@ def register(app: typer.Typer) -> None:
         site_batches: bool = typer.Option(False, "--site-batches", help="Multi-site: one site per training batch, "
                                           "so batch norm learns each site's statistics; the bundle keeps them "
                                           "(predict --site NAME) and runs with them pooled otherwise."),
+        refit_head: bool = typer.Option(False, "--refit-head", help="After training, re-fit the last layer (a "
+                                        "logistic regression) on the training images' features without "
+                                        "augmentation, then calibrate."),
         resume: bool = Resume,
         threads: Optional[int] = Threads,
         data_root: Optional[Path] = DataRoot,
@@ -66,7 +69,7 @@ def register(app: typer.Typer) -> None:
             label_smoothing=label_smoothing, imbalance=imbalance, patience=patience, seed=seed,
             pretrained=str(pretrained) if pretrained else None,
             preprocess=Preprocess(size=size, resize=resize, stain=stain),
-            augment=augment_preset(augment), site_batches=site_batches,
+            augment=augment_preset(augment), site_batches=site_batches, refit_head=refit_head,
         )
         if site_batches and len(dataset) < 2:
             raise InvalidInputError("--site-batches: give two or more sites (-d pbc -d deepapl ...)")

@@ -46,7 +46,8 @@ def _training_record(config: TrainConfig, result, started: float) -> dict:
     """The card's ``training`` entry: config, rounds, best round, time, device and threads, history."""
     return {"config": config.as_dict(), "epochs_run": len(result.history), "best_epoch": result.best_epoch,
             "seconds": round(result.seconds, 1), "wall_seconds_with_decoding": round(time.time() - started, 1),
-            "device": str(device()), "threads": torch.get_num_threads(), "history": result.history}
+            "device": str(device()), "threads": torch.get_num_threads(), "history": result.history,
+            **({"head_refit": result.head_refit} if result.head_refit else {})}
 
 
 def _val_summary(labels: np.ndarray, result, classes: list[str]) -> dict:

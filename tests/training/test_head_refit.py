@@ -1,5 +1,5 @@
 """Head re-fit (``TrainConfig.refit_head``): the last layer becomes a logistic regression on the
-training images' features as they are, before the temperature is fitted."""
+training images' features (as they are, or with one augmented copy each), before the temperature is fitted."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from sklearn.preprocessing import StandardScaler
 from leukodx.cli.app import main
 from leukodx.data.cache import cached_arrays
 from leukodx.data.registry import load_dataset
+from leukodx.errors import InvalidInputError
 from leukodx.models.architectures import create_network
+from leukodx.preprocessing.augment import augment_preset
 from leukodx.preprocessing.transforms import Preprocess
 from leukodx.training.adaptation import adapt_batchnorm
 from leukodx.training.calibration import fit_temperature
@@ -44,7 +46,7 @@ def _reference(feats: np.ndarray, y: np.ndarray) -> tuple[StandardScaler, Logist
     return scaler, LogisticRegression(C=HEAD_REFIT_C, max_iter=2000).fit(scaler.transform(feats), y)
 
 
-def _config(refit_head: bool = True, **kw) -> TrainConfig:
+def _config(refit_head: str = "clean", **kw) -> TrainConfig:
     return TrainConfig(arch="resnet10t", epochs=2, batch_size=16, lr=3e-3, patience=2, preprocess=PRE,
                        refit_head=refit_head, **kw)
 
@@ -68,7 +70,7 @@ def test_the_refitted_head_is_the_logistic_regression_and_the_temperature_comes_
 
 def test_without_the_option_the_trained_head_stays(cells):
     x_tr, y_tr, x_va, y_va = cells
-    result = fit(x_tr, y_tr, x_va, y_va, 4, _config(refit_head=False), None, show_progress=False)
+    result = fit(x_tr, y_tr, x_va, y_va, 4, _config(refit_head="none"), None, show_progress=False)
     scaler, reference = _reference(penultimate_features(result.net, x_tr, PRE), y_tr)
     expected = reference.decision_function(scaler.transform(penultimate_features(result.net, x_va, PRE)))
     assert result.head_refit is None
@@ -112,7 +114,28 @@ def test_site_batches_refit_each_site_on_its_own_statistics(cells):
 def test_train_refit_head_is_recorded_in_the_card(tmp_path):
     out = tmp_path / "m"
     assert main(["train", "-d", "pbc", "-o", str(out), "--epochs", "1", "--max-per-class", "8", "--size", "32",
-                 "--batch-size", "16", "--refit-head", "-q"]) == 0
+                 "--batch-size", "16", "--refit-head", "clean", "-q"]) == 0
     card = json.loads((out / "card.json").read_text())
-    assert card["training"]["config"]["refit_head"] is True
+    assert card["training"]["config"]["refit_head"] == "clean"
     assert card["training"]["head_refit"]["images"] == sum(card["data"]["counts"]["train"].values())
+
+
+def test_clean_and_augmented_views_fit_one_head(cells):
+    x_tr, y_tr, x_va, y_va = cells
+    config = _config("clean+augmented", augment=augment_preset("stain"), seed=3)
+    result = fit(x_tr, y_tr, x_va, y_va, 4, config, None, show_progress=False)
+    augmented = penultimate_features(result.net, x_tr, PRE, augment=config.augment,
+                                     generator=torch.Generator().manual_seed(3))  # the draws refit_head made
+    feats = np.concatenate([penultimate_features(result.net, x_tr, PRE), augmented])
+    scaler, reference = _reference(feats, np.tile(y_tr, 2))
+    np.testing.assert_allclose(predict_logits(result.net, x_va, PRE), reference.decision_function(
+        scaler.transform(penultimate_features(result.net, x_va, PRE))), atol=2e-3)
+    assert result.head_refit["views"] == "clean+augmented" and result.head_refit["images"] == len(y_tr)
+
+
+def test_an_unknown_refit_mode_is_one_line(tmp_path, capsys):
+    with pytest.raises(InvalidInputError, match="expected one of none, clean, clean\\+augmented"):
+        _config("yes")
+    assert main(["train", "-d", "pbc", "-o", str(tmp_path / "m"), "--refit-head", "yes"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refit head 'yes'" in err[0]

@@ -44,9 +44,10 @@ def register(app: typer.Typer) -> None:
         site_batches: bool = typer.Option(False, "--site-batches", help="Multi-site: one site per training batch, "
                                           "so batch norm learns each site's statistics; the bundle keeps them "
                                           "(predict --site NAME) and runs with them pooled otherwise."),
-        refit_head: bool = typer.Option(False, "--refit-head", help="After training, re-fit the last layer (a "
-                                        "logistic regression) on the training images' features without "
-                                        "augmentation, then calibrate."),
+        refit_head: str = typer.Option("none", "--refit-head", help="After training, re-fit the last layer (a "
+                                       "logistic regression) on the training images' features, then calibrate: "
+                                       "none | clean (the images as they are) | clean+augmented (and one "
+                                       "augmented copy of each)."),
         resume: bool = Resume,
         threads: Optional[int] = Threads,
         data_root: Optional[Path] = DataRoot,

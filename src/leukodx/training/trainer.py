@@ -12,11 +12,12 @@ Validation then adapts the batch norm to each validation site's images before sc
 
 ``refit_head`` (classifier re-training, Kang et al. 2020, ICLR "Decoupling representation and
 classifier"): once the best round is chosen, the last linear layer is replaced by an L2 multinomial
-logistic regression on the frozen network's features of the training images as they are, without the
-augmentation the network learned under, before the temperature is fitted. The stain, scale and flip
-augmentation that makes the features hold up in another lab leaves a head fitted to augmented cells;
-on clean cells of the training sites it separates look-alike classes (immature granulocytes and
-basophils at ``pbc``) better.
+logistic regression on the frozen network's features of the training images, before the temperature is
+fitted: ``"clean"``, the images as they are, without the augmentation the network learned under;
+``"clean+augmented"``, those and one augmented copy of each. The stain, scale and flip augmentation that
+makes the features hold up in another lab leaves a head fitted to augmented cells; on clean cells of the
+training sites a re-fitted head separates look-alike classes (immature granulocytes and basophils at
+``pbc``) better, and under leave-one-site-out it cost the left-out sites (``benchmarks/results/LOSO.md``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ from leukodx.training.engine import Engine
 from leukodx.training.calibration import fit_temperature
 
 IMBALANCE_MODES = ("weights", "sampler", "none")
+#: what the last layer is re-fitted on after training (``refit_head``): nothing, the training images as they are,
+#: or those and one augmented copy of each
+REFIT_HEAD_MODES = ("none", "clean", "clean+augmented")
 
 
 @dataclass
@@ -57,14 +61,16 @@ class TrainConfig:
     #: batch-norm layers keep their running statistics while the weights learn (few-shot fine-tuning after
     #: AdaBN: a batch of a dozen cells would otherwise overwrite the target site's statistics)
     freeze_batchnorm: bool = False
-    #: the last linear layer re-fitted on the training images' features without augmentation (``refit_head``)
-    refit_head: bool = False
+    #: the last linear layer re-fitted on the training images' features (``REFIT_HEAD_MODES``, ``refit_head``)
+    refit_head: str = "none"
     preprocess: Preprocess = field(default_factory=Preprocess)
     augment: Augment = field(default_factory=Augment)
 
     def __post_init__(self) -> None:
         if self.imbalance not in IMBALANCE_MODES:
             raise InvalidInputError(f"imbalance {self.imbalance!r}: expected one of {IMBALANCE_MODES}")
+        if self.refit_head not in REFIT_HEAD_MODES:
+            raise InvalidInputError(f"refit head {self.refit_head!r}: expected one of {', '.join(REFIT_HEAD_MODES)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise InvalidInputError("epochs and batch size must be at least 1")
         if self.site_batches and self.imbalance == "sampler":
@@ -118,9 +124,10 @@ def predict_logits(net: torch.nn.Module, arrays: np.ndarray, pre: Preprocess, ba
 
 
 @torch.no_grad()
-def penultimate_features(net: torch.nn.Module, arrays: np.ndarray, pre: Preprocess, batch_size: int = 256
-                         ) -> np.ndarray:
-    """Each image's input to the network's last linear layer, (N, D) float32."""
+def penultimate_features(net: torch.nn.Module, arrays: np.ndarray, pre: Preprocess, batch_size: int = 256,
+                         augment: Augment | None = None, generator: torch.Generator | None = None) -> np.ndarray:
+    """Each image's input to the network's last linear layer, (N, D) float32 (with ``augment``, of an
+    augmented copy of each image, drawn from ``generator``)."""
     from leukodx.models.features import last_linear
 
     net.eval()
@@ -130,7 +137,8 @@ def penultimate_features(net: torch.nn.Module, arrays: np.ndarray, pre: Preproce
         inputs[0].float().cpu().numpy()))
     try:
         for start in range(0, len(arrays), batch_size):
-            net(normalize(to_input(arrays[start:start + batch_size], pre), pre).to(dev))
+            x = to_input(arrays[start:start + batch_size], pre)
+            net(normalize(x if augment is None else augment_batch(x, augment, generator), pre).to(dev))
     finally:
         hook.remove()
     return np.concatenate(seen) if seen else np.zeros((0, 0), dtype=np.float32)
@@ -141,25 +149,30 @@ HEAD_REFIT_C = 1.0
 
 
 def refit_head(net: torch.nn.Module, x: np.ndarray, y: np.ndarray, n_classes: int, pre: Preprocess,
-               groups: np.ndarray | None = None) -> dict:
+               groups: np.ndarray | None = None, augment: Augment | None = None, seed: int = 0) -> dict:
     """Replace ``net``'s last linear layer, in place, by an L2 multinomial logistic regression
     (scikit-learn, ``HEAD_REFIT_C``, standardized features folded back into the layer) on its features
-    of ``x`` as they are, and return what changed. With ``groups`` (site batches) each site's
-    features come from the network with batch norm adapted to that site, as validation reads them. A
-    class without training images keeps a zero row and a bias below every other class's."""
+    of ``x`` as they are (and, with ``augment``, of one augmented copy of each, seeded), and return what
+    changed. With ``groups`` (site batches) each site's features come from the network with batch norm
+    adapted to that site, as validation reads them. A class without training images keeps a zero row and
+    a bias below every other class's."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     from leukodx.models.features import last_linear
     from leukodx.training.adaptation import adapt_batchnorm
 
-    if groups is None:
-        feats = penultimate_features(net, x, pre)
-    else:
-        feats = np.zeros((len(x), last_linear(net).in_features), dtype=np.float32)
-        for g in np.unique(groups):
-            mine = np.flatnonzero(groups == g)
-            feats[mine] = penultimate_features(adapt_batchnorm(net, x[mine], pre), x[mine], pre)
+    generator = torch.Generator().manual_seed(seed)
+    views = [None] if augment is None else [None, augment]
+    groups = np.zeros(len(x), dtype=int) if groups is None else np.asarray(groups)
+    sites = np.unique(groups)
+    feats = np.zeros((len(views) * len(x), last_linear(net).in_features), dtype=np.float32)
+    for g in sites:
+        mine = np.flatnonzero(groups == g)
+        reader = net if len(sites) == 1 else adapt_batchnorm(net, x[mine], pre)
+        for v, view in enumerate(views):
+            feats[v * len(x) + mine] = penultimate_features(reader, x[mine], pre, augment=view, generator=generator)
+    y = np.tile(y, len(views))
     head = last_linear(net)
     if head.bias is None:
         raise InvalidInputError(f"refit_head: {type(net).__name__}'s last linear layer has no bias")
@@ -182,7 +195,8 @@ def refit_head(net: torch.nn.Module, x: np.ndarray, y: np.ndarray, n_classes: in
         head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
     after = float(np.mean((feats @ weight.T + bias).argmax(1) == y))
     return {"method": "L2 multinomial logistic regression on standardized features, folded into the layer",
-            "C": HEAD_REFIT_C, "images": int(len(y)), "features": int(feats.shape[1]),
+            "C": HEAD_REFIT_C, "images": int(len(x)), "views": "clean" if augment is None else "clean+augmented",
+            "features": int(feats.shape[1]),
             "train_accuracy_trained_head": round(before, 4), "train_accuracy_refitted_head": round(after, 4)}
 
 
@@ -321,9 +335,10 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.n
     outcome = engine.fit(resume=resume)
     history = [{k: v for k, v in h.items() if k != "round"} for h in outcome.history]
     val_logits, head_refit = val_outputs(), None
-    if config.refit_head:
+    if config.refit_head != "none":
         head_refit = refit_head(net, x_train, y_train, n_classes, config.preprocess,
-                                np.asarray(groups) if config.site_batches else None)
+                                np.asarray(groups) if config.site_batches else None,
+                                config.augment if config.refit_head == "clean+augmented" else None, config.seed)
         head_refit["val_accuracy_trained_head"] = round(float(np.mean(val_logits.argmax(1) == y_val)), 4)
         val_logits = val_outputs()
         head_refit["val_accuracy_refitted_head"] = round(float(np.mean(val_logits.argmax(1) == y_val)), 4)

@@ -14,7 +14,8 @@ from leukodx.cli.app import main
 from leukodx.data.sites import site_sides
 from leukodx.diagnosis.case import diagnose
 from leukodx.inference.classifier import Classifier
-from leukodx.preprocessing.transforms import TTA_VIEWS, dihedral_view
+from leukodx.inference import explain
+from leukodx.preprocessing.transforms import TTA_VIEWS, dihedral_view, undo_dihedral_view
 from leukodx.training.calibration import softmax
 
 
@@ -156,3 +157,39 @@ def test_a_smear_case_types_its_white_cells_with_the_averaged_calls_too():
 
     assert _smear_analyzer(None, None, tta=True).classifier.tta["views"] == TTA_VIEWS
     assert _smear_analyzer(None, None).classifier.tta is None
+
+
+def test_each_view_is_undone_by_its_inverse(pbc_cells):
+    x = pbc_cells[1][:2]
+    for i in range(TTA_VIEWS):
+        np.testing.assert_array_equal(undo_dihedral_view(dihedral_view(x, i), i), x)
+        np.testing.assert_array_equal(undo_dihedral_view(dihedral_view(x[..., 0], i), i), x[..., 0])  # a heatmap
+
+
+def test_the_averaged_calls_heatmap_turns_with_the_cell(pbc_cells):
+    clf = leukodx.load("wbc-multisite", backend="torch")
+    x = pbc_cells[1][:4]
+    targets = np.zeros(len(x), dtype=int)
+    heat = explain.gradcam(clf.net, x, clf.preprocess, targets, views=TTA_VIEWS)
+    assert heat.shape == (4, clf.preprocess.size, clf.preprocess.size)
+    np.testing.assert_allclose(heat.reshape(4, -1).max(1), 1.0, rtol=1e-6)
+    for j in (1, 5):  # the cell turned (mirrored): its explanation is the same map turned (mirrored)
+        turned = explain.gradcam(clf.net, dihedral_view(x, j), clf.preprocess, targets, views=TTA_VIEWS)
+        np.testing.assert_allclose(turned, dihedral_view(heat, j), atol=1e-5)
+    one_view = explain.gradcam(clf.net, x, clf.preprocess, targets)
+    assert np.abs(explain.gradcam(clf.net, dihedral_view(x, 1), clf.preprocess, targets)
+                  - dihedral_view(one_view, 1)).max() > 0.05  # a single view's map does not turn with the cell
+
+
+def test_diagnose_with_tta_explains_over_the_views_of_the_call(pbc_cells, monkeypatch):
+    seen, gradcam = [], explain.gradcam
+
+    def spy(net, batch, preprocess, targets=None, **kw):
+        seen.append(kw.get("views", 1))
+        return gradcam(net, batch, preprocess, targets, **kw)
+
+    monkeypatch.setattr(explain, "gradcam", spy)
+    paths = [Path(p) for p in pbc_cells[0][:3]]
+    diagnose(paths, kind="cells", model="wbc-multisite", backend="torch", tta=True, explain=True)
+    diagnose(paths, kind="cells", model="wbc-multisite", backend="torch", explain=True)
+    assert seen == [TTA_VIEWS, 1]

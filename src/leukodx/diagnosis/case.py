@@ -547,13 +547,15 @@ def _case_result(inputs, kind: str, evidence: str, clf: Classifier, analyzer, ro
 
 def _explanations(clf: Classifier, names: list[str], arrays: np.ndarray, rows: list[dict]) -> dict[str, bytes]:
     """A JPEG of each image with the Grad-CAM heatmap of its top class laid over it, read from the network that
-    made the call (``Classifier.calling_networks``: the AdaBN copy, a site's network)."""
+    made the call (``Classifier.calling_networks``: the AdaBN copy, a site's network), over the views the call was
+    averaged over (``--tta``)."""
     from leukodx.inference.explain import gradcam, overlay
 
     targets = np.asarray([clf.classes.index(r["top_class"]) for r in rows])
     heat = np.zeros((len(arrays), clf.preprocess.size, clf.preprocess.size), np.float32)
     for net, idx in clf.calling_networks(arrays):
-        heat[idx] = gradcam(net, arrays[idx], clf.preprocess, targets[idx])
+        heat[idx] = gradcam(net, arrays[idx], clf.preprocess, targets[idx],
+                            views=clf.tta["views"] if clf.tta else 1)
     return {name: jpeg_bytes(overlay(a, h)) for name, a, h in zip(names, arrays, heat)}
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from leukodx.preprocessing.transforms import normalize_batch
+from leukodx.preprocessing.transforms import dihedral_view, normalize_batch, undo_dihedral_view
 
 
 #: the explained map has at least this many cells a side (small inputs end in 2 x 2 maps: too coarse)
@@ -43,9 +43,22 @@ def _last_spatial_output(net: torch.nn.Module, x: torch.Tensor) -> tuple[torch.T
 
 
 def gradcam(net: torch.nn.Module, batch_uint8: np.ndarray, preprocess, targets: np.ndarray | None = None,
-            batch_size: int = 32) -> np.ndarray:
+            batch_size: int = 32, views: int = 1) -> np.ndarray:
     """(N, S, S) heatmaps in [0, 1] for preprocessed uint8 arrays; ``targets`` are class positions
-    (default: each input's top class)."""
+    (default: each input's top class). ``views`` > 1 (a call averaged over the image's flips and quarter
+    turns, ``Classifier.with_tta``): the heatmap of each of the first ``views`` dihedral views, turned back
+    to the image's orientation, averaged, and scaled to a peak of 1 again."""
+    if views <= 1:
+        return _gradcam(net, batch_uint8, preprocess, targets, batch_size)
+    maps = [undo_dihedral_view(_gradcam(net, dihedral_view(batch_uint8, i), preprocess, targets, batch_size), i)
+            for i in range(views)]
+    mean = np.mean(maps, axis=0)
+    return (mean / np.maximum(mean.reshape(len(mean), -1).max(1), 1e-12)[:, None, None]).astype(np.float32)
+
+
+def _gradcam(net: torch.nn.Module, batch_uint8: np.ndarray, preprocess, targets: np.ndarray | None,
+             batch_size: int) -> np.ndarray:
+    """``gradcam`` of the images as they are."""
     net = net.eval()
     out = []
     for s in range(0, len(batch_uint8), batch_size):

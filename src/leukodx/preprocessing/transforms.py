@@ -284,6 +284,13 @@ def dihedral_view(batch: np.ndarray, i: int) -> np.ndarray:
     return np.ascontiguousarray(view[:, :, ::-1] if i >= 4 else view)
 
 
+def undo_dihedral_view(batch: np.ndarray, i: int) -> np.ndarray:
+    """The inverse of ``dihedral_view(., i)``: a (N, S, S, ...) batch read in view ``i`` (e.g. a heatmap of it)
+    turned back to the image's own orientation."""
+    unflipped = batch[:, :, ::-1] if i >= 4 else batch
+    return np.ascontiguousarray(np.rot90(unflipped, -(i % 4), axes=(1, 2)))
+
+
 def normalize_batch(batch_uint8: np.ndarray, pre: Preprocess) -> np.ndarray:
     """(N, S, S, 3) uint8 -> (N, 3, S, S) float32 normalized, the model's input."""
     # written once into a C-contiguous (N, 3, S, S) array and then changed in place: the same float32

@@ -144,6 +144,25 @@ def test_scale_select_zooms_the_left_out_site_by_the_zoom_its_cells_are_read_wit
     assert scores[f"{fold['zoom']:g}"] == pytest.approx(max(scores.values()), abs=1e-4)
 
 
+def test_the_tta_arm_scores_every_test_cell_over_its_views_and_keeps_the_single_view_figure(monkeypatch):
+    import leukodx.benchmarking.loso as loso
+
+    calls, proba = [], loso._proba
+
+    def spy(net, arrays, pre, temperature, adabn, tta=False):
+        calls.append(tta)
+        return proba(net, arrays, pre, temperature, adabn, tta)
+
+    monkeypatch.setattr(loso, "_proba", spy)
+    fold = run_loso(quick(VARIANTS["stain-aug+tta-large"]), sites=("wbc-seg-1", "wbc-seg-2"), n_boot=20,
+                    log=lambda m: None, adapt_k=(2,))["folds"]["wbc-seg-2"]
+    # per fold: in-site, left-out, its AdaBN figure, then the learning curve's k = 0 and each draw: all averaged;
+    # the one single-view call is the left-out site's figure read once
+    assert calls.count(False) == 2 and calls.count(True) == 2 * (4 + FEW_SHOT_DRAWS)
+    assert fold["left_out_single_view"]["n"] == fold["left_out"]["n"]
+    assert fold["left_out_single_view"]["ece"]["value"] != fold["left_out"]["ece"]["value"]
+
+
 @pytest.mark.slow
 def test_site_batch_variant_is_also_scored_without_site_statistics(tmp_path):
     """A site-bn network is scored with each site's own batch-norm statistics and, beside that, with statistics

@@ -17,6 +17,7 @@ from leukodx.inference.classifier import Classifier
 from leukodx.inference import explain
 from leukodx.preprocessing.transforms import TTA_VIEWS, dihedral_view, undo_dihedral_view
 from leukodx.training.calibration import softmax
+from leukodx.training.trainer import predict_logits
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +194,12 @@ def test_diagnose_with_tta_explains_over_the_views_of_the_call(pbc_cells, monkey
     diagnose(paths, kind="cells", model="wbc-multisite", backend="torch", tta=True, explain=True)
     diagnose(paths, kind="cells", model="wbc-multisite", backend="torch", explain=True)
     assert seen == [TTA_VIEWS, 1]
+
+
+def test_a_bare_network_averages_the_views_as_the_bundle_does(pbc_cells):
+    """``predict_logits(views=8)`` (training and the LOSO protocol's ``tta`` arm) is ``--tta``'s average."""
+    _, x = pbc_cells
+    clf = leukodx.load("wbc-multisite", backend="torch")
+    averaged = predict_logits(clf.net, x, clf.preprocess, batch_size=5, views=TTA_VIEWS)
+    np.testing.assert_allclose(softmax(averaged, clf.temperature), clf.with_tta().predict_arrays(x), atol=1e-5)
+    assert not np.allclose(averaged, predict_logits(clf.net, x, clf.preprocess), atol=1e-2)

@@ -35,7 +35,7 @@ from leukodx.errors import InvalidInputError
 from leukodx.evaluation.metrics import _from_confusion, confusion
 from leukodx.models.architectures import create_network
 from leukodx.preprocessing.augment import Augment, augment_batch
-from leukodx.preprocessing.transforms import Preprocess
+from leukodx.preprocessing.transforms import Preprocess, dihedral_view
 from leukodx.training.engine import Engine
 from leukodx.training.calibration import fit_temperature
 
@@ -113,7 +113,13 @@ def normalize(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_logits(net: torch.nn.Module, arrays: np.ndarray, pre: Preprocess, batch_size: int = 256) -> np.ndarray:
+def predict_logits(net: torch.nn.Module, arrays: np.ndarray, pre: Preprocess, batch_size: int = 256,
+                   views: int = 1) -> np.ndarray:
+    """Logits of uint8 arrays (N, S, S, 3); ``views`` > 1: averaged over each image's first ``views``
+    flips and quarter turns (``dihedral_view``; ``Classifier.with_tta`` for a bundle)."""
+    if views > 1:
+        return np.mean([predict_logits(net, dihedral_view(arrays, i), pre, batch_size) for i in range(views)],
+                       axis=0, dtype=np.float64).astype(np.float32)
     net.eval()
     dev = next(net.parameters()).device
     out = []

@@ -163,6 +163,38 @@ def test_the_tta_arm_scores_every_test_cell_over_its_views_and_keeps_the_single_
     assert fold["left_out_single_view"]["ece"]["value"] != fold["left_out"]["ece"]["value"]
 
 
+def test_an_ensemble_arm_trains_and_tunes_every_member_and_averages_their_logits(monkeypatch):
+    import leukodx.training.adaptation as adaptation
+    import leukodx.training.trainer as trainer
+    from leukodx.benchmarking.loso import LogitMean
+
+    seeds, tuned, fit, few_shot_fit = [], [], trainer.fit, adaptation.few_shot_fit
+
+    def fit_spy(*args, **kw):
+        if args[6] is not None:  # a fold's training (few-shot fits keep no work folder)
+            seeds.append(args[5].seed)
+        return fit(*args, **kw)
+
+    def tune_spy(parent, x, y, n_classes, config, workdir, **kw):
+        tuned.append(parent)
+        return few_shot_fit(parent, x, y, n_classes, replace(config, epochs=1), workdir, **kw)  # one epoch: quick
+
+    monkeypatch.setattr(trainer, "fit", fit_spy)
+    monkeypatch.setattr(adaptation, "few_shot_fit", tune_spy)
+    variant = replace(quick(VARIANTS["stain-aug+ensemble3-large"]), members=2)
+    result = run_loso(variant, sites=("wbc-seg-1", "wbc-seg-2"), n_boot=20, log=lambda m: None, adapt_k=(2,))
+    # two members per fold (seeds 0 and 1), then each member tuned on each draw of the few-shot cells
+    assert seeds == [0, 1, 0, 1]
+    assert len(tuned) == 2 * 2 * FEW_SHOT_DRAWS and not any(isinstance(t, LogitMean) for t in tuned)
+    assert all(len(f["member_best_epochs"]) == 2 for f in result["folds"].values())
+
+    members = [torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)]
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(LogitMean(members)(x), (members[0](x) + members[1](x)) / 2)
+    with pytest.raises(InvalidInputError, match="ensemble"):
+        run_loso(replace(variant, site_batches=True), sites=("wbc-seg-1", "wbc-seg-2"), log=lambda m: None)
+
+
 @pytest.mark.slow
 def test_site_batch_variant_is_also_scored_without_site_statistics(tmp_path):
     """A site-bn network is scored with each site's own batch-norm statistics and, beside that, with statistics

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from leukodx import _atomic
 from leukodx._versions import provenance
@@ -61,6 +62,9 @@ class Variant:
     #: every test cell's call (left-out, in-site, few-shot) averaged over its 8 flips and quarter turns
     #: (``predict --tta``); the fold also records the left-out site read once (``left_out_single_view``)
     tta: bool = False
+    #: networks trained per fold (seeds ``seed``, ``seed + 1``, ...) whose logits are averaged, one temperature
+    #: fitted on the average (a deep ensemble; Lakshminarayanan et al. 2017); few-shot fits tune each member
+    members: int = 1
     epochs: int = 8
     lr: float = 3e-3
     per_class: int = 150            # training images per class per site
@@ -170,6 +174,9 @@ VARIANTS = {v.name: v for v in (
     # it lifted the shipped model's in-site tests by about a point; does it lift a left-out site, zero-shot and
     # after 10 labelled cells per class?
     Variant("stain-aug+tta-large", augment="stain", tta=True, epochs=20, per_class=500, val_per_class=60),
+    # three networks of the shipped recipe (seeds 0-2) with their logits averaged: ensembles were among the review's
+    # methods, and averaged networks are reported to hold up better under dataset shift (Ovadia et al. 2019)
+    Variant("stain-aug+ensemble3-large", augment="stain", members=3, epochs=20, per_class=500, val_per_class=60),
 )}
 QUICK = {"epochs": 1, "per_class": 6, "val_per_class": 3, "test_per_class": 4, "size": 32, "self_train_epochs": 1}
 
@@ -229,6 +236,41 @@ def _proba(net, arrays: np.ndarray, pre: Preprocess, temperature: float, adabn: 
     return softmax(predict_logits(model, arrays, pre, views=TTA_VIEWS if tta else 1), temperature)
 
 
+class LogitMean(torch.nn.Module):
+    """Networks whose logits are averaged: a deep ensemble as one network (batch-norm adaptation and
+    ``predict_logits`` treat it as any other)."""
+
+    def __init__(self, members: list[torch.nn.Module]):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+
+def _ensemble(results: list, x_va: np.ndarray, y_va: np.ndarray, pre: Preprocess):
+    """The fit result of ``results``' networks averaged: their ``LogitMean``, one temperature fitted on its
+    validation logits."""
+    from leukodx.training.calibration import fit_temperature
+    from leukodx.training.trainer import predict_logits
+
+    net = LogitMean([r.net for r in results]).eval()
+    val_logits = predict_logits(net, x_va, pre)
+    return replace(results[0], net=net, temperature=fit_temperature(val_logits, y_va), val_logits=val_logits,
+                   history=[], head_refit=None)
+
+
+def _few_shot(net, x: np.ndarray, y: np.ndarray, config, workdir: Path):
+    """``few_shot_fit`` of ``net``; an ensemble's members each tuned the same way (the result's network is their
+    ``LogitMean``, the rest the first member's fit)."""
+    from leukodx.training.adaptation import few_shot_fit
+
+    if not isinstance(net, LogitMean):
+        return few_shot_fit(net, x, y, len(SHARED), config, workdir)
+    tuned = [_few_shot(m, x, y, config, workdir / f"member-{i}") for i, m in enumerate(net.members)]
+    return replace(tuned[0], net=LogitMean([t.net for t in tuned]))
+
+
 def _reweighted(proba: np.ndarray, train_prior: np.ndarray) -> np.ndarray:
     """``proba`` re-weighted to the site's own class proportions (``reestimate_prior``, no labels used)."""
     from leukodx.training.adaptation import reestimate_prior
@@ -265,6 +307,9 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
 
     if len(sites) < 2:
         raise InvalidInputError("leave-one-site-out needs at least two sites")
+    if variant.members < 1 or (variant.members > 1 and (variant.site_batches or reliability or variant.self_train)):
+        raise InvalidInputError(f"{variant.name}: an ensemble ({variant.members} members) is run without site "
+                                "batches, reliability statistics or self-training")
     pre = variant.preprocess()
     started = time.perf_counter()
     sides = {s: site_sides(s, data_root) for s in sites}
@@ -292,8 +337,10 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
         import tempfile
 
         with tempfile.TemporaryDirectory() as work:
-            result = fit(x_tr, y_tr, x_va, y_va, len(SHARED), config, work, show_progress=False,
-                         groups=train_groups, val_groups=val_groups)
+            results = [fit(x_tr, y_tr, x_va, y_va, len(SHARED), replace(config, seed=variant.seed + m),
+                           Path(work) / f"member-{m}", show_progress=False, groups=train_groups,
+                           val_groups=val_groups) for m in range(variant.members)]
+        result = results[0] if len(results) == 1 else _ensemble(results, x_va, y_va, pre)
         if variant.scale_match:
             reference = nucleus_fractions(list(x_tr))
             unlabelled = nucleus_fractions(list(_stack([take(held, side, variant.test_per_class)
@@ -337,6 +384,7 @@ def run_loso(variant: Variant, sites: tuple[str, ...] = SITES, data_root=None, n
                 "in_site_pooled": {s: _scores(pooled, *take(s, "test", variant.test_per_class), pre,
                                               result.temperature, False, n_boot) for s in train_sites}}),
             **({"head_refit": result.head_refit} if result.head_refit else {}),
+            **({"member_best_epochs": [r.best_epoch for r in results]} if len(results) > 1 else {}),
             "in_site": in_site, "best_epoch": result.best_epoch, "seconds": round(time.perf_counter() - t0, 1),
             **({"learning_curve": curve} if curve else {}),
             **({"zoom": pres[held].zoom} if variant.scale_match or variant.scale_select else {}),
@@ -412,7 +460,7 @@ def _learning_curve(result, variant: Variant, pre: Preprocess, take, held: str, 
     import tempfile
 
     from leukodx.inference.adapt import fine_tune_config
-    from leukodx.training.adaptation import few_shot_fit, self_train
+    from leukodx.training.adaptation import self_train
 
     x_test, y_test = take(held, "test", variant.test_per_class)
     curve = {"0": {"n_adaptation": 0, **_scores(result.net, x_test, y_test, pre, result.temperature,
@@ -423,7 +471,7 @@ def _learning_curve(result, variant: Variant, pre: Preprocess, take, held: str, 
             for draw in range(draws):
                 x_k, y_k = take(held, "train", k, draw)
                 config = fine_tune_config(variant.arch, pre, len(y_k), seed=variant.seed)
-                tuned = few_shot_fit(result.net, x_k, y_k, len(SHARED), config, Path(work) / f"k{k}-{draw}")
+                tuned = _few_shot(result.net, x_k, y_k, config, Path(work) / f"k{k}-{draw}")
                 proba = _proba(tuned.net, x_test, pre, result.temperature, False, variant.tta)
                 runs.append({"n_adaptation": int(len(y_k)), **_metrics(y_test, proba, n_boot)})
                 # tuned from the fold's network, balanced over the classes the site has: the fold's prior

@@ -133,21 +133,20 @@ def predict_logits(net: torch.nn.Module, arrays: np.ndarray, pre: Preprocess, ba
 def penultimate_features(net: torch.nn.Module, arrays: np.ndarray, pre: Preprocess, batch_size: int = 256,
                          augment: Augment | None = None, generator: torch.Generator | None = None) -> np.ndarray:
     """Each image's input to the network's last linear layer, (N, D) float32 (with ``augment``, of an
-    augmented copy of each image, drawn from ``generator``)."""
-    from leukodx.models.features import last_linear
+    augmented copy of each image, drawn from ``generator``): the first part of the reliability features
+    (``models.features.WithFeatures``, as ``calibration.network_outputs`` reads them, here on augmented
+    copies too)."""
+    from leukodx.models.features import WithFeatures
 
-    net.eval()
+    wrapped = WithFeatures(net.eval())
     dev = next(net.parameters()).device
-    seen: list[np.ndarray] = []
-    hook = last_linear(net).register_forward_hook(lambda m, inputs, output: seen.append(
-        inputs[0].float().cpu().numpy()))
-    try:
-        for start in range(0, len(arrays), batch_size):
-            x = to_input(arrays[start:start + batch_size], pre)
-            net(normalize(x if augment is None else augment_batch(x, augment, generator), pre).to(dev))
-    finally:
-        hook.remove()
-    return np.concatenate(seen) if seen else np.zeros((0, 0), dtype=np.float32)
+    width = wrapped.head.in_features
+    seen = []
+    for start in range(0, len(arrays), batch_size):
+        x = to_input(arrays[start:start + batch_size], pre)
+        features = wrapped(normalize(x if augment is None else augment_batch(x, augment, generator), pre).to(dev))[1]
+        seen.append(features[:, :width].float().cpu().numpy())
+    return np.concatenate(seen) if seen else np.zeros((0, width), dtype=np.float32)
 
 
 #: inverse L2 strength of the re-fitted head, on standardized features
